@@ -1,14 +1,15 @@
-"""Write (or check) the `callerMethods` of each service chart's values, helm/<service>/values.yaml, from
-topology.METHODS_CALLED.
+"""Write (or check) the `callers` and `callerMethods` of each service chart's values, helm/<service>/values.yaml,
+from the topology (callers_of and METHODS_CALLED).
 
     .venv/bin/python k8s/caller_methods.py          write them
     .venv/bin/python k8s/caller_methods.py --check  exit 1 if a committed values.yaml differs from what this writes
 
-Under a mesh a caller may call only the methods its callee's chart lists for it (docs/mesh.md), and the charts
-cannot import the topology, so each chart holds a copy. This script writes the copy, so that a method added to
-METHODS_CALLED (which tests/k8s holds to the stubs each caller's code calls) reaches the charts by a command
-rather than by hand. Only the `callerMethods` block and the comment above it are written; the rest of each
-values.yaml is the chart's own. The block sits right after `callers:`, which it is about.
+The NetworkPolicy admits a service's callers, and under a mesh a caller may call only the methods its callee's
+chart lists for it (docs/mesh.md); the charts cannot import the topology, so each chart holds a copy. This script
+writes the copy, so that a call or a method added to the topology (METHODS_CALLED, which tests/k8s holds to the
+stubs each caller's code calls) reaches the charts by a command rather than by hand. Only the `callers:` list and
+the `callerMethods` block after it (with its comment) are written; the rest of each values.yaml is the chart's
+own, the comment above `callers:` included.
 """
 
 from __future__ import annotations
@@ -21,16 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as a script from any checkout: the platform (topology, generated_files) of this one.
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
 from shopmesh_platform.generated_files import write_or_check  # noqa: E402
-from shopmesh_platform.topology import SERVICES, methods_called, service_callers  # noqa: E402
+from shopmesh_platform.topology import SERVICES, callers_of, methods_called, service_callers  # noqa: E402
 
-SOURCE = "what k8s/caller_methods.py writes from topology.METHODS_CALLED"
+SOURCE = "what k8s/caller_methods.py writes from the topology's callers and METHODS_CALLED"
 COMMENT = (
     "# callerMethods: the methods each of those services calls, written by k8s/caller_methods.py from\n"
     "# topology.METHODS_CALLED: under a mesh a caller may call only these, health aside (docs/mesh.md).\n"
 )
-# The block as written (its comment, the key, its indented lines), and the `callers:` block it follows.
+# The block as written (its comment, the key, its indented lines), and the `callers:` list it follows (an empty
+# one written inline).
 BLOCK = re.compile(r"^(?:# callerMethods:.*\n(?:#.*\n)*)?callerMethods:\n(?:[ ].*\n)*", re.MULTILINE)
-CALLERS = re.compile(r"^callers:\n(?:[ ].*\n)*", re.MULTILINE)
+CALLERS = re.compile(r"^callers:.*\n(?:[ ].*\n)*", re.MULTILINE)
+
+
+def callers(name: str) -> str:
+    """`name`'s `callers:` list: the services that call it, and "clients" for the edge (topology.callers_of)."""
+    names = callers_of(name)
+    return "callers:\n" + "".join(f"  - {caller}\n" for caller in names) if names else "callers: []\n"
 
 
 def block(name: str) -> str:
@@ -45,12 +53,12 @@ def block(name: str) -> str:
 
 
 def written(name: str, values: str) -> str:
-    """`values` (a chart's values.yaml) with its callerMethods block replaced by the topology's."""
+    """`values` (a chart's values.yaml) with its `callers:` list and callerMethods block replaced by the topology's."""
     without = BLOCK.sub("", values, count=1)
-    callers = CALLERS.search(without)
-    if callers is None:
-        raise SystemExit(f"error: helm/{name}/values.yaml has no top-level `callers:` list to put callerMethods after")
-    return without[: callers.end()] + block(name) + without[callers.end() :]
+    found = CALLERS.search(without)
+    if found is None:
+        raise SystemExit(f"error: helm/{name}/values.yaml has no top-level `callers:` list to write")
+    return without[: found.start()] + callers(name) + block(name) + without[found.end() :]
 
 
 def files() -> dict[Path, str]:

@@ -129,7 +129,7 @@ release-objects: setup ## Write tests/k8s/release_objects.yaml (what each chart 
 	$(VENV_BIN)/python k8s/release_objects.py
 
 .PHONY: caller-methods check-caller-methods
-caller-methods: setup ## Write callerMethods in each helm/<service>/values.yaml (the methods the mesh admits per caller) from topology.METHODS_CALLED
+caller-methods: setup ## Write callers and callerMethods in each helm/<service>/values.yaml (who may call it, the methods the mesh admits per caller) from the topology
 	$(VENV_BIN)/python k8s/caller_methods.py
 
 check-caller-methods: setup

@@ -172,6 +172,20 @@ def test_a_method_added_to_the_topology_is_written_into_its_callees_chart(monkey
     assert "callerMethods" not in gateway
 
 
+def test_a_callers_list_edited_by_hand_is_written_back_from_the_topology(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`callers:` is the script's too (the NetworkPolicy's ingress, the mesh's principals): a caller dropped or the
+    list reordered by hand is written back as topology.callers_of has it."""
+    values = (ROOT / "helm" / "catalog" / "values.yaml").read_text()
+    drifted = values.replace("callers:\n  - gateway\n  - orders\n", "callers:\n  - orders\n", 1)
+    assert drifted != values
+    assert caller_methods.written("catalog", drifted) == values
+    # A chart no service calls gets an empty list, which the script reads back as its own.
+    monkeypatch.setattr(caller_methods, "callers_of", lambda name: ())
+    emptied = caller_methods.written("catalog", values)
+    assert yaml.safe_load(emptied)["callers"] == []
+    assert caller_methods.written("catalog", emptied) == emptied
+
+
 def stub_calls(package: Path) -> dict[str, set[str]]:
     """gRPC service name (InventoryService) -> the methods the code under `package` calls on a stub of it: in
     each class or function, a name or attribute bound to `<module>.<Service>Stub(...)`, then every
