@@ -27,8 +27,10 @@ export CHROMIUM
 VENV_BIN       := .venv/bin
 PYTEST_ARGS    ?=
 # Tests run in this many pytest-xdist workers, a whole test file to each (its module-scoped stack started once);
-# a serial run left half of a 2-core machine idle, waiting on services and sockets. TEST_WORKERS=0: one process.
-TEST_WORKERS   ?= 2
+# a serial run left half of a 2-core machine idle, waiting on services and sockets, and two workers kept only
+# ~1.2-1.45 of its cores busy (a test mostly waits on the processes it started): three finished 4,887 tests in
+# 15:32 against 17:38 with two (docs/benchmarks.md, "make test"). TEST_WORKERS=0: one process.
+TEST_WORKERS   ?= 3
 # Every service's Python package (services/<name>/src/shopmesh_<name>), for mypy.
 SERVICE_PACKAGES := $(notdir $(wildcard services/*/src/shopmesh_*))
 
