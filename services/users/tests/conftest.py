@@ -78,6 +78,7 @@ async def running(settings: UsersSettings, clock: FakeClock) -> AsyncIterator[tu
             yield users, users_pb2_grpc.UsersServiceStub(channel)
     finally:
         await users.passwords.close()
+        await users.password_strength.close()
         await users.database.dispose()
 
 
@@ -95,6 +96,7 @@ async def serving(
     finally:
         await stop(server)
         await users.passwords.close()
+        await users.password_strength.close()
         await users.database.dispose()
 
 

@@ -39,11 +39,12 @@ from shopmesh_users.domain.models import Registration
 from shopmesh_users.domain.tokens import AUDIENCE, ISSUER, build_access_claims
 from shopmesh_users.domain.validation import (
     PASSWORD_TOO_COMMON,
+    guess_question,
     validate_login,
     validate_registration,
     validate_user_id,
 )
-from shopmesh_users.password_strength import ESTIMATED_CHARACTERS, too_guessable
+from shopmesh_users.password_strength import ESTIMATED_CHARACTERS, PasswordStrength, too_guessable
 from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.signing import jwk_thumbprint
@@ -61,13 +62,14 @@ def violations(error: pytest.ExceptionInfo[InvalidArgument]) -> list[tuple[str, 
 
 def registration_of(email: str, password: str, display_name: str) -> Registration:
     """Register's validation with zxcvbn's estimate as the service asks it."""
-    return validate_registration(email, password, display_name, too_guessable=too_guessable)
+    asked = guess_question(email, password, display_name)
+    return validate_registration(email, password, display_name, guessable=asked is not None and too_guessable(*asked))
 
 
 def registration_of_any_password(email: str, password: str, display_name: str) -> Registration:
     """Register's validation with every password taken as hard to guess: for the rules of the other fields and of
     a password's form and length ("p" * 128 is as guessable as it is long)."""
-    return validate_registration(email, password, display_name, too_guessable=lambda _password, _words: False)
+    return validate_registration(email, password, display_name, guessable=False)
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -645,8 +647,8 @@ async def test_a_password_check_whose_deadline_passed_while_it_waited_is_not_has
 async def test_a_register_the_hashing_queue_has_no_room_for_is_refused_before_its_password_is_estimated(
     tmp_path: Path,
 ) -> None:
-    """The guessability estimate holds the event loop (its bindings keep the GIL, up to ~0.1 s): a Register that
-    is refused PASSWORD_HASHING_BUSY is refused before it, as cheaply as a Login, not after it."""
+    """The guessability estimate costs up to ~0.1 s of CPU: a Register that is refused PASSWORD_HASHING_BUSY is
+    refused before it, as cheaply as a Login, not after it."""
     passwords = cheap_passwords(concurrency=1, queue=0)
     counting = CountingHasher()
     passwords._hasher = counting  # type: ignore[assignment]
@@ -657,7 +659,8 @@ async def test_a_register_the_hashing_queue_has_no_room_for_is_refused_before_it
         return False
 
     database = Database(f"sqlite:///{tmp_path / 'users.db'}")
-    application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_guessable=guessable)
+    strength = PasswordStrength(guessable)
+    application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_strength=strength)
     holding = asyncio.create_task(passwords.hash("holds the only turn"))
     try:
         await eventually(lambda: counting.running == 1, "the hash running in its thread")

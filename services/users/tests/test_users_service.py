@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -29,13 +30,18 @@ from shopmesh.users.v1.users_pb2_grpc import UsersServiceStub, add_UsersServiceS
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, ResourceExhausted
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 from shopmesh_chassis.testing import eventually, free_port, serve_in_process
+from shopmesh_chassis.testing.gil import held, holding_the_gil
 from shopmesh_users import passwords as passwords_module
 from shopmesh_users.application import UsersApplication
+from shopmesh_users.migrations import VERSIONS
+from shopmesh_users.password_strength import PasswordStrength
 from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.signing import jwk_thumbprint
 from shopmesh_users.store.repository import LoginAttemptRepository, UserRepository
+from shopmesh_users.store.tables import metadata
 from shopmesh_users.store.tables import users as users_table
 from shopmesh_users.token_verifier import verify_access_token
 from shopmesh_users.transport import DESCRIPTOR, UsersServicer
@@ -857,3 +863,39 @@ async def test_login_refuses_a_password_longer_than_any_could_be_as_too_long_and
     assert violations_of(details) == [("password", "TOO_LONG")]
     details = await error_of(login(stub, email="ann@example.com", password="p" * 1024))
     assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")
+
+
+# --- the password's guessability estimate ----------------------------------------------------------
+
+
+async def test_other_calls_are_answered_while_a_registers_guessability_is_estimated(tmp_path: Path) -> None:
+    """zxcvbn's bindings hold the GIL for their whole estimate, so neither the event loop nor a thread may run it:
+    while an estimate holds the GIL (a stand-in, for seconds: the real one's milliseconds cannot be told from a
+    loaded machine's noise), GetJwks is answered on the same server."""
+    times_file = str(tmp_path / "estimate-times")
+    settings = users_settings(tmp_path)
+    database = Database(f"sqlite:///{tmp_path / 'users.db'}")
+    await migrate(database, VERSIONS, metadata)
+    strength = PasswordStrength(functools.partial(holding_the_gil, times_file, 3.0))
+    application = UsersApplication(database, passwords(settings), key_policy(settings), password_strength=strength)
+    await application.ensure_signing_key()
+    binding = ServiceBinding(DESCRIPTOR, UsersServicer(application), add_UsersServiceServicer_to_server)
+    try:
+        async with (
+            serve_in_process(settings, [binding]) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            stub: UsersServiceAsyncStub = UsersServiceStub(channel)
+            registering = asyncio.create_task(register(stub))
+            await eventually(lambda: Path(times_file).exists(), "the estimate holding the GIL")
+            await stub.GetJwks(users_pb2.GetJwksRequest(), timeout=30)
+            answered = time.time()
+            await asyncio.wait_for(registering, 60)
+        started, stopped = held(times_file)
+        assert stopped is not None
+        assert answered < stopped, (
+            f"GetJwks answered {answered - started:.2f} s into an estimate that held the GIL {stopped - started:.2f} s"
+        )
+    finally:
+        await strength.close()
+        await database.dispose()

@@ -30,13 +30,13 @@ from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
 from shopmesh_users.domain.models import Account, Credentials, User, new_user_id
 from shopmesh_users.domain.tokens import build_access_claims, new_token_id, next_cutoff
 from shopmesh_users.domain.validation import (
-    GuessableCheck,
     check_acting_for,
+    guess_question,
     validate_login,
     validate_registration,
     validate_user_id,
 )
-from shopmesh_users.password_strength import too_guessable
+from shopmesh_users.password_strength import PasswordStrength
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.signing import generate_key_material, sign_access_token
 from shopmesh_users.store.repository import (
@@ -91,7 +91,7 @@ class UsersApplication:
         policy: KeyPolicy,
         clock: Clock = utc_now,
         login_throttle: LoginThrottle | None = None,
-        password_guessable: GuessableCheck = too_guessable,
+        password_strength: PasswordStrength | None = None,
     ) -> None:
         self._database = database
         self._passwords = passwords
@@ -99,8 +99,9 @@ class UsersApplication:
         self._clock = clock
         # None: logins are not throttled per e-mail (the revoke-keys command, which logs nobody in).
         self._login_throttle = login_throttle
-        # Asked of a new password only: an account whose password it would refuse still logs in.
-        self._password_guessable = password_guessable
+        # Asked of a new password only: an account whose password it would refuse still logs in. Its process
+        # starts at the first Register: the revoke-keys command, which registers nobody, starts none.
+        self._password_strength = password_strength or PasswordStrength()
         # Takes and give-backs of login attempts while they run. Shielded, they outlive a login cancelled while it
         # awaits them, and then nothing else awaits them: `settle_login_attempts` does, at shutdown.
         self._attempt_writes = Detached()
@@ -109,11 +110,12 @@ class UsersApplication:
 
     @database_errors_as_domain_errors
     async def register(self, email: str, password: str, display_name: str) -> User:
-        # Shed first: the guessability estimate in the validation holds the event loop (its bindings keep the GIL,
-        # up to ~0.1 s for 32 characters of l33t symbols), and a flood of Registers the hashing queue has no room
-        # for would otherwise each pay it before being refused, stalling every call of the replica.
+        # Shed first: a flood of Registers the hashing queue has no room for would otherwise each queue for the
+        # guessability estimate (up to ~0.1 s of CPU for 32 characters of l33t symbols) before being refused.
         self._passwords.admit()
-        registration = validate_registration(email, password, display_name, too_guessable=self._password_guessable)
+        asked = guess_question(email, password, display_name)
+        guessable = asked is not None and await self._password_strength.too_guessable(*asked)
+        registration = validate_registration(email, password, display_name, guessable=guessable)
         password_hash = await self._passwords.hash(registration.password)
         user = User(new_user_id(), registration.email, registration.display_name, self._clock())
         try:

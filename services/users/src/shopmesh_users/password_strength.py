@@ -6,16 +6,29 @@ attacker needs, from its bundled lists (the most common passwords of public brea
 surnames, words of television and films) and the patterns people build from them (l33t substitutions, keyboard
 walks, repeats, sequences, dates), with the caller's words (the e-mail address) as a list of their own: so
 "12345678", "password1" and the e-mail address itself all count as guessable. The Rust port is used, not the pure
-Python zxcvbn: both run on the event loop (the bindings hold the GIL, the Python port keeps the caller's words in
-a module-wide dictionary), and the Python port took ~0.7 s of CPU for 24 characters of l33t symbols, the Rust one
-~0.07 s.
+Python zxcvbn, which took ~0.7 s of CPU for 24 characters of l33t symbols (the Rust one ~0.07 s).
+
+The estimate runs in a process of its own (`PasswordStrength`), not on the event loop nor in a thread: the
+bindings hold the GIL for the whole estimate, so a thread frees nothing (measured: a loop ticking every
+millisecond beside `asyncio.to_thread(zxcvbn, ...)` stalled for the estimate's full length), and every other call
+of the replica waited for each Register's estimate.
 """
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from zxcvbn_rs_py import zxcvbn
+
+from shopmesh_users.domain.validation import GuessableCheck
 
 # zxcvbn's scores 0 and 1: fewer than about a million guesses, what an attacker makes online against a service
 # that throttles logins, or in seconds against a leaked hash.
@@ -35,3 +48,61 @@ def too_guessable(password: str, context: Sequence[str]) -> bool:
     words = [word for word in (*context, *SERVICE_WORDS) if word]
     estimate = zxcvbn(password[:ESTIMATED_CHARACTERS], user_inputs=words)
     return int(estimate.score) < MIN_SCORE
+
+
+# How often the estimating process looks whether the service that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _estimating_process_started(parent: int) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the service stops the pool itself, and a worker
+    # interrupted mid-wait would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A service killed outright (SIGKILL, the OOM killer) closes nothing, and the worker holds both ends of its
+    # own queue, so it would wait for work forever, outliving the service.
+    threading.Thread(target=_end_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _end_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
+class PasswordStrength:
+    """Runs `estimate` (a module-level function: it is pickled by name) in one process of its own, started at the
+    first estimate. One at a time is enough: Registers are bounded by the hashing queue they are admitted to
+    (`Passwords.admit`), and an estimate takes milliseconds. A process that died (killed, out of memory) is
+    replaced by the next estimate's, which is tried once more on it."""
+
+    def __init__(self, estimate: GuessableCheck = too_guessable) -> None:
+        self._estimate = estimate
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _started(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # Not fork: the service's gRPC threads and their locks would be copied mid-use into the child.
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_estimating_process_started,
+                initargs=(os.getpid(),),
+            )
+        return self._pool
+
+    async def too_guessable(self, password: str, context: Sequence[str]) -> bool:
+        loop = asyncio.get_running_loop()
+        words = list(context)
+        try:
+            return await loop.run_in_executor(self._started(), self._estimate, password, words)
+        except BrokenProcessPool:
+            broken, self._pool = self._pool, None
+            if broken is not None:
+                broken.shutdown(wait=False)
+            return await loop.run_in_executor(self._started(), self._estimate, password, words)
+
+    async def close(self) -> None:
+        """At shutdown: waits for the estimate still running, off the event loop, and ends the process."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

@@ -121,8 +121,8 @@ class Passwords:
 
     def admit(self) -> None:
         """Raises PASSWORD_HASHING_BUSY now when a check would be refused now: for a caller to shed before work of
-        its own that comes first (Register's guessability estimate, which holds the event loop). Nothing is
-        taken: the check itself is admitted again, and with no await between the two the answer is the same."""
+        its own that comes first (Register's guessability estimate). Nothing is taken: the check itself is
+        admitted again, and may then be refused if others took the room while that work ran."""
         if self._admitted >= self._limit:
             raise _busy("too many password checks at once; retry shortly")
         remaining = call_context.inbound_time_remaining()

@@ -26,6 +26,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_users.application import Clock, KeyPolicy, KeysKeptChanging, UsersApplication, utc_now
 from shopmesh_users.domain.failed_logins import LoginThrottle
 from shopmesh_users.migrations import VERSIONS
+from shopmesh_users.password_strength import PasswordStrength
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.store.tables import metadata, signing_keys
@@ -38,6 +39,7 @@ class Users:
 
     database: Database
     passwords: Passwords
+    password_strength: PasswordStrength
     application: UsersApplication
     rotator: Periodic
     # Deletes the stored login attempts that have refilled (docs/auth.md, "Login throttling").
@@ -54,6 +56,7 @@ class Users:
             self.rotator.stop,
             self.pruner.stop,
             self.passwords.close,
+            self.password_strength.close,
             self.application.settle_login_attempts,
             self.database.dispose,
         ]
@@ -81,22 +84,29 @@ def login_throttle(settings: UsersSettings) -> LoginThrottle:
     return LoginThrottle(settings.login_failure_burst, timedelta(seconds=settings.login_failure_refill_seconds))
 
 
-async def _migrated(settings: UsersSettings, hashing: Passwords, clock: Clock) -> tuple[Database, UsersApplication]:
+async def _migrated(
+    settings: UsersSettings, hashing: Passwords, strength: PasswordStrength, clock: Clock
+) -> tuple[Database, UsersApplication]:
     database = Database.from_settings(settings)
     try:
         await migrate(database, VERSIONS, metadata)
     except BaseException:
         await database.dispose()
         raise
-    return database, UsersApplication(database, hashing, key_policy(settings), clock, login_throttle(settings))
+    application = UsersApplication(
+        database, hashing, key_policy(settings), clock, login_throttle(settings), password_strength=strength
+    )
+    return database, application
 
 
 async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
     """Migrate the database and make sure a key can sign; the rotator and the pruner are built but not
     started."""
     hashing = passwords(settings)
+    # Its process starts at the first Register: nothing to close if the build fails before.
+    strength = PasswordStrength()
     try:
-        database, application = await _migrated(settings, hashing, clock)
+        database, application = await _migrated(settings, hashing, strength, clock)
     except BaseException:
         await hashing.close()
         raise
@@ -112,6 +122,7 @@ async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
     return Users(
         database=database,
         passwords=hashing,
+        password_strength=strength,
         application=application,
         rotator=rotator,
         pruner=pruner,

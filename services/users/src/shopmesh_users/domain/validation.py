@@ -26,8 +26,9 @@ MIN_PASSWORD_LENGTH = 8
 MAX_DISPLAY_NAME_LENGTH = 50
 
 # Whether a new password is too easy to guess, given the words of its account (its e-mail address, the parts of
-# it, the display name): a common password, or one made of those words. A pure function, given to Register's
-# validation by the application (shopmesh_users.password_strength).
+# it, the display name): a common password, or one made of those words. A pure function
+# (shopmesh_users.password_strength), which the application runs off the event loop on what `guess_question`
+# asks, and hands its answer to `validate_registration`.
 GuessableCheck = Callable[[str, Sequence[str]], bool]
 _WORD_SEPARATORS = re.compile(r"[\W_]+")
 
@@ -66,9 +67,23 @@ def _email_violation(email: str) -> FieldViolation | None:
     return None
 
 
-def _password_violation(
-    password: str, account_words: Sequence[str], too_guessable: GuessableCheck
-) -> FieldViolation | None:
+def _password_violation(password: str, guessable: bool) -> FieldViolation | None:
+    if (violation := _password_rule_violation(password)) is not None:
+        return violation
+    # NIST SP 800-63B 5.1.1.2: not a commonly used or compromised value, nor a context-specific word. The
+    # description says what to do, never the password.
+    if guessable:
+        description = (
+            "is too easy to guess (a common password, or one made of your e-mail address or name): "
+            "choose a longer or less common password"
+        )
+        return FieldViolation("password", description, PASSWORD_TOO_COMMON)
+    return None
+
+
+def _password_rule_violation(password: str) -> FieldViolation | None:
+    """The violation of a rule checked before the guessability estimate, which only a password meeting them is
+    worth."""
     if not password:
         return FieldViolation("password", "must not be empty", "REQUIRED")
     # Eight spaces are a password anyone can guess, and none that a person can see they typed.
@@ -78,14 +93,6 @@ def _password_violation(
         return FieldViolation("password", f"must be at least {MIN_PASSWORD_LENGTH} characters", "TOO_SHORT")
     if len(password) > MAX_PASSWORD_LENGTH:
         return too_long("password", MAX_PASSWORD_LENGTH)
-    # NIST SP 800-63B 5.1.1.2: not a commonly used or compromised value, nor a context-specific word. The
-    # description says what to do, never the password.
-    if too_guessable(password, account_words):
-        description = (
-            "is too easy to guess (a common password, or one made of your e-mail address or name): "
-            "choose a longer or less common password"
-        )
-        return FieldViolation("password", description, PASSWORD_TOO_COMMON)
     return None
 
 
@@ -117,9 +124,18 @@ def _display_name(display_name: str) -> tuple[str, FieldViolation | None]:
     return name, violation
 
 
-def validate_registration(
-    email: str, password: str, display_name: str, *, too_guessable: GuessableCheck
-) -> Registration:
+def guess_question(email: str, password: str, display_name: str) -> tuple[str, list[str]] | None:
+    """What Register's guessability estimate is asked (the password as hashed, the words of its account), or None
+    when the password breaks a rule checked first and no estimate is needed."""
+    name, _ = _display_name(display_name)
+    password, _ = normalize_password(password)
+    if _password_rule_violation(password) is not None:
+        return None
+    return password, _account_words(normalize_email(email), name)
+
+
+def validate_registration(email: str, password: str, display_name: str, *, guessable: bool) -> Registration:
+    """`guessable`: the estimate's answer to `guess_question` (False when it asked none)."""
     normalized = normalize_email(email)
     name, name_violation = _display_name(display_name)
     # The limits apply to what is hashed: normalizing may lengthen a password (a ligature becomes letters).
@@ -130,7 +146,7 @@ def validate_registration(
         v
         for v in (
             _email_violation(normalized),
-            _password_violation(password, _account_words(normalized, name), too_guessable),
+            _password_violation(password, guessable),
             name_violation,
         )
         if v is not None
