@@ -125,6 +125,8 @@ class FakePayments:
     list_calls: int = 0
     refund_calls: int = 0
     refunds: list[str] = field(default_factory=list)
+    # Every Refund's reason, as asked.
+    refund_reasons: list[str] = field(default_factory=list)
 
     async def charge(self, order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str) -> str:
         self.charge_calls += 1
@@ -153,6 +155,7 @@ class FakePayments:
 
     async def refund(self, payment_id: str, reason: str, idempotency_key: str) -> None:
         self.refund_calls += 1
+        self.refund_reasons.append(reason)
         if self.answers is not None:
             raise self.answers
         if self.down:

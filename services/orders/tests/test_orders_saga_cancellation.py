@@ -43,6 +43,29 @@ async def test_customer_cancellation_refunds_and_restocks(
     assert caught.value.reason == "ORDER_NOT_CANCELLABLE"
 
 
+async def test_a_cancellation_an_earlier_release_accepted_with_control_characters_is_refunded_with_its_code(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payments refuses a Refund reason that is not one line of text (INVALID_ARGUMENT, on every try), and an
+    orders release before the one-line rule stored such cancellation messages: the refund of one asks with the
+    cancellation's code instead (the same on every try, as the refund's key needs), and the order keeps its
+    message."""
+    order_id = await place(app, command())
+    # As a release before the rule accepted it.
+    monkeypatch.setattr("shopmesh_orders.application.validate_cancel_reason", lambda _reason: None)
+    cancelled = await app.cancel_order(order_id, "changed\nmy mind\x1b[0m", "cancel-1", "f1")
+    assert (cancelled.state, cancelled.cancel_message) == (OrderState.CANCELLED, "changed\nmy mind\x1b[0m")
+    assert (payments.captured(), payments.refund_reasons) == (0, ["CUSTOMER_REQUESTED"])
+
+
+async def test_a_customers_cancellation_reason_is_the_refunds_reason(
+    app: OrdersApplication, payments: FakePayments
+) -> None:
+    order_id = await place(app, command())
+    await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert payments.refund_reasons == ["changed my mind"]
+
+
 async def test_a_refused_cancellation_is_not_its_keys_outcome_a_retry_is_judged_on_the_current_state(
     app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
 ) -> None:

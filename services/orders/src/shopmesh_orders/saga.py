@@ -607,9 +607,7 @@ class SagaDriver:
         return [r.payment_id for r in records if r.captured], any(r.refunded for r in records)
 
     async def _refund(self, order: Order, payment_id: str) -> None:
-        # The same reason on every call: payments replays `<order_id>:refund` only for the same request.
-        reason = order.cancel_message or (order.cancel_code.value if order.cancel_code else "cancelled")
-        await self._payments.refund(payment_id, reason, refund_key(order.id))
+        await self._payments.refund(payment_id, order.refund_reason, refund_key(order.id))
 
     async def claim_recheck(self, order_id: str) -> str:
         """Take the lease of a cancelled order due its charge recheck, for `recheck_charge`: its lease owner.

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.text_lines import characters_violation
 
 
 class OrderState(enum.StrEnum):
@@ -135,6 +136,17 @@ class Order:
     @property
     def is_terminal(self) -> bool:
         return self.step is SagaStep.DONE
+
+    @property
+    def refund_reason(self) -> str:
+        """The reason payments is asked to refund with, the same on every try (payments replays the refund's key
+        only for the same request). A cancellation message that is not one line of text, which a release before
+        the rule (`validate_cancel_reason`) accepted, is not sent: payments refuses it on every try, and the
+        money would never go back. Its code is sent instead."""
+        code = self.cancel_code.value if self.cancel_code else "cancelled"
+        if not self.cancel_message or characters_violation("reason", self.cancel_message) is not None:
+            return code
+        return self.cancel_message
 
     @property
     def cancellation_pending(self) -> bool:
