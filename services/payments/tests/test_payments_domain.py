@@ -192,6 +192,14 @@ def test_refund_needs_a_payment_id_and_a_reason_of_at_most_500_characters() -> N
     assert violations_of(caught.value) == {"payment_id": "REQUIRED", "reason": "TOO_LONG"}
 
 
+def test_a_refund_reason_of_more_than_one_line_is_invalid_characters_and_an_empty_one_is_fine() -> None:
+    assert validate_refund("pay_1", "").reason == ""
+    assert validate_refund("pay_1", "order cancelled by customer \u200d\u05d0").reason.startswith("order")
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_refund("pay_1", "cancelled\r\nRefund approved by the bank")
+    assert violations_of(caught.value) == {"reason": "INVALID_CHARACTERS"}
+
+
 def test_payment_id_must_be_present_and_at_most_64_characters() -> None:
     for bad in ("", "p" * 65):
         with pytest.raises(errors.InvalidArgument):

@@ -302,6 +302,20 @@ async def test_refund_validates_the_payment_id_and_the_reason_length(payments: P
     )
 
 
+@pytest.mark.parametrize("control", ["\n", "\t", "\x1b[2J", "\x7f", "\x85", "\u2028"])
+async def test_a_refund_reason_that_is_not_one_line_of_text_is_refused_and_nothing_is_refunded(
+    payments: Payments, control: str
+) -> None:
+    """The reason is stored with the payment and sent on in PaymentRefunded, to every log and screen that shows
+    it: the one-line rule of every free text (line breaks, terminal escapes, DEL, C1 controls, separators)."""
+    captured = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
+    details = await failure(payments.refund(captured.id, key="ord_1:refund", reason=f"cancelled{control}approved"))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert fields(details) == {"reason": "INVALID_CHARACTERS"}
+    stored = await payments.stub().GetPayment(payments_pb2.GetPaymentRequest(payment_id=captured.id))
+    assert stored.payment.state == payments_pb2.PAYMENT_STATE_CAPTURED
+
+
 async def test_refund_without_an_idempotency_key_is_idempotency_key_missing(payments: Payments) -> None:
     captured = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
     details = await failure(payments.stub().Refund(payments_pb2.RefundRequest(payment_id=captured.id)))

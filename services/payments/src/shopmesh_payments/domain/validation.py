@@ -27,6 +27,7 @@ from shopmesh_chassis.pagination import (
     page_limit,
     page_token_key,
 )
+from shopmesh_chassis.text_lines import characters_violation
 from shopmesh_payments.domain import cards
 from shopmesh_payments.domain.models import Card, Money, Payment
 
@@ -168,10 +169,15 @@ def check_card_current(card: Card, today: date) -> None:
 
 
 def validate_refund(payment_id: str, reason: str) -> RefundCommand:
+    """The reason is optional free text, stored with the payment and sent on in PaymentRefunded: one line
+    (`text_lines`), as orders holds a cancellation's reason, or a line break or a terminal escape in it would
+    reach every log and screen that shows it."""
     violations: list[FieldViolation] = []
     _check_id(payment_id, "payment_id", violations)
     if len(reason) > MAX_REFUND_REASON_LENGTH:
         violations.append(too_long("reason", MAX_REFUND_REASON_LENGTH))
+    elif (found := characters_violation("reason", reason)) is not None:
+        violations.append(found)
     if violations:
         raise _fail(violations)
     return RefundCommand(payment_id=payment_id, reason=reason)

@@ -252,8 +252,11 @@ class RefundRequest(_message.Message):
     payment_id: _builtins.str
     """Id of the payment to refund. Required."""
     reason: _builtins.str
-    """Why the payment is refunded, free text up to 500 characters, for example
-    "order cancelled by customer". Optional.
+    """Why the payment is refunded, free text up to 500 characters on one line,
+    for example "order cancelled by customer": no control characters (tabs,
+    line breaks, escapes, C1 controls) and no U+2028/U+2029, else
+    INVALID_ARGUMENT with a field violation on reason, INVALID_CHARACTERS.
+    Optional.
     """
     def __init__(
         self,

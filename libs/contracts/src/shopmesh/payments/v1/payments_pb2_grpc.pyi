@@ -103,8 +103,9 @@ class PaymentsServiceStub:
     newer release's state.
 
     Errors:
-    - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;
-      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+    - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters
+      or not one line of text (INVALID_CHARACTERS); ErrorInfo reason
+      IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
       IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, ErrorInfo reason PAYMENT_NOT_FOUND.
     - FAILED_PRECONDITION, ErrorInfo reason PAYMENT_NOT_REFUNDABLE: the
@@ -195,8 +196,9 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     newer release's state.
 
     Errors:
-    - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;
-      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+    - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters
+      or not one line of text (INVALID_CHARACTERS); ErrorInfo reason
+      IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
       IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, ErrorInfo reason PAYMENT_NOT_FOUND.
     - FAILED_PRECONDITION, ErrorInfo reason PAYMENT_NOT_REFUNDABLE: the
@@ -296,8 +298,9 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         newer release's state.
 
         Errors:
-        - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;
-          ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+        - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters
+          or not one line of text (INVALID_CHARACTERS); ErrorInfo reason
+          IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
           IDEMPOTENCY_KEY_REUSED (see common/v1).
         - NOT_FOUND, ErrorInfo reason PAYMENT_NOT_FOUND.
         - FAILED_PRECONDITION, ErrorInfo reason PAYMENT_NOT_REFUNDABLE: the
