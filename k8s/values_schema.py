@@ -179,8 +179,9 @@ DIGEST: Schema = {
     "type": "string",
     "pattern": "^([A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
 }
-# The weight is a whole percentage (Istio's and the Gateway API's weights are integers). _config.tpl refuses a
-# weight above 0 with no canary pod to take it.
+# The weight is a whole percentage (Istio's and the Gateway API's weights are integers); none given is 0 in
+# _config.tpl, the two-step rollout's first step. _config.tpl refuses a weight above 0 with no canary pod to
+# take it.
 CANARY: Schema = strict(enabled=BOOLEAN, weight=PERCENT, replicaCount=REPLICAS, image=strict(tag=TAG, digest=DIGEST))
 # _config.tpl checks each one's form (a duration, a gRPC status, a percentage) with its own message.
 FAULT: Schema = strict(delay=TEXT, abort=STRING, percent=TEXT)

@@ -805,6 +805,27 @@ def test_the_mesh_splits_the_callers_calls_by_weight(with_canary: tuple[str, Doc
     assert weights == {"stable": 100 - CANARY_WEIGHT, "canary": CANARY_WEIGHT}
 
 
+def mesh_weights(mesh: str, docs: Docs) -> dict[str, int]:
+    """The share of the callers' calls each track of the canary's service gets, as the mesh is told."""
+    if mesh == "istio":
+        (route,) = find(docs, "VirtualService", CANARY)["spec"]["http"]
+        return {r["destination"]["subset"]: r["weight"] for r in route["route"]}
+    (rule,) = find(docs, "GRPCRoute", f"{CANARY}-split")["spec"]["rules"]
+    return {b["name"].removeprefix(f"{CANARY}-"): b["weight"] for b in rule["backendRefs"]}
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+def test_a_canary_enabled_without_a_weight_gets_no_calls_until_one_is_given(helm_dir: Path, mesh: str) -> None:
+    """The rollout's first step (docs/kubernetes.md, "Canaries: a rollout in two steps"): the upgrade that creates
+    the canary's pods sends them nothing, for they are still starting. A canary turned on with no weight given
+    got 10 % of the calls there and then, each UNAVAILABLE until its pods were ready."""
+    values = canary_values(mesh)
+    del values["global"]["canary"][CANARY]["weight"]
+    docs = render_umbrella(helm_dir, values)
+    find(docs, "Deployment", f"{CANARY}-canary")
+    assert mesh_weights(mesh, docs) == {"stable": 100, "canary": 0}
+
+
 def test_the_canary_pods_are_under_the_same_policy_as_the_stable_ones(with_canary: tuple[str, Docs]) -> None:
     mesh, docs = with_canary
     labels = pod_labels(docs, f"{CANARY}-canary")

@@ -298,10 +298,12 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 
 {{- /* Canary (traffic splitting, docs/mesh.md): a second Deployment <name>-canary, same image repository, its
      own tag/digest; the mesh sends it `weight` percent of the meshed callers' calls. From the service
-     chart's canary:, else the environment's global.canary.<name>. */ -}}
+     chart's canary:, else the environment's global.canary.<name>. No weight given is 0: the upgrade that
+     creates the canary's pods sends them nothing while they start (docs/kubernetes.md, "Canaries: a rollout
+     in two steps"); a share sent then fails UNAVAILABLE until they are ready. */ -}}
 {{- $cv := dig "canary" (dig "canary" $name dict $g) $v -}}
 {{- $canaryEnabled := dig "enabled" false $cv -}}
-{{- $weight := dig "weight" 10 $cv -}}
+{{- $weight := dig "weight" 0 $cv -}}
 {{- $canaryReplicas := dig "replicaCount" 1 $cv -}}
 {{- $canaryTag := include "shopmesh-lib.string" (dict "setting" "canary.image.tag" "value" (dig "image" "tag" "" $cv | default $tag)) -}}
 {{- $canaryDigest := include "shopmesh-lib.string" (dict "setting" "canary.image.digest" "value" (dig "image" "digest" "" $cv)) -}}
