@@ -11,6 +11,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ from shopmesh_users.application import UsersApplication
 from shopmesh_users.migrations import VERSIONS
 from shopmesh_users.password_strength import PasswordStrength
 from shopmesh_users.passwords import BUSY_REASON, Passwords
+from shopmesh_users.settings import UsersSettings
 from shopmesh_users.signing import jwk_thumbprint
 from shopmesh_users.store.repository import LoginAttemptRepository, UserRepository
 from shopmesh_users.store.tables import metadata
@@ -755,6 +757,7 @@ async def test_a_login_refused_for_a_full_hashing_queue_has_an_error_span_that_n
         finish.set()
         provider.shutdown()
         await users.passwords.close()
+        await users.password_strength.close()
         await users.database.dispose()
 
 
@@ -825,18 +828,27 @@ async def test_a_restarted_service_keeps_its_key_and_still_verifies_its_earlier_
 # --- an unreachable database -----------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def serving_application(
+    settings: UsersSettings, application: UsersApplication
+) -> AsyncIterator[UsersServiceAsyncStub]:
+    """`application` served on a real gRPC socket, as wiring does, and a stub connected to it."""
+    binding = ServiceBinding(DESCRIPTOR, UsersServicer(application), add_UsersServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        yield UsersServiceStub(channel)
+
+
 async def test_every_rpc_fails_with_unavailable_when_the_database_is_unreachable(tmp_path: Path) -> None:
     settings = users_settings(tmp_path)
     # Nothing listens there: connecting fails at once, as when the database is down.
     database = Database(f"postgresql://postgres@127.0.0.1:{free_port()}/users")
-    application = UsersApplication(database, passwords(settings), key_policy(settings))
-    binding = ServiceBinding(DESCRIPTOR, UsersServicer(application), add_UsersServiceServicer_to_server)
+    strength = PasswordStrength()
+    application = UsersApplication(database, passwords(settings), key_policy(settings), password_strength=strength)
     try:
-        async with (
-            serve_in_process(settings, [binding]) as server,
-            grpc.aio.insecure_channel(server.address) as channel,
-        ):
-            stub: UsersServiceAsyncStub = UsersServiceStub(channel)
+        async with serving_application(settings, application) as stub:
             calls = [
                 register(stub),
                 login(stub),
@@ -848,6 +860,7 @@ async def test_every_rpc_fails_with_unavailable_when_the_database_is_unreachable
                 assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
                 assert details.retry_delay_seconds is not None
     finally:
+        await strength.close()
         await database.dispose()
 
 
@@ -879,13 +892,8 @@ async def test_other_calls_are_answered_while_a_registers_guessability_is_estima
     strength = PasswordStrength(functools.partial(holding_the_gil, times_file, 3.0))
     application = UsersApplication(database, passwords(settings), key_policy(settings), password_strength=strength)
     await application.ensure_signing_key()
-    binding = ServiceBinding(DESCRIPTOR, UsersServicer(application), add_UsersServiceServicer_to_server)
     try:
-        async with (
-            serve_in_process(settings, [binding]) as server,
-            grpc.aio.insecure_channel(server.address) as channel,
-        ):
-            stub: UsersServiceAsyncStub = UsersServiceStub(channel)
+        async with serving_application(settings, application) as stub:
             registering = asyncio.create_task(register(stub))
             await eventually(lambda: Path(times_file).exists(), "the estimate holding the GIL")
             await stub.GetJwks(users_pb2.GetJwksRequest(), timeout=30)
