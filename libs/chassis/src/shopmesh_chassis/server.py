@@ -134,6 +134,14 @@ class ChassisServer:
                 ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_seconds * ms)),
                 # What one connection may hold open (config.py); a call past it waits in its client, unserved.
                 ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+                # gRPC core's server counts by default the streams still allocated (ended on the wire, not yet
+                # freed) against that limit and refuses new ones past it (RST_STREAM REFUSED_STREAM), while its
+                # clients count only open streams and send them: a burst on one connection failed UNAVAILABLE
+                # (150 x 3 concurrent calls: 28 refused). Off, a stream past the limit of open ones is still
+                # refused, which a client keeping to the limit never sends: gRPC core's own test of queueing
+                # past MAX_CONCURRENT_STREAMS sets it so. Handlers still ending after their client reset their
+                # calls (HTTP/2 rapid reset) no longer count here: GRPC_MAX_CONCURRENT_RPCS bounds those.
+                ("grpc.http.overload_protection", 0),
                 (
                     "grpc.max_connection_age_grace_ms",
                     int(settings.grpc_max_connection_age_grace_seconds * ms),
