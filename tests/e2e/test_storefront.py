@@ -833,6 +833,33 @@ async def test_a_cart_changed_unseen_before_place_order_is_refused_and_shown(tab
     assert order["total"]["amountMinor"] == "17800", order
 
 
+async def test_enter_in_a_cart_quantity_sets_it_and_the_total_and_orders_nothing(
+    tab: Tab, http: httpx.AsyncClient
+) -> None:
+    """A cart quantity belongs to the checkout form (its `form` attribute, so that the services' complaints land
+    on its line): Enter in it submitted that form, placing the order for three knives at $267.00, a total the
+    page never showed. Enter sets the quantity and the total, and focus stays; only "Place order" orders."""
+    page = tab.page
+    await tab.register("Enid")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.open("#/cart")
+    await tab.fill(CHECKOUT_FIELDS)
+    keys = tab.idempotency_keys("/v1/orders")
+    quantity = page.get_by_label("Quantity of 8-inch Chef's Knife")
+    await quantity.fill("3")
+    await quantity.press("Enter")
+    await expect(page.get_by_text("Total: $267.00")).to_be_visible()
+    await expect(quantity).to_be_focused()
+    await expect(page.locator("#cart-link")).to_have_text("Cart (3)")
+
+    await tab.press("Place order")
+    await tab.placed()
+    assert len(keys) == 1, "Enter in the quantity placed no order of its own"
+    [order] = await orders_of(http, await tab.token())
+    assert [(item["productId"], item["quantity"]) for item in order["items"]] == [("prod_chef_knife", 3)]
+    assert order["total"]["amountMinor"] == "26700", order
+
+
 async def another_tab_adds(first: Tab, *lines: tuple[str, int]) -> None:
     """A second tab of `first`'s browser (the same localStorage) puts `lines` (product id, quantity) in the cart."""
     second = Tab(first.context, await first.context.new_page(), first.base_url)

@@ -730,6 +730,20 @@ function cartView() {
     });
     showTotal();
   };
+  const setQuantity = (item, input) => {
+    // A change of another tab not heard of yet: this quantity is not set on a cart the page does not show;
+    // the page shows that cart first.
+    if (!sameCart(cart.items(), cartShown)) {
+      cartChangedElsewhere();
+      return;
+    }
+    const quantity = int32(Math.max(0, Number.parseInt(input.value, 10) || 0));
+    cart.setQuantity(item.productId, quantity);
+    cartShown = cart.items();
+    // A line taken out changes the rows; otherwise what was typed into the form stays.
+    if (quantity === 0) route();
+    else showTotal();
+  };
   // Each quantity is the request's `items[i].quantity`: the service's complaint about a line lands on it.
   const rows = items.map((item, index) =>
     h(
@@ -747,19 +761,14 @@ function cartView() {
           min: 0,
           value: item.quantity,
           "aria-label": `Quantity of ${item.name}`,
-          onchange: (event) => {
-            // A change of another tab not heard of yet: this quantity is not set on a cart the page does not
-            // show; the page shows that cart first.
-            if (!sameCart(cart.items(), cartShown)) {
-              cartChangedElsewhere();
-              return;
-            }
-            const quantity = int32(Math.max(0, Number.parseInt(event.target.value, 10) || 0));
-            cart.setQuantity(item.productId, quantity);
-            cartShown = cart.items();
-            // A line taken out changes the rows; otherwise what was typed into the form stays.
-            if (quantity === 0) route();
-            else showTotal();
+          onchange: (event) => setQuantity(item, event.target),
+          // Enter in a field of a form submits it (implicit submission), and this field is the checkout
+          // form's: Enter placed the order, for a quantity and total the page had not shown. It sets the
+          // quantity, as leaving the field does; only "Place order" orders. (Read-only: a checkout is out.)
+          onkeydown: (event) => {
+            if (event.key !== "Enter") return;
+            event.preventDefault();
+            if (!event.target.readOnly) setQuantity(item, event.target);
           },
         }),
         h("span", { class: "problem", id: `cart-quantity-${index}-problem` }),
