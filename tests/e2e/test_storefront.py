@@ -985,6 +985,38 @@ async def test_a_checkout_refused_while_another_tab_changed_the_cart_shows_both(
         assert [(item["productId"], item["quantity"]) for item in placed[0]["items"]] == [("prod_chef_knife", 4)]
 
 
+async def test_a_checkout_answer_stays_shown_beside_another_tabs_change_of_the_cart(
+    stack: Stack, browser: Browser, http: httpx.AsyncClient
+) -> None:
+    """A refusal shown (a declined card, its cancelled order) was wiped when another tab then changed the cart:
+    the page said only that the cart changed, and, for a tab that lost the race for the last unit (the other
+    tab's order took the line out), "Your cart is empty." The answer stays beside the notice, its order link
+    with it, whether the cart grew or was emptied."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Katherine")
+        await first.add_to_cart("prod_chef_knife")
+        await first.check_out(card=DECLINED_CARD)
+        alert = page.get_by_role("alert")
+        await expect(alert).to_contain_text("Your card was declined.", timeout=SLOW)
+        [cancelled] = await orders_of(http, await first.token())
+        order_link = alert.get_by_role("link", name=f"Order {cancelled['id']}")
+
+        await another_tab_adds(first, ("prod_chef_knife", 3))
+        await expect(page.get_by_text("Total: $356.00")).to_be_visible()
+        await expect(page.locator("#flash")).to_contain_text("Your cart was changed in another tab")
+        await expect(alert).to_contain_text("Your card was declined.")
+        await expect(order_link).to_be_visible()
+        await expect(page.get_by_label("Card number", exact=True)).to_have_value(DECLINED_CARD)
+
+        emptying = await first.context.new_page()
+        await emptying.goto(f"{first.base_url}/#/")
+        await emptying.evaluate("localStorage.setItem('shopmesh.cart', '[]')")
+        await expect(page.get_by_text("Your cart is empty.")).to_be_visible()
+        await expect(alert).to_contain_text("Your card was declined.")
+        await expect(order_link).to_be_visible()
+
+
 async def test_a_checkout_of_unknown_outcome_keeps_its_cart_shown_so_placing_it_again_is_the_same_order(
     stack: Stack, browser: Browser, http: httpx.AsyncClient
 ) -> None:

@@ -304,7 +304,11 @@ function sameCart(one, other) {
 // holds a change of another tab as while the request was out. Redrawn into the changed cart, "Place order"
 // ordered that cart under a new key while the first order may have gone through. The redraw is made once an
 // answer settles the outcome (a refusal; a success goes to the order), or on leaving the page.
-const checkout = { out: false, redrawDue: false, unknown: false };
+// `answer`: the last checkout's refusal on this page (a declined card and its cancelled order, a line short of
+// stock), its violations as answered and the lines they name (`items`). Another tab's change redraws the page,
+// which had wiped it: the tab that lost a race for the last unit said only that its cart was now empty. It is
+// shown again with each redraw until the shopper acts (places the order again, sets a quantity, leaves).
+const checkout = { out: false, redrawDue: false, unknown: false, answer: null };
 
 const CHANGED_ELSEWHERE = "Your cart was changed in another tab: it is shown here as it now is.";
 const CHANGED_BEFORE_ORDER =
@@ -315,20 +319,25 @@ const CHANGED_WHILE_UNKNOWN =
   "then the cart below is the one it ordered, so that placing it again is the same order, never a second one.";
 
 // The cart page again, with the cart as stored now, told why; what was typed into the checkout form stays
-// (the card too: it never left the page), and so does the answer to a checkout that failed (`error`).
-async function showCartChanged(message, error = null) {
+// (the card too: it never left the page), and so does the answer to the last checkout refused.
+async function showCartChanged(message) {
   // The form's own inputs: the quantities outside it (their `form` attribute) are the cart's, shown anew.
   const fieldsOf = (form) => [...(form?.querySelectorAll("input") ?? [])];
   const typed = fieldsOf(document.getElementById(CHECKOUT_FORM)).map((input) => [input.name, input.value]);
+  const { answer } = checkout;
   flash(message);
   await route();
+  checkout.answer = answer;
   const form = document.getElementById(CHECKOUT_FORM);
   const fields = fieldsOf(form);
   for (const [name, value] of typed) {
     const input = fields.find((field) => field.name === name);
     if (input) input.value = value;
   }
-  if (!error) return;
+  if (!answer) return;
+  // Its complaints about lines, on those lines as the page now shows them (each showing marks them shown).
+  answer.error.violations = answer.violations.map((violation) => ({ ...violation }));
+  const error = onLinesShown(answer.error, answer.items);
   // A cart left with no checkout form (emptied, or of two currencies) still tells what became of the order.
   if (form) showProblems(form, error);
   else document.getElementById("view").append(errorBox(error));
@@ -738,6 +747,7 @@ function cartView() {
       return;
     }
     const quantity = int32(Math.max(0, Number.parseInt(input.value, 10) || 0));
+    checkout.answer = null;
     cart.setQuantity(item.productId, quantity);
     cartShown = cart.items();
     // A line taken out changes the rows; otherwise what was typed into the form stays.
@@ -809,6 +819,7 @@ function checkoutForm(currency, session, showPrices) {
     // (its `storage` event not heard yet) is shown first, and nothing is sent. After an unknown outcome the
     // page shows the cart that was ordered, whatever the cart is now: placing it again is the same request.
     const items = cartShown;
+    checkout.answer = null;
     if (!checkout.unknown && !sameCart(cart.items(), items)) {
       await showCartChanged(CHANGED_BEFORE_ORDER);
       return;
@@ -865,6 +876,11 @@ function checkoutForm(currency, session, showPrices) {
       }
       const failure = withLineProblems(error, order.items);
       checkout.unknown = onThisPage && failure instanceof ApiError && Boolean(failure.retrySafe);
+      if (onThisPage && !checkout.unknown && failure instanceof ApiError && !failure.needsSignIn) {
+        // (A copy of its violations: showing them marks them shown.)
+        const violations = failure.violations.map((violation) => ({ ...violation }));
+        checkout.answer = { error: failure, violations, items: order.items };
+      }
       if (checkout.unknown) {
         if (checkout.redrawDue) flash(CHANGED_WHILE_UNKNOWN);
         throw failure;
@@ -877,7 +893,7 @@ function checkoutForm(currency, session, showPrices) {
         failure instanceof ApiError &&
         !failure.needsSignIn
       ) {
-        await showCartChanged(CHANGED_ELSEWHERE, onLinesShown(failure, order.items));
+        await showCartChanged(CHANGED_ELSEWHERE);
         return;
       }
       throw failure;
@@ -1205,6 +1221,7 @@ async function route() {
   // Whatever was held for the page left is not for the one shown now.
   checkout.unknown = false;
   checkout.redrawDue = false;
+  checkout.answer = null;
   let content;
   if (!parts) {
     content = notFound();
