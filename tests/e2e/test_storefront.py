@@ -1470,6 +1470,40 @@ async def test_focus_goes_to_the_new_pages_heading_and_to_what_a_refused_form_na
     await expect(page.get_by_label("City", exact=True)).to_be_focused()
 
 
+async def test_focus_goes_to_the_heading_after_cancelling_signing_out_and_on_an_error_page(tab: Tab) -> None:
+    """docs/storefront.md: "Focus goes where the page changed". After "Cancel order", and "Sign out" on the
+    products page (no change of the fragment), focus had dropped to the document's body; an error page (a
+    search too long, the shop unavailable) had no heading to go to."""
+    page = tab.page
+    heading = page.get_by_role("heading", level=1)
+    await tab.register("Alan")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.check_out()
+    await tab.placed()
+    order_id = order_id_in(page.url)
+    await page.get_by_role("button", name="Cancel order").press("Enter")
+    await expect(page.get_by_text("State: CANCELLED")).to_be_visible(timeout=SLOW)
+    await expect(heading).to_have_text(f"Order {order_id}")
+    await expect(heading).to_be_focused()
+
+    await tab.open("#/")
+    await page.get_by_role("button", name="Sign out").press("Enter")
+    await expect(page.get_by_role("link", name="Sign in")).to_be_visible()
+    await expect(heading).to_have_text("All products")
+    await expect(heading).to_be_focused()
+
+    search = page.get_by_label("Search products")
+    await search.fill("knife" * 41)
+    await search.press("Enter")
+    await expect(page.get_by_role("alert")).to_be_visible()
+    await expect(heading).to_be_focused()
+
+    await page.route(re.compile(r"/v1/products\?"), lambda route: route.fulfill(status=503, body="no healthy upstream"))
+    await tab.open("#/?category=kitchen")
+    await expect(page.get_by_role("alert")).to_contain_text("The shop is unavailable right now")
+    await expect(heading).to_be_focused()
+
+
 async def test_a_cart_line_short_of_stock_is_told_beside_that_line(tab: Tab, http: httpx.AsyncClient) -> None:
     """INSUFFICIENT_STOCK names the short products by id (ErrorInfo metadata `product_ids`), as
     PRODUCT_NOT_FOUND does: the line short is marked, not only the message above."""

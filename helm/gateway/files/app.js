@@ -1041,11 +1041,11 @@ async function orderView(orderId) {
           } catch (error) {
             if (!cancellationAccepted(error, order.id)) throw error;
             flash(`Cancellation of order ${order.id} accepted; it completes on its own and the payment is refunded.`);
-            route();
+            redraw();
             return;
           }
           flash(`Order ${order.id} is being cancelled; the payment is refunded.`);
-          route();
+          redraw();
         })
       : null;
   return [
@@ -1185,10 +1185,23 @@ let shown = 0;
 // The page shown next was navigated to (not redrawn in place): focus goes to its heading.
 let headingDue = false;
 
+// The page drawn anew after a button changed it (the order cancelled): focus goes to its heading, as after a
+// link. The button is gone with the old page, and focus with it, to the document's body.
+function redraw() {
+  headingDue = true;
+  return route();
+}
+
 // A page for what does not exist (no route, or the product or order the API did not find), with the API's
 // answer if there was one.
 function notFound(answer = null) {
   return [h("h1", {}, "Not found"), answer, h("p", {}, h("a", { href: "#/" }, "Back to the shop"))];
+}
+
+// A page the API's answer did not let be shown (the shop unavailable, a search refused as too long): a heading
+// as every page has, for focus to go to and the document's title to name, then why.
+function errorPage(error) {
+  return [h("h1", {}, "This page could not be shown"), errorBox(error)];
 }
 
 // To the sign-in page, which comes back here once signed in. It takes the place of this page in the history:
@@ -1238,7 +1251,7 @@ async function route() {
         // busy for good, which assistive technology announces as loading.
         if (mine === shown) {
           view.removeAttribute("aria-busy");
-          view.replaceChildren(errorBox(new ApiError(0, { code: UNKNOWN, message: "Something went wrong." })));
+          view.replaceChildren(...errorPage(new ApiError(0, { code: UNKNOWN, message: "Something went wrong." })));
         }
         throw error;
       }
@@ -1258,7 +1271,7 @@ async function route() {
         location.replace(`#${path}${rest ? `?${rest}` : ""}`);
         return;
       }
-      content = error.code === NOT_FOUND ? notFound(errorBox(error)) : [errorBox(error)];
+      content = error.code === NOT_FOUND ? notFound(errorBox(error)) : errorPage(error);
     }
   }
   // An older navigation that answers late does not overwrite a newer one.
@@ -1330,15 +1343,21 @@ function signOut() {
 
 document.getElementById("sign-out").addEventListener("click", () => {
   signOut();
-  location.hash = "#/";
+  // On the products page already, no fragment changes (no hashchange): it is shown anew all the same, or
+  // focus stayed on the button hidden with the session, which is the document's body.
+  if (location.hash === "#/") navigated();
+  else location.hash = "#/";
 });
-window.addEventListener("hashchange", () => {
+
+function navigated() {
   // A message belongs to the page it was said on, or to the one it led to.
   if (keepFlash) keepFlash = false;
   else flash("");
   headingDue = true;
   route();
-});
+}
+
+window.addEventListener("hashchange", navigated);
 // Another tab changed the cart (`key` null: it cleared the storage). The cart page shows it as it now is: what
 // it shows is what its checkout orders.
 window.addEventListener("storage", (event) => {
