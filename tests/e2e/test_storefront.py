@@ -493,6 +493,24 @@ async def test_a_protected_page_asks_to_sign_in_and_returns_there(tab: Tab) -> N
     await expect(page.get_by_role("heading", level=1)).to_have_text("Your orders")
 
 
+async def test_registering_an_address_already_registered_says_so_and_greets_no_name_typed(
+    stack: Stack, browser: Browser, tab: Tab
+) -> None:
+    """Registering a taken address with its own password signs in to that account, as a retry of a sign-up
+    whose sign-in failed must. It had greeted the name just typed ("Welcome, Other!"), which is not the
+    account's: the page says the account already existed."""
+    email = await tab.register("Ada")
+    async with open_tab(stack, browser) as other:
+        page = other.page
+        await other.open("#/register")
+        await other.fill({"Name": "Other", "E-mail": email, "Password": PASSWORD})
+        await other.press("Create account")
+        await expect(page.locator("#who")).to_have_text(email)
+        flash = page.locator("#flash")
+        await expect(flash).to_contain_text("already had an account")
+        await expect(flash).not_to_contain_text("Other")
+
+
 async def test_what_a_customer_types_is_shown_as_text_never_run_as_markup(tab: Tab) -> None:
     page = tab.page
     hostile = "<img src=x onerror=\"document.title='owned'\">"

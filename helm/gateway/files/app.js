@@ -1149,18 +1149,23 @@ function registerView() {
       async (values) => {
         const credentials = { email: values.email, password: values.password };
         let login = null;
+        let greeting;
         try {
-          await api.register({ ...credentials, displayName: values.display_name });
+          const { user } = await api.register({ ...credentials, displayName: values.display_name });
+          greeting = `Welcome, ${user?.displayName || values.display_name}!`;
         } catch (error) {
           // Registered by an earlier try whose sign-in then failed: signing in is what is left to do (with
           // another password, the account is someone else's, as the first answer said).
           if (!(error instanceof ApiError && error.code === ALREADY_EXISTS)) throw error;
           login = await api.login(credentials).catch(() => Promise.reject(error));
+          // The account is the one made before, under the name given then, which the public API does not
+          // tell: greeted by the name typed now ("Welcome, Other!"), the shopper took it for a new account.
+          greeting = "This address already had an account, with this password: you are signed in to it.";
         }
         login ??= await api.login(credentials);
         startSession(login, values.email);
         showSession();
-        flash(`Welcome, ${values.display_name}!`, { acrossNavigation: true });
+        flash(greeting, { acrossNavigation: true });
         location.hash = "#/";
       },
     ),
