@@ -1551,6 +1551,33 @@ async def test_the_add_to_cart_form_leaves_checks_to_the_page_not_the_browser(ta
     await expect(page.get_by_role("link", name="Cart (1)")).to_be_visible()
 
 
+async def test_a_quantity_typed_in_exponent_form_is_read_whole_and_a_fraction_is_refused_beside_it(tab: Tab) -> None:
+    """A number input takes "1e3": read with parseInt it was 1, on the product page and in the cart, a quantity
+    the shopper never typed. It is read as the number it is; a fraction, which no quantity is, is refused
+    beside its field and changes nothing."""
+    page = tab.page
+    await tab.open("#/products/prod_soy_candle")
+    await page.get_by_label("Quantity").fill("1e1")
+    await tab.press("Add to cart")
+    await expect(page.get_by_role("status").filter(has_text="to your cart")).to_have_text("Added 10 to your cart.")
+    await page.get_by_label("Quantity").fill("2.5")
+    await tab.press("Add to cart")
+    await expect(page.get_by_role("status").filter(has_text="whole number")).to_be_visible()
+    await expect(page.locator("#cart-link")).to_have_text("Cart (10)")
+
+    await tab.open("#/cart")
+    quantity = page.get_by_label("Quantity of Cedar & Sage Soy Candle")
+    await quantity.fill("2e1")
+    await quantity.press("Tab")
+    await expect(page.locator("#cart-link")).to_have_text("Cart (20)")
+    await expect(quantity).to_have_value("20")
+    await quantity.fill("1.5")
+    await quantity.press("Enter")
+    await expect(quantity).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator(f"#{await quantity.get_attribute('aria-describedby')}")).to_contain_text("whole number")
+    await expect(page.locator("#cart-link")).to_have_text("Cart (20)")
+
+
 async def test_a_cart_stored_in_another_shape_is_read_as_its_well_formed_lines(tab: Tab) -> None:
     """The cart is localStorage, which anything on the origin (an older page, an extension, a person) may have
     written: '{}' broke every page (a script error), a line without its price broke the cart page."""

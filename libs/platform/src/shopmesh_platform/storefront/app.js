@@ -647,6 +647,15 @@ async function productsView(query) {
   ];
 }
 
+const NOT_WHOLE = "A quantity is a whole number.";
+
+// What a number input holds, as the number it is: NaN when empty, null for a fraction, which no quantity is.
+// Not parseInt: the input takes "1e3", which parseInt read as 1, a quantity the shopper never typed.
+function wholeNumber(input) {
+  const number = input.valueAsNumber;
+  return Number.isFinite(number) && !Number.isInteger(number) ? null : number;
+}
+
 async function productView(productId) {
   const page = await api.productPage(productId);
   const product = page.product;
@@ -662,7 +671,12 @@ async function productView(productId) {
       novalidate: true,
       onsubmit: (event) => {
         event.preventDefault();
-        const count = int32(Math.max(1, Number.parseInt(quantity.value, 10) || 1));
+        const typed = wholeNumber(quantity);
+        if (typed === null) {
+          added.textContent = `${NOT_WHOLE} Nothing was added.`;
+          return;
+        }
+        const count = int32(Math.max(1, Number.isNaN(typed) ? 1 : typed));
         cart.add(product, count);
         added.textContent = `Added ${count} to your cart.`;
       },
@@ -746,7 +760,21 @@ function cartView() {
       cartChangedElsewhere();
       return;
     }
-    const quantity = int32(Math.max(0, Number.parseInt(input.value, 10) || 0));
+    const typed = wholeNumber(input);
+    const problem = problemOf(input);
+    if (typed === null) {
+      // Said beside the quantity, as the services' complaints about a line are; the cart keeps the line's.
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", problem.id);
+      problem.textContent = NOT_WHOLE;
+      return;
+    }
+    input.removeAttribute("aria-invalid");
+    input.removeAttribute("aria-describedby");
+    problem.textContent = "";
+    const quantity = int32(Math.max(0, Number.isNaN(typed) ? 0 : typed));
+    // Shown as the cart now holds it ("1e3" as 1000).
+    input.value = String(quantity);
     checkout.answer = null;
     cart.setQuantity(item.productId, quantity);
     cartShown = cart.items();
