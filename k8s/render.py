@@ -152,6 +152,15 @@ def render(
     return {path: text for path, text in sorted(out.items()) if text.strip() and not path.endswith("NOTES.txt")}
 
 
+def notes(helm_dir: Path, values: dict[str, Any]) -> str:
+    """The umbrella's NOTES.txt with `values`, as `helm install` prints it after the release (render leaves it out:
+    it is no manifest)."""
+    with helm.Chart.load(helm_dir / UMBRELLA) as loaded:
+        out = loaded.render(values, name=UMBRELLA, namespace=NAMESPACE, is_install=True)
+    text: str = out[f"{UMBRELLA}/templates/NOTES.txt"]
+    return text
+
+
 def lint(helm_dir: Path, chart: str, value_set: str) -> dict[str, Any]:
     return helm.lint(helm_dir / chart, values_for(value_set, helm_dir), namespace=NAMESPACE, kube_version="v1.32.0")
 

@@ -213,3 +213,21 @@ def test_each_postgresql_pods_configmap_gives_the_chassis_its_pool(helm_dir: Pat
     docs = staging(helm_dir, pool={"size": 3, "maxOverflow": 1}, maxConnections=1000)
     configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
     assert {owner: pool_of(configmaps[owner]) for owner in OWNERS} == dict.fromkeys(OWNERS, (3, 4))
+
+
+@pytest.mark.parametrize(
+    "canaries",
+    [{"catalog": {"enabled": True, "replicaCount": 2}}, {"catalog": {"enabled": True}, "orders": {"enabled": True}}],
+    ids=["one-canary-of-two-pods", "two-canaries"],
+)
+def test_staging_fits_one_canary_pod_at_a_time(helm_dir: Path, canaries: dict[str, Any]) -> None:
+    """What docs/kubernetes.md tells a staging operator: 280 stable connections and one canary pod's 2 x 4 fit
+    the 290; a second pod, in the same canary or another's, does not (and a one-pod canary has no disruption
+    budget: the doc's consequence)."""
+    one = render.merged_values(
+        render.values_for("staging+istio", helm_dir), {"global": {"canary": {"catalog": {"enabled": True}}}}
+    )
+    objects_of(helm_dir, "shopmesh", one)
+    more = render.merged_values(render.values_for("staging+istio", helm_dir), {"global": {"canary": canaries}})
+    with pytest.raises(Exception, match="may open 296 connections together, more than its 290"):
+        objects_of(helm_dir, "shopmesh", more)

@@ -19,7 +19,16 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES, is_edge, methods_called, service_callers
 
-from .k8skit import ROOT, Docs, find, objects_of, render, run_deploy_staging, validate_custom_resources
+from .k8skit import (
+    KUBERNETES_VERSION,
+    ROOT,
+    Docs,
+    find,
+    objects_of,
+    render,
+    run_deploy_staging,
+    validate_custom_resources,
+)
 
 # Linkerd's injector reads the proxy's CPU request from this pod annotation.
 PROXY_CPU = "config.linkerd.io/proxy-cpu-request"
@@ -902,6 +911,44 @@ def test_the_stable_disruption_budget_counts_only_the_stable_pods(helm_dir: Path
     budget = find(docs, "PodDisruptionBudget", CANARY)["spec"]["selector"]["matchLabels"]
     assert selects(budget, pod_labels(docs, CANARY))
     assert not selects(budget, pod_labels(docs, f"{CANARY}-canary"))
+
+
+def staging_with_canary(helm_dir: Path, max_connections: int | None = None, **canary: Any) -> dict[str, Any]:
+    """Staging (disruption budgets on) behind Linkerd with a canary of CANARY; its connection budget raised to
+    `max_connections` if given (staging's 290 fits one canary pod and no more)."""
+    staging = render.values_for("staging", helm_dir)
+    database = staging["global"]["database"] | ({} if max_connections is None else {"maxConnections": max_connections})
+    return {"global": staging["global"] | canary_values("linkerd", **canary)["global"] | {"database": database}}
+
+
+def test_a_canary_of_two_pods_is_drained_one_pod_at_a_time(helm_dir: Path) -> None:
+    """Its own budget, maxUnavailable 1 over the canary's pods alone: a drain never takes both at once, so the
+    canary's share of the calls (which neither mesh sends to the stable pods) always has a pod to answer it."""
+    docs = render_umbrella(helm_dir, staging_with_canary(helm_dir, max_connections=296, replicaCount=2))
+    budget = find(docs, "PodDisruptionBudget", f"{CANARY}-canary")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in budget["spec"]
+    assert selects(budget["spec"]["selector"]["matchLabels"], pod_labels(docs, f"{CANARY}-canary"))
+    assert not selects(budget["spec"]["selector"]["matchLabels"], pod_labels(docs, CANARY))
+    assert find(docs, "PodDisruptionBudget", CANARY)["spec"]["minAvailable"] == 1
+    kubernetes_validate.validate(budget, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_one_pod_canary_taking_calls_is_named_with_what_a_drain_does_to_them(helm_dir: Path) -> None:
+    """One pod cannot have a budget that lets a drain finish, so none is rendered; what that costs is said where
+    the operator setting the weight reads it, helm's notes after the upgrade."""
+    values = staging_with_canary(helm_dir)
+    docs = render_umbrella(helm_dir, values)
+    assert [
+        d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget" and CANARY in d["metadata"]["name"]
+    ] == [CANARY]
+    notes = " ".join(render.notes(helm_dir, values).split())
+    assert f"The canary of {CANARY} is one pod taking {CANARY_WEIGHT}% of the calls to {CANARY}" in notes
+    assert "until its replacement is ready (up to 120 s) those calls fail UNAVAILABLE" in notes
+    assert f"global.canary.{CANARY}.replicaCount=2" in notes
+    # With no calls to lose (weight 0, the rollout's first step) there is nothing to say.
+    quiet = " ".join(render.notes(helm_dir, staging_with_canary(helm_dir, weight=0)).split())
+    assert "The canary of" not in quiet
 
 
 @pytest.mark.parametrize(

@@ -215,20 +215,27 @@ spec:
 
 {{- define "shopmesh-lib.pdb" -}}
 {{- $c := .c -}}
-{{- $replicas := int (ternary $c.autoscaling.minReplicas $c.replicas $c.autoscaling.enabled) -}}
+{{- /* track: "stable" (the budget <name>, bound by the values) or "canary" (<name>-canary, maxUnavailable 1, only
+     from 2 replicas: _service.tpl): a drain then evicts the canary's pods one at a time, each once its
+     replacement is ready, so its share of the calls always has a pod to go to (neither mesh falls back to the
+     stable subset). One pod cannot be kept without blocking every drain. */ -}}
+{{- $track := .track | default "stable" -}}
+{{- $canary := eq $track "canary" -}}
+{{- $pdb := ternary (dict "bound" "maxUnavailable" "value" 1) $c.pdb $canary -}}
+{{- $replicas := int (ternary $c.canary.replicas (ternary $c.autoscaling.minReplicas $c.replicas $c.autoscaling.enabled) $canary) -}}
 {{- /* The pods the bound counts (kept for minAvailable, let go for maxUnavailable), as the disruption controller
      counts them: a percentage of the replicas rounded up (minAvailable 50% of one pod is that pod,
      maxUnavailable 25% of 2 pods is 1). */ -}}
-{{- $bound := toString $c.pdb.value -}}
+{{- $bound := toString $pdb.value -}}
 {{- $count := 0 -}}
 {{- if regexMatch "^[0-9]+%$" $bound -}}
 {{- $count = div (add (mul (trimSuffix "%" $bound | int) $replicas) 99) 100 -}}
 {{- else if regexMatch "^[0-9]+$" $bound -}}
 {{- $count = int $bound -}}
 {{- else -}}
-{{- fail (printf "podDisruptionBudget: %s %q is neither a number of pods nor a percentage (50%%)" $c.pdb.bound $bound) -}}
+{{- fail (printf "podDisruptionBudget: %s %q is neither a number of pods nor a percentage (50%%)" $pdb.bound $bound) -}}
 {{- end -}}
-{{- if eq $c.pdb.bound "minAvailable" -}}
+{{- if eq $pdb.bound "minAvailable" -}}
 {{- if le $replicas (int $count) -}}
 {{- fail (printf "podDisruptionBudget: minAvailable %v with %v replica(s) keeps %v pod(s) and would block every node drain; raise replicaCount / autoscaling.minReplicas, or lower minAvailable" $bound $replicas $count) -}}
 {{- end -}}
@@ -238,18 +245,19 @@ spec:
 apiVersion: policy/v1
 kind: PodDisruptionBudget
 metadata:
-  name: {{ $c.name }}
+  name: {{ $c.name }}{{ if $canary }}-canary{{ end }}
   namespace: {{ $c.namespace }}
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
 spec:
-  {{ $c.pdb.bound }}: {{ $c.pdb.value }}
+  {{ $pdb.bound }}: {{ $pdb.value }}
   unhealthyPodEvictionPolicy: AlwaysAllow
   selector:
     matchLabels:
       {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
-      # The stable pods only: a canary's pod must not stand in for them while a drain evicts them all.
-      shopmesh.io/track: stable
+      # One track's pods only: a canary's pod must not stand in for the stable ones while a drain evicts them
+      # all, nor they for it.
+      shopmesh.io/track: {{ $track }}
 {{- end -}}
 
 

@@ -29,6 +29,10 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 {{- if $c.pdb.enabled }}
 ---
 {{ include "shopmesh-lib.pdb" $ctx }}
+{{- if and $c.canary.enabled (ge (int $c.canary.replicas) 2) }}
+---
+{{ include "shopmesh-lib.pdb" (merge (dict "track" "canary") $ctx) }}
+{{- end }}
 {{- end }}
 {{- if $c.ingress.http.parentRefs }}
 ---
