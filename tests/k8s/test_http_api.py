@@ -538,6 +538,33 @@ def test_the_edges_heap_is_bounded_under_its_containers_memory_limit_as_make_run
     }
 
 
+def children_naming(folder: Path) -> list[int]:
+    """The pids of this process's children whose command line names `folder` (a scratch folder of theirs)."""
+    pids = [int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+    return [pid for pid in pids if str(folder) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+
+
+def resident_mib(pid: int) -> float:
+    [line] = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:")]
+    return int(line.split()[1]) / 1024
+
+
+def test_the_edges_memory_request_is_what_its_envoy_holds_at_rest_with_headroom(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """docs/kubernetes.md#sizing's rule, request = idle RSS + headroom (~30 %), for the edge's Envoy as the pod runs
+    it (its arguments: 2 workers, the heap bound): it holds about 71 MiB at rest (68 MiB after make bench-http),
+    and a request of 32Mi let the scheduler pack pods onto a node that could not hold them."""
+    docs = rendered["default", EDGE]
+    resources = container(docs)["resources"]
+    request, limit = (int(resources[kind]["memory"].removesuffix("Mi")) for kind in ("requests", "limits"))
+    with running_http_api(files_of(docs), tmp_path, container(docs)["args"]):
+        [envoy] = children_naming(tmp_path)
+        resident = resident_mib(envoy)
+    assert request >= 1.25 * resident, f"a request of {request}Mi for an Envoy holding {resident:.0f} MiB at rest"
+    assert limit >= 1.25 * request, "the limit leaves room above the request (the heap grows under load)"
+
+
 @pytest.mark.parametrize(
     ("limit", "limit_bytes"),
     [("256Mi", 256 * 2**20), ("1Gi", 2**30), ("300M", 300 * 10**6), (200_000_000, 200_000_000)],
