@@ -5,9 +5,10 @@
 Starts every installed service of the topology (SQLite, real nats-server) as `make run` does, reads
 VmRSS from /proc after startup (idle), then drives PlaceOrder at a fixed rate (each one prices through
 catalog, reserves in inventory, charges in payments, publishes through the outbox) plus catalog reads,
-and reports each process's peak RSS (VmHWM). docs/kubernetes.md#sizing turns the figures into requests
-and limits in helm/shopmesh/values-staging.yaml. `--traces`: every service records its spans and exports them
-over OTLP (to the local trace sink), as on Kubernetes by default.
+and reports each process's peak RSS (VmHWM), the HTTP/JSON edge's Envoy (`http-api`) included.
+docs/kubernetes.md#sizing turns the figures into requests and limits in helm/shopmesh/values-staging.yaml.
+`--traces`: every service records its spans and exports them over OTLP (to the local trace sink), as on
+Kubernetes by default.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_platform.stack import Stack, existing_services
+from shopmesh_platform.stack import HTTP_API, Stack, existing_services
 
 PRODUCT = "prod_chef_knife"
 
@@ -82,10 +83,11 @@ async def load(stack: Stack, rate: float, seconds: float) -> tuple[int, int]:
 async def main(rate: float, seconds: float, services: list[str] | None, traces: bool) -> None:
     names = services or existing_services()
     with tempfile.TemporaryDirectory() as data:
-        stack = Stack.for_tests(Path(data), services=names, traces=traces)
+        stack = Stack.for_tests(Path(data), services=names, traces=traces, http="gateway" in names)
         async with stack:
             await asyncio.sleep(5)
-            idle = {n: status_kib(pid, "VmRSS") for n in stack.services if (pid := stack.pid(n))}
+            measured = [*stack.services, *([HTTP_API] if "gateway" in names else [])]
+            idle = {n: status_kib(pid, "VmRSS") for n in measured if (pid := stack.pid(n))}
             if {"orders", "inventory", "catalog", "payments"} <= set(stack.services):
                 async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
                     await inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
@@ -93,7 +95,7 @@ async def main(rate: float, seconds: float, services: list[str] | None, traces: 
                     )
                 ok, errors = await load(stack, rate, seconds)
                 print(f"load: {ok} checkouts + catalog reads at {rate:g}/s for {seconds:g}s, {errors} errors")
-            peak = {n: status_kib(pid, "VmHWM") for n in stack.services if (pid := stack.pid(n))}
+            peak = {n: status_kib(pid, "VmHWM") for n in measured if (pid := stack.pid(n))}
     print("| service | idle RSS (MiB) | peak RSS under load (MiB) |")
     print("|---|---|---|")
     for name in idle:

@@ -53,7 +53,7 @@ from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
 from shopmesh_platform.traces import load
 
-from .k8skit import ENVOY_LOG, Docs, find, http_api, objects_of, render, running_http_api, trace_sink
+from .k8skit import ENVOY_LOG, ROOT, Docs, find, http_api, objects_of, render, running_http_api, trace_sink
 
 EDGE = next(name for name in SERVICES if is_edge(name))
 PORT = 8080
@@ -538,30 +538,19 @@ def test_the_edges_heap_is_bounded_under_its_containers_memory_limit_as_make_run
     }
 
 
-def children_naming(folder: Path) -> list[int]:
-    """The pids of this process's children whose command line names `folder` (a scratch folder of theirs)."""
-    pids = [int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
-    return [pid for pid in pids if str(folder) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+# docs/kubernetes.md#sizing's row for the edge: its Envoy's resident memory at rest, as measured (not here: memory
+# is measured by k8s/measure_rss.py and recorded in the doc, never asserted from a run in a test).
+EDGE_SIZING_ROW = re.compile(r"^\| gateway's edge \(`http-api`, Envoy\) \| (\d+) \|", re.MULTILINE)
 
 
-def resident_mib(pid: int) -> float:
-    [line] = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:")]
-    return int(line.split()[1]) / 1024
-
-
-def test_the_edges_memory_request_is_what_its_envoy_holds_at_rest_with_headroom(
-    rendered: dict[tuple[str, str], Docs], tmp_path: Path
-) -> None:
-    """docs/kubernetes.md#sizing's rule, request = idle RSS + headroom (~30 %), for the edge's Envoy as the pod runs
-    it (its arguments: 2 workers, the heap bound): it holds about 71 MiB at rest (68 MiB after make bench-http),
-    and a request of 32Mi let the scheduler pack pods onto a node that could not hold them."""
-    docs = rendered["default", EDGE]
-    resources = container(docs)["resources"]
+def test_the_edges_memory_request_is_its_measured_rest_with_headroom(rendered: dict[tuple[str, str], Docs]) -> None:
+    """docs/kubernetes.md#sizing's rule, request = idle RSS + headroom (~30 %), for the edge's Envoy: a request of
+    32Mi, under half of what it holds at rest, let the scheduler place a gateway pod on a node without room for
+    it."""
+    [idle] = EDGE_SIZING_ROW.findall((ROOT / "docs" / "kubernetes.md").read_text())
+    resources = container(rendered["default", EDGE])["resources"]
     request, limit = (int(resources[kind]["memory"].removesuffix("Mi")) for kind in ("requests", "limits"))
-    with running_http_api(files_of(docs), tmp_path, container(docs)["args"]):
-        [envoy] = children_naming(tmp_path)
-        resident = resident_mib(envoy)
-    assert request >= 1.25 * resident, f"a request of {request}Mi for an Envoy holding {resident:.0f} MiB at rest"
+    assert request >= 1.25 * int(idle), f"a request of {request}Mi for an Envoy holding {idle} MiB at rest"
     assert limit >= 1.25 * request, "the limit leaves room above the request (the heap grows under load)"
 
 
