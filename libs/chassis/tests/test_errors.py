@@ -360,3 +360,29 @@ async def test_an_error_of_a_call_that_ended_before_its_answer_went_out_is_not_l
         await eventually(servicer.ended.is_set, "the handler seeing its call end")
         await eventually(lambda: sum(_handled(server, "Fail").values()) == 1, "the call counted")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+class Unfinished(SampleServicer):
+    """Record left as grpc's generated base has it: UNIMPLEMENTED set on the context, then NotImplementedError."""
+
+    Record = sample_pb2_grpc.SampleServiceServicer.Record
+
+
+async def test_a_handler_that_set_its_status_then_raised_answers_that_status_without_an_error_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Answered INTERNAL "internal error" with an ERROR traceback: the generated base's own UNIMPLEMENTED
+    was lost, and the call counted as INTERNAL."""
+    async with (
+        serve_in_process(sample_settings(), [binding(Unfinished())]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sample_pb2_grpc.SampleServiceStub(channel).Record(sample_pb2.RecordRequest(), timeout=5)
+        await eventually(lambda: sum(_handled(server, "Record").values()) == 1, "the call counted")
+        counted = _handled(server, "Record")
+        # Trailers-only, as every error the chassis answers.
+        assert not caught.value.initial_metadata()
+    assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+    assert counted == {"UNIMPLEMENTED": 1.0}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -14,6 +14,9 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+
+# typeshed's stubs of grpcio-health-checking predate List (grpc.health.v1's third method).
+from grpc_health.v1.health_pb2 import HealthListRequest, HealthListResponse  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -61,6 +64,9 @@ class _HealthServicer(HealthServicer):
     drain asks, once NOT_SERVING (or SERVICE_UNKNOWN) has gone out on it: the stream then ends with OK and the
     watcher, told the server is going, watches another."""
 
+    # The library's own statuses by name, which its Check answers from (typeshed's stubs leave it out).
+    _server_status: Mapping[str, int]
+
     def __init__(self) -> None:
         super().__init__()
         self._ending = asyncio.Event()
@@ -78,6 +84,19 @@ class _HealthServicer(HealthServicer):
             for task in (watching, ending):
                 task.cancel()
             await asyncio.gather(watching, ending, return_exceptions=True)
+
+    async def List(self, request: HealthListRequest, context: Any) -> HealthListResponse:
+        """Every name with a status (the server's own, "", and each service's), as Check would answer it.
+
+        The library implements Check and Watch only: its List was the generated base's, UNIMPLEMENTED and
+        NotImplementedError, which the interceptor answered INTERNAL, a server error any caller could cause.
+        No RESOURCE_EXHAUSTED cap: a server registers a handful of names, never a client's."""
+        return HealthListResponse(
+            statuses={
+                service: health_pb2.HealthCheckResponse(status=status)
+                for service, status in self._server_status.items()
+            }
+        )
 
     async def _until_told_to_end(self, told: asyncio.Event) -> None:
         await self._ending.wait()

@@ -291,6 +291,23 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                     code = status_code_for(mapped)
                     await self._abort(context, to_grpc_status(to_rpc_status(mapped, self._domain)))
                     return None
+                chosen = context.code()
+                if isinstance(chosen, grpc.StatusCode) and chosen is not grpc.StatusCode.OK:
+                    # The handler set its answer, then raised to end (grpc's generated base methods: UNIMPLEMENTED,
+                    # then NotImplementedError); grpcio keeps that code too. INTERNAL and a traceback at ERROR hid
+                    # the code it chose, and counted a method left unimplemented as a crash.
+                    log.warning(
+                        "%s set %s, then raised %s: answered %s",
+                        method,
+                        chosen.name,
+                        type(exc).__name__,
+                        chosen.name,
+                        extra={"grpc_method": method},
+                    )
+                    code = chosen
+                    answer = status_pb2.Status(code=chosen.value[0], message=context.details() or "")
+                    await self._abort(context, to_grpc_status(answer))
+                    return None
                 code = grpc.StatusCode.INTERNAL
                 await self._abort(context, _internal(span, exc, method, "unexpected error in %(method)s"))
         except grpc.aio.AbortError:
