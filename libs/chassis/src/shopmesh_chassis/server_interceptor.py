@@ -16,9 +16,10 @@ span records.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
@@ -58,6 +59,9 @@ log = logging.getLogger("shopmesh.server")
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+# A streaming handler of grpc.aio: a coroutine (writing to its context, or answering one message) or an async
+# generator of its responses.
+StreamingBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 
 
 # Server span statuses that are errors (OpenTelemetry's gRPC conventions: the server's own failures).
@@ -157,8 +161,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        # Streaming RPCs (health Watch, reflection) pass through: shopmesh's own APIs are unary.
-        if handler.request_streaming or handler.response_streaming or handler.unary_unary is None:
+        if handler.request_streaming or handler.response_streaming:
+            return self._wrap_streaming(handler)
+        if handler.unary_unary is None:
             return handler
         behavior = cast(UnaryBehavior, handler.unary_unary)
         metrics = self._metrics.for_method(method)
@@ -203,6 +208,78 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
+
+    def _wrap_streaming(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """A streaming method's handler, its requests parsed and checked as a unary call's are (health Watch,
+        reflection: shopmesh's own APIs are unary, so spans, metrics and shedding are for those only).
+
+        grpcio answered a request that is no message UNKNOWN, naming the parser's exception, with no details;
+        and a Watch of a name with a NUL went unrefused (Check's request is checked like any unary one). A
+        client-streaming handler takes its requests from the iterator it is given: one reading them with
+        `context.read()` would get their bytes (none does: health and reflection iterate)."""
+        parse = handler.request_deserializer
+        if parse is None:
+            return handler
+        serialize = handler.response_serializer
+
+        def checked(body: bytes) -> Any:
+            try:
+                request = _parsed(parse, body)
+                check_no_nul(request)
+            except errors.InvalidArgument as refusal:
+                raise _Refused(refusal) from None
+            return request
+
+        async def each_checked(bodies: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            async for body in bodies:
+                yield checked(body)
+
+        async def answered(respond: Callable[[], Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            """What `respond` answers, its refusal of a request answered as the unary path's is: trailers-only,
+            unless the handler had streamed responses before the request it refused came."""
+            try:
+                outcome = respond()
+                if inspect.isawaitable(outcome):
+                    return await outcome
+                # The wrapper is a coroutine, so grpcio sends what a generator yields only if it is written here.
+                if inspect.isasyncgen(outcome):
+                    async for response in outcome:
+                        await context.write(response)
+                    return None
+                if inspect.isgenerator(outcome):
+                    for response in outcome:
+                        await context.write(response)
+                    return None
+                return outcome
+            except _Refused as refused:
+                status = to_grpc_status(to_rpc_status(refused.error, self._domain))
+                try:
+                    await self._abort(context, status)
+                except _Unsent as unsent:
+                    raise unsent.failure from None
+
+        if handler.unary_stream is not None:
+            unary_stream = cast(StreamingBehavior, handler.unary_stream)
+
+            async def one_in(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                await answered(lambda: unary_stream(checked(body), context), context)
+
+            return grpc.unary_stream_rpc_method_handler(one_in, response_serializer=serialize)
+        if handler.stream_unary is not None:
+            stream_unary = cast(StreamingBehavior, handler.stream_unary)
+
+            async def many_in_one_out(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await answered(lambda: stream_unary(each_checked(bodies), context), context)
+
+            return grpc.stream_unary_rpc_method_handler(many_in_one_out, response_serializer=serialize)
+        if handler.stream_stream is not None:
+            stream_stream = cast(StreamingBehavior, handler.stream_stream)
+
+            async def many_in(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                await answered(lambda: stream_stream(each_checked(bodies), context), context)
+
+            return grpc.stream_stream_rpc_method_handler(many_in, response_serializer=serialize)
+        return handler
 
     async def _handle(
         self,
@@ -410,6 +487,15 @@ def _internal(span: trace.Span, error: Exception, method: str, line: str) -> grp
     if span.is_recording():
         span.record_exception(error)
     return to_grpc_status(internal_status(trace_id))
+
+
+class _Refused(Exception):
+    """A streamed request refused (`error`), raised through the handler that read it: an exception of its own,
+    so that the refusal answered is the request's, not any InvalidArgument a handler lets through."""
+
+    def __init__(self, error: errors.InvalidArgument) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Unsent(Exception):
