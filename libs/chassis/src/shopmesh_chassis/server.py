@@ -47,12 +47,14 @@ class _Telling:
         self._told = told
 
     async def write(self, response: health_pb2.HealthCheckResponse) -> None:
+        if response.status not in _LAST_WORDS:
+            # SERVICE_UNKNOWN for a name registered after the Watch opened was no last word: it is served now.
+            # Cleared before the write, whose message the watcher can have before the write returns: cleared
+            # after, a drain asking then ended the stream on the old SERVICE_UNKNOWN, NOT_SERVING never sent.
+            self._told.clear()
         await self._context.write(response)
         if response.status in _LAST_WORDS:
             self._told.set()
-        else:
-            # SERVICE_UNKNOWN for a name registered after the Watch opened was no last word: it is served now.
-            self._told.clear()
 
 
 class _HealthServicer(HealthServicer):
