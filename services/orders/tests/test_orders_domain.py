@@ -326,6 +326,21 @@ def test_a_trailing_line_break_is_not_a_valid_email_country_or_currency() -> Non
     assert violations(bad) == ["currency", "email", "shipping_address.country"]
 
 
+@pytest.mark.parametrize("country", ["ZZ", "XK", "AA", "UK", "EU"])
+def test_a_country_code_iso_3166_1_has_not_assigned_is_refused(country: str) -> None:
+    # Two upper-case letters passed: user-assigned codes (ZZ, XK, AA) and reserved ones (UK, EU) name no
+    # country orders.proto promises to ship to.
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_place_order(command(address=replace(ADDRESS, country=country)), date(2026, 11, 25))
+    assert [(v.field, v.reason) for v in caught.value.violations] == [("shipping_address.country", "INVALID_FORMAT")]
+
+
+@pytest.mark.parametrize("country", ["GB", "DE", "US", "BE", "AX", "SS"])
+def test_an_assigned_country_code_is_accepted(country: str) -> None:
+    placed = command(address=replace(ADDRESS, country=country))
+    assert validate_place_order(placed, date(2026, 11, 25)) == placed
+
+
 @pytest.mark.parametrize("email", ["root,ada@example.com", "ada@example.com;eve@example.com", "Ada <ada@example.com>"])
 def test_an_email_that_a_mail_library_reads_as_several_recipients_is_refused(email: str) -> None:
     # The check was one '@' and a dot: `root,ada@example.com` passed, and the e-mail's To header listed two.

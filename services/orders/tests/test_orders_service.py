@@ -103,6 +103,18 @@ async def test_invalid_request_lists_field_violations(stub: orders_pb2_grpc.Orde
     assert sorted(v.field for v in details.field_violations) == ["currency", "items[0].quantity"]
 
 
+async def test_a_country_code_not_assigned_is_invalid_with_its_field_violation(
+    stub: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
+    bad = request()
+    bad.shipping_address.country = "ZZ"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(bad, metadata=idempotency_metadata("k1"))
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in details.field_violations] == [("shipping_address.country", "INVALID_FORMAT")]
+
+
 async def test_a_bad_card_number_on_an_expired_card_names_both(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
     """orders.proto, PlaceOrder: INVALID_CARD_NUMBER or CARD_EXPIRED "when that is all that is wrong", as
     payments' Charge answers it (else VALIDATION_FAILED), with a violation per invalid field."""

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
+import pycountry
+
 from shopmesh_chassis import errors, pagination
 from shopmesh_chassis.contract_limits import (
     MAX_AMOUNT_MINOR,
@@ -22,7 +24,10 @@ from shopmesh_orders.domain.model import Address, OrderLine
 
 MAX_ITEMS = 50
 MAX_QUANTITY = 100
-COUNTRY = re.compile(r"^[A-Z]{2}$")
+# The codes ISO 3166-1 has assigned to countries (pycountry's table, upper case): two upper-case letters took
+# user-assigned and reserved ones too ("ZZ", "XK", "UK"), which name no country orders.proto ships to.
+COUNTRIES = frozenset(country.alpha_2 for country in pycountry.countries)
+COUNTRY_RULE = 'an assigned ISO 3166-1 alpha-2 code in upper case, e.g. "DE"'
 # The card rules of payments' contract (ChargeRequest), checked here before any stock is reserved: a card
 # that orders let through and payments refused would be cancelled as a decline. [0-9], not \d or
 # str.isdigit(): those take other scripts' digits and superscripts, which no card carries (int("²") fails).
@@ -175,10 +180,8 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
         postal_code=_line(violations, "shipping_address.postal_code", sent.postal_code, 20),
         country=sent.country,
     )
-    if not COUNTRY.fullmatch(address.country):
-        violations.append(
-            FieldViolation("shipping_address.country", "an upper-case ISO 3166-1 alpha-2 code", "INVALID_FORMAT")
-        )
+    if address.country not in COUNTRIES:
+        violations.append(FieldViolation("shipping_address.country", COUNTRY_RULE, "INVALID_FORMAT"))
     if not is_email_address(command.email):
         violations.append(FieldViolation("email", "a valid e-mail address", "INVALID_FORMAT"))
     validate_card(command.card, today, violations)

@@ -234,8 +234,9 @@ class ShippingAddress(_message.Message):
     postal_code: _builtins.str
     """Postal or ZIP code, 1-20 characters. Required."""
     country: _builtins.str
-    """ISO 3166-1 alpha-2 country code in upper case, for example "DE" or "US".
-    Required.
+    """ISO 3166-1 alpha-2 country code in upper case, for example "DE" or "US":
+    one ISO has assigned to a country, not a user-assigned or reserved one
+    such as "ZZ", "XK" or "UK". Required.
     """
     def __init__(
         self,
