@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.common.v1 import money_pb2
@@ -302,3 +303,13 @@ async def test_checkout_without_an_email_uses_the_accounts_address() -> None:
     order = await Checkout(accounts, orders).place("usr_alice", shop_order(), "key-1")
     assert order.email == "usr_alice@accounts.example"
     assert accounts.looked_up == ["usr_alice"]
+
+
+async def test_checkout_names_the_placed_orders_id_on_the_span_it_runs_in() -> None:
+    # The gateway's PlaceOrder server span: from an order id to the checkout's trace at the edge, too.
+    provider = TracerProvider()
+    with provider.get_tracer("test").start_as_current_span("PlaceOrder") as span:
+        order = await Checkout(FakeAccounts(), FakeOrders()).place("usr_alice", shop_order(), "key-1")
+    assert isinstance(span, ReadableSpan)
+    assert span.attributes is not None
+    assert span.attributes["shopmesh.order_id"] == order.id == "ord_1"

@@ -228,3 +228,56 @@ async def test_a_late_capture_the_recovery_refunds_is_reported_in_its_checkouts_
     assert payments.refunds
     [refunded] = [r for r in trace_logs.records if r.levelname == "ERROR" and order_id in r.getMessage()]
     assert refunded.trace_id == format(checkout.get_span_context().trace_id, "032x")
+
+
+async def test_an_order_the_recovery_loop_cancels_names_its_cancel_code_in_its_log_lines_and_its_span(
+    database: Database,
+    catalog: FakeCatalog,
+    saga: SagaDriver,
+    inventory: FakeInventory,
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+    trace_logs: pytest.LogCaptureFixture,
+) -> None:
+    """On-call goes from an order id to why it was cancelled by its log lines or its trace, not only by the
+    metric's `reason` label, which names no order."""
+    tracer_provider, exporter = provider
+    app = OrdersApplication(database, catalog, saga, tracer_provider=tracer_provider)
+    with tracer_provider.get_tracer("test").start_as_current_span("PlaceOrder"):
+        order_id = await _placed_while_inventory_is_down(app, inventory)
+    trace_logs.clear()
+
+    assert await app.resume_unfinished() == 1
+
+    cancelled = [record for record in trace_logs.records if getattr(record, "cancel_code", None) is not None]
+    assert [(record.getMessage(), record.cancel_code) for record in cancelled] == [
+        (f"order {order_id} cancelled: CHECKOUT_INTERRUPTED", "CHECKOUT_INTERRUPTED")
+    ]
+    assert f"resumed order {order_id}: CANCELLED (CHECKOUT_INTERRUPTED)" in trace_logs.messages
+    [recovered] = _spans_named(exporter, RECOVER_SPAN)
+    assert recovered.attributes is not None
+    assert recovered.attributes["shopmesh.cancel_code"] == "CHECKOUT_INTERRUPTED"
+
+
+async def test_a_checkout_names_its_order_id_on_the_placeorder_span_and_a_confirmed_one_no_cancel_code(
+    database: Database,
+    catalog: FakeCatalog,
+    saga: SagaDriver,
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+    trace_logs: pytest.LogCaptureFixture,
+) -> None:
+    """From an order id to its trace without going through the logs: the span PlaceOrder runs in (its server
+    span) names the order once it is recorded, a retry's too."""
+    tracer_provider, _exporter = provider
+    app = OrdersApplication(database, catalog, saga, tracer_provider=tracer_provider)
+    tracer = tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("PlaceOrder") as checkout:
+        order_id = await place(app, command())
+    with tracer.start_as_current_span("PlaceOrder") as retried:
+        assert await place(app, command()) == order_id
+
+    for span in (checkout, retried):
+        assert isinstance(span, ReadableSpan)
+        assert span.attributes is not None
+        assert span.attributes["shopmesh.order_id"] == order_id
+    assert "shopmesh.cancel_code" not in (checkout.attributes or {})
+    assert f"order {order_id} confirmed" in trace_logs.messages

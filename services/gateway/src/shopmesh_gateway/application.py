@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from opentelemetry import trace
+
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2
@@ -229,4 +231,7 @@ class Checkout:
         if request.HasField("expected_total"):
             # Absent and present mean different things to orders (current price vs the customer's consent).
             order_request.expected_total.CopyFrom(request.expected_total)
-        return await self._orders.place(order_request, key)
+        order = await self._orders.place(order_request, key)
+        # As orders' own span does: from an order id to the checkout's trace, at the edge too.
+        trace.get_current_span().set_attribute("shopmesh.order_id", order.id)
+        return order

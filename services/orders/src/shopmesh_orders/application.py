@@ -39,7 +39,7 @@ from shopmesh_orders.domain.validation import (
     validate_place_order,
     validate_totals,
 )
-from shopmesh_orders.saga import LeaseHeld, RecheckPostponed, SagaDriver, lost_race
+from shopmesh_orders.saga import ORDER_ID_ATTRIBUTE, LeaseHeld, RecheckPostponed, SagaDriver, lost_race
 from shopmesh_orders.store.repository import Due, IdempotentOrigin, OrderRepository, UnreadableOrder
 
 log = logging.getLogger("shopmesh.orders")
@@ -376,6 +376,8 @@ class OrdersApplication:
         The saga runs in its own task, detached from the caller's deadline: a caller that gives up
         must not leave an order half-done. The task is shielded, so it goes on after the RPC ends.
         """
+        # On PlaceOrder's server span: from an order id to its trace without going through the logs.
+        trace.get_current_span().set_attribute(ORDER_ID_ATTRIBUTE, order_id)
         order = recorded or await self._load(order_id)
         # CONFIRMED and unfinished: the customer's cancellation runs (the only way back from DONE). The
         # placement this call retries is over; driving the refund here would answer a PlaceOrder with the
@@ -623,7 +625,8 @@ class OrdersApplication:
                 try:
                     # Not `drive`: an order that must wait is left alone for a while, not tried first next pass.
                     order = await self._saga.resume(order_id, owner)
-                    log.info("resumed order %s: %s", order_id, order.state.value, extra={"order_id": order_id})
+                    why = f" ({order.cancel_code.value})" if order.cancel_code else ""
+                    log.info("resumed order %s: %s%s", order_id, order.state.value, why, extra={"order_id": order_id})
                 except (LeaseHeld, errors.Unavailable) as exc:
                     log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
                 except Exception as exc:
@@ -676,7 +679,7 @@ class OrdersApplication:
         PlaceOrder stored (a trace of its own for an order recorded before orders kept one): what the saga does
         meanwhile, its event written to the outbox, its calls to inventory and payments, its log lines, is in
         that trace."""
-        attributes = {"shopmesh.order_id": due.order_id, "shopmesh.recovery_pass": recovery_pass}
+        attributes = {ORDER_ID_ATTRIBUTE: due.order_id, "shopmesh.recovery_pass": recovery_pass}
         with self._tracer.start_as_current_span(
             RECOVER_SPAN, context=stored_context(due.trace_context), kind=trace.SpanKind.INTERNAL, attributes=attributes
         ):

@@ -37,6 +37,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from opentelemetry import trace
+
 from shopmesh_chassis import errors
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import Database, DbConnection
@@ -59,6 +61,10 @@ from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import CARD_HOLDER_GRACE, Lease, OrderRepository
 
 log = logging.getLogger("shopmesh.orders.saga")
+
+# The span attributes naming an order and why it was cancelled (its CancelCode, the metric's `reason`).
+ORDER_ID_ATTRIBUTE = "shopmesh.order_id"
+CANCEL_CODE_ATTRIBUTE = "shopmesh.cancel_code"
 
 ORDER_CONFIRMED = "orders.v1.order_confirmed"
 ORDER_CANCELLED = "orders.v1.order_cancelled"
@@ -733,7 +739,17 @@ class SagaDriver:
                 await add_event(session, subject=ORDER_CANCELLED, message=cancelled, event_id=event_id)
         self._on_event()
         self._on_finished(after)
-        log.info("order %s %s", after.id, after.state.value.lower(), extra={"order_id": after.id, "event_id": event_id})
+        extra = {"order_id": after.id, "event_id": event_id}
+        if after.cancel_code is None:
+            log.info("order %s %s", after.id, after.state.value.lower(), extra=extra)
+        else:
+            # Why, beside which order: the metric's `reason` alone names no order. On the span the saga runs in
+            # (PlaceOrder's server span, the recovery loop's `recover order`), unless a caller gone ended it.
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute(CANCEL_CODE_ATTRIBUTE, after.cancel_code.value)
+            extra["cancel_code"] = after.cancel_code.value
+            log.info("order %s %s: %s", after.id, after.state.value.lower(), after.cancel_code.value, extra=extra)
         await self._maybe_pause(after)
         return after
 
