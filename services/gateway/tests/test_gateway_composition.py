@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,7 +16,7 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2
 from shopmesh_chassis import errors
-from shopmesh_gateway.application import Checkout, ProductPages, idempotency_key
+from shopmesh_gateway.application import DEGRADED_PAGE_LOGGER, Checkout, ProductPages, idempotency_key
 from shopmesh_gateway.domain.product_page import recommendation_limit, shown
 
 # The recommendations' budget. Past it the fallback has one more budget (ProductPages' window): at 0.05 s a loop
@@ -141,6 +142,18 @@ async def test_recommendations_past_their_budget_are_abandoned_for_the_fallback(
     assert page.degraded
     assert [r.product_id for r in page.recommendations] == ["prod_b", "prod_c"]
     assert recommendations.cancelled
+
+
+async def test_recommendations_past_their_budget_are_logged_with_the_budget_they_missed(
+    pages: ProductPages, recommendations: FakeRecommendations, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The backstop's TimeoutError has no message of its own: the line ended with an empty cause.
+    recommendations.mode = "hang"
+    with caplog.at_level(logging.WARNING, logger=DEGRADED_PAGE_LOGGER):
+        await pages.page("prod_a", 2)
+    assert [record.getMessage() for record in caplog.records] == [
+        "recommendations did not answer within their budget of 500 ms, showing the fallback"
+    ]
 
 
 async def test_a_failed_catalog_fails_the_page_and_cancels_the_waiting_recommendations(

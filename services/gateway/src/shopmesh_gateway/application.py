@@ -130,6 +130,7 @@ class ProductPages:
             window = min(window, remaining * _RECOMMENDATIONS_SHARE_OF_DEADLINE)
         ends = time.monotonic() + window
         cause: Cause
+        budget = min(self._budget, window)
         try:
             # gRPC's deadline ends the call at the budget, as DEADLINE_EXCEEDED, which the client's circuit
             # breaker counts (a hung service then fails fast); cut short here instead, the call would end
@@ -138,16 +139,19 @@ class ProductPages:
             # deadline (deadline_within), not a timer of the page's only, which would end it cancelled before
             # gRPC's deadline and never count a hung service: the breaker judges whether the share was ample.
             with call_context.deadline_within(window):
-                async with asyncio.timeout(min(self._budget, window) + _BUDGET_BACKSTOP_SECONDS):
+                async with asyncio.timeout(budget + _BUDGET_BACKSTOP_SECONDS):
                     ranked = await self._recommendations.for_product(product_id, limit, self._budget)
             return shown(ranked, product_id, limit, lambda r: r.product_id), False
         except errors.DomainError as exc:
             cause = "recommendations_failed"
             log.warning("recommendations failed, showing the fallback: %s", exc, extra={"product_id": product_id})
-        except TimeoutError as exc:
+        except TimeoutError:
+            # The backstop's: a TimeoutError says nothing of its own, so the line says what ran out.
             cause = "recommendations_timed_out"
             log.warning(
-                "recommendations missed their budget, showing the fallback: %s", exc, extra={"product_id": product_id}
+                "recommendations did not answer within their budget of %d ms, showing the fallback",
+                round(budget * 1000),
+                extra={"product_id": product_id},
             )
         picks = await self._fallback(product_id, limit, product, ends)
         self._on_degraded(cause, "shown" if picks else "empty")
