@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.client import BREAKER_LOGGER, ClientOptions, ResilientChannel
 from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.metrics import BreakerCollector, ServerMetrics
@@ -140,6 +141,44 @@ async def test_breaker_opens_fails_fast_and_closes_again(server: ChassisServer, 
         assert (await stub.Record(answering)).attempt == 4
         assert breaker.state is BreakerState.CLOSED
         assert (await stub.Record(answering)).attempt == 5
+
+
+async def test_a_breaker_logs_one_warning_when_it_opens_and_one_info_when_it_closes_never_a_line_per_refusal(
+    server: ChassisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On-call sees a dependency's breaker open and close in the logs, not only in its gauge.
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=30), clock)
+    record = f"/{DESCRIPTOR.full_name}/Record"
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        hanging = sample_pb2.RecordRequest(behaviour=sample_pb2.Behaviour(attempt_key="k", sleep_ms=3_000))
+        answering = sample_pb2.RecordRequest(behaviour=sample_pb2.Behaviour(attempt_key="k"))
+        with caplog.at_level(logging.INFO, logger=BREAKER_LOGGER):
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.Record(hanging, timeout=0.2)
+            for _ in range(3):  # refused: no line each
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.Record(answering)
+            clock.now += 30
+            with pytest.raises(grpc.aio.AioRpcError):  # a failed probe: still the same outage, no line
+                await stub.Record(hanging, timeout=0.2)
+            clock.now += 30
+            await stub.Record(answering)
+            await stub.Record(answering)  # closed already: no line
+
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            f"circuit opened for {record} at {server.address}: 2 calls in a row failed, the last DEADLINE_EXCEEDED;"
+            " its calls are refused for 30 s, then one probe is let through",
+        ),
+        (logging.INFO, f"circuit closed for {record} at {server.address}: a call got through after 60 s open"),
+    ]
+    opened, closed = caplog.records
+    assert (opened.target, opened.method, opened.failures) == (server.address, record, 2)
+    assert (closed.target, closed.method) == (server.address, record)
 
 
 async def test_a_targets_own_unavailable_does_not_open_its_breaker(server: ChassisServer) -> None:

@@ -23,7 +23,7 @@ from shopmesh_chassis.breaker import BreakerConfig, CircuitBreaker
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.server import ChassisServer
-from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_chassis.testing import eventually, free_port, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleSettings, binding
 from shopmesh_chassis.tracing import UNVOUCHED_PARENT, configure_tracing, sampler, shutdown_tracing
 
@@ -259,6 +259,23 @@ async def test_a_call_its_open_breaker_refuses_still_exports_its_client_span(
     assert client.attributes is not None
     assert client.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
     assert client.status.status_code is trace.StatusCode.ERROR
+
+
+async def test_a_refused_calls_client_span_says_its_code_and_details_not_the_errors_whole_text(
+    exported: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    # OpenTelemetry puts an AioRpcError's str() in the status: several lines, with gRPC's debug_error_string.
+    provider, exporter = exported
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=3600))
+    breaker.record_failure()
+    # Refused before any connection: no server is needed.
+    target = f"127.0.0.1:{free_port()}"
+    async with ResilientChannel(target, [DESCRIPTOR], breaker=breaker, tracer_provider=provider) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sample_pb2_grpc.SampleServiceStub(ch.channel).Echo(sample_pb2.EchoRequest(message="hi"))
+    [client] = exporter.get_finished_spans()
+    assert client.status.description == f"UNAVAILABLE: {refused.value.details()}"
+    assert refused.value.details().startswith("circuit open for ")
 
 
 def _linked(sampled: bool) -> list[Link]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -30,6 +31,11 @@ from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
 from shopmesh_chassis.grpc_errors import CHASSIS_DOMAIN, details_from, to_rpc_status
 
 IDEMPOTENCY_KEY = "idempotency-key"
+
+# A breaker's openings and closings, one line each (never one per refused call): the gauge says a breaker is
+# open, these say since when, which method of which target, and why.
+BREAKER_LOGGER = "shopmesh.client"
+log = logging.getLogger(BREAKER_LOGGER)
 
 # Outcomes that say the target is unhealthy; anything else (including client errors) does not. Unless the
 # target said so itself (see _answered_by_the_target).
@@ -268,7 +274,11 @@ class SpanEndingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                     # As the server counts a call its caller stopped waiting for: CANCELLED, not an error of
                     # the target's.
                     span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.CANCELLED.value[0])
-                elif not isinstance(failure, grpc.RpcError):  # an RpcError's status is on the span already
+                elif isinstance(failure, grpc.aio.AioRpcError):
+                    # Its status is on the span already, as the error's str(): several lines, gRPC's
+                    # debug_error_string among them. The code and details are what a trace view needs.
+                    span.set_status(trace.StatusCode.ERROR, f"{failure.code().name}: {failure.details()}")
+                elif not isinstance(failure, grpc.RpcError):
                     span.record_exception(failure)
                     span.set_status(trace.StatusCode.ERROR, f"{type(failure).__name__}: {failure}")
                 span.end()
@@ -281,6 +291,9 @@ class _MethodBreaker:
     # The method's usual latency: a running average of its successful calls' durations (seconds). Per
     # method: users answers GetJwks in milliseconds and Login in half a second of argon2.
     usual_latency: float | None = None
+    # When (on the breaker's clock) it opened from closed, None while closed: failed probes reopen it within
+    # one outage, which the closing's line measures from its start.
+    opened_at: float | None = None
 
 
 def method_names(services: Iterable[ServiceDescriptor]) -> list[str]:
@@ -324,6 +337,38 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             return timeout < own_timeout * _UNKNOWN_LATENCY_CUT
         return timeout < method.usual_latency * _USUAL_LATENCY_MULTIPLE
 
+    def _record(self, name: str, method: _MethodBreaker, outcome: Callable[[], None], failure: str = "") -> None:
+        """Report a call's outcome to the method's breaker, logging the transition it makes, if any: opened
+        from closed (a WARNING) or closed again (an INFO). A failed probe reopening it is the same outage."""
+        breaker = method.breaker
+        before = breaker.observed_state()
+        outcome()
+        after = breaker.observed_state()
+        extra = {"target": self._target, "method": name}
+        if before is BreakerState.CLOSED and after is not BreakerState.CLOSED:
+            method.opened_at = breaker.clock()
+            threshold = breaker.config.failure_threshold
+            log.warning(
+                "circuit opened for %s at %s: %d calls in a row failed, the last %s; its calls are refused for"
+                " %g s, then one probe is let through",
+                name,
+                self._target,
+                threshold,
+                failure,
+                breaker.config.reset_timeout_seconds,
+                extra={**extra, "failures": threshold, "last_failure": failure},
+            )
+        elif before is not BreakerState.CLOSED and after is BreakerState.CLOSED:
+            opened_for = 0.0 if method.opened_at is None else breaker.clock() - method.opened_at
+            method.opened_at = None
+            log.info(
+                "circuit closed for %s at %s: a call got through after %.0f s open",
+                name,
+                self._target,
+                opened_for,
+                extra=extra,
+            )
+
     async def intercept_unary_unary(
         self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
     ) -> Any:
@@ -358,7 +403,7 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 # Cut short by the caller's own timer at the call's deadline (armed with it, or both fired in
                 # one pass of a stalled loop, the caller's first): the target let the deadline pass, a
                 # failure as much as DEADLINE_EXCEEDED is.
-                breaker.record_failure()
+                self._record(name, method, breaker.record_failure, "cut short at its deadline")
             elif probing:
                 # Cancelled by our caller in time: says nothing about the target; free the probe slot.
                 breaker.release_probe()
@@ -367,14 +412,14 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             seconds = clock() - started
             usual = method.usual_latency
             method.usual_latency = seconds if usual is None else usual + _LATENCY_WEIGHT * (seconds - usual)
-            breaker.record_success()
+            self._record(name, method, breaker.record_success)
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED and callers_deadline:
             if probing:
                 breaker.release_probe()
         elif code in BREAKER_FAILURES and not await _answered_by_the_target(call, code):
-            breaker.record_failure()
+            self._record(name, method, breaker.record_failure, code.name)
         else:
-            breaker.record_neutral()
+            self._record(name, method, breaker.record_neutral)
         return call
 
 
