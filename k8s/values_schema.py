@@ -337,7 +337,7 @@ LIBRARY: dict[str, Schema] = {
     "slo": strict(
         enabled=BOOLEAN,
         availability=strict(objective=NUMBER),
-        latency=strict(objective=NUMBER, thresholdSeconds=NUMBER),
+        latency=strict(objective=NUMBER, thresholdSeconds=NUMBER, excludedMethods=list_of(STRING)),
     ),
     "env": map_of({"type": ["string", "number", "boolean"]}, "service-specific settings, as environment variables"),
     **SHARED,

@@ -14,14 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import promql_parser
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.metrics import LATENCY_BUCKETS, ServerMetrics
 from shopmesh_chassis.server_interceptor import _SERVER_ERRORS
+from shopmesh_gateway.guard import hashes_a_password
 from shopmesh_gateway.settings import GatewaySettings
+from shopmesh_gateway.transport import ShopServicer
 from shopmesh_platform.topology import SERVICES
 
 from .k8skit import Docs, dashboards, find, objects_of, render
@@ -39,6 +43,9 @@ from .test_monitoring import (
 
 SERVICE = "gateway"
 API = "/shopmesh.gateway.v1.ShopService/GetProduct"
+NOT_RE = promql_parser.MatchOp.NotRe
+# A sign-in: argon2 makes it slow by design (docs/auth.md), and the latency SLO leaves it out.
+LOGIN = "/shopmesh.gateway.v1.ShopService/Login"
 # The kubelet's probes: calls to the gateway, but not to its API.
 HEALTH = "/grpc.health.v1.Health/Check"
 FAST_SECONDS = 0.01  # a call answered well within the latency threshold
@@ -67,13 +74,15 @@ class Traffic:
     """`seconds` of calls to the API, `calls` a second, of which the shares `failing` end with those status
     codes, the share `shed` of them shed (RESOURCE_EXHAUSTED SERVER_OVERLOADED: within `failing`'s
     RESOURCE_EXHAUSTED, as the chassis counts a shed call in both) and the share `slow` is answered past the
-    latency threshold; health checks go on beside, every second, all OK."""
+    latency threshold; beside them `logins` Logins a second, all OK and slow (argon2), and health checks,
+    every second, all OK."""
 
     seconds: int
     calls: float = 100.0
     failing: Mapping[str, float] = field(default_factory=dict)
     shed: float = 0.0
     slow: float = 0.0
+    logins: float = 0.0
 
     def __post_init__(self) -> None:
         assert self.shed <= self.failing.get("RESOURCE_EXHAUSTED", 0.0), "a shed call is a RESOURCE_EXHAUSTED"
@@ -112,7 +121,7 @@ def exported_labels() -> dict[tuple[str, str, str], dict[str, str]]:
     """(sample name, method, code or le) -> the labels the real ServerMetrics exports it with, for a call of
     each kind to the API and a health check."""
     metrics = ServerMetrics(CollectorRegistry())
-    for method in (API, HEALTH):
+    for method in (API, LOGIN, HEALTH):
         for code in grpc.StatusCode:
             metrics.for_method(method).handled(code).inc()
         metrics.for_method(method).handling.observe(FAST_SECONDS)
@@ -155,6 +164,15 @@ def counted(traffic: list[Traffic], until: int) -> dict[tuple[str, str, str], fl
         add(("grpc_server_handling_seconds_count", API, ""), calls)
         if calls:
             add((SHED, API, ""), calls * phase.shed)
+        if phase.logins:
+            logins = phase.logins * seconds
+            add(("grpc_server_handled_total", LOGIN, "OK"), logins)
+            add(("grpc_server_handling_seconds_count", LOGIN, ""), logins)
+            add((SHED, LOGIN, ""), 0.0)
+            for bound in [*LATENCY_BUCKETS, float("inf")]:
+                add(
+                    ("grpc_server_handling_seconds_bucket", LOGIN, BUCKET_TEXT[bound]), logins * (bound >= SLOW_SECONDS)
+                )
         add(("grpc_server_handled_total", HEALTH, "OK"), seconds)
         add((SHED, HEALTH, ""), 0.0)
         add(("grpc_server_handling_seconds_count", HEALTH, ""), seconds)
@@ -380,6 +398,55 @@ def test_slow_calls_burn_the_latency_budget(rendered: dict[tuple[str, str], Docs
         slow=between(0, 14 * MINUTE),
     )
     promtool_test(rendered, [scenario], tmp_path)
+
+
+def test_slow_logins_do_not_burn_the_latency_budget_while_slow_api_calls_still_do(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """As many Logins as product calls, every one past the threshold (argon2's half second, by design), after
+    a healthy day: counted, half the calls would be slow and page within minutes; left out, nothing fires while
+    the product calls stay fast, and once they turn slow the page comes as it does without Logins
+    (test_slow_calls_burn_the_latency_budget)."""
+    start = DAY
+    burn = 16 * MINUTE
+    calls = 'sum by (job, namespace, slo) (job:shopmesh_slo_calls:rate5m{slo="latency"})'
+    scenario = Scenario(
+        "slow Logins beside fast product calls, then slow product calls, after a healthy day",
+        [Traffic(DAY), Traffic(burn, logins=100.0), Traffic(burn, slow=1.0, logins=100.0)],
+        {
+            FAST: between(start - DENSE, start + burn + 8 * MINUTE)
+            | between(start + burn + 12 * MINUTE, start + 2 * burn, fires(("latency", "1h"))),
+            SLOW: between(start - DENSE, start + burn + 14 * MINUTE),
+        },
+        dense_from=start - DENSE,
+        # The latency SLO's calls are the product calls alone (the availability SLO's selector, which counts
+        # every method, is test_the_latency_slo_leaves_out_exactly_the_methods_that_hash_a_password's).
+        queries=[(start + burn, calls, [("latency", "", 100.0)])],
+        named=False,
+    )
+    promtool_test(rendered, [scenario], tmp_path, slos=("latency",))
+
+
+def test_the_latency_slo_leaves_out_exactly_the_methods_that_hash_a_password(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    """helm/gateway/values.yaml's `slo.latency.excludedMethods` is a copy of the gateway's `@hashes_password`
+    methods: a method that starts hashing passwords must be left out too, and no other one."""
+    service = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
+    hashing = {method.name for method in service.methods if hashes_a_password(getattr(ShopServicer, method.name))}
+    assert hashing, "no method hashes a password: the guard's marker is lost"
+    for record in records_of(rendered[MONITORING, SERVICE], SERVICE):
+        slo = record.get("labels", {}).get("slo")
+        excluded = {
+            name
+            for selector in selectors(record["expr"])
+            for label, op, value in matchers_of(selector)
+            if label == "grpc_method" and op == str(NOT_RE)
+            for name in value.split("|")
+        }
+        # The objective's record selects nothing; availability's every method.
+        timed = slo == "latency" and selectors(record["expr"])
+        assert excluded == (hashing if timed else set()), f"{record['record']} {slo}"
 
 
 CLIENT_ERRORS = {"INVALID_ARGUMENT": 0.3, "NOT_FOUND": 0.3, "FAILED_PRECONDITION": 0.1, "UNAUTHENTICATED": 0.1}

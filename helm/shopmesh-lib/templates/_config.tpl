@@ -507,7 +507,8 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
       "enabled" (dig "slo" "enabled" false $v)
       "availability" (float64 (dig "slo" "availability" "objective" 0.999 $v))
       "latency" (float64 (dig "slo" "latency" "objective" 0.99 $v))
-      "thresholdSeconds" (float64 (dig "slo" "latency" "thresholdSeconds" 0.25 $v)))) -}}
+      "thresholdSeconds" (float64 (dig "slo" "latency" "thresholdSeconds" 0.25 $v))
+      "latencyExcludedMethods" (dig "slo" "latency" "excludedMethods" list $v))) -}}
 {{- /* The SLOs of the service's API (_monitoring.tpl, "shopmesh-lib.slo"), checked whether or not monitoring is
      on, so that a values file that would not render with it does not wait for the day it is turned on. */ -}}
 {{- if $c.monitoring.slo.enabled -}}

@@ -139,7 +139,9 @@ SLOs of the service's API (the gRPC services it serves, service.grpcServices: he
 are not its API), with `slo.enabled` (the gateway's chart: its public API, which the http-api container's
 HTTP/JSON and gRPC-Web calls reach as gRPC calls too), over 30 days:
   availability: the share of calls not answered with a server-side status nor shed (shopmesh-lib.serverFailures);
-  latency: the share of calls answered within slo.latency.thresholdSeconds (a bucket bound of the histogram).
+  latency: the share of calls answered within slo.latency.thresholdSeconds (a bucket bound of the histogram),
+  among the calls of every method but slo.latency.excludedMethods (the gateway's: those slow by design, the
+  password hashing of Login and Register; the availability SLO counts them).
 Recording rules give each SLO's error ratio (the share of calls that missed it) over the windows the alerts
 read, and its objective; the alerts are the Google SRE workbook's multiwindow, multi-burn-rate alerts
 (https://sre.google/workbook/alerting-on-slos/, "6: Multiwindow, Multi-Burn-Rate Alerts", the configuration
@@ -161,6 +163,14 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
 {{- $services = append $services (regexQuoteMeta .) -}}
 {{- end -}}
 {{- $api = printf "__selector__, grpc_service=~%q" (join "|" $services) -}}
+{{- end -}}
+{{- $timedApi := $api -}}
+{{- with $slo.latencyExcludedMethods -}}
+{{- $methods := list -}}
+{{- range . -}}
+{{- $methods = append $methods (regexQuoteMeta .) -}}
+{{- end -}}
+{{- $timedApi = printf "%s, grpc_method!~%q" $api (join "|" $methods) -}}
 {{- end -}}
 {{- $by := "sum by (job, namespace)" -}}
 {{- $record := "job:shopmesh_slo_errors:ratio_rate" -}}
@@ -184,8 +194,8 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
   {{- range $window := list "5m" "30m" "1h" "2h" "6h" "1d" "3d" }}
     {{- $calls := printf "%s (rate(grpc_server_handled_total{%s}[%s]))" $by $api $window }}
     {{- $failed := printf "%s (%s)" $by (include "shopmesh-lib.serverFailures" (dict "selector" $api "window" $window)) }}
-    {{- $timed := printf "%s (rate(grpc_server_handling_seconds_count{%s}[%s]))" $by $api $window }}
-    {{- $fast := printf "%s (rate(grpc_server_handling_seconds_bucket{%s, le=%q}[%s]))" $by $api $slo.bucket $window }}
+    {{- $timed := printf "%s (rate(grpc_server_handling_seconds_count{%s}[%s]))" $by $timedApi $window }}
+    {{- $fast := printf "%s (rate(grpc_server_handling_seconds_bucket{%s, le=%q}[%s]))" $by $timedApi $slo.bucket $window }}
     {{- /* Each SLO's rate of the calls that missed it, and of all calls. With calls but no failed one yet, the
          failed codes have no series at all (a child is made on first use): 0 then, not nothing. */}}
     {{- $rates := dict

@@ -352,6 +352,16 @@ UserHandler = Callable[[ServicerT, RequestT, Context, str], Awaitable[ResponseT]
 ACCESS_ATTRIBUTE = "shopmesh_access"
 
 
+# The handler attribute `hashes_password` sets: the chart's latency SLO leaves those methods out (their argon2
+# is ~0.5 s by design), and a test holds helm/gateway's `slo.latency.excludedMethods` to them.
+HASHES_PASSWORD_ATTRIBUTE = "shopmesh_hashes_password"
+
+
+def hashes_a_password(handler: Callable[..., Any]) -> bool:
+    """Whether `handler` is decorated `hashes_password`."""
+    return bool(getattr(handler, HASHES_PASSWORD_ATTRIBUTE, False))
+
+
 def _enforcing(handler: Callable[..., Any], access: access_pb2.Access.ValueType) -> None:
     setattr(handler, ACCESS_ATTRIBUTE, access)
 
@@ -375,9 +385,11 @@ def hashes_password(
     password buckets too, by that many tokens."""
 
     def decorate(method: Handler[ServicerT, RequestT, ResponseT]) -> Handler[ServicerT, RequestT, ResponseT]:
-        return _anonymous(
+        handler = _anonymous(
             method, lambda guard, request, context: guard.admit_password_hashing(context, hashes(request))
         )
+        setattr(handler, HASHES_PASSWORD_ATTRIBUTE, True)
+        return handler
 
     return decorate
 
