@@ -240,20 +240,24 @@ async def test_a_call_its_caller_cancels_still_exports_its_client_span_and_the_s
     assert server_span.parent.span_id == client.context.span_id
 
 
+async def _refused_by_an_open_breaker(target: str, provider: TracerProvider) -> grpc.aio.AioRpcError:
+    """An Echo to `target` that its open breaker refuses: its CIRCUIT_OPEN error."""
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=3600))
+    breaker.record_failure()
+    async with ResilientChannel(target, [DESCRIPTOR], breaker=breaker, tracer_provider=provider) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sample_pb2_grpc.SampleServiceStub(ch.channel).Echo(sample_pb2.EchoRequest(message="hi"))
+    return refused.value
+
+
 async def test_a_call_its_open_breaker_refuses_still_exports_its_client_span(
     exported: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
     # The breaker, inside OpenTelemetry's interceptor, raises its CIRCUIT_OPEN before any call is made.
     provider, exporter = exported
-    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=3600))
-    breaker.record_failure()
-    async with (
-        serve_in_process(sample_settings(), [binding()], tracer_provider=provider) as server,
-        ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker, tracer_provider=provider) as ch,
-    ):
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await sample_pb2_grpc.SampleServiceStub(ch.channel).Echo(sample_pb2.EchoRequest(message="hi"))
-    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    async with serve_in_process(sample_settings(), [binding()], tracer_provider=provider) as server:
+        refused = await _refused_by_an_open_breaker(server.address, provider)
+    assert refused.code() is grpc.StatusCode.UNAVAILABLE
     [client] = exporter.get_finished_spans()
     assert client.kind is trace.SpanKind.CLIENT
     assert client.attributes is not None
@@ -266,16 +270,11 @@ async def test_a_refused_calls_client_span_says_its_code_and_details_not_the_err
 ) -> None:
     # OpenTelemetry puts an AioRpcError's str() in the status: several lines, with gRPC's debug_error_string.
     provider, exporter = exported
-    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=3600))
-    breaker.record_failure()
     # Refused before any connection: no server is needed.
-    target = f"127.0.0.1:{free_port()}"
-    async with ResilientChannel(target, [DESCRIPTOR], breaker=breaker, tracer_provider=provider) as ch:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await sample_pb2_grpc.SampleServiceStub(ch.channel).Echo(sample_pb2.EchoRequest(message="hi"))
+    refused = await _refused_by_an_open_breaker(f"127.0.0.1:{free_port()}", provider)
     [client] = exporter.get_finished_spans()
-    assert client.status.description == f"UNAVAILABLE: {refused.value.details()}"
-    assert refused.value.details().startswith("circuit open for ")
+    assert client.status.description == f"UNAVAILABLE: {refused.details()}"
+    assert refused.details().startswith("circuit open for ")
 
 
 def _linked(sampled: bool) -> list[Link]:

@@ -230,10 +230,16 @@ async def test_a_late_capture_the_recovery_refunds_is_reported_in_its_checkouts_
     assert refunded.trace_id == format(checkout.get_span_context().trace_id, "032x")
 
 
+@pytest.fixture
+def traced_app(
+    database: Database, catalog: FakeCatalog, saga: SagaDriver, provider: tuple[TracerProvider, InMemorySpanExporter]
+) -> OrdersApplication:
+    """Orders' application, its recovery spans recorded by `provider`."""
+    return OrdersApplication(database, catalog, saga, tracer_provider=provider[0])
+
+
 async def test_an_order_the_recovery_loop_cancels_names_its_cancel_code_in_its_log_lines_and_its_span(
-    database: Database,
-    catalog: FakeCatalog,
-    saga: SagaDriver,
+    traced_app: OrdersApplication,
     inventory: FakeInventory,
     provider: tuple[TracerProvider, InMemorySpanExporter],
     trace_logs: pytest.LogCaptureFixture,
@@ -241,7 +247,7 @@ async def test_an_order_the_recovery_loop_cancels_names_its_cancel_code_in_its_l
     """On-call goes from an order id to why it was cancelled by its log lines or its trace, not only by the
     metric's `reason` label, which names no order."""
     tracer_provider, exporter = provider
-    app = OrdersApplication(database, catalog, saga, tracer_provider=tracer_provider)
+    app = traced_app
     with tracer_provider.get_tracer("test").start_as_current_span("PlaceOrder"):
         order_id = await _placed_while_inventory_is_down(app, inventory)
     trace_logs.clear()
@@ -259,17 +265,14 @@ async def test_an_order_the_recovery_loop_cancels_names_its_cancel_code_in_its_l
 
 
 async def test_a_checkout_names_its_order_id_on_the_placeorder_span_and_a_confirmed_one_no_cancel_code(
-    database: Database,
-    catalog: FakeCatalog,
-    saga: SagaDriver,
+    traced_app: OrdersApplication,
     provider: tuple[TracerProvider, InMemorySpanExporter],
     trace_logs: pytest.LogCaptureFixture,
 ) -> None:
     """From an order id to its trace without going through the logs: the span PlaceOrder runs in (its server
     span) names the order once it is recorded, a retry's too."""
-    tracer_provider, _exporter = provider
-    app = OrdersApplication(database, catalog, saga, tracer_provider=tracer_provider)
-    tracer = tracer_provider.get_tracer("test")
+    app = traced_app
+    tracer = provider[0].get_tracer("test")
     with tracer.start_as_current_span("PlaceOrder") as checkout:
         order_id = await place(app, command())
     with tracer.start_as_current_span("PlaceOrder") as retried:
