@@ -48,7 +48,7 @@ from shopmesh_platform.http_api import (
     openapi_document,
     storefront_folder,
 )
-from shopmesh_platform.mesh.envoy import TRACES_CLUSTER, cluster, heap_monitor_of
+from shopmesh_platform.mesh.envoy import CONNECTIONS_MONITOR, TRACES_CLUSTER, cluster, heap_monitor_of
 from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
 from shopmesh_platform.traces import load
@@ -530,11 +530,13 @@ def test_the_edges_heap_is_bounded_under_its_containers_memory_limit_as_make_run
     docs = rendered[value_set, EDGE]
     assert container(docs)["resources"]["limits"]["memory"] == f"{EDGE_MEMORY_LIMIT_MIB}Mi"
     assert heap_bound_of(docs) == MAX_HEAP_BYTES == max_heap_bytes(EDGE_MEMORY_LIMIT_MIB * 2**20)
-    # The overload actions the configuration names act on that monitor, which the file leaves to the start.
+    # The overload actions the configuration names act on that monitor, which the file leaves to the start, and
+    # on the connections' monitor (idle connections shed near the cap), which the file has.
     config = config_of(docs)["overload_manager"]
-    assert "envoy.resource_monitors.fixed_heap" not in json.dumps(config["resource_monitors"])
+    assert [monitor["name"] for monitor in config["resource_monitors"]] == [CONNECTIONS_MONITOR]
     assert {trigger["name"] for action in config["actions"] for trigger in action["triggers"]} == {
-        "envoy.resource_monitors.fixed_heap"
+        "envoy.resource_monitors.fixed_heap",
+        CONNECTIONS_MONITOR,
     }
 
 

@@ -178,12 +178,14 @@ def running_edge(
     gateway_away: bool = False,
     gateway_port: int | None = None,
     max_heap_bytes: int | None = None,
+    max_connections: int | None = None,
 ) -> Iterator[Edge]:
     """Envoy of `bootstrap()` in front of a RecordingShop, its files in `folder`; `configure` may change the
     edge's connection manager first (a test's own setting, such as a shorter timeout than the edge's);
     `gateway_away`: nothing listens where the edge calls the gateway (the RecordingShop gets no call);
     `gateway_port`: the edge calls a test's own server on this port of 127.0.0.1 instead; `max_heap_bytes`: a
-    bound on Envoy's heap of the test's own in place of the edge's."""
+    bound on Envoy's heap of the test's own in place of the edge's; `max_connections`: a cap on its connections of the
+    test's own in place of the edge's."""
     shop = RecordingShop()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
@@ -206,6 +208,8 @@ def running_edge(
     )
     if max_heap_bytes is not None:
         api = dataclasses.replace(api, max_heap_bytes=max_heap_bytes)
+    if max_connections is not None:
+        api = dataclasses.replace(api, max_connections=max_connections)
     config = bootstrap(api)
     if configure is not None:
         [public] = [item for item in config["static_resources"]["listeners"] if item["name"] == "http-api"]

@@ -1,7 +1,8 @@
 """What a request may hold of the edge while it is unfinished, at the real Envoy of `bootstrap()`: a request
 must arrive whole (headers, then the rest) within the edge's timeouts or be answered 408 with no call made, an
 HTTP/2 connection is offered a bounded number of streams and window, and Envoy's heap is watched against a bound
-beyond which it refuses requests. The timeouts are the edge's own, shortened in the test's configuration."""
+beyond which it refuses requests, and idle connections are let go within seconds near the cap on connections.
+The timeouts are the edge's own, shortened in the test's configuration."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shopmesh_platform.http_api import (
+    IDLE_TIMEOUT,
     INITIAL_CONNECTION_WINDOW_BYTES,
     INITIAL_STREAM_WINDOW_BYTES,
     MAX_CONCURRENT_STREAMS,
@@ -71,7 +73,7 @@ def status_and_body(answer: bytes) -> tuple[str, dict[str, Any]]:
     return status, json.loads(body) if body else {}
 
 
-def test_the_edge_bounds_a_whole_request_by_the_calls_own_bound() -> None:
+def test_the_edge_bounds_a_whole_request_by_the_calls_own_bound_and_an_idle_connection() -> None:
 
     api = HttpApi(
         host="127.0.0.1",
@@ -85,6 +87,7 @@ def test_the_edge_bounds_a_whole_request_by_the_calls_own_bound() -> None:
     manager = public["filter_chains"][0]["filters"][0]["typed_config"]
     assert manager["request_timeout"] == ROUTE_TIMEOUT
     assert manager["request_headers_timeout"] == REQUEST_HEADERS_TIMEOUT
+    assert manager["common_http_protocol_options"]["idle_timeout"] == IDLE_TIMEOUT
 
 
 def test_a_body_that_never_arrives_whole_is_answered_408_at_the_request_timeout_and_calls_nothing(
@@ -183,3 +186,34 @@ def test_past_its_heap_bound_the_edge_refuses_requests_and_calls_nothing(tmp_pat
         # Refused (stop_accepting_requests), or the connection closed as it sent (the load shed points).
         assert answer == b"" or answer.startswith(b"HTTP/1.1 503 Service Unavailable"), answer[:200]
         assert edge.shop.calls == []
+
+
+def test_at_the_connection_cap_idle_connections_are_closed_within_seconds_and_a_new_client_is_served(
+    tmp_path: Path,
+) -> None:
+    # A cap of the test's own: the edge's 10,000 idle connections, opened in about a second, shut every other
+    # client out for the hour of Envoy's default idle timeout.
+    cap = 20
+    with running_edge(tmp_path, max_connections=cap) as edge:
+        idle = [connect(edge) for _ in range(cap)]
+        try:
+            started = time.monotonic()
+            # WAIT is far shorter than the edge's IDLE_TIMEOUT, which applies below the cap.
+            held = [connection for connection in idle if not closed_by_edge(connection, started + WAIT)]
+            assert held == [], f"{len(held)} of {cap} idle connections still open after {WAIT} s"
+            with urllib.request.urlopen(f"{edge.url}/v1/products?pageSize=1", timeout=WAIT) as answer:
+                assert answer.status == 200
+        finally:
+            for connection in idle:
+                connection.close()
+
+
+def closed_by_edge(connection: socket.socket, deadline: float) -> bool:
+    """Whether the edge closes `connection` (its end of stream, or a reset) by `deadline`, sending nothing."""
+    connection.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False

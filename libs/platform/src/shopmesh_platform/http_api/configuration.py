@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..mesh.envoy import (
+    MAX_DOWNSTREAM_CONNECTIONS,
     TRACES_CLUSTER,
     access_log,
     cluster,
@@ -45,6 +46,7 @@ from .log_fields import HTTP_LOG_FIELDS, SPAN_URL, gateway_status
 from .matching import NOT_GRPC
 from .request_limits import (
     BUFFER,
+    IDLE_TIMEOUT,
     INITIAL_CONNECTION_WINDOW_BYTES,
     INITIAL_STREAM_WINDOW_BYTES,
     MAX_CONCURRENT_STREAMS,
@@ -121,6 +123,9 @@ class HttpApi:
     # The heap's monitor, with the bound, left to Envoy's start: on Kubernetes the chart adds it (--config-yaml),
     # from the container's memory limit. `max_heap_bytes` is then unused.
     heap_bound_at_start: bool = False
+    # The most connections Envoy holds at once, all its listeners' (new ones past it are closed as they are
+    # accepted); a test's own may be smaller.
+    max_connections: int = MAX_DOWNSTREAM_CONNECTIONS
     # The listeners bind with SO_REUSEPORT (envoy.listener): only where nothing else can bind their ports, a
     # pod's network namespace. Locally, a process on a planned port must make the start fail, not share it.
     reuse_port: bool = False
@@ -158,7 +163,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         # sidecar, every client would be the pod to the gateway. The route configuration appends the peer.
         "skip_xff_append": True,
         "max_request_headers_kb": MAX_REQUEST_HEADERS_KIB,
-        "common_http_protocol_options": {"max_headers_count": MAX_REQUEST_HEADERS_COUNT},
+        # IDLE_TIMEOUT: a connection with no request under way is closed then (Envoy's default is an hour), and
+        # sooner as the edge nears its cap on connections (the overload manager's reduce_timeouts).
+        "common_http_protocol_options": {"max_headers_count": MAX_REQUEST_HEADERS_COUNT, "idle_timeout": IDLE_TIMEOUT},
         "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
         # The whole request, body and all, within the bound of the call it makes (ROUTE_TIMEOUT, above
         # checkout's 25 s), or 408 (request_timed_out) and no call: without it, a body that stops short of its
@@ -310,7 +317,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "node": {"id": api.name, "cluster": api.name},
         "admin": {"address": socket_address(api.admin_host, api.admin_port)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
-        "overload_manager": overload_manager(api.max_heap_bytes, heap_monitor=not api.heap_bound_at_start),
+        "overload_manager": overload_manager(
+            api.max_heap_bytes, heap_monitor=not api.heap_bound_at_start, max_connections=api.max_connections
+        ),
         "layered_runtime": {
             "layers": [{"name": "regex", "static_layer": {"re2.max_program_size.error_level": MAX_REGEX_PROGRAM_SIZE}}]
         },

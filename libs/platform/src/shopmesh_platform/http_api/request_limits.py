@@ -43,6 +43,14 @@ MAX_REQUEST_HEADERS_COUNT = 100
 # A request's headers must have arrived whole within this of their first byte (Envoy's edge guidance), or the
 # edge answers 408 and calls nothing: a client trickling them holds a stream for no call.
 REQUEST_HEADERS_TIMEOUT = "10s"
+# A client's connection with no request under way is closed after this (Envoy's default is an hour, and a
+# connection that never sends a byte meets no other timeout). Above the gap between a page's calls and a
+# shopper's clicks, so a browser seldom reconnects (its own keep-alive is 2 to 5 min, and it reopens a
+# connection the server closed at no cost but a TCP handshake, retrying a request that met the close), and above
+# a cloud load balancer's usual idle timeout (60 s), which must close first so that it never sends a request on
+# a connection the edge is closing. Near the cap on connections it is shortened to seconds
+# (mesh.envoy.IDLE_TIMEOUT_AT_CAP).
+IDLE_TIMEOUT = "75s"
 # HTTP/2: the streams one connection may have open at once, and how much a client may send ahead of what the
 # edge has read, per stream and per connection (Envoy's edge guidance; its defaults, 2^31 - 1 streams and a
 # 256 MiB window per stream, let one connection hold any number of bodies and more than the buffer filter's

@@ -48,6 +48,7 @@ _CONNECTIONS_MONITOR = (
 )
 _HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
 HEAP_MONITOR = "envoy.resource_monitors.fixed_heap"
+_SCALE_TIMERS = "type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig"
 _OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 # The cluster the spans go to.
 TRACES_CLUSTER = "traces"
@@ -83,6 +84,13 @@ HEALTH_POLICY = "health"
 HEALTH_PATH_PREFIX = "/grpc.health.v1.Health/"
 CALLER_POLICY_PREFIX = "caller-"
 MAX_DOWNSTREAM_CONNECTIONS = 10000
+CONNECTIONS_MONITOR = "envoy.resource_monitors.global_downstream_max_connections"
+# Shares of that cap from which the edge shortens its clients' idle connections' timeout, the more the nearer
+# the cap, down to IDLE_TIMEOUT_AT_CAP: an idle connection costs its client nothing, so one client held all of
+# them for the hour of Envoy's default idle timeout and every other client's connection was refused.
+CONNECTIONS_SCALE_FROM = 0.5
+CONNECTIONS_SATURATED = 0.8
+IDLE_TIMEOUT_AT_CAP = "2s"
 # Shares of a heap bound (overload_manager) at which Envoy starts resetting the streams holding the most memory,
 # gives freed memory back to the OS, and refuses new requests and closes connections that send more (and has
 # reset every stream it tracks); how often it reads the heap.
@@ -174,23 +182,30 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
     }
 
 
-def overload_manager(max_heap_bytes: int | None = None, *, heap_monitor: bool = True) -> dict[str, Any]:
+def overload_manager(
+    max_heap_bytes: int | None = None,
+    *,
+    heap_monitor: bool = True,
+    max_connections: int = MAX_DOWNSTREAM_CONNECTIONS,
+) -> dict[str, Any]:
     """A bound on downstream connections (Envoy warns without one); a sidecar sees a handful. With
     `max_heap_bytes` (the edge, whose clients are anyone), a bound on Envoy's heap too, under its container's
     memory limit, acted on as Envoy's overload manager documents: as the heap nears it, the streams holding the
     most buffered memory are reset (HTTP/2), freed memory is given back to the OS, and at HEAP_SATURATED new
     requests are refused (503) and a connection that sends more is closed (HTTP/1.1 and HTTP/2 alike), so that
     bodies that never finish (each held up to the edge's 1 MiB until the request timeout) end in refusals, not
-    in the container's OOM kill, which would drop every client at once. `heap_monitor` False: the heap's monitor
+    in the container's OOM kill, which would drop every client at once; and as the connections near their cap,
+    idle ones are closed sooner (CONNECTIONS_SCALE_FROM). `max_connections`: the cap, MAX_DOWNSTREAM_CONNECTIONS
+    unless a test's own. `heap_monitor` False: the heap's monitor
     (which the actions name) is left to whoever starts Envoy, who knows the memory limit (the gateway's chart,
     with --config-yaml: heap_monitor_of())."""
     config: dict[str, Any] = {
         "resource_monitors": [
             {
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "name": CONNECTIONS_MONITOR,
                 "typed_config": {
                     "@type": _CONNECTIONS_MONITOR,
-                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                    "max_active_downstream_connections": max_connections,
                 },
             }
         ]
@@ -217,6 +232,26 @@ def overload_manager(max_heap_bytes: int | None = None, *, heap_monitor: bool = 
             "triggers": [{"name": HEAP_MONITOR, "threshold": {"value": HEAP_SHRINK_AT}}],
         },
         {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": saturated},
+        {
+            # The idle timeout of every connection, those already idle included, scaled from the connection
+            # manager's own down to IDLE_TIMEOUT_AT_CAP (Envoy's documented way to shed idle connections).
+            "name": "envoy.overload_actions.reduce_timeouts",
+            "triggers": [
+                {
+                    "name": CONNECTIONS_MONITOR,
+                    "scaled": {
+                        "scaling_threshold": CONNECTIONS_SCALE_FROM,
+                        "saturation_threshold": CONNECTIONS_SATURATED,
+                    },
+                }
+            ],
+            "typed_config": {
+                "@type": _SCALE_TIMERS,
+                "timer_scale_factors": [
+                    {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_timeout": IDLE_TIMEOUT_AT_CAP}
+                ],
+            },
+        },
     ]
     # Requests already accepted go on reading their bodies: without these, a burst of them (each read into
     # the heap before the next reading of it, HEAP_REFRESH_INTERVAL) took the heap past its bound, and
