@@ -24,6 +24,7 @@ from .cors import CORS, cors_policy
 from .deadlines import grpc_deadline_exceeded, grpc_malformed_timeout, malformed_grpc_timeout_refused
 from .filters import GRPC_WEB, ROUTER, compressor, health_check, transcoder
 from .get_body import body_on_get_check, body_on_get_refusal
+from .grpc_attempts import grpc_malformed_previous_attempts, malformed_previous_attempts_refused
 from .grpc_encodings import grpc_encoding_refused, grpc_encoding_replies
 from .grpc_messages import grpc_web_text_not_base64, one_message_check, one_message_required
 from .head import head_as_get
@@ -201,6 +202,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         # Before any route that forwards gRPC: what the gateway's gRPC server must never read.
                         malformed_grpc_timeout_refused(),
                         *grpc_encoding_refused(),
+                        malformed_previous_attempts_refused(),
                         # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's by the
                         # time the route is chosen: ShopService's methods are all there is. Each by its exact path
                         # (a regex of them all is past the size Envoy allows an RE2 program), through the buffer
@@ -264,6 +266,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 grpc_gateway_unavailable(),
                 grpc_malformed_timeout(),
                 *grpc_encoding_replies(),
+                grpc_malformed_previous_attempts(),
                 grpc_web_text_not_base64(),
                 *grpc_deadline_exceeded(),
                 # Last: whatever error Envoy answers an HTTP/JSON client with that none of the above names.

@@ -9,15 +9,13 @@ from typing import Any
 from google.rpc import code_pb2 as grpc_code
 from google.rpc import error_details_pb2
 
+from .grpc_header_forms import GrpcHeaderForm
 from .local_replies import (
     ERROR_DOMAIN,
     REQUEST_TIMEOUT,
     REQUEST_TIMEOUT_MESSAGE,
     answered_over_grpc,
-    route_named,
-    validation_failed_details,
 )
-from .matching import FILTER_CONFIG, GRPC, TRANSCODER_OFF
 from .routes import ROUTE_TIMEOUT
 
 # gRPC's form of a deadline (PROTOCOL-HTTP2.md, "Timeout"): at most 8 digits and a unit, hours to nanoseconds.
@@ -30,6 +28,15 @@ MALFORMED_GRPC_TIMEOUT = "MALFORMED_GRPC_TIMEOUT"
 MALFORMED_GRPC_TIMEOUT_ROUTE = "malformed-grpc-timeout"
 MALFORMED_GRPC_TIMEOUT_MESSAGE = (
     "grpc-timeout is not a gRPC deadline: send 1 to 8 digits and a unit, H, M, S, m, u or n (such as 5S)"
+)
+_MALFORMED_GRPC_TIMEOUT = GrpcHeaderForm(
+    header=GRPC_TIMEOUT,
+    form=GRPC_TIMEOUT_FORM,
+    description="1 to 8 digits and a unit: H, M, S, m, u or n",
+    reason=MALFORMED_GRPC_TIMEOUT,
+    message=MALFORMED_GRPC_TIMEOUT_MESSAGE,
+    route=MALFORMED_GRPC_TIMEOUT_ROUTE,
+    runtime_key="local_reply_400_grpc_timeout",
 )
 # The message of the DEADLINE_EXCEEDED of a call the edge's bound ended before the gateway answered (the
 # client's deadline, or the edge's ROUTE_TIMEOUT when that is shorter).
@@ -47,46 +54,14 @@ def malformed_grpc_timeout_refused() -> dict[str, Any]:
     carrying a deadline were INTERNAL "Error parsing 'grpc-timeout' metadata" (and, over time, HTTP/JSON
     calls 500). An HTTP/JSON request never gets here: the edge drops gRPC's
     headers from it (headers.no_grpc_headers), as it sends no deadline of its own."""
-    return {
-        "name": MALFORMED_GRPC_TIMEOUT_ROUTE,
-        "match": {
-            "prefix": "/",
-            "headers": [
-                GRPC,
-                {"name": GRPC_TIMEOUT, "present_match": True},
-                # Several values are matched joined by ',', which no deadline's form has: refused as well.
-                {
-                    "name": GRPC_TIMEOUT,
-                    "string_match": {"safe_regex": {"regex": GRPC_TIMEOUT_FORM}},
-                    "invert_match": True,
-                },
-            ],
-        },
-        "direct_response": {"status": 400, "body": {"inline_string": MALFORMED_GRPC_TIMEOUT_MESSAGE}},
-        "typed_per_filter_config": {
-            **TRANSCODER_OFF,
-            "envoy.filters.http.buffer": {"@type": FILTER_CONFIG, "disabled": True},
-        },
-    }
+    return _MALFORMED_GRPC_TIMEOUT.refused()
 
 
 def grpc_malformed_timeout() -> dict[str, Any]:
     """malformed_grpc_timeout_refused's 400, to a gRPC or gRPC-Web client, as INVALID_ARGUMENT with the details
     of the services' validation errors (and the edge's HTTP/JSON refusals, local_replies.validation_failed): an
     ErrorInfo VALIDATION_FAILED and a field violation of grpc-timeout."""
-    violation = error_details_pb2.BadRequest.FieldViolation(
-        field=GRPC_TIMEOUT,
-        description="1 to 8 digits and a unit: H, M, S, m, u or n",
-        reason=MALFORMED_GRPC_TIMEOUT,
-    )
-    return answered_over_grpc(
-        400,
-        "local_reply_400_grpc_timeout",
-        grpc_code.INVALID_ARGUMENT,
-        MALFORMED_GRPC_TIMEOUT_MESSAGE,
-        validation_failed_details(violation),
-        only=[route_named(MALFORMED_GRPC_TIMEOUT_ROUTE)],
-    )
+    return _MALFORMED_GRPC_TIMEOUT.answer()
 
 
 def grpc_deadline_exceeded() -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from google.rpc import code_pb2 as grpc_code
 from google.rpc import error_details_pb2
 
 from .local_replies import ERROR_DOMAIN, answered_over_grpc, route_named, validation_failed_details
-from .matching import FILTER_CONFIG, GRPC, TRANSCODER_OFF, set_header
+from .matching import grpc_header_refused, set_header
 
 # The header, as the field violation names it.
 GRPC_ENCODING = "grpc-encoding"
@@ -51,32 +51,20 @@ def grpc_encoding_refused() -> list[dict[str, Any]]:
     """gRPC or gRPC-Web whose grpc-encoding is not one content coding (malformed), or one the gateway does not
     read (unsupported): refused on its headers, never forwarded, before any route that forwards gRPC. An
     HTTP/JSON request never gets here: the edge drops gRPC's headers from it (headers.no_grpc_headers)."""
-    malformed = {"name": GRPC_ENCODING, "string_match": {"safe_regex": {"regex": _CONTENT_CODING}}}
-    unsupported = {"name": GRPC_ENCODING, "string_match": {"safe_regex": {"regex": "|".join(ACCEPTED_GRPC_ENCODINGS)}}}
+    malformed = {"safe_regex": {"regex": _CONTENT_CODING}}
+    unsupported = {"safe_regex": {"regex": "|".join(ACCEPTED_GRPC_ENCODINGS)}}
     return [
-        _refused(MALFORMED_GRPC_ENCODING_ROUTE, _MALFORMED_STATUS, MALFORMED_GRPC_ENCODING_MESSAGE, malformed),
-        _refused(UNSUPPORTED_GRPC_ENCODING_ROUTE, _UNSUPPORTED_STATUS, UNSUPPORTED_GRPC_ENCODING_MESSAGE, unsupported),
+        grpc_header_refused(
+            MALFORMED_GRPC_ENCODING_ROUTE, GRPC_ENCODING, malformed, _MALFORMED_STATUS, MALFORMED_GRPC_ENCODING_MESSAGE
+        ),
+        grpc_header_refused(
+            UNSUPPORTED_GRPC_ENCODING_ROUTE,
+            GRPC_ENCODING,
+            unsupported,
+            _UNSUPPORTED_STATUS,
+            UNSUPPORTED_GRPC_ENCODING_MESSAGE,
+        ),
     ]
-
-
-def _refused(name: str, status: int, message: str, taken: dict[str, Any]) -> dict[str, Any]:
-    """The route refusing gRPC whose grpc-encoding is there but not what `taken` matches."""
-    return {
-        "name": name,
-        "match": {
-            "prefix": "/",
-            "headers": [
-                GRPC,
-                {"name": GRPC_ENCODING, "present_match": True},
-                {**taken, "invert_match": True},
-            ],
-        },
-        "direct_response": {"status": status, "body": {"inline_string": message}},
-        "typed_per_filter_config": {
-            **TRANSCODER_OFF,
-            "envoy.filters.http.buffer": {"@type": FILTER_CONFIG, "disabled": True},
-        },
-    }
 
 
 def grpc_encoding_replies() -> list[dict[str, Any]]:

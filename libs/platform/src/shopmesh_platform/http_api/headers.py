@@ -30,6 +30,10 @@ GRPC_HEADER_NAME = r"grpc-.*"
 # answers a malformed one (`grpc-status: zzz`) INTERNAL, a server error for the client's mistake. The API reads
 # none. (grpc-status-details-bin goes as binary metadata.)
 ANSWER_ONLY_GRPC_HEADERS = ("grpc-status", "grpc-message", RETRY_PUSHBACK)
+# grpc-core's own metadata between a call and its transport (which compression to ask for), never sent on the
+# wire by a gRPC client: from a client, the gateway's gRPC server answered any value INTERNAL "Error parsing
+# 'grpc-internal-encoding-request' metadata", and kept the failed parse for later calls carrying it.
+INTERNAL_GRPC_HEADERS = ("grpc-internal-encoding-request",)
 # The services' markers among themselves (the chassis' `shopmesh-final-answer`, `shopmesh-shed`): the gateway
 # relays a dependency's error with them, and they are no part of the public API, whose clients read the status.
 INTERNAL_HEADER_NAME = r"shopmesh-.*"
@@ -58,9 +62,9 @@ def header_hygiene() -> dict[str, Any]:
     access log read it), cookies (the API reads none, but a browser sends every cookie of the host, of any
     app on it, with the storefront's calls: kilobytes of metadata for the gateway), and what would reach the
     gateway as metadata its gRPC server refuses with INTERNAL instead of a client's error (a name gRPC does
-    not allow, binary metadata that may not be base64, gRPC's headers of an answer). And the services'
-    internal markers dropped from every answer, its headers and its trailers, whatever the client's protocol;
-    ANSWER_DEFAULTS added to every answer that has none of its own."""
+    not allow, binary metadata that may not be base64, gRPC's headers of an answer, grpc-core's internal
+    ones). And the services' internal markers dropped from every answer, its headers and its trailers,
+    whatever the client's protocol; ANSWER_DEFAULTS added to every answer that has none of its own."""
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
@@ -69,7 +73,7 @@ def header_hygiene() -> dict[str, Any]:
                 "request_mutations": [
                     {"remove": "x-envoy-original-path"},
                     {"remove": "cookie"},
-                    *({"remove": name} for name in ANSWER_ONLY_GRPC_HEADERS),
+                    *({"remove": name} for name in (*ANSWER_ONLY_GRPC_HEADERS, *INTERNAL_GRPC_HEADERS)),
                     *(_remove_matching(regex) for regex in (INVALID_METADATA_NAME, BINARY_METADATA_NAME)),
                 ],
                 # The answer's CORS headers depend on the request's origin: a shared cache keeps one copy per

@@ -1,5 +1,5 @@
 """Matchers and header actions the routes, filters and local replies share: what a gRPC or gRPC-Web request
-looks like, a method among some, a header set."""
+looks like, a method among some, a header set, a gRPC header refused unless of its form."""
 
 from __future__ import annotations
 
@@ -37,3 +37,27 @@ def method_in(methods: list[str]) -> dict[str, Any]:
 
 def set_header(name: str, value: str) -> dict[str, Any]:
     return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def grpc_header_refused(route: str, header: str, taken: dict[str, Any], status: int, message: str) -> dict[str, Any]:
+    """The route `route`, refusing gRPC or gRPC-Web whose `header` is there but not what `taken` (a string match)
+    matches, with a direct response of `status` and `message`, which a local reply of the route's name makes a
+    gRPC status: never forwarded, since the gateway's gRPC server (grpc-core) keeps its failed parse of a
+    header in the HPACK table of the one connection the edge keeps to it for every client. Several values are
+    matched joined by ',': refused unless `taken` matches them so."""
+    return {
+        "name": route,
+        "match": {
+            "prefix": "/",
+            "headers": [
+                GRPC,
+                {"name": header, "present_match": True},
+                {"name": header, "string_match": taken, "invert_match": True},
+            ],
+        },
+        "direct_response": {"status": status, "body": {"inline_string": message}},
+        "typed_per_filter_config": {
+            **TRANSCODER_OFF,
+            "envoy.filters.http.buffer": {"@type": FILTER_CONFIG, "disabled": True},
+        },
+    }
