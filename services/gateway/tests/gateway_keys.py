@@ -27,7 +27,14 @@ class SigningKey:
         x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
         return {"kid": self.kid, "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "x": x, "use": "sig"}
 
-    def token(self, subject: str = "usr_alice", *, expires_in: float = 3600, **claims: Any) -> str:
+    def token(
+        self,
+        subject: str = "usr_alice",
+        *,
+        expires_in: float = 3600,
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
         now = int(time.time())
         payload: dict[str, Any] = {
             "iss": ISSUER,
@@ -40,7 +47,8 @@ class SigningKey:
         }
         payload.update(claims)
         payload = {k: v for k, v in payload.items() if v is not None}
-        return jwt.encode(payload, self.private_key, algorithm="EdDSA", headers={"kid": self.kid})
+        # `headers`: more of them, or others (a None typ: none, as PyJWT takes it).
+        return jwt.encode(payload, self.private_key, algorithm="EdDSA", headers={"kid": self.kid, **(headers or {})})
 
 
 def tampered(token: str, **claims: Any) -> str:

@@ -140,8 +140,20 @@ async def test_a_token_of_an_unpublished_key_is_token_invalid(verifier: TokenVer
         {"sub": ""},
         {"sub": "u" * 65},
         {"nbf": 9_999_999_999},
+        {"iat": None},
+        {"exp": str(int(time.time()) + 3600)},
     ],
-    ids=["issuer", "audience", "no-exp", "no-sub", "empty-sub", "long-sub", "not-yet-valid"],
+    ids=[
+        "issuer",
+        "audience",
+        "no-exp",
+        "no-sub",
+        "empty-sub",
+        "long-sub",
+        "not-yet-valid",
+        "no-iat",
+        "exp-as-a-string",
+    ],
 )
 async def test_tokens_with_wrong_or_missing_claims_are_token_invalid(
     verifier: TokenVerifier, key: SigningKey, claims: dict[str, object]
@@ -152,6 +164,31 @@ async def test_tokens_with_wrong_or_missing_claims_are_token_invalid(
 async def test_a_token_of_another_algorithm_is_token_invalid(verifier: TokenVerifier, key: SigningKey) -> None:
     hs256 = jwt.encode({"sub": "usr_alice"}, "s" * 32, algorithm="HS256", headers={"kid": key.kid})
     assert await reason_of(verifier, hs256) == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"jku": "https://attacker.example/jwks.json"},
+        {"x5u": "https://attacker.example/cert.pem"},
+        {"x5c": ["MIIBszCCAVmgAwIBAgIUQ"]},
+        {"typ": "at+jwt"},
+        {"typ": None},
+        {"cty": "JWT"},
+    ],
+    ids=["jku", "x5u", "x5c", "typ-at+jwt", "no-typ", "cty"],
+)
+async def test_a_token_signed_with_the_real_key_whose_header_is_not_users_is_token_invalid(
+    verifier: TokenVerifier, key: SigningKey, headers: dict[str, object]
+) -> None:
+    assert await reason_of(verifier, key.token(headers=headers)) == "TOKEN_INVALID"
+
+
+async def test_a_token_carrying_its_own_key_in_a_jwk_header_is_token_invalid(
+    verifier: TokenVerifier, key: SigningKey
+) -> None:
+    # The real key, even: the gateway verifies with users' published keys alone, and says so.
+    assert await reason_of(verifier, key.token(headers={"jwk": key.jwk})) == "TOKEN_INVALID"
 
 
 @pytest.mark.parametrize("garbage", ["", "not-a-jwt", "a.b.c", "eyJhbGciOiJub25lIn0.e30."])

@@ -1,9 +1,10 @@
 """Access-token verification: EdDSA JWTs from users, checked locally against its cached JSON Web Key Set.
 
-The users contract fixes the rules: the key whose kid matches the token's, the "iss", "aud" and "exp"
-claims (and "nbf" when present); the key set is cached up to 5 minutes and refetched on an unknown kid
-at most every 30 seconds, so that a key rotation is picked up without a refetch per forged token (a second
-after a fetch that failed, so that one failure does not hold back the key users just published).
+The users contract fixes the rules: the header users signs (alg, typ JWT, kid), the key whose kid matches the
+token's, the "iss", "aud", "sub", "exp" and "iat" claims (and "nbf" when present); the key set is cached up to 5
+minutes and refetched on an unknown kid at most every 30 seconds, so that a key rotation is picked up without a
+refetch per forged token (a second after a fetch that failed, so that one failure does not hold back the key
+users just published).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ SUBJECT = re.compile(rf"[\x21-\x7e]{{1,{MAX_ID_LENGTH}}}")
 # the rate limit (charged after the verification fails) could refuse it. At this bound the worst a forged
 # token costs is a few times a real token's verification.
 MAX_TOKEN_CHARS = 4096
+
+# The header users signs (shopmesh_users.signing: PyJWT's alg and typ, and the key's kid), and its typ. A token
+# whose header says more is refused: a jku, jwk, x5u or x5c names a key, or where to fetch one, chosen by
+# whoever made the token, and the gateway verifies with users' published keys alone (PyJWT ignores them, and the
+# refusal says so). Another typ (RFC 9068's at+jwt) is another kind of token, with rules of its own.
+TOKEN_HEADER = frozenset({"alg", "typ", "kid"})
+TOKEN_TYPE = "JWT"
+# The claims every token of users' has, numbers where they are times; jti and nbf are not read.
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 
 # Fetches the published keys, each in JWK form ({"kid", "kty", "crv", "alg", "x", "use"}); raises
 # shopmesh_chassis.errors.Unavailable when the key set cannot be had now.
@@ -220,8 +230,8 @@ def _invalid(message: str) -> errors.Unauthenticated:
 @dataclass(frozen=True, slots=True)
 class VerifiedToken:
     subject: str
-    # Its iat (seconds since the epoch), None when it has none: what a sign-out's cutoff is compared with.
-    issued_at: float | None
+    # Its iat (seconds since the epoch): what a sign-out's cutoff is compared with.
+    issued_at: float
 
 
 class TokenVerifier:
@@ -244,6 +254,8 @@ class TokenVerifier:
         kid = header.get("kid")
         if header.get("alg") != ALGORITHM or not isinstance(kid, str) or not kid:
             raise _invalid("the access token is not an EdDSA token with a key id")
+        if not TOKEN_HEADER.issuperset(header) or header.get("typ") != TOKEN_TYPE:
+            raise _invalid(f"the access token's header is not users': alg, typ {TOKEN_TYPE} and kid, nothing else")
         key = await self._keys.key(kid)
         if key is None:
             raise _invalid("the access token is signed by an unknown key")
@@ -253,9 +265,8 @@ class TokenVerifier:
         # issues is (a signed token with another one is a bug or a forgery, and gRPC could not send it).
         if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
             raise _invalid("the access token has no usable subject")
-        # A number by now, when present (`_decode`).
-        issued_at = claims.get("iat")
-        return VerifiedToken(subject, float(issued_at) if issued_at is not None else None)
+        # A number by now (`_decode`).
+        return VerifiedToken(subject, float(claims["iat"]))
 
     def _decode(self, token: str, key: jwt.PyJWK) -> dict[str, Any]:
         try:
@@ -267,19 +278,20 @@ class TokenVerifier:
                 audience=self._rules.audience,
                 leeway=self._rules.leeway_seconds,
                 # nbf and iat are checked below, with their own tolerance (PyJWT has one leeway for all three).
-                options={"require": ["exp", "iss", "aud", "sub"], "verify_nbf": False, "verify_iat": False},
+                options={"require": REQUIRED_CLAIMS, "verify_nbf": False, "verify_iat": False},
             )
         except jwt.ExpiredSignatureError:
             raise errors.Unauthenticated("the access token has expired", reason=TOKEN_EXPIRED) from None
         except jwt.InvalidTokenError as exc:
             raise _invalid(f"the access token is invalid: {exc}") from None
         latest = time.time() + max(self._rules.leeway_seconds, NOT_BEFORE_LEEWAY_SECONDS)
-        for claim in ("nbf", "iat"):
+        for claim in ("exp", "nbf", "iat"):
             value = claims.get(claim)
             if value is None:
                 continue
+            # PyJWT takes whatever int() reads as its exp: "9999999999", a string, was a valid one.
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise _invalid(f"the access token is invalid: its {claim} is not a number")
-            if value > latest:
+            if claim != "exp" and value > latest:
                 raise _invalid(f"the access token is invalid: it is not yet valid ({claim})")
         return claims
