@@ -22,7 +22,7 @@ from .challenges import bearer_challenge
 from .contract import PUBLIC_SERVICE, api_methods, single_request_methods
 from .cors import CORS, cors_policy
 from .deadlines import grpc_deadline_exceeded, grpc_malformed_timeout, malformed_grpc_timeout_refused
-from .filters import GRPC_WEB, ROUTER, compressor, health_check, transcoder
+from .filters import GRPC_WEB, ROUTER, compressor, health_check, health_routes, transcoder
 from .get_body import body_on_get_check, body_on_get_refusal
 from .grpc_attempts import grpc_malformed_previous_attempts, malformed_previous_attempts_refused
 from .grpc_encodings import grpc_encoding_refused, grpc_encoding_replies
@@ -196,6 +196,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                     "domains": ["*"],
                     "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy()},
                     "routes": [
+                        *health_routes(),
                         *openapi_routes(api.openapi),
                         *storefront_routes(api.storefront),
                         *method_routes(),
@@ -276,8 +277,10 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         # Every request: the HTTP one as the client sent it, and the gRPC method it became.
         "access_log": [access_log("http-api", only_failures=False, extra=HTTP_LOG_FIELDS)],
         "http_filters": [
-            health_check(),
+            # Before the health check, so after it on the way out: its answer's header naming Envoy's cluster, which
+            # it adds as the answer leaves it, is dropped.
             header_hygiene(),
+            health_check(),
             # Before the compressor, so after it on the way out: the body it drops is never gzipped.
             head_as_get(),
             # Early in the chain, so late on the way out: it sees the JSON the transcoder made.

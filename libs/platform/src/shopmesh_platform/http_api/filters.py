@@ -3,11 +3,14 @@ transcoder, gRPC-Web and the router."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from .contract import PUBLIC_SERVICE
+from .matching import method_in
 from .request_limits import MAX_RESPONSE_BYTES
+from .routes import method_not_allowed
 
 _TRANSCODER = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 GRPC_WEB = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
@@ -24,6 +27,7 @@ COMPRESSED_TYPES = ("application/json", "text/html", "text/css", "text/javascrip
 
 # Answered by Envoy itself (200, or 503 once it drains): the kubelet's probe of the container on Kubernetes.
 HEALTH_PATH = "/healthz"
+HEALTH_METHODS = ["GET", "HEAD"]
 
 
 def compressor() -> dict[str, Any]:
@@ -49,14 +53,21 @@ def compressor() -> dict[str, Any]:
 
 
 def health_check() -> dict[str, Any]:
+    """GET and HEAD of HEALTH_PATH answered by Envoy itself; any other method goes on to health_routes' 405."""
     return {
         "name": "envoy.filters.http.health_check",
         "typed_config": {
             "@type": _HEALTH_CHECK,
             "pass_through_mode": False,
-            "headers": [{"name": ":path", "string_match": {"exact": HEALTH_PATH}}],
+            "headers": [{"name": ":path", "string_match": {"exact": HEALTH_PATH}}, method_in(HEALTH_METHODS)],
         },
     }
+
+
+def health_routes() -> list[dict[str, Any]]:
+    """405 for a method health_check does not answer (TRACE, DELETE, PUT...: each was its 200), but OPTIONS, as
+    the edge's other own paths."""
+    return [method_not_allowed(HEALTH_PATH, re.escape(HEALTH_PATH), HEALTH_METHODS)]
 
 
 def transcoder(descriptor: Path) -> dict[str, Any]:

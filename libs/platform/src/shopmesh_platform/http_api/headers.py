@@ -97,6 +97,8 @@ def header_hygiene() -> dict[str, Any]:
                         for key, value in ANSWER_DEFAULTS.items()
                     ),
                     _remove_matching(INTERNAL_HEADER_NAME),
+                    # The health check's answer names Envoy's node's cluster: nothing for a client.
+                    {"remove": "x-envoy-upstream-healthchecked-cluster"},
                 ],
                 # A gRPC answer with a body has its metadata in trailers (the chassis' errors are trailers-only,
                 # in headers, but a relay's marker may come either way).
