@@ -160,6 +160,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         # The peer, not x-forwarded-for, decides whether a request is internal (a client's own header never
         # makes it so, nor keeps the x-envoy-* headers Envoy strips from external requests).
         "use_remote_address": True,
+        # No `server: envoy` of Envoy's own on any answer: the gateway sends none, so none is passed through.
+        "server_header_transformation": "PASS_THROUGH",
         # Envoy's own append writes the host's non-loopback address in place of a loopback peer: behind a
         # sidecar, every client would be the pod to the gateway. The route configuration appends the peer.
         "skip_xff_append": True,
@@ -304,7 +306,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder(api.descriptor)},
             # After the transcoder, so before it on the way out: the gateway's answer as it came.
             gateway_status(),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+            # No x-envoy-upstream-service-time on the gateway's answers (nor x-envoy-* on its calls): Envoy's timing of
+            # the gateway tells a client nothing it needs, and a prober which proxy it faces.
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER, "suppress_envoy_headers": True}},
         ],
     }
     if span_config is not None:
