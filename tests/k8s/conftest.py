@@ -114,7 +114,7 @@ def start_checkov(render_dir: Path, helm_dir: Path) -> CheckovRun:
 def _checkov_early(request: pytest.FixtureRequest) -> None:
     """Start checkov in the background at the beginning of a session that will run its test. A pytest-xdist
     worker collects every test but runs only its share (whole files with --dist loadfile): there checkov starts
-    with test_render.py's first test, on the one worker that runs it, instead of on both."""
+    with test_render.py's first test, on the one worker that runs it, instead of on every one."""
     if "PYTEST_XDIST_WORKER" in os.environ:
         return
     if any(item.name == "test_checkov_finds_nothing" for item in request.session.items):
