@@ -1551,11 +1551,15 @@ async def test_the_add_to_cart_form_leaves_checks_to_the_page_not_the_browser(ta
     await expect(page.get_by_role("link", name="Cart (1)")).to_be_visible()
 
 
-async def test_a_quantity_typed_in_exponent_form_is_read_whole_and_a_fraction_is_refused_beside_it(tab: Tab) -> None:
+async def test_a_quantity_typed_in_exponent_form_is_read_whole_and_a_fraction_is_refused_beside_it(
+    tab: Tab, http: httpx.AsyncClient
+) -> None:
     """A number input takes "1e3": read with parseInt it was 1, on the product page and in the cart, a quantity
     the shopper never typed. It is read as the number it is; a fraction, which no quantity is, is refused
-    beside its field and changes nothing."""
+    beside its field and changes nothing. "Place order" with the fraction still in the field had ordered the
+    cart's old quantity, with the warning cleared: it orders nothing until the field holds a whole number."""
     page = tab.page
+    await tab.register("Ida")
     await tab.open("#/products/prod_soy_candle")
     await page.get_by_label("Quantity").fill("1e1")
     await tab.press("Add to cart")
@@ -1576,6 +1580,23 @@ async def test_a_quantity_typed_in_exponent_form_is_read_whole_and_a_fraction_is
     await expect(quantity).to_have_attribute("aria-invalid", "true")
     await expect(page.locator(f"#{await quantity.get_attribute('aria-describedby')}")).to_contain_text("whole number")
     await expect(page.locator("#cart-link")).to_have_text("Cart (20)")
+
+    keys = tab.idempotency_keys("/v1/orders")
+    await tab.fill(CHECKOUT_FIELDS)
+    await tab.press("Place order")
+    await expect(page.get_by_role("alert")).to_contain_text("Nothing was ordered")
+    await expect(quantity).to_have_value("1.5")
+    await expect(quantity).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator(f"#{await quantity.get_attribute('aria-describedby')}")).to_contain_text("whole number")
+    await expect(quantity).to_be_focused()
+    assert keys == [], "no order is sent for a quantity the page does not show"
+    assert await orders_of(http, await tab.token()) == []
+
+    await quantity.fill("2")
+    await tab.press("Place order")
+    await tab.placed()
+    [order] = await orders_of(http, await tab.token())
+    assert [(item["productId"], item["quantity"]) for item in order["items"]] == [("prod_soy_candle", 2)]
 
 
 async def test_a_cart_stored_in_another_shape_is_read_as_its_well_formed_lines(tab: Tab) -> None:

@@ -843,6 +843,21 @@ function checkoutForm(currency, session, showPrices) {
     { name: "card.cvv", label: "CVV", inputmode: "numeric", autocomplete: "cc-csc" },
   ];
   const submit = async (values) => {
+    // A fraction left in a quantity (refused as it was typed; "Place order" refuses it again) is not what the
+    // cart holds: ordered, the cart's quantity went out while the field showed another. Nothing is sent, and the
+    // field is marked again, as the refusal of the press cleared it. Putting the cart's quantity back into the
+    // field instead would order, on the same press, a quantity the shopper had just typed over.
+    const fractions = [...document.querySelectorAll(`input[form="${CHECKOUT_FORM}"]`)].filter(
+      (input) => wholeNumber(input) === null,
+    );
+    if (fractions.length) {
+      const fieldViolations = fractions.map((input) => ({ field: input.name, description: NOT_WHOLE }));
+      throw new ApiError(0, {
+        code: INVALID_ARGUMENT,
+        message: "Nothing was ordered: a quantity in your cart is not a whole number.",
+        details: [{ "@type": BAD_REQUEST, fieldViolations }],
+      });
+    }
     // The cart the page shows is the one ordered, at the total it shows: a cart another tab changed since
     // (its `storage` event not heard yet) is shown first, and nothing is sent. After an unknown outcome the
     // page shows the cart that was ordered, whatever the cart is now: placing it again is the same request.
