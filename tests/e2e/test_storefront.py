@@ -1035,6 +1035,53 @@ async def test_a_checkout_answer_stays_shown_beside_another_tabs_change_of_the_c
         await expect(order_link).to_be_visible()
 
 
+async def test_a_refusal_the_shopper_answered_is_not_shown_again_when_another_tab_changes_the_cart(
+    stack: Stack, browser: Browser
+) -> None:
+    """Another tab's change of the cart redraws the page with the last checkout's refusal kept, which is for its
+    order and its lines only, until the shopper edits the form. It had kept every refusal, edits or not: a card
+    number refused, then corrected, was marked invalid again and took the focus; a price change's notice quoted
+    the total of a cart since changed; a decline stayed after another card was typed."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Margaret")
+        await first.add_to_cart("prod_chef_knife")
+        await first.check_out(**{"Card number": ""})
+        card = page.get_by_label("Card number", exact=True)
+        await expect(card).to_have_attribute("aria-invalid", "true", timeout=SLOW)
+        await card.fill(GOOD_CARD)
+        await another_tab_adds(first, ("prod_chef_knife", 1))
+        await expect(page.get_by_text("Total: $178.00")).to_be_visible()
+        await expect(page.locator("#flash")).to_contain_text("Your cart was changed in another tab")
+        await expect(card).to_have_value(GOOD_CARD)
+        await expect(card).not_to_have_attribute("aria-invalid", "true")
+        await expect(card).not_to_be_focused()
+
+        # Put in the cart at an older price: orders refuses the total the page sends, naming the new one.
+        await page.evaluate(
+            """() => {
+                const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
+                items[0].unitPrice = { amountMinor: "7900", currency: "USD" };
+                localStorage.setItem("shopmesh.cart", JSON.stringify(items));
+            }"""
+        )
+        await page.reload()
+        await first.check_out()
+        await expect(page.get_by_role("alert")).to_contain_text("the total is now $178.00", timeout=SLOW)
+        await another_tab_adds(first, ("prod_chef_knife", 1))
+        await expect(page.get_by_text("Total: $267.00")).to_be_visible()
+        await expect(page.get_by_text("the total is now")).to_have_count(0)
+
+        # A decline is kept, until the shopper answers it: here with another card.
+        await page.reload()
+        await first.check_out(card=DECLINED_CARD)
+        await expect(page.get_by_role("alert")).to_contain_text("Your card was declined.", timeout=SLOW)
+        await card.fill(GOOD_CARD)
+        await another_tab_adds(first, ("prod_chef_knife", 1))
+        await expect(page.get_by_text("Total: $356.00")).to_be_visible()
+        await expect(page.get_by_text("Your card was declined.")).to_have_count(0)
+
+
 async def test_a_checkout_of_unknown_outcome_keeps_its_cart_shown_so_placing_it_again_is_the_same_order(
     stack: Stack, browser: Browser, http: httpx.AsyncClient
 ) -> None:

@@ -304,10 +304,11 @@ function sameCart(one, other) {
 // holds a change of another tab as while the request was out. Redrawn into the changed cart, "Place order"
 // ordered that cart under a new key while the first order may have gone through. The redraw is made once an
 // answer settles the outcome (a refusal; a success goes to the order), or on leaving the page.
-// `answer`: the last checkout's refusal on this page (a declined card and its cancelled order, a line short of
-// stock), its violations as answered and the lines they name (`items`). Another tab's change redraws the page,
-// which had wiped it: the tab that lost a race for the last unit said only that its cart was now empty. It is
-// shown again with each redraw until the shopper acts (places the order again, sets a quantity, leaves).
+// `answer`: the last checkout's refusal on this page when it is about the order or its lines (a declined card
+// and its cancelled order, a line short of stock), its complaints about lines and the lines they name
+// (`items`). Another tab's change redraws the page, which had wiped it: the tab that lost a race for the last
+// unit said only that its cart was now empty. It is shown again with each redraw until the shopper acts
+// (places the order again, sets a quantity, edits a field of the form, leaves).
 const checkout = { out: false, redrawDue: false, unknown: false, answer: null };
 
 const CHANGED_ELSEWHERE = "Your cart was changed in another tab: it is shown here as it now is.";
@@ -319,7 +320,7 @@ const CHANGED_WHILE_UNKNOWN =
   "then the cart below is the one it ordered, so that placing it again is the same order, never a second one.";
 
 // The cart page again, with the cart as stored now, told why; what was typed into the checkout form stays
-// (the card too: it never left the page), and so does the answer to the last checkout refused.
+// (the card too: it never left the page), and so does the last checkout's refusal kept (`checkout.answer`).
 async function showCartChanged(message) {
   // The form's own inputs: the quantities outside it (their `form` attribute) are the cart's, shown anew.
   const fieldsOf = (form) => [...(form?.querySelectorAll("input") ?? [])];
@@ -574,6 +575,9 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
 
 // A form's text inputs (of fieldsForm), its button left out.
 const inputsOf = (form) => [...form.elements].filter((element) => element.tagName === "INPUT");
+
+// A service's complaint about a cart line (`items[0].quantity`), not about a field of the checkout form.
+const aboutALine = (violation) => /^items\[\d+\]/.test(violation.field);
 
 // A refused request's answer on the form (of fieldsForm): each field violation beside the input it names, the
 // rest in a box below the button.
@@ -919,9 +923,15 @@ function checkoutForm(currency, session, showPrices) {
       }
       const failure = withLineProblems(error, order.items);
       checkout.unknown = onThisPage && failure instanceof ApiError && Boolean(failure.retrySafe);
-      if (onThisPage && !checkout.unknown && failure instanceof ApiError && !failure.needsSignIn) {
+      // Kept for a redraw is what another tab's change leaves true: the order's refusal or cancellation (its
+      // link) and the complaints about lines, put on the lines as then shown. Not a complaint about a field of
+      // the form, which the shopper may have corrected since (the redraw marked it again and took the focus),
+      // nor a PRICE_CHANGED, whose total was that of the cart before the change.
+      const lineViolations = failure instanceof ApiError ? failure.violations.filter(aboutALine) : [];
+      const aboutTheOrder = failure instanceof ApiError && Boolean(failure.info?.metadata?.order_id);
+      if (onThisPage && !checkout.unknown && !failure.needsSignIn && (aboutTheOrder || lineViolations.length)) {
         // (A copy of its violations: showing them marks them shown.)
-        const violations = failure.violations.map((violation) => ({ ...violation }));
+        const violations = lineViolations.map((violation) => ({ ...violation }));
         checkout.answer = { error: failure, violations, items: order.items };
       }
       if (checkout.unknown) {
@@ -955,6 +965,10 @@ function checkoutForm(currency, session, showPrices) {
     location.hash = `#/orders/${encodeURIComponent(answer.order.id)}`;
   };
   const form = fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM });
+  // An edit answers the refusal kept for a redraw (a quantity set does too, in setQuantity).
+  form.addEventListener("input", () => {
+    checkout.answer = null;
+  });
   form.prepend(h("p", {}, "The order's e-mails go to your account's address, ", session.email, "."));
   return form;
 }
