@@ -18,11 +18,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
+from shopmesh_chassis.config import DEFAULT_MAX_CONCURRENT_RPCS, ConfigError, load_settings
 from shopmesh_chassis.grpc_errors import answered_shed, details_of, relaying
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.server_interceptor import SHED_RETRY_AFTER_SECONDS
 from shopmesh_chassis.testing import eventually, health_status, serve_in_process
-from shopmesh_chassis.testing.sample_service import SampleServicer, binding
+from shopmesh_chassis.testing.sample_service import SampleServicer, SampleSettings, binding
 
 from .conftest import ECHO, Holding, sample_settings
 
@@ -315,3 +316,26 @@ async def test_a_server_relaying_an_unmarked_server_overloaded_of_an_older_relea
         errors.SERVER_OVERLOADED,
         True,
     )
+
+
+# The audit's burst: 400 concurrent checkouts through one gateway, each one call in flight at every service.
+CHECKOUT_BURST = 400
+
+
+async def test_a_server_left_at_its_defaults_bounds_its_handlers_well_above_a_checkout_burst() -> None:
+    """With gRPC core's overload protection off, GRPC_MAX_CONCURRENT_RPCS is the only bound on handlers still
+    ending after their clients reset their calls (HTTP/2 rapid reset); unbounded by default, nothing bounded them
+    in a chart that did not set it. The default leaves a burst room to spare."""
+    settings = sample_settings()
+    assert settings.grpc_max_concurrent_rpcs == DEFAULT_MAX_CONCURRENT_RPCS
+    assert DEFAULT_MAX_CONCURRENT_RPCS >= 2 * CHECKOUT_BURST
+    assert ChassisServer(settings, [binding()]).interceptor.max_in_flight == DEFAULT_MAX_CONCURRENT_RPCS
+
+
+async def test_grpc_max_concurrent_rpcs_0_leaves_handlers_unbounded_and_a_negative_one_stops_startup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert ChassisServer(sample_settings(grpc_max_concurrent_rpcs=0), [binding()]).interceptor.max_in_flight is None
+    monkeypatch.setenv("GRPC_MAX_CONCURRENT_RPCS", "-1")
+    with pytest.raises(ConfigError, match=r"^invalid configuration: GRPC_MAX_CONCURRENT_RPCS="):
+        load_settings(SampleSettings, grpc_port=0, metrics_port=-1)

@@ -62,6 +62,8 @@ GrpcPort = Annotated[int, Field(ge=0, le=65535)]
 MetricsPort = Annotated[int, Field(ge=-1, le=65535)]
 # sockaddr_un's sun_path is 108 bytes on Linux, the last one the terminating NUL.
 UNIX_SOCKET_PATH_MAX_BYTES = 107
+# GRPC_MAX_CONCURRENT_RPCS when unset (see ServiceSettings).
+DEFAULT_MAX_CONCURRENT_RPCS = 1000
 # A gRPC message size limit: gRPC takes it as a C int.
 MessageBytes = Annotated[int, Field(ge=64 * 1024, le=2**31 - 1)]
 
@@ -93,7 +95,11 @@ class ServiceSettings(RuntimeSettings):
     # and policy, as iptables sends a pod's traffic through its proxy. Empty: TCP.
     grpc_unix_socket: str = ""
     # Calls admitted into handlers at once; more are shed with RESOURCE_EXHAUSTED (health checks never are).
-    grpc_max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    # Bounded by default: with gRPC core's overload protection off (server.py) it is the only bound on handlers
+    # still ending after their clients reset their calls (HTTP/2 rapid reset, CVE-2023-44487). 1,000 is 2.5
+    # times the 400 concurrent checkouts one gateway takes in the audit's burst and fits a pod's 256 MiB limit
+    # (a held call costs the sample service 22 KiB); 0 = unbounded, for a caller that bounds them otherwise.
+    grpc_max_concurrent_rpcs: int = Field(default=DEFAULT_MAX_CONCURRENT_RPCS, ge=0)
     # Calls (HTTP/2 streams) one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
     # GRPC_MAX_CONCURRENT_RPCS counts calls in handlers only: a call whose request never comes is held below
     # them, 10-18 KB apiece until the connection's max age, so without this bound one connection could take the
@@ -172,6 +178,11 @@ class ServiceSettings(RuntimeSettings):
                     "(choose a shorter folder)"
                 )
         return value
+
+    @property
+    def handler_limit(self) -> int | None:
+        """The calls admitted into handlers at once (GRPC_MAX_CONCURRENT_RPCS), None for unbounded (0)."""
+        return self.grpc_max_concurrent_rpcs or None
 
     @property
     def grpc_listen_address(self) -> str:

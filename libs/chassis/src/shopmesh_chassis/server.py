@@ -141,7 +141,7 @@ class ChassisServer:
             self.metrics,
             settings.resolved_error_domain,
             tracer_provider,
-            max_in_flight=settings.grpc_max_concurrent_rpcs,
+            max_in_flight=settings.handler_limit,
             follows_trace_decision_of=settings.trace_decision_callback(),
         )
         interceptors: list[grpc.aio.ServerInterceptor] = [self.interceptor]
@@ -161,7 +161,8 @@ class ChassisServer:
                 # (150 x 3 concurrent calls: 28 refused). Off, a stream past the limit of open ones is still
                 # refused, which a client keeping to the limit never sends: gRPC core's own test of queueing
                 # past MAX_CONCURRENT_STREAMS sets it so. Handlers still ending after their client reset their
-                # calls (HTTP/2 rapid reset) no longer count here: GRPC_MAX_CONCURRENT_RPCS bounds those.
+                # calls (HTTP/2 rapid reset) no longer count here: GRPC_MAX_CONCURRENT_RPCS bounds those (bounded
+                # by default for this: config.py).
                 ("grpc.http.overload_protection", 0),
                 (
                     "grpc.max_connection_age_grace_ms",

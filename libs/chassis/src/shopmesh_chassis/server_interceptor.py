@@ -144,6 +144,11 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         self._max_in_flight = max_in_flight
         self._in_flight = 0
 
+    @property
+    def max_in_flight(self) -> int | None:
+        """The calls this interceptor admits into handlers at once (None: unbounded)."""
+        return self._max_in_flight
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
