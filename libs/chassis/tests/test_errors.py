@@ -386,3 +386,37 @@ async def test_a_handler_that_set_its_status_then_raised_answers_that_status_wit
     assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
     assert counted == {"UNIMPLEMENTED": 1.0}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+class SetThenCrashed(SampleServicer):
+    """Record sets NOT_FOUND, then fails as a bug does: a KeyError, not the generated base's NotImplementedError."""
+
+    async def Record(self, request: sample_pb2.RecordRequest, context: Any) -> sample_pb2.RecordResponse:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details("no such record")
+        raise KeyError("record_1")
+
+
+async def test_a_handler_that_set_its_status_then_crashed_is_internal_with_its_traceback_at_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Any exception after set_code was answered the set code, logged at WARNING without a traceback and not
+    counted as a server error: a real bug in a handler that had set NOT_FOUND left no trace of itself. Only the
+    generated base's NotImplementedError keeps the code it set."""
+    caplog.handler.addFilter(TraceContextFilter("sample"))
+    async with (
+        serve_in_process(sample_settings(), [binding(SetThenCrashed())]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sample_pb2_grpc.SampleServiceStub(channel).Record(sample_pb2.RecordRequest(), timeout=5)
+        await eventually(lambda: sum(_handled(server, "Record").values()) == 1, "the call counted")
+        counted = _handled(server, "Record")
+    details = caught.value.details() or ""
+    assert (caught.value.code(), details.partition(" (")[0]) == (grpc.StatusCode.INTERNAL, "internal error"), details
+    assert counted == {"INTERNAL": 1.0}
+    trace_id = details.split("trace_id=")[1].rstrip(")")
+    crashes = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert [(type(r.exc_info[1]), getattr(r, "trace_id", None)) for r in crashes if r.exc_info] == [
+        (KeyError, trace_id)
+    ]

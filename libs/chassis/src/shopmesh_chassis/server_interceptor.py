@@ -374,10 +374,15 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                     await self._abort(context, to_grpc_status(to_rpc_status(mapped, self._domain)))
                     return None
                 chosen = context.code()
-                if isinstance(chosen, grpc.StatusCode) and chosen is not grpc.StatusCode.OK:
+                if (
+                    isinstance(exc, NotImplementedError)
+                    and isinstance(chosen, grpc.StatusCode)
+                    and chosen is not grpc.StatusCode.OK
+                ):
                     # The handler set its answer, then raised to end (grpc's generated base methods: UNIMPLEMENTED,
                     # then NotImplementedError); grpcio keeps that code too. INTERNAL and a traceback at ERROR hid
-                    # the code it chose, and counted a method left unimplemented as a crash.
+                    # the code it chose, and counted a method left unimplemented as a crash. Any other exception
+                    # is a crash whatever code was set before it: INTERNAL, with its traceback.
                     log.warning(
                         "%s set %s, then raised %s: answered %s",
                         method,
