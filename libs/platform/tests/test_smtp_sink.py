@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
+import socket
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from shopmesh_platform.smtp_sink import SmtpSink, file_name, read_mail, smtp_sink
+from shopmesh_platform.smtp_sink import SmtpSink, file_name, read_mail, smtp_sink, start_sink
 
 
 def email(message_id: str | None, subject: str = "Your order") -> EmailMessage:
@@ -104,3 +105,26 @@ def test_file_names_keep_only_safe_characters() -> None:
     assert file_name("<../../etc/passwd>", b"") == "etc_passwd.eml"
     assert file_name("<a b/c@d>", b"") == "a_b_c@d.eml"
     assert file_name("", b"x") == file_name("  ", b"x") != file_name("", b"y")
+
+
+async def test_a_sink_taken_down_refuses_connections_yet_no_other_socket_can_take_its_port_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """Closed and started again on its port, a test's sink raced every other process handed free ports (make test
+    runs three workers): the port was free in between. Down, it refuses as a port nobody listens on does."""
+    sink = await start_sink(tmp_path / "mail", restartable=True)
+    try:
+        await send(sink, email("<before@x>"))
+        await sink.stop_listening()
+        with pytest.raises(ConnectionRefusedError):
+            await send(sink, email("<while-down@x>"))
+        for reuse_address in (0, 1):
+            with socket.socket() as other:
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse_address)
+                with pytest.raises(OSError, match="already in use"):
+                    other.bind((sink.host, sink.port))
+        await sink.listen_again()
+        await send(sink, email("<after@x>"))
+    finally:
+        await sink.close()
+    assert sorted(str(message["Message-ID"]) for message in read_mail(sink.directory)) == ["<after@x>", "<before@x>"]

@@ -144,7 +144,8 @@ async def js_client(nats_srv: NatsServer) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def sink(tmp_path: Path) -> AsyncIterator[SmtpSink]:
-    started = await start_sink(tmp_path / "mail")
+    # Restartable: the tests that take the mail server down bring it back on the port the service was given.
+    started = await start_sink(tmp_path / "mail", restartable=True)
     yield started
     await started.close()
 
@@ -414,8 +415,8 @@ async def test_a_redelivered_event_records_no_second_notification_and_sends_no_s
 async def test_while_the_mail_server_is_down_the_notification_stays_pending_and_is_sent_once_it_is_back(
     running: Running,
 ) -> None:
-    port, directory = running.sink.port, running.sink.directory
-    await running.sink.close()
+    directory = running.sink.directory
+    await running.sink.stop_listening()
     await running.publish(ORDER_CONFIRMED, confirmed_event("evt_4", "ord_4"), "evt_4")
 
     async def retried() -> bool:
@@ -429,20 +430,17 @@ async def test_while_the_mail_server_is_down_the_notification_stays_pending_and_
     assert stored.last_error != ""
     assert [n.state for n in await running.listed()] == [PENDING]
 
-    back = await start_sink(directory, port=port)
-    try:
-        await eventually(lambda: mail_for(directory, "ord_4"), "the e-mail once the server is back")
+    await running.sink.listen_again()
+    await eventually(lambda: mail_for(directory, "ord_4"), "the e-mail once the server is back")
 
-        async def sent() -> bool:
-            return [n.state for n in await running.listed()] == [SENT]
+    async def sent() -> bool:
+        return [n.state for n in await running.listed()] == [SENT]
 
-        await eventually(sent, "SENT")
-        assert len(mail_for(directory, "ord_4")) == 1
-        # Each attempt counted by how it ended.
-        assert running.attempts("retrying") >= 2
-        assert (running.attempts("sent"), running.attempts("failed")) == (1, 0)
-    finally:
-        await back.close()
+    await eventually(sent, "SENT")
+    assert len(mail_for(directory, "ord_4")) == 1
+    # Each attempt counted by how it ended.
+    assert running.attempts("retrying") >= 2
+    assert (running.attempts("sent"), running.attempts("failed")) == (1, 0)
 
 
 @sqlite_only
@@ -747,8 +745,8 @@ async def test_a_later_event_of_an_orders_kind_whose_email_failed_is_mailed_and_
     e-mail, yet every later event of its kind (a republish once the cause is fixed) was applied with
     none. The later event gets its own notification and e-mail; the FAILED one stays listed as it was, and a
     redelivery of either event records nothing more."""
-    port, directory = running.sink.port, running.sink.directory
-    await running.sink.close()  # the relay down until the first e-mail is given up
+    directory = running.sink.directory
+    await running.sink.stop_listening()  # the relay down until the first e-mail is given up
     first = Event("evt_lost", ORDER_CONFIRMED, confirmed_event("evt_lost", "ord_lost"), {"Nats-Msg-Id": "evt_lost"}, 1)
     assert await running.consumer._apply(first)
 
@@ -757,27 +755,24 @@ async def test_a_later_event_of_an_orders_kind_whose_email_failed_is_mailed_and_
         return stored is not None and stored.state is State.FAILED
 
     await eventually(given_up, "the first e-mail FAILED")
-    back = await start_sink(directory, port=port)
-    try:
-        later = Event("evt_later", ORDER_CONFIRMED, confirmed_event("evt_later", "ord_lost"), {}, 1)
-        assert await running.consumer._apply(later)
-        (mail,) = await eventually(lambda: mail_for(directory, "ord_lost"), "the later event's e-mail")
-        assert mail["Message-ID"] == "<evt_later@shopmesh.notifications>"
+    await running.sink.listen_again()
+    later = Event("evt_later", ORDER_CONFIRMED, confirmed_event("evt_later", "ord_lost"), {}, 1)
+    assert await running.consumer._apply(later)
+    (mail,) = await eventually(lambda: mail_for(directory, "ord_lost"), "the later event's e-mail")
+    assert mail["Message-ID"] == "<evt_later@shopmesh.notifications>"
 
-        async def later_sent() -> list[tuple[str, int]]:
-            listed = [(n.event_id, n.state) for n in await running.listed()]
-            return listed if ("evt_later", SENT) in listed else []
+    async def later_sent() -> list[tuple[str, int]]:
+        listed = [(n.event_id, n.state) for n in await running.listed()]
+        return listed if ("evt_later", SENT) in listed else []
 
-        assert sorted(await eventually(later_sent, "the later one SENT")) == [("evt_later", SENT), ("evt_lost", FAILED)]
-        assert not await running.consumer._apply(replace(first, attempt=2))
-        assert not await running.consumer._apply(replace(later, attempt=2))
-        assert sorted((n.event_id, n.state) for n in await running.listed()) == [
-            ("evt_later", SENT),
-            ("evt_lost", FAILED),
-        ]
-        assert len(mail_for(directory, "ord_lost")) == 1
-    finally:
-        await back.close()
+    assert sorted(await eventually(later_sent, "the later one SENT")) == [("evt_later", SENT), ("evt_lost", FAILED)]
+    assert not await running.consumer._apply(replace(first, attempt=2))
+    assert not await running.consumer._apply(replace(later, attempt=2))
+    assert sorted((n.event_id, n.state) for n in await running.listed()) == [
+        ("evt_later", SENT),
+        ("evt_lost", FAILED),
+    ]
+    assert len(mail_for(directory, "ord_lost")) == 1
 
 
 async def test_an_orders_failed_email_stands_only_for_its_own_event(database: Database) -> None:
@@ -1341,10 +1336,10 @@ async def test_with_the_default_settings_a_relay_down_for_hours_loses_no_email(
     Giving up is a time window (SEND_GIVE_UP_AFTER_SECONDS, a day): the waits reach the cap, and the
     e-mail goes out once the relay is back, hours later. The relay is really down (nothing listens on its
     port), the clock the sender reads is the test's."""
-    port, directory = sink.port, sink.directory
-    await sink.close()
+    directory = sink.directory
+    await sink.stop_listening()
     now = [datetime.now(UTC)]
-    mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+    mailer = SmtpMailer(SmtpOptions("127.0.0.1", sink.port, "shop@example.com", 5.0))
     sender = NotificationSender(database, mailer, retry_policy(settings), claim_seconds=10, clock=lambda: now[0])
     event = Event("evt_long", ORDER_CONFIRMED, confirmed_event("evt_long", "ord_long"), {}, 1)
     async with database.transaction() as session:
@@ -1367,10 +1362,7 @@ async def test_with_the_default_settings_a_relay_down_for_hours_loses_no_email(
         now[0] = notification.next_attempt_at
     assert max(waits) == settings.send_max_backoff_seconds
 
-    back = await start_sink(directory, port=port)
-    try:
-        assert await sender.send_due() == 1
-    finally:
-        await back.close()
+    await sink.listen_again()
+    assert await sender.send_due() == 1
     assert (await stored()).state is State.SENT
     assert len(mail_for(directory, "ord_long")) == 1

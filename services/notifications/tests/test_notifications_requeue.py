@@ -44,9 +44,8 @@ async def test_emails_given_up_while_the_relay_was_down_go_out_once_requeued_wit
     database: Database, tmp_path: Path
 ) -> None:
     find, requeue, _, _ = runbook_sql()
-    sink = await start_sink(tmp_path / "mail")
-    port = sink.port
-    await sink.close()  # the relay down
+    sink = await start_sink(tmp_path / "mail", restartable=True)
+    await sink.stop_listening()  # the relay down
     async with database.transaction() as session:
         await NotificationIntake()(session, Event("evt_q", ORDER_CONFIRMED, confirmed_event("evt_q", "ord_q"), {}, 1))
         # An address an older release stored: refused for good, never re-queued.
@@ -56,7 +55,7 @@ async def test_emails_given_up_while_the_relay_was_down_go_out_once_requeued_wit
             EventKind.ORDER_CONFIRMED, "evt_b", now, next_attempt_at=now,
         )  # fmt: skip
         await NotificationRepository(session).add(refused)
-    mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+    mailer = SmtpMailer(SmtpOptions("127.0.0.1", sink.port, "shop@example.com", 5.0))
     sender = NotificationSender(database, mailer, GIVE_UP_AT_ONCE, claim_seconds=10)
     assert await sender.send_due() == 2
     before = await stored(database)
@@ -71,11 +70,11 @@ async def test_emails_given_up_while_the_relay_was_down_go_out_once_requeued_wit
         assert "ord_q" in [row.order_id for row in found]
         await session.execute(text(requeue))
 
-    back = await start_sink(tmp_path / "mail", port=port)
+    await sink.listen_again()
     try:
         assert await sender.send_due() == 1
     finally:
-        await back.close()
+        await sink.close()
     after = await stored(database)
     assert (after["ada@example.com"].state, after["ada@example.com"].failure_reason) == (State.SENT, "")
     assert after["root,ada@example.com"].state is State.FAILED

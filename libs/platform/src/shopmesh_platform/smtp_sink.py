@@ -19,10 +19,11 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -108,20 +109,60 @@ class SmtpSink:
     port: int
     directory: Path
     server: asyncio.Server
+    handler: MailFolder | None = None
+    # While down (stop_listening): the port, bound and not listening.
+    _kept: socket.socket | None = field(default=None, repr=False)
 
     async def close(self) -> None:
         self.server.close()
         await self.server.wait_closed()
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+
+    async def stop_listening(self) -> None:
+        """The mail server down: every connection to its port is refused, as to a port nobody listens on, but the
+        port stays the sink's until `listen_again`. Closed and started again on its port, a test's sink could find
+        it taken in between by another process (a free_ports of a test running beside it). Needs a sink started
+        `restartable`: this socket binds beside its listening one (SO_REUSEPORT), so the port is never free."""
+        if self.handler is None or self._kept is not None:
+            raise RuntimeError("stop_listening needs a listening sink started with restartable=True")
+        kept = socket.socket(self.server.sockets[0].family, socket.SOCK_STREAM)
+        try:
+            kept.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            kept.bind((self.host, self.port))
+        except OSError:
+            kept.close()
+            raise
+        self.server.close()
+        await self.server.wait_closed()
+        self._kept = kept
+
+    async def listen_again(self) -> None:
+        """The mail server back on its port after `stop_listening`, keeping the e-mails it stored."""
+        if self.handler is None or self._kept is None:
+            raise RuntimeError("listen_again needs a sink that stop_listening took down")
+        self.server = await _listen(self.handler, self.host, self.port, reuse_port=True)
+        self._kept.close()
+        self._kept = None
 
 
-async def start_sink(directory: Path, host: str = "127.0.0.1", port: int = 0, max_mails: int = MAX_MAILS) -> SmtpSink:
-    """Listen on host:port (0: a free port) in the running event loop."""
-    handler = MailFolder(directory, max_mails)
-    server = await asyncio.get_running_loop().create_server(
-        lambda: SMTP(handler, hostname=HOSTNAME, enable_SMTPUTF8=True), host, port
+async def _listen(handler: MailFolder, host: str, port: int, *, reuse_port: bool) -> asyncio.Server:
+    return await asyncio.get_running_loop().create_server(
+        lambda: SMTP(handler, hostname=HOSTNAME, enable_SMTPUTF8=True), host, port, reuse_port=reuse_port
     )
+
+
+async def start_sink(
+    directory: Path, host: str = "127.0.0.1", port: int = 0, max_mails: int = MAX_MAILS, *, restartable: bool = False
+) -> SmtpSink:
+    """Listen on host:port (0: a free port) in the running event loop. `restartable` (tests): the sink can go down
+    and come back on its port (`stop_listening`, `listen_again`); it listens with SO_REUSEPORT, so that another
+    sink of this user on the port would share it instead of failing, which the `make run` one must not."""
+    handler = MailFolder(directory, max_mails)
+    server = await _listen(handler, host, port, reuse_port=restartable)
     bound = int(server.sockets[0].getsockname()[1])
-    return SmtpSink(host, bound, directory, server)
+    return SmtpSink(host, bound, directory, server, handler if restartable else None)
 
 
 @contextlib.asynccontextmanager
