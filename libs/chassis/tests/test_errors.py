@@ -362,6 +362,18 @@ async def test_an_error_of_a_call_that_ended_before_its_answer_went_out_is_not_l
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+async def _record_once(servicer: SampleServicer) -> tuple[grpc.aio.AioRpcError, dict[str, float]]:
+    """One Record call to a server of `servicer` that fails: its error, and the calls counted by code."""
+    async with (
+        serve_in_process(sample_settings(), [binding(servicer)]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sample_pb2_grpc.SampleServiceStub(channel).Record(sample_pb2.RecordRequest(), timeout=5)
+        await eventually(lambda: sum(_handled(server, "Record").values()) == 1, "the call counted")
+        return caught.value, _handled(server, "Record")
+
+
 class Unfinished(SampleServicer):
     """Record left as grpc's generated base has it: UNIMPLEMENTED set on the context, then NotImplementedError."""
 
@@ -373,17 +385,10 @@ async def test_a_handler_that_set_its_status_then_raised_answers_that_status_wit
 ) -> None:
     """Answered INTERNAL "internal error" with an ERROR traceback: the generated base's own UNIMPLEMENTED
     was lost, and the call counted as INTERNAL."""
-    async with (
-        serve_in_process(sample_settings(), [binding(Unfinished())]) as server,
-        grpc.aio.insecure_channel(server.address) as channel,
-    ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await sample_pb2_grpc.SampleServiceStub(channel).Record(sample_pb2.RecordRequest(), timeout=5)
-        await eventually(lambda: sum(_handled(server, "Record").values()) == 1, "the call counted")
-        counted = _handled(server, "Record")
-        # Trailers-only, as every error the chassis answers.
-        assert not caught.value.initial_metadata()
-    assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+    error, counted = await _record_once(Unfinished())
+    # Trailers-only, as every error the chassis answers.
+    assert not error.initial_metadata()
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
     assert counted == {"UNIMPLEMENTED": 1.0}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
@@ -404,16 +409,9 @@ async def test_a_handler_that_set_its_status_then_crashed_is_internal_with_its_t
     counted as a server error: a real bug in a handler that had set NOT_FOUND left no trace of itself. Only the
     generated base's NotImplementedError keeps the code it set."""
     caplog.handler.addFilter(TraceContextFilter("sample"))
-    async with (
-        serve_in_process(sample_settings(), [binding(SetThenCrashed())]) as server,
-        grpc.aio.insecure_channel(server.address) as channel,
-    ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await sample_pb2_grpc.SampleServiceStub(channel).Record(sample_pb2.RecordRequest(), timeout=5)
-        await eventually(lambda: sum(_handled(server, "Record").values()) == 1, "the call counted")
-        counted = _handled(server, "Record")
-    details = caught.value.details() or ""
-    assert (caught.value.code(), details.partition(" (")[0]) == (grpc.StatusCode.INTERNAL, "internal error"), details
+    error, counted = await _record_once(SetThenCrashed())
+    details = error.details() or ""
+    assert (error.code(), details.partition(" (")[0]) == (grpc.StatusCode.INTERNAL, "internal error"), details
     assert counted == {"INTERNAL": 1.0}
     trace_id = details.split("trace_id=")[1].rstrip(")")
     crashes = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
