@@ -14,6 +14,7 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
+from shopmesh_chassis.idempotency import key_reused
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process, told_not_to_retry
 from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
@@ -24,6 +25,7 @@ from shopmesh_orders.domain.ports import (
     LostRace,
     PaymentRecord,
     PaymentRefused,
+    RefundRefused,
     ReservationExpired,
 )
 from shopmesh_orders.domain.validation import Card, CartLine
@@ -459,6 +461,43 @@ async def test_a_refund_payments_refuses_for_a_state_it_cannot_name_leaves_the_o
             )
     assert not isinstance(caught.value, DependencyDown)
     _asks_to_wait_for_a_release_that_knows(caught.value)
+
+
+class RefusingRefunds(payments_pb2_grpc.PaymentsServiceServicer):
+    def __init__(self, refusal: errors.InvalidArgument) -> None:
+        self._refusal = refusal
+
+    async def Refund(self, request: Any, context: Any) -> Any:
+        raise self._refusal
+
+
+def _invalid(field: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(
+        "invalid", [errors.FieldViolation(field, "bad", "INVALID_CHARACTERS")], reason="VALIDATION_FAILED"
+    )
+
+
+@pytest.mark.parametrize(
+    ("refusal", "request_refused"),
+    [(key_reused(), True), (_invalid("reason"), True), (_invalid("payment_id"), False)],
+)
+async def test_a_refund_refused_for_its_key_or_its_reason_is_told_apart_from_any_other_refusal(
+    settings: OrdersSettings, refusal: errors.InvalidArgument, request_refused: bool
+) -> None:
+    # The refusals an earlier orders release's refund under the same key leads to (its reason differed, or broke
+    # payments' newer rule): the saga asks payments whether that refund went through. Any other stays a bug.
+    binding = ServiceBinding(
+        PAYMENTS, RefusingRefunds(refusal), payments_pb2_grpc.add_PaymentsServiceServicer_to_server
+    )
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        with pytest.raises(RuntimeError) as caught:
+            await PaymentsClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT).refund(
+                "pay_1", "cancelled", "ord_1:refund"
+            )
+    assert isinstance(caught.value, RefundRefused) is request_refused
 
 
 class PaymentsDown(payments_pb2_grpc.PaymentsServiceServicer):

@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from shopmesh.orders.v1 import events_pb2
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
+from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_key_of
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.idempotency import key_reused
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.clients import PaymentsClient
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_orders.saga import SagaDriver
@@ -56,6 +63,119 @@ async def test_a_cancellation_an_earlier_release_accepted_with_control_character
     cancelled = await app.cancel_order(order_id, "changed\nmy mind\x1b[0m", "cancel-1", "f1")
     assert (cancelled.state, cancelled.cancel_message) == (OrderState.CANCELLED, "changed\nmy mind\x1b[0m")
     assert (payments.captured(), payments.refund_reasons) == (0, ["CUSTOMER_REQUESTED"])
+
+
+PAYMENTS_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
+# A cancellation message an orders release before the one-line rule accepted, and sent as the refund's reason.
+MULTI_LINE = "changed\nmy mind\x1b[0m"
+
+
+class PaymentsKeyingRefunds(payments_pb2_grpc.PaymentsServiceServicer):
+    """Payments over a real socket, keying a Refund as payments does: the first request under a key is applied,
+    another request under the same key is IDEMPOTENCY_KEY_REUSED. Every charge captures."""
+
+    def __init__(self) -> None:
+        self.payments: dict[str, payments_pb2.Payment] = {}
+        self.refund_requests: dict[str, str] = {}  # idempotency key → the reason its first request had
+
+    async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> payments_pb2.ChargeResponse:
+        payment = payments_pb2.Payment(
+            id=f"pay_{request.order_id}", order_id=request.order_id, state=payments_pb2.PAYMENT_STATE_CAPTURED
+        )
+        self.payments[payment.id] = payment
+        return payments_pb2.ChargeResponse(payment=payment)
+
+    async def ListPayments(
+        self, request: payments_pb2.ListPaymentsRequest, context: Any
+    ) -> payments_pb2.ListPaymentsResponse:
+        listed = [p for p in self.payments.values() if p.order_id == request.order_id]
+        return payments_pb2.ListPaymentsResponse(payments=listed)
+
+    async def Refund(self, request: payments_pb2.RefundRequest, context: Any) -> payments_pb2.RefundResponse:
+        if self.refund_requests.setdefault(idempotency_key_of(context) or "", request.reason) != request.reason:
+            raise key_reused()
+        payment = self.payments[request.payment_id]
+        payment.state = payments_pb2.PAYMENT_STATE_REFUNDED
+        return payments_pb2.RefundResponse(payment=payment)
+
+    def asked_before(self, order_id: str, reason: str, *, applied: bool) -> None:
+        """A Refund of the order's payment an orders release before `refund_reason` sent, with `reason`, under the
+        order's refund key, whose answer orders never saw; `applied`: whether it refunded (else its outcome was a
+        refusal payments keeps under the key)."""
+        self.refund_requests[f"{order_id}:refund"] = reason
+        if applied:
+            self.payments[f"pay_{order_id}"].state = payments_pb2.PAYMENT_STATE_REFUNDED
+
+
+CancelledAgainstKeyedRefunds = tuple[OrdersApplication, PaymentsKeyingRefunds, str, Exception | None]
+
+
+@pytest.fixture
+def cancel_against_keyed_refunds(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    settings: OrdersSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[bool], Awaitable[CancelledAgainstKeyedRefunds]]:
+    """An order placed, then cancelled with `MULTI_LINE` (as a release before the one-line rule accepted it),
+    whose refund that release asked with the message (`PaymentsKeyingRefunds.asked_before`, `applied` or not):
+    the cancellation is driven by this release, which asks with the code. Gives what the cancellation raised,
+    if anything."""
+    monkeypatch.setattr("shopmesh_orders.application.validate_cancel_reason", lambda _reason: None)
+
+    async def cancel(applied: bool) -> CancelledAgainstKeyedRefunds:
+        servicer = PaymentsKeyingRefunds()
+        binding = ServiceBinding(PAYMENTS_SERVICE, servicer, payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+        options = ClientOptions(breaker=None, caller="orders")
+        async with (
+            serve_in_process(settings, [binding]) as server,
+            ResilientChannel(server.address, [PAYMENTS_SERVICE], options) as channel,
+        ):
+            payments = PaymentsClient(channel.channel, timeout=5, unknown_state_wait=settings.recovery_interval_seconds)
+            app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
+            order_id = await place(app, command())
+            servicer.asked_before(order_id, MULTI_LINE, applied=applied)
+            try:
+                await app.cancel_order(order_id, MULTI_LINE, "cancel-1", "f1")
+            except Exception as exc:
+                return app, servicer, order_id, exc
+        return app, servicer, order_id, None
+
+    return cancel
+
+
+async def test_a_refund_an_earlier_release_made_with_another_reason_is_recorded_not_refused_for_ever(
+    cancel_against_keyed_refunds: Callable[[bool], Awaitable[CancelledAgainstKeyedRefunds]],
+    inventory: FakeInventory,
+    database: Database,
+) -> None:
+    """Payments refunded the order under its refund key with the old release's message and the answer was lost:
+    this release asks with the cancellation's code, IDEMPOTENCY_KEY_REUSED on every try. Payments lists the
+    payment refunded, so the refund is the order's, and the cancellation completes (it stayed at the refund step
+    for good, an INTERNAL to each try)."""
+    app, servicer, order_id, refused = await cancel_against_keyed_refunds(True)
+    assert refused is None
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, order.refunded) == (OrderState.CANCELLED, SagaStep.DONE, True)
+    assert servicer.refund_requests == {f"{order_id}:refund": MULTI_LINE}
+    assert inventory.on_hand["prod_a"] == 5
+    [*_, (subject, payload)] = await events(database)
+    assert (subject, events_pb2.OrderCancelled.FromString(payload).refunded) == ("orders.v1.order_cancelled", True)
+
+
+async def test_a_refund_refused_under_a_used_key_for_a_payment_still_captured_stays_refused(
+    cancel_against_keyed_refunds: Callable[[bool], Awaitable[CancelledAgainstKeyedRefunds]], inventory: FakeInventory
+) -> None:
+    """The refusal is taken as the refund done only when payments lists the payment refunded: one still captured
+    leaves the order at the refund step, the refusal answered as before (an answer the contract does not
+    promise: INTERNAL), and the stock held."""
+    app, _, order_id, refused = await cancel_against_keyed_refunds(False)
+    assert isinstance(refused, RuntimeError)
+    assert "used with a different request" in str(refused)
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, order.refunded) == (OrderState.CONFIRMED, SagaStep.REFUND, False)
+    assert inventory.on_hand["prod_a"] == 3
 
 
 async def test_a_customers_cancellation_reason_is_the_refunds_reason(

@@ -25,6 +25,7 @@ from shopmesh_orders.domain.ports import (
     PaymentRecord,
     PaymentRefused,
     PricedProduct,
+    RefundRefused,
     ReservationExpired,
 )
 from shopmesh_orders.domain.validation import Card, CartLine
@@ -394,4 +395,14 @@ class PaymentsClient:
                 ) from None
             if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
+            if _request_refused(details):
+                raise RefundRefused(str(_unexpected("payments", error))) from None
             raise _unexpected("payments", error) from None
+
+
+def _request_refused(details: ErrorDetails) -> bool:
+    """A Refund's request refused as such: its key used with another request, or its reason invalid."""
+    if details.code != grpc.StatusCode.INVALID_ARGUMENT:
+        return False
+    reason_invalid = any(violation.field == "reason" for violation in details.field_violations)
+    return details.reason == "IDEMPOTENCY_KEY_REUSED" or (details.reason == "VALIDATION_FAILED" and reason_invalid)

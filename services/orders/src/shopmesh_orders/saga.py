@@ -53,6 +53,7 @@ from shopmesh_orders.domain.ports import (
     LostRace,
     PaymentRefused,
     Payments,
+    RefundRefused,
     ReservationExpired,
     cart_of,
 )
@@ -613,7 +614,22 @@ class SagaDriver:
         return [r.payment_id for r in records if r.captured], any(r.refunded for r in records)
 
     async def _refund(self, order: Order, payment_id: str) -> None:
-        await self._payments.refund(payment_id, order.refund_reason, refund_key(order.id))
+        try:
+            await self._payments.refund(payment_id, order.refund_reason, refund_key(order.id))
+        except RefundRefused:
+            # An orders release before `refund_reason` asked with the cancellation's message, which payments
+            # applied under the key and whose answer was lost: asked now with the code, the key's fingerprint
+            # differs (or that release's message breaks payments' newer rule) on every try. The payment says
+            # whether that refund went through; if not, the refusal stands.
+            records = await self._payments.payments_for(order.id)
+            if not any(r.payment_id == payment_id and r.refunded for r in records):
+                raise
+            log.info(
+                "order %s: payment %s was refunded under the order's refund key by an earlier request",
+                order.id,
+                payment_id,
+                extra={"order_id": order.id, "payment_id": payment_id},
+            )
 
     async def claim_recheck(self, order_id: str) -> str:
         """Take the lease of a cancelled order due its charge recheck, for `recheck_charge`: its lease owner.

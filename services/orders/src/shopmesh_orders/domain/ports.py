@@ -66,6 +66,13 @@ class PaymentRefused(Exception):
         self.payment_id = payment_id
 
 
+class RefundRefused(RuntimeError):
+    """Payments refused the refund's request itself, not the refund: its key was used with another request
+    (IDEMPOTENCY_KEY_REUSED), or its reason breaks payments' rules. An orders release that asked with another
+    reason (before the reason was the same on every try) may have refunded the payment under the key already:
+    only the payment's state tells. A RuntimeError as any answer the contract does not promise here."""
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentRecord:
     payment_id: str
