@@ -108,6 +108,34 @@ async def test_same_key_with_a_different_request_is_rejected(store: IdempotencyS
     assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
 
 
+async def test_the_requests_check_is_passed_by_for_a_stored_outcome_and_a_refused_request_takes_no_key(
+    store: IdempotencyStore, db: Database
+) -> None:
+    """A retry of a request a release with looser rules accepted replays its outcome; a new request the rules
+    refuse is refused before its key is claimed, so the key is free for the request the caller sends instead."""
+
+    def refuse() -> None:
+        raise errors.InvalidArgument("refused", [errors.FieldViolation("value", "bad", "INVALID_CHARACTERS")])
+
+    async def checked(key: str, text: str) -> str:
+        response = await store.run(
+            method="Charge",
+            key=key,
+            request=request(text),
+            response_type=wrappers_pb2.StringValue,
+            operation=effect(text),  # type: ignore[arg-type]
+            check=refuse if "\n" in text else lambda: None,
+        )
+        return response.value
+
+    await run(store, "k1", request("a\nb"), effect("a\nb"))
+    assert await checked("k1", "a\nb") == "a\nb"
+    with pytest.raises(errors.InvalidArgument):
+        await checked("k2", "a\nb")
+    assert await checked("k2", "a b") == "a b"
+    assert await count_effects(db) == 2
+
+
 async def test_missing_key_is_invalid_argument(store: IdempotencyStore) -> None:
     with pytest.raises(errors.InvalidArgument) as caught:
         await run(store, None, request("a"), effect())

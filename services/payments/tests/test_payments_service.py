@@ -17,6 +17,7 @@ from shopmesh.common.v1 import money_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+from shopmesh_payments.domain.validation import RefundCommand
 
 from .conftest import BACKENDS, DECLINES, INSUFFICIENT_FUNDS, SUCCEEDS, UNAVAILABLE, Payments, charge_request
 
@@ -314,6 +315,25 @@ async def test_a_refund_reason_that_is_not_one_line_of_text_is_refused_and_nothi
     assert fields(details) == {"reason": "INVALID_CHARACTERS"}
     stored = await payments.stub().GetPayment(payments_pb2.GetPaymentRequest(payment_id=captured.id))
     assert stored.payment.state == payments_pb2.PAYMENT_STATE_CAPTURED
+
+
+async def test_a_refund_applied_before_the_one_line_reason_is_replayed_to_its_retry_not_refused(
+    payments: Payments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payments release before the one-line rule refunded with a line break in the reason, and the answer was
+    lost: the retry, the same request under the same key (an older orders still sends it), is answered the refund
+    it made, not INVALID_CHARACTERS on every try with the refund never recorded by orders. The rule still holds
+    for a request with no outcome stored, which takes no key: the same key then refunds with a reason it allows."""
+    first = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
+    second = (await payments.charge(charge_request("ord_2"), key="ord_2:charge")).payment
+    with monkeypatch.context() as before_the_rule:
+        before_the_rule.setattr("shopmesh_payments.application.validate_refund", RefundCommand)
+        await payments.refund(first.id, key="ord_1:refund", reason="changed\nmy mind")
+    replayed = (await payments.refund(first.id, key="ord_1:refund", reason="changed\nmy mind")).payment
+    assert (replayed.state, replayed.refund_reason) == (payments_pb2.PAYMENT_STATE_REFUNDED, "changed\nmy mind")
+    refused = await failure(payments.refund(second.id, key="ord_2:refund", reason="changed\nmy mind"))
+    assert fields(refused) == {"reason": "INVALID_CHARACTERS"}
+    assert (await payments.refund(second.id, key="ord_2:refund", reason="changed")).payment.refund_reason == "changed"
 
 
 async def test_refund_without_an_idempotency_key_is_idempotency_key_missing(payments: Payments) -> None:

@@ -3,7 +3,10 @@
 - same key + same request   → the stored outcome is replayed (response or error), the operation does not run;
 - same key + other request  → INVALID_ARGUMENT, reason IDEMPOTENCY_KEY_REUSED;
 - same key while the first request still runs → ABORTED, reason IDEMPOTENCY_KEY_IN_USE;
-- keys are scoped per caller and method and kept at least `retention` (default 48 h).
+- keys are scoped per caller and method and kept at least `retention` (default 48 h);
+- a request's own rules (`check`) are applied only when there is no outcome to replay, before the key is
+  claimed: a retry of a request a release with looser rules accepted replays its answer, and a request the
+  rules refuse takes no key.
 
 The operation runs in the same database transaction that stores its outcome, so the effect and the
 record commit together or not at all. A claim carries a lease: when the process dies mid-operation,
@@ -76,6 +79,10 @@ _SCOPES_OF_KEY = select(records.c.scope).where(
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _no_check() -> None:
+    pass
 
 
 def validate_key(key: str | None) -> str:
@@ -218,14 +225,16 @@ class IdempotencyStore:
         request: Message,
         response_type: type[ResponseT],
         operation: Operation[ResponseT],
+        check: Callable[[], object] = _no_check,
     ) -> ResponseT:
-        """Run `operation` at most once per (scope, key); replay its outcome to every retry."""
+        """Run `operation` at most once per (scope, key); replay its outcome to every retry. `check` validates
+        the request (raising a domain error) when no outcome is stored under the key, before it is claimed."""
         key = validate_key(key)
         scope = await self._scope_of(method, key)
         fingerprint = self._fingerprint(request)
         token = secrets.token_hex(16)
         try:
-            stored = await self._claim(scope, key, fingerprint, token)
+            stored = await self._claim(scope, key, fingerprint, token, check)
         except errors.DomainError:
             raise  # answered before anything was written
         except BaseException:
@@ -299,7 +308,9 @@ class IdempotencyStore:
             )
         return written_out if written_out in kept and scope not in kept else scope
 
-    async def _claim(self, scope: str, key: str, fingerprint: str, token: str) -> Any | None:
+    async def _claim(
+        self, scope: str, key: str, fingerprint: str, token: str, check: Callable[[], object] = _no_check
+    ) -> Any | None:
         """Take the key under `token` (returns None) or return the completed record to replay; raise
         otherwise."""
         now = self._clock()
@@ -314,6 +325,9 @@ class IdempotencyStore:
                 return seen
             if as_utc(seen.locked_until) > now:
                 raise _in_use()
+        # Not before the look: the rules may have tightened since a release that accepted the request stored
+        # its outcome, and refusing its retry would turn a request already done into one refused on every try.
+        check()
         try:
             async with self._db.transaction() as session:
                 row = (await session.execute(_FIND_FOR_UPDATE, this_key)).one_or_none()

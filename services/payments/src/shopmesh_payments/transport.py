@@ -16,6 +16,7 @@ from shopmesh_chassis.idempotency import IdempotencyStore
 from shopmesh_payments.application import PaymentsApplication
 from shopmesh_payments.domain.models import Card, Money, Payment, PaymentState
 from shopmesh_payments.domain.payments import charge_declined
+from shopmesh_payments.domain.validation import RefundCommand
 
 DESCRIPTOR = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
 
@@ -101,10 +102,14 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         return response
 
     async def Refund(self, request: payments_pb2.RefundRequest, context: Any) -> payments_pb2.RefundResponse:
-        command = self._app.validate_refund(request.payment_id, request.reason)
+        # Validated once no outcome is stored under the key, before it is claimed: a retry of a refund a release
+        # before the one-line reason applied replays it (an older orders retries with its reason), and a
+        # malformed new request stores nothing.
+        def validated() -> RefundCommand:
+            return self._app.validate_refund(request.payment_id, request.reason)
 
         async def operation(session: DbConnection) -> payments_pb2.RefundResponse:
-            return payments_pb2.RefundResponse(payment=payment_to_proto(await self._app.refund(session, command)))
+            return payments_pb2.RefundResponse(payment=payment_to_proto(await self._app.refund(session, validated())))
 
         response = await self._idempotency.run(
             method="Refund",
@@ -112,6 +117,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             request=request,
             response_type=payments_pb2.RefundResponse,
             operation=operation,
+            check=validated,
         )
         self._events_committed()
         return response
