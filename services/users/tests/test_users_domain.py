@@ -21,6 +21,7 @@ from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.gil import held, holding_the_gil
 from shopmesh_chassis.testing.text_reads import characters_read
 from shopmesh_users import passwords as passwords_module
 from shopmesh_users.application import UsersApplication
@@ -672,6 +673,47 @@ async def test_a_register_the_hashing_queue_has_no_room_for_is_refused_before_it
         counting.release.set()
         await holding
         await database.dispose()
+
+
+async def test_registers_beyond_the_hashing_queue_are_refused_at_once_while_one_is_estimated(tmp_path: Path) -> None:
+    """A Register holds its place in the hashing queue across its guessability estimate, which runs one at a time:
+    with room for two (a turn and a place in the queue), of four Registers while an estimate runs the two beyond
+    are answered PASSWORD_HASHING_BUSY at once, not queued for the estimate to wait out their deadlines."""
+    times_file = str(tmp_path / "estimate-times")
+    passwords = cheap_passwords(concurrency=1, queue=1)
+    database = Database(f"sqlite:///{tmp_path / 'users.db'}")
+    strength = PasswordStrength(functools.partial(holding_the_gil, times_file, 2.0))
+    application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_strength=strength)
+    registers = [
+        asyncio.create_task(application.register(f"user{index}@example.com", "a fine passphrase", "Ann"))
+        for index in range(4)
+    ]
+    try:
+        await eventually(lambda: Path(times_file).exists(), "the first estimate running")
+        done = [register for register in registers if register.done()]
+        assert held(times_file)[1] is None, "the first estimate still runs"
+        assert len(done) == 2
+        for refused in done:
+            error = refused.exception()
+            assert isinstance(error, ResourceExhausted)
+            assert (error.reason, error.retry_after_seconds) == (BUSY_REASON, passwords_module.BUSY_RETRY_AFTER_SECONDS)
+    finally:
+        for register in registers:
+            register.cancel()
+        await asyncio.gather(*registers, return_exceptions=True)
+        await strength.close()
+        await passwords.close()
+        await database.dispose()
+
+
+async def test_an_admission_no_hash_took_over_gives_its_place_back() -> None:
+    """A Register whose password is refused (too guessable) before its hash leaves its place to the next."""
+    passwords = cheap_passwords(concurrency=1, queue=0)
+    with passwords.admission(), pytest.raises(ResourceExhausted):
+        await passwords.hash("no room while the place is held")
+    with passwords.admission() as admission:
+        assert (await passwords.hash("in its place", admission)).startswith("$argon2id$")
+    assert (await passwords.hash("the place is free again")).startswith("$argon2id$")
 
 
 async def test_closing_the_passwords_waits_for_the_hashes_still_running_and_refuses_new_ones() -> None:

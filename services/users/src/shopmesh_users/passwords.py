@@ -24,11 +24,13 @@ let one more 64 MiB hash start beside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from argon2 import PasswordHasher
@@ -78,12 +80,19 @@ class Passwords:
         self._concurrency = concurrency
         self._limit = concurrency + queue
 
-    async def hash(self, password: str) -> str:
-        return await self._in_turn(self._hasher.hash, password)
+    async def hash(self, password: str, admission: Admission | None = None) -> str:
+        """The hash of `password`; in `admission`'s place when given (`Passwords.admission`), which it then gives
+        back, however it ends."""
+        if admission is None:
+            return await self._in_turn(False, self._hasher.hash, password)
+        if admission.used:
+            raise RuntimeError("an admission holds one hash")
+        admission.used = True
+        return await self._in_turn(True, self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether `password` matches `password_hash`; with None, does the same work and says no."""
-        return await self._in_turn(self._verify, password_hash, password)
+        return await self._in_turn(False, self._verify, password_hash, password)
 
     def _verify(self, password_hash: str | None, password: str) -> bool:
         try:
@@ -92,10 +101,33 @@ class Passwords:
             return False
         return matched and password_hash is not None
 
-    async def _in_turn(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        self.admit()
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[Admission]:
+        """A place among the admitted checks, taken now (PASSWORD_HASHING_BUSY when there is none) and held across
+        work of the caller's own that comes before its hash (Register's guessability estimate), then by the hash
+        made through it. Without it, any number of callers would pass a check made before that work and queue for
+        it unbounded, each to wait out its deadline there. Given back on leaving when no hash took it over."""
+        self._refuse_if_busy(ahead=self._admitted)
         # The event loop is one thread: counting needs no lock.
         self._admitted += 1
+        admission = Admission()
+        try:
+            yield admission
+        finally:
+            if not admission.used:
+                self._admitted -= 1
+
+    async def _in_turn(self, admitted: bool, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if admitted:
+            try:
+                # Its place was taken before the caller's own work, which may have brought its deadline closer.
+                self._refuse_if_busy(ahead=self._admitted - 1, full=False)
+            except BaseException:
+                self._admitted -= 1
+                raise
+        else:
+            self._refuse_if_busy(ahead=self._admitted)
+            self._admitted += 1
         try:
             # A caller that gives up while waiting here leaves no work behind: the hash has not started.
             await self._turns.acquire()
@@ -119,17 +151,16 @@ class Passwords:
         result, _seconds = await asyncio.shield(running)
         return result
 
-    def admit(self) -> None:
-        """Raises PASSWORD_HASHING_BUSY now when a check would be refused now: for a caller to shed before work of
-        its own that comes first (Register's guessability estimate). Nothing is taken: the check itself is
-        admitted again, and may then be refused if others took the room while that work ran."""
-        if self._admitted >= self._limit:
+    def _refuse_if_busy(self, *, ahead: int, full: bool = True) -> None:
+        """PASSWORD_HASHING_BUSY when `ahead` admitted checks leave no room (`full`), or would, at worst, keep this
+        one from being done by its deadline."""
+        if full and ahead >= self._limit:
             raise _busy("too many password checks at once; retry shortly")
         remaining = call_context.inbound_time_remaining()
-        if remaining is None or self._admitted < self._concurrency:
+        if remaining is None or ahead < self._concurrency:
             return
         # At worst those ahead have just started: each `concurrency` of them takes a hash's time, then its own.
-        finished_in = (self._admitted // self._concurrency + 1) * self._hash_seconds
+        finished_in = (ahead // self._concurrency + 1) * self._hash_seconds
         if finished_in > remaining:
             raise _busy("too many password checks ahead to finish before the call's deadline; retry shortly")
 
@@ -157,3 +188,10 @@ class Passwords:
     def needs_rehash(self, password_hash: str) -> bool:
         """Whether the hash was made with other parameters than the configured ones (they were raised)."""
         return self._hasher.check_needs_rehash(password_hash)
+
+
+@dataclass(slots=True)
+class Admission:
+    """A place taken by `Passwords.admission`, for one hash (`Passwords.hash`)."""
+
+    used: bool = False
