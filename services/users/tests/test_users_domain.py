@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
 import threading
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,10 +23,11 @@ from shopmesh_chassis import call_context
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
+from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted, Unavailable
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.gil import held, holding_the_gil
 from shopmesh_chassis.testing.text_reads import characters_read
+from shopmesh_users import password_strength
 from shopmesh_users import passwords as passwords_module
 from shopmesh_users.application import UsersApplication
 from shopmesh_users.domain.failed_logins import Attempts, LoginThrottle, Taken, email_key
@@ -45,7 +50,13 @@ from shopmesh_users.domain.validation import (
     validate_registration,
     validate_user_id,
 )
-from shopmesh_users.password_strength import ESTIMATED_CHARACTERS, PasswordStrength, too_guessable
+from shopmesh_users.password_strength import (
+    ESTIMATED_CHARACTERS,
+    STOPPED_REASON,
+    STOPPED_RETRY_AFTER_SECONDS,
+    PasswordStrength,
+    too_guessable,
+)
 from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.signing import jwk_thumbprint
@@ -714,6 +725,54 @@ async def test_an_admission_no_hash_took_over_gives_its_place_back() -> None:
     with passwords.admission() as admission:
         assert (await passwords.hash("in its place", admission)).startswith("$argon2id$")
     assert (await passwords.hash("the place is free again")).startswith("$argon2id$")
+
+
+@pytest.fixture
+def started_pools(monkeypatch: pytest.MonkeyPatch) -> list[ProcessPoolExecutor]:
+    """Every process pool PasswordStrength starts, each a real one."""
+    pools: list[ProcessPoolExecutor] = []
+
+    class Recorded(ProcessPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(password_strength, "ProcessPoolExecutor", Recorded)
+    return pools
+
+
+async def test_estimates_in_flight_when_the_estimating_process_dies_are_answered_by_one_replacement(
+    started_pools: list[ProcessPoolExecutor],
+) -> None:
+    """Each estimate in flight on a process that died fails BrokenProcessPool: the first to come back replaces the
+    process, the others retry on that replacement instead of shutting it down for one more of their own."""
+    strength = PasswordStrength()
+    try:
+        assert await strength.too_guessable("password1", [])
+        [worker] = started_pools[0]._processes.values()
+        assert worker.pid is not None
+        # Stopped, it takes none of the estimates asked next: all three are in flight when it is killed.
+        os.kill(worker.pid, signal.SIGSTOP)
+        passwords = ("12345678", "Tr0ub4dor&3xq!zV9", "password1")
+        estimates = [asyncio.create_task(strength.too_guessable(password, [])) for password in passwords]
+        await asyncio.sleep(0)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert await asyncio.wait_for(asyncio.gather(*estimates), 60) == [True, False, True]
+        assert len(started_pools) == 2
+    finally:
+        await strength.close()
+
+
+async def test_an_estimate_asked_after_closing_is_unavailable_and_starts_no_process(
+    started_pools: list[ProcessPoolExecutor],
+) -> None:
+    strength = PasswordStrength()
+    assert await strength.too_guessable("12345678", [])
+    await strength.close()
+    with pytest.raises(Unavailable) as caught:
+        await strength.too_guessable("12345678", [])
+    assert (caught.value.reason, caught.value.retry_after_seconds) == (STOPPED_REASON, STOPPED_RETRY_AFTER_SECONDS)
+    assert len(started_pools) == 1
 
 
 async def test_closing_the_passwords_waits_for_the_hashes_still_running_and_refuses_new_ones() -> None:

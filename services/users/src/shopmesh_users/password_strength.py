@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from zxcvbn_rs_py import zxcvbn
 
+from shopmesh_chassis.errors import Unavailable
 from shopmesh_users.domain.validation import GuessableCheck
 
 # zxcvbn's scores 0 and 1: fewer than about a million guesses, what an attacker makes online against a service
@@ -49,6 +50,11 @@ def too_guessable(password: str, context: Sequence[str]) -> bool:
     estimate = zxcvbn(password[:ESTIMATED_CHARACTERS], user_inputs=words)
     return int(estimate.score) < MIN_SCORE
 
+
+# Answered for an estimate asked after `PasswordStrength.close` (the service is stopping): another replica can
+# answer the Register.
+STOPPED_REASON = "PASSWORD_STRENGTH_STOPPED"
+STOPPED_RETRY_AFTER_SECONDS = 1.0
 
 # How often the estimating process looks whether the service that started it is still there.
 PARENT_CHECK_SECONDS = 1.0
@@ -78,8 +84,16 @@ class PasswordStrength:
     def __init__(self, estimate: GuessableCheck = too_guessable) -> None:
         self._estimate = estimate
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
 
     def _started(self) -> ProcessPoolExecutor:
+        if self._closed:
+            # Not a new process: nothing would close it.
+            raise Unavailable(
+                "the service is stopping; retry on another replica",
+                reason=STOPPED_REASON,
+                retry_after_seconds=STOPPED_RETRY_AFTER_SECONDS,
+            )
         if self._pool is None:
             # Not fork: the service's gRPC threads and their locks would be copied mid-use into the child.
             self._pool = ProcessPoolExecutor(
@@ -93,16 +107,21 @@ class PasswordStrength:
     async def too_guessable(self, password: str, context: Sequence[str]) -> bool:
         loop = asyncio.get_running_loop()
         words = list(context)
+        pool = self._started()
         try:
-            return await loop.run_in_executor(self._started(), self._estimate, password, words)
+            return await loop.run_in_executor(pool, self._estimate, password, words)
         except BrokenProcessPool:
-            broken, self._pool = self._pool, None
-            if broken is not None:
-                broken.shutdown(wait=False)
+            # Every estimate in flight on the dead process ends here: the first to come back replaces it, and the
+            # others retry on its replacement rather than replace that in turn.
+            if self._pool is pool:
+                self._pool = None
+                pool.shutdown(wait=False)
             return await loop.run_in_executor(self._started(), self._estimate, password, words)
 
     async def close(self) -> None:
-        """At shutdown: waits for the estimate still running, off the event loop, and ends the process."""
+        """At shutdown: waits for the estimate still running, off the event loop, and ends the process. An
+        estimate asked after is answered UNAVAILABLE."""
+        self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
