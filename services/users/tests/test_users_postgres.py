@@ -66,6 +66,8 @@ async def test_replicas_rotating_at_the_same_moment_on_postgresql_add_exactly_on
             generations = list(await session.scalars(select(signing_keys.c.generation)))
     finally:
         for replica in replicas:
+            await replica.password_strength.close()
+            await replica.passwords.close()
             await replica.database.dispose()
     assert sum(key is not None for key in rotated) == 1
     assert sorted(generations) == [1, 2]

@@ -44,6 +44,29 @@ async def test_service_process_registers_and_logs_in_and_exits_cleanly_on_sigter
     assert PASSWORD not in service.output()
 
 
+def estimating_processes(pid: int) -> list[int]:
+    """The multiprocessing workers `pid` spawned (not its resource tracker)."""
+    children = [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+async def test_service_process_has_its_estimating_process_running_once_serving_before_any_register(
+    tmp_path: Path,
+) -> None:
+    """The first Register does not pay the estimating process' spawn and zxcvbn's loading (~0.6 s, far more on a
+    small pod): both are done at startup, before the service reports SERVING."""
+    env = {"METRICS_PORT": "-1", "DATA_DIR": str(tmp_path), "DATABASE_URL": ""}
+    service = await start_process_serving([PYTHON, "-m", "shopmesh_users"], log_path=tmp_path / "users.log", env=env)
+    try:
+        assert len(estimating_processes(service.process.pid)) == 1, service.output()
+    finally:
+        service.signal()
+        exit_code = service.wait()
+    assert exit_code == 0, service.output()
+
+
 async def test_service_process_rotates_its_signing_key_and_prunes_refilled_login_attempts(tmp_path: Path) -> None:
     """The rotator and the pruner are started by the process, not only built: with a key due after 2 s and
     attempts refilled after a millisecond, a second key is published and the stored attempt disappears."""

@@ -100,7 +100,8 @@ class UsersApplication:
         # None: logins are not throttled per e-mail (the revoke-keys command, which logs nobody in).
         self._login_throttle = login_throttle
         # Asked of a new password only: an account whose password it would refuse still logs in. Its process
-        # starts at the first Register: the revoke-keys command, which registers nobody, starts none.
+        # starts with the service (wiring.build), else at the first Register: the revoke-keys command, which
+        # registers nobody, starts none.
         self._password_strength = password_strength or PasswordStrength()
         # Takes and give-backs of login attempts while they run. Shielded, they outlive a login cancelled while it
         # awaits them, and then nothing else awaits them: `settle_login_attempts` does, at shutdown.

@@ -76,10 +76,11 @@ def _end_with(parent: int) -> None:
 
 
 class PasswordStrength:
-    """Runs `estimate` (a module-level function: it is pickled by name) in one process of its own, started at the
-    first estimate. One at a time is enough: a Register holds its place in the hashing queue across its estimate
-    (`Passwords.admission`), so no more wait for it than the queue admits, and an estimate takes milliseconds. A
-    process that died (killed, out of memory) is replaced by the next estimate's, which is tried once more on it."""
+    """Runs `estimate` (a module-level function: it is pickled by name) in one process of its own, started by
+    `start` or else the first estimate. One at a time is enough: a Register holds its place in the hashing queue
+    across its estimate (`Passwords.admission`), so no more wait for it than the queue admits, and an estimate
+    takes milliseconds. A process that died (killed, out of memory) is replaced by the next estimate's, which is
+    tried once more on it."""
 
     def __init__(self, estimate: GuessableCheck = too_guessable) -> None:
         self._estimate = estimate
@@ -103,6 +104,12 @@ class PasswordStrength:
                 initargs=(os.getpid(),),
             )
         return self._pool
+
+    async def start(self) -> None:
+        """At the service's startup: the process started and zxcvbn loaded by a throwaway estimate, or the first
+        Register pays for them (~0.6 s measured, far more on a pod of a tenth of a CPU, against the gateway's 5 s
+        USERS_TIMEOUT_SECONDS)."""
+        await self.too_guessable(SERVICE_WORDS[0], [])
 
     async def too_guessable(self, password: str, context: Sequence[str]) -> bool:
         loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ signing key at once and exits (for a key that may have leaked; docs/auth.md)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -99,20 +100,32 @@ async def _migrated(
     return database, application
 
 
+async def _abandon(warming: asyncio.Task[None], strength: PasswordStrength) -> None:
+    """A build that failed: the warming estimate given up and its process ended."""
+    warming.cancel()
+    await asyncio.gather(warming, return_exceptions=True)
+    await strength.close()
+
+
 async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
-    """Migrate the database and make sure a key can sign; the rotator and the pruner are built but not
-    started."""
+    """Migrate the database, make sure a key can sign and start the estimating process; the rotator and the
+    pruner are built but not started."""
     hashing = passwords(settings)
-    # Its process starts at the first Register: nothing to close if the build fails before.
     strength = PasswordStrength()
+    # Beside the migrations: the estimating process spawns and loads zxcvbn on a CPU of its own, if there is one.
+    warming = asyncio.create_task(strength.start())
     try:
         database, application = await _migrated(settings, hashing, strength, clock)
     except BaseException:
+        await _abandon(warming, strength)
         await hashing.close()
         raise
     try:
         await application.ensure_signing_key()
+        # Before the server starts, so before it reports SERVING: the first Register does not wait for it.
+        await warming
     except BaseException:
+        await _abandon(warming, strength)
         await hashing.close()
         await database.dispose()
         raise
