@@ -5,7 +5,8 @@
 Starts every installed service of the topology (SQLite, real nats-server) as `make run` does, reads
 VmRSS from /proc after startup (idle), then drives PlaceOrder at a fixed rate (each one prices through
 catalog, reserves in inventory, charges in payments, publishes through the outbox) plus catalog reads,
-and reports each process's peak RSS (VmHWM), the HTTP/JSON edge's Envoy (`http-api`) included.
+and reports each service's peak RSS (VmHWM), the HTTP/JSON edge's Envoy (`http-api`) included; a service's
+figures are its own process' and its children's summed, as its container's memory accounting counts them.
 docs/kubernetes.md#sizing turns the figures into requests and limits in helm/shopmesh/values-staging.yaml.
 `--traces`: every service records its spans and exports them over OTLP (to the local trace sink), as on
 Kubernetes by default.
@@ -36,6 +37,23 @@ def status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise LookupError(field)
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
+
+
+def tree_kib(pid: int, field: str) -> int:
+    """`field` summed over `pid` and every process under it: the container's memory accounting counts them all
+    (users' guessability estimate runs in a process of its own). Summed peaks (VmHWM) may not have been reached at
+    the same moment: an upper bound. A process that ended meanwhile counts nothing."""
+    try:
+        own, below = status_kib(pid, field), children(pid)
+    except FileNotFoundError:
+        return 0
+    return own + sum(tree_kib(child, field) for child in below)
 
 
 def place_order(index: int) -> orders_pb2.PlaceOrderRequest:
@@ -87,7 +105,7 @@ async def main(rate: float, seconds: float, services: list[str] | None, traces: 
         async with stack:
             await asyncio.sleep(5)
             measured = [*stack.services, *([HTTP_API] if "gateway" in names else [])]
-            idle = {n: status_kib(pid, "VmRSS") for n in measured if (pid := stack.pid(n))}
+            idle = {n: tree_kib(pid, "VmRSS") for n in measured if (pid := stack.pid(n))}
             if {"orders", "inventory", "catalog", "payments"} <= set(stack.services):
                 async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
                     await inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
@@ -95,7 +113,7 @@ async def main(rate: float, seconds: float, services: list[str] | None, traces: 
                     )
                 ok, errors = await load(stack, rate, seconds)
                 print(f"load: {ok} checkouts + catalog reads at {rate:g}/s for {seconds:g}s, {errors} errors")
-            peak = {n: status_kib(pid, "VmHWM") for n in measured if (pid := stack.pid(n))}
+            peak = {n: tree_kib(pid, "VmHWM") for n in measured if (pid := stack.pid(n))}
     print("| service | idle RSS (MiB) | peak RSS under load (MiB) |")
     print("|---|---|---|")
     for name in idle:

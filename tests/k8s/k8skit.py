@@ -53,6 +53,7 @@ dashboards = _load("shopmesh_k8s_dashboards", ROOT / "k8s" / "dashboards.py")
 http_api = _load("shopmesh_k8s_http_api", ROOT / "k8s" / "http_api.py")
 values_schema = _load("shopmesh_k8s_values_schema", ROOT / "k8s" / "values_schema.py")
 release_objects = _load("shopmesh_k8s_release_objects", ROOT / "k8s" / "release_objects.py")
+measure_rss = _load("shopmesh_k8s_measure_rss", ROOT / "k8s" / "measure_rss.py")
 caller_methods = _load("shopmesh_k8s_caller_methods", ROOT / "k8s" / "caller_methods.py")
 
 Docs = list[dict[str, Any]]
