@@ -30,6 +30,10 @@ calling the gateway: INVALID_ARGUMENT (reason VALIDATION_FAILED, a
 BadRequest field violation of field "grpc-timeout", reason
 MALFORMED_GRPC_TIMEOUT) to a grpc-timeout header not of gRPC's form (1 to 8
 digits and a unit, H M S m u n), or sent twice; INVALID_ARGUMENT (reason
+VALIDATION_FAILED, a BadRequest field violation of field
+"grpc-previous-rpc-attempts", reason MALFORMED_PREVIOUS_RPC_ATTEMPTS) to a
+grpc-previous-rpc-attempts header that is not 1 to 3 decimal digits, or sent
+twice; INVALID_ARGUMENT (reason
 VALIDATION_FAILED, a field violation of reason INCOMPLETE_GRPC_MESSAGE) to a
 gRPC or gRPC-Web body that is not one whole request message;
 INVALID_ARGUMENT (reason VALIDATION_FAILED, a field violation of reason

@@ -82,7 +82,9 @@ class UsersServiceServicer:
         with the same normalized e-mail exists.
         - RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY, with RetryInfo: too
         many passwords are being hashed at once (each hash holds tens of MiB).
-        - UNAVAILABLE.
+        - UNAVAILABLE; ErrorInfo reason PASSWORD_STRENGTH_STOPPED, with RetryInfo:
+        the replica is stopping and no longer estimates how guessable a new
+        password is (retry: another replica answers).
 
         Not idempotent (no idempotency_level): a retry after a lost response would
         fail with ALREADY_EXISTS although the first call succeeded, so it must

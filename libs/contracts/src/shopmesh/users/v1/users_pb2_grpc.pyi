@@ -60,7 +60,9 @@ class UsersServiceStub:
       with the same normalized e-mail exists.
     - RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY, with RetryInfo: too
       many passwords are being hashed at once (each hash holds tens of MiB).
-    - UNAVAILABLE.
+    - UNAVAILABLE; ErrorInfo reason PASSWORD_STRENGTH_STOPPED, with RetryInfo:
+      the replica is stopping and no longer estimates how guessable a new
+      password is (retry: another replica answers).
 
     Not idempotent (no idempotency_level): a retry after a lost response would
     fail with ALREADY_EXISTS although the first call succeeded, so it must
@@ -159,7 +161,9 @@ class UsersServiceAsyncStub(UsersServiceStub):
       with the same normalized e-mail exists.
     - RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY, with RetryInfo: too
       many passwords are being hashed at once (each hash holds tens of MiB).
-    - UNAVAILABLE.
+    - UNAVAILABLE; ErrorInfo reason PASSWORD_STRENGTH_STOPPED, with RetryInfo:
+      the replica is stopping and no longer estimates how guessable a new
+      password is (retry: another replica answers).
 
     Not idempotent (no idempotency_level): a retry after a lost response would
     fail with ALREADY_EXISTS although the first call succeeded, so it must
@@ -261,7 +265,9 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
           with the same normalized e-mail exists.
         - RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY, with RetryInfo: too
           many passwords are being hashed at once (each hash holds tens of MiB).
-        - UNAVAILABLE.
+        - UNAVAILABLE; ErrorInfo reason PASSWORD_STRENGTH_STOPPED, with RetryInfo:
+          the replica is stopping and no longer estimates how guessable a new
+          password is (retry: another replica answers).
 
         Not idempotent (no idempotency_level): a retry after a lost response would
         fail with ALREADY_EXISTS although the first call succeeded, so it must
