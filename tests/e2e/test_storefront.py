@@ -520,6 +520,48 @@ async def test_what_a_customer_types_is_shown_as_text_never_run_as_markup(tab: T
     assert await page.locator("img").count() == 0
 
 
+# Where `first` and `then` are drawn in `container`'s text: the left edge of each one's first character, in px.
+DRAWN_AT = """(container, [first, then]) => {
+  const walker = document.createTreeWalker(container, NodeFilter.SHOW_TEXT);
+  const left = (word) => {
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const at = node.data.indexOf(word);
+      if (at < 0) continue;
+      const range = document.createRange();
+      range.setStart(node, at);
+      range.setEnd(node, at + 1);
+      return range.getBoundingClientRect().left;
+    }
+    throw new Error(`${word} is not drawn`);
+  };
+  const before = left(first);
+  walker.currentNode = container;
+  return [before, left(then)];
+}"""
+
+
+async def drawn_left_to_right(text: Locator, first: str, then: str) -> bool:
+    before, after = await text.evaluate(DRAWN_AT, [first, then])
+    return bool(before < after)
+
+
+async def test_a_right_to_left_override_in_a_name_reverses_nothing_the_page_writes_after_it(tab: Tab) -> None:
+    """A name may hold U+202E (users, orders and catalog keep direction controls): drawn in the page's own
+    sentence, it reversed the rest of it: "Ships to Eve evil, 1 Analytical Way, London, …" was drawn
+    "Ships to Eve BG ,… ,nodnoL ,yaW lacitylanA 1 ,live", and "Welcome, Eve evil!" "Welcome, Eve !live"."""
+    page = tab.page
+    await tab.register("Eve \u202eevil")
+    greeting = page.locator("#flash")
+    await expect(greeting).to_contain_text("Welcome")
+    assert await drawn_left_to_right(greeting, "evil", "!")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.check_out(**{"Full name": "Eve \u202eevil"})
+    await tab.placed()
+    ships_to = page.get_by_text("Ships to")
+    assert await drawn_left_to_right(ships_to, "evil", "Analytical")
+    assert await drawn_left_to_right(ships_to, "Analytical", "London")
+
+
 async def test_every_page_passes_axes_wcag_a_and_aa_rules(stack: Stack, browser: Browser) -> None:
     if not AXE.is_file():
         pytest.fail(f"{AXE} is missing: `make browser` installs it")

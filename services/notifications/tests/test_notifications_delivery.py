@@ -266,7 +266,7 @@ async def test_an_order_confirmation_is_mailed_once_and_listed_as_sent(running: 
     assert mail["To"] == "ada@example.com"
     assert mail["Message-ID"] == "<evt_1@shopmesh.notifications>"
     body = mail.get_content()
-    assert "2 x Chef knife" in body
+    assert "2 x \u2068Chef knife\u2069" in body
     assert "Total charged: USD 178.00" in body
 
     async def sent() -> list[notifications_pb2.Notification]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shopmesh_chassis import errors
-from shopmesh_notifications.domain.emails import message_id_for, render
+from shopmesh_notifications.domain.emails import Email, message_id_for, render
 from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent, validate_event
 from shopmesh_notifications.domain.model import Channel, Notification, Refusal, RetryPolicy, State
 from shopmesh_notifications.domain.money import format_money
@@ -74,11 +74,42 @@ def test_the_message_id_is_derived_from_the_event_id_alone() -> None:
 def test_a_confirmation_names_the_order_its_items_and_its_total() -> None:
     email = render(confirmed())
     assert email.subject == "Your shopmesh order ord_1 is confirmed"
-    assert "2 x Chef knife" in email.body
+    assert "2 x \u2068Chef knife\u2069" in email.body
     assert "USD 89.00 each" in email.body
     assert "USD 178.00" in email.body
-    assert "1 x French press" in email.body
+    assert "1 x \u2068French press\u2069" in email.body
     assert "Total charged: USD 212.50" in email.body
+
+
+def item_line(email: Email, quantity: int) -> str:
+    return next(line for line in email.body.splitlines() if line.startswith(f"  {quantity} x "))
+
+
+def test_a_right_to_left_override_in_a_product_name_cannot_reach_the_prices_beside_it() -> None:
+    # KWD 1.234 x 7: the audit's line, which a bidi-aware client showed as "836.8 DWK hcae 432.1 DWK live".
+    line = Line("\u062a\u0645\u0631 Dates \u202eevil", 7, 1234, 8638, "KWD", "KWD")
+    email = render(confirmed(currency="KWD", lines=(line,), total_minor=8638))
+    written = "7 x \u2068\u062a\u0645\u0631 Dates evil\u2069"
+    assert item_line(email, 7).split("  ") == ["", written, "KWD 1.234 each", "KWD 8.638"]
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        # A right-to-left name in an isolate of its own, as catalog keeps it: paired, it stays.
+        ("\u2067\u05e9\u05dc\u05d5\u05dd\u2069 mug", "\u2067\u05e9\u05dc\u05d5\u05dd\u2069 mug"),
+        ("\u202bRTL\u202c embedded", "\u202bRTL\u202c embedded"),
+        # A lone PDI would close the e-mail's isolate early and let the override after it out.
+        ("Mug\u2069\u202e", "Mug"),
+        ("Mug\u202c\u2069", "Mug"),
+        # Closed by the wrong kind: neither pairs.
+        ("\u2066Mug\u202c", "Mug"),
+        ("\u202dMug\u2069", "Mug"),
+    ],
+)
+def test_only_paired_bidi_controls_of_a_product_name_are_written_inside_its_isolate(name: str, written: str) -> None:
+    email = render(confirmed(lines=(Line(name, 1, 500, 500, "USD", "USD"),), total_minor=500))
+    assert f"1 x \u2068{written}\u2069  " in item_line(email, 1)
 
 
 def test_a_cancellation_gives_the_reason_and_says_whether_money_was_refunded() -> None:

@@ -409,6 +409,13 @@ function h(tag, attributes = {}, ...children) {
   return element;
 }
 
+// Text a person typed (a name, an address line, a query), shown next to the page's own: in its own bidi
+// isolate, so a right-to-left name reads right to left and an override in it (U+202E, which catalog, users and
+// orders keep) reverses nothing outside it ("Ships to evil, 1 Main St" read "ts niaM 1 ,live").
+function isolated(text) {
+  return h("bdi", {}, text);
+}
+
 // ISO 4217 currencies whose minor unit is not the hundredth (as services/notifications' money.py has them; a
 // test keeps the two equal): the browser's own figures (CLDR's) differ for some (IQD 0, HUF 0), and an amount
 // in minor units must be read with ISO's.
@@ -640,7 +647,7 @@ async function productsView(query) {
   const page = searching
     ? await api.search({ query: query.query, category: query.category, pageToken: query.pageToken })
     : await api.products({ category: query.category, pageToken: query.pageToken });
-  const title = searching ? `Results for “${query.query}”` : query.category ? `${query.category}` : "All products";
+  const title = searching ? ["Results for “", isolated(query.query), "”"] : query.category || "All products";
   const products = page.products ?? [];
   return [
     h("h1", {}, title),
@@ -708,7 +715,9 @@ async function productView(productId) {
         : h("p", { class: "out-of-stock" }, "Out of stock"),
       buy,
     ),
-    recommended.length ? h("h2", {}, heading) : null,
+    recommended.length
+      ? h("h2", {}, page.recommendationsDegraded ? ["More in ", isolated(product.category)] : heading)
+      : null,
     recommended.length
       ? h(
           "ul",
@@ -1124,7 +1133,10 @@ async function orderView(orderId) {
       h(
         "p",
         {},
-        `Ships to ${[address.fullName, address.street, address.city, address.postalCode, address.country].filter(Boolean).join(", ")}`,
+        "Ships to ",
+        [address.fullName, address.street, address.city, address.postalCode, address.country]
+          .filter(Boolean)
+          .flatMap((part, index) => [index ? ", " : "", isolated(part)]),
       ),
       table(
         {},
@@ -1209,7 +1221,7 @@ function registerView() {
         let greeting;
         try {
           const { user } = await api.register({ ...credentials, displayName: values.display_name });
-          greeting = `Welcome, ${user?.displayName || values.display_name}!`;
+          greeting = ["Welcome, ", isolated(user?.displayName || values.display_name), "!"];
         } catch (error) {
           // Registered by an earlier try whose sign-in then failed: signing in is what is left to do (with
           // another password, the account is someone else's, as the first answer said).
@@ -1350,15 +1362,17 @@ async function route() {
       heading.focus();
     }
   }
-  document.title = `${view.querySelector("h1")?.textContent ?? "Shop"} · shopmesh`;
+  // The title is one string: the heading (a product's name, a query) in isolate characters, as <bdi> would be.
+  document.title = `\u2068${view.querySelector("h1")?.textContent ?? "Shop"}\u2069 · shopmesh`;
   document.getElementById("search-query").value = query.query ?? "";
 }
 
 let keepFlash = false;
 
-// A message above the page; `acrossNavigation`: said before going to the page it is about.
+// A message above the page (text, or text and elements); `acrossNavigation`: said before going to the page
+// it is about.
 function flash(message, { acrossNavigation = false } = {}) {
-  document.getElementById("flash").textContent = message;
+  document.getElementById("flash").replaceChildren(...[message].flat());
   keepFlash = acrossNavigation;
 }
 

@@ -13,6 +13,14 @@ MESSAGE_ID_DOMAIN = "shopmesh.notifications"
 CANCELLED_BY_CUSTOMER = "You cancelled this order."
 # RFC 5322 dot-atom text: what may stand left of the @ of a Message-ID without quoting.
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
+# A name is written between FIRST STRONG ISOLATE and POP DIRECTIONAL ISOLATE: an Arabic or Hebrew name still
+# reads right to left, but neither it nor a right-to-left override in it reorders the amounts beside it.
+_ISOLATE, _END_ISOLATE = "\u2068", "\u2069"
+# The explicit bidi controls that open a level (embeddings and overrides, which POP DIRECTIONAL FORMATTING
+# closes; isolates, which POP DIRECTIONAL ISOLATE closes).
+_OPENS_EMBEDDING = frozenset("\u202a\u202b\u202d\u202e")
+_OPENS_ISOLATE = frozenset("\u2066\u2067\u2068")
+_CLOSES = {"\u202c": _OPENS_EMBEDDING, "\u2069": _OPENS_ISOLATE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +42,29 @@ def subject_for(event: OrderEvent) -> str:
     return f"Your shopmesh order {event.order_id} was cancelled"
 
 
+def isolated_name(name: str) -> str:
+    """`name` as an e-mail writes it beside other text: inside an isolate, without the bidi controls in it
+    that are not paired. Catalog keeps them (a right-to-left name may open an isolate and close it): a lone
+    override would reverse the rest of the line, prices included, and a lone PDI would close our isolate."""
+    kept = list(name)
+    open_at: list[int] = []
+    for index, char in enumerate(name):
+        if char in _OPENS_EMBEDDING or char in _OPENS_ISOLATE:
+            open_at.append(index)
+        elif char in _CLOSES:
+            if open_at and name[open_at[-1]] in _CLOSES[char]:
+                open_at.pop()
+            else:
+                kept[index] = ""
+    for index in open_at:
+        kept[index] = ""
+    return f"{_ISOLATE}{''.join(kept)}{_END_ISOLATE}"
+
+
 def _lines(event: OrderEvent) -> list[str]:
     rows = [
         (
-            f"{line.quantity} x {line.product_name}",
+            f"{line.quantity} x {isolated_name(line.product_name)}",
             f"{format_money(line.unit_price_minor, event.currency)} each",
             format_money(line.line_total_minor, event.currency),
         )
