@@ -3,10 +3,12 @@ request validation."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from wcwidth import wcswidth
 
 from shopmesh_chassis import errors
 from shopmesh_notifications.domain.emails import Email, message_id_for, render
@@ -110,6 +112,30 @@ def test_a_right_to_left_override_in_a_product_name_cannot_reach_the_prices_besi
 def test_only_paired_bidi_controls_of_a_product_name_are_written_inside_its_isolate(name: str, written: str) -> None:
     email = render(confirmed(lines=(Line(name, 1, 500, 500, "USD", "USD"),), total_minor=500))
     assert f"1 x \u2068{written}\u2069  " in item_line(email, 1)
+
+
+def amounts_column(line: str) -> int:
+    """The display column (in a fixed-width font) at which the line's first amount starts; a control
+    character prints nothing."""
+    before = line[: line.index("  USD") + 2]
+    return wcswidth("".join(char for char in before if unicodedata.category(char) != "Cc"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u5bff\u53f8\u30bb\u30c3\u30c8",  # 寿司セット: five characters, ten columns
+        "Cafe\u0301 au lait",  # decomposed: the accent a mark on the e, of no column of its own
+        "\uff2d\uff55\uff47",  # full-width "Mug"
+        "\U0001f469\u200d\U0001f373 apron",  # one emoji of three characters, two columns
+        "Bell\x07",  # a control character: no column, as it prints nothing
+    ],
+)
+def test_the_amounts_start_at_one_display_column_whatever_the_width_of_the_names_characters(name: str) -> None:
+    # One price, one width of its column: the amounts, aligned right in it, start where the column does.
+    lines = (Line(name, 1, 8900, 8900, "USD", "USD"), Line("Chef knife", 2, 8900, 17800, "USD", "USD"))
+    email = render(confirmed(lines=lines, total_minor=26700))
+    assert amounts_column(item_line(email, 1)) == amounts_column(item_line(email, 2))
 
 
 def test_a_cancellation_gives_the_reason_and_says_whether_money_was_refunded() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from wcwidth import wcswidth, wcwidth
+
 from shopmesh_notifications.domain.events import EventKind, OrderEvent
 from shopmesh_notifications.domain.money import format_money
 
@@ -72,8 +74,26 @@ def _lines(event: OrderEvent) -> list[str]:
     ]
     if not rows:
         return []
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return [f"  {item:<{widths[0]}}  {each:>{widths[1]}}  {total:>{widths[2]}}" for item, each, total in rows]
+    widths = [max(_columns(row[i]) for row in rows) for i in range(3)]
+    return [
+        f"  {_padded(item, widths[0])}  {_padded(each, widths[1], right=True)}  {_padded(total, widths[2], right=True)}"
+        for item, each, total in rows
+    ]
+
+
+def _columns(text: str) -> int:
+    """The columns `text` takes in a fixed-width font: two for a CJK or full-width character or an emoji, none
+    for a combining mark or a joiner (`len` shifted the amounts after such names). A character a terminal
+    does not print (a control character: wcswidth is -1 for the whole text) is counted as taking none."""
+    width = wcswidth(text)
+    if width < 0:
+        return wcswidth("".join(char for char in text if wcwidth(char) >= 0))
+    return width
+
+
+def _padded(text: str, width: int, *, right: bool = False) -> str:
+    fill = " " * (width - _columns(text))
+    return fill + text if right else text + fill
 
 
 def render(event: OrderEvent) -> Email:
