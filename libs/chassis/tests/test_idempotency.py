@@ -82,6 +82,7 @@ async def run(
     key: str | None,
     req: wrappers_pb2.StringValue,
     op: object,
+    check: Callable[[], object] = lambda: None,
 ) -> str:
     response = await store.run(
         method="Charge",
@@ -89,6 +90,7 @@ async def run(
         request=req,
         response_type=wrappers_pb2.StringValue,
         operation=op,  # type: ignore[arg-type]
+        check=check,
     )
     return response.value
 
@@ -118,15 +120,7 @@ async def test_the_requests_check_is_passed_by_for_a_stored_outcome_and_a_refuse
         raise errors.InvalidArgument("refused", [errors.FieldViolation("value", "bad", "INVALID_CHARACTERS")])
 
     async def checked(key: str, text: str) -> str:
-        response = await store.run(
-            method="Charge",
-            key=key,
-            request=request(text),
-            response_type=wrappers_pb2.StringValue,
-            operation=effect(text),  # type: ignore[arg-type]
-            check=refuse if "\n" in text else lambda: None,
-        )
-        return response.value
+        return await run(store, key, request(text), effect(text), refuse if "\n" in text else lambda: None)
 
     await run(store, "k1", request("a\nb"), effect("a\nb"))
     assert await checked("k1", "a\nb") == "a\nb"
@@ -134,6 +128,38 @@ async def test_the_requests_check_is_passed_by_for_a_stored_outcome_and_a_refuse
         await checked("k2", "a\nb")
     assert await checked("k2", "a b") == "a b"
     assert await count_effects(db) == 2
+
+
+async def test_the_requests_check_is_passed_by_for_an_outcome_stored_after_the_first_look(
+    store: IdempotencyStore, db: Database, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look without the lock finds nothing, then another attempt (an older pod in a rolling update)
+    completes the request under the same key before the lock is taken: its outcome is replayed, the
+    tightened rules not applied to it."""
+    other = IdempotencyStore(db, "shopmesh.test", fingerprint=FINGERPRINT, clock=clock)
+    real_read = db.read
+    completed_elsewhere = False
+
+    @asynccontextmanager
+    async def read_then_completed_elsewhere() -> AsyncIterator[DbConnection]:
+        nonlocal completed_elsewhere
+        async with real_read() as session:
+            yield session
+        if not completed_elsewhere:
+            completed_elsewhere = True
+            await run(other, "k1", request("a\nb"), effect("a\nb"))
+
+    monkeypatch.setattr(db, "read", read_then_completed_elsewhere)
+    checked: list[str] = []
+
+    def refuse() -> None:
+        checked.append("refused")
+        raise errors.InvalidArgument("refused", [errors.FieldViolation("value", "bad", "INVALID_CHARACTERS")])
+
+    replayed = await run(store, "k1", request("a\nb"), effect("again"), refuse)
+    assert completed_elsewhere
+    assert (replayed, checked) == ("a\nb", [])
+    assert await count_effects(db) == 1
 
 
 async def test_missing_key_is_invalid_argument(store: IdempotencyStore) -> None:

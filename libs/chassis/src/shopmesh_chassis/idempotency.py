@@ -325,13 +325,15 @@ class IdempotencyStore:
                 return seen
             if as_utc(seen.locked_until) > now:
                 raise _in_use()
-        # Not before the look: the rules may have tightened since a release that accepted the request stored
-        # its outcome, and refusing its retry would turn a request already done into one refused on every try.
-        check()
         try:
             async with self._db.transaction() as session:
                 row = (await session.execute(_FIND_FOR_UPDATE, this_key)).one_or_none()
                 if row is None or as_utc(row.created_at) < now - self._retention:
+                    # Under the lock, not before it: the rules may have tightened since a release that accepted
+                    # the request stored its outcome, and that outcome may have been stored since the look
+                    # above (an older pod completing it in a rolling update); refusing its retry would turn a
+                    # request already done into one refused on every try. A refusal rolls back: no key taken.
+                    check()
                     if row is not None:
                         await session.execute(_DELETE, this_key)
                     await session.execute(
@@ -355,6 +357,7 @@ class IdempotencyStore:
                 # The lease ran out and the claim is not locked by a running operation (on PostgreSQL this
                 # waited for it): its process died, or has not begun the operation and will find the
                 # claim no longer its own.
+                check()
                 log.warning("taking over an idempotency key whose lease ran out", extra={"scope": scope})
                 await session.execute(_UPDATE, {**this_key, "locked_until": now + self._lease, "claim_token": token})
                 return None
