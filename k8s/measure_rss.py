@@ -40,9 +40,15 @@ def status_kib(pid: int, field: str) -> int:
 
 
 def children(pid: int) -> list[int]:
-    return [
-        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
-    ]
+    """The processes `pid`'s threads started (each thread lists its own)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            # A thread that ended since the listing; had it spoiled the whole read, a live service counted 0.
+            continue
+    return found
 
 
 def tree_kib(pid: int, field: str) -> int:
@@ -50,9 +56,13 @@ def tree_kib(pid: int, field: str) -> int:
     (users' guessability estimate runs in a process of its own). Summed peaks (VmHWM) may not have been reached at
     the same moment: an upper bound. A process that ended meanwhile counts nothing."""
     try:
-        own, below = status_kib(pid, field), children(pid)
+        own = status_kib(pid, field)
     except FileNotFoundError:
         return 0
+    try:
+        below = children(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return own  # ended since its own figure was read
     return own + sum(tree_kib(child, field) for child in below)
 
 

@@ -6,6 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from .k8skit import measure_rss
 
@@ -13,6 +16,9 @@ from .k8skit import measure_rss
 HELD_MIB = 64
 CHILD = f"import time; held = b'x' * ({HELD_MIB} << 20); print(flush=True); time.sleep(120)"
 PARENT = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {CHILD!r}]); time.sleep(120)"
+# A second thread besides the one that starts the child, as a service's gRPC and database threads are.
+THREAD = "import threading, time; threading.Thread(target=time.sleep, args=(120,), daemon=True).start(); "
+THREADED_PARENT = THREAD + PARENT
 
 
 def test_a_services_memory_counts_the_processes_it_started() -> None:
@@ -23,6 +29,35 @@ def test_a_services_memory_counts_the_processes_it_started() -> None:
     try:
         assert parent.stdout is not None
         parent.stdout.readline()  # the child holds its memory
+        own = measure_rss.status_kib(parent.pid, "VmRSS")
+        assert measure_rss.tree_kib(parent.pid, "VmRSS") >= own + HELD_MIB * 1024
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+
+
+@pytest.mark.parametrize("gone", [FileNotFoundError, ProcessLookupError])
+def test_a_thread_ending_while_its_children_are_read_leaves_the_rest_counted(
+    monkeypatch: pytest.MonkeyPatch, gone: type[OSError]
+) -> None:
+    """A service's threads come and go; one that ended between the listing of a process' threads and the
+    reading of its children must cost only its own (none), not the whole service's figure."""
+    parent = subprocess.Popen([sys.executable, "-c", THREADED_PARENT], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert parent.stdout is not None
+        parent.stdout.readline()  # the child holds its memory, the extra thread runs
+        threads = list(Path(f"/proc/{parent.pid}/task").iterdir())
+        assert len(threads) >= 2
+        real_read_text = Path.read_text
+
+        def read_text(path: Path, *args: object, **kwargs: object) -> str:
+            # The extra thread, not the main one that started the child, ends just before its list is read.
+            task = path.parent
+            if path.name == "children" and task.parent.parent.name == str(parent.pid) != task.name:
+                raise gone
+            return real_read_text(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Path, "read_text", read_text)
         own = measure_rss.status_kib(parent.pid, "VmRSS")
         assert measure_rss.tree_kib(parent.pid, "VmRSS") >= own + HELD_MIB * 1024
     finally:
