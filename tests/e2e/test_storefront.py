@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -545,17 +546,27 @@ async def drawn_left_to_right(text: Locator, first: str, then: str) -> bool:
     return bool(before < after)
 
 
-async def test_a_right_to_left_override_in_a_name_reverses_nothing_the_page_writes_after_it(tab: Tab) -> None:
+# (name, what the page writes of it): an unpaired control is dropped. "Eve\u2069\u202eevil": Chromium draws a
+# <bdi> as U+2068 … U+2069, so the name's own PDI closed it and the override after it reached the page's text.
+@pytest.mark.parametrize(("name", "written"), [("Eve \u202eevil", "Eve evil"), ("Eve\u2069\u202eevil", "Eveevil")])
+async def test_a_right_to_left_override_in_a_name_reverses_nothing_the_page_writes_after_it(
+    tab: Tab, name: str, written: str
+) -> None:
     """A name may hold U+202E (users, orders and catalog keep direction controls): drawn in the page's own
     sentence, it reversed the rest of it: "Ships to Eve evil, 1 Analytical Way, London, …" was drawn
     "Ships to Eve BG ,… ,nodnoL ,yaW lacitylanA 1 ,live", and "Welcome, Eve evil!" "Welcome, Eve !live"."""
     page = tab.page
-    await tab.register("Eve \u202eevil")
+    await tab.open(f"#/?query={quote(name)}")
+    heading = page.get_by_role("heading", level=1)
+    assert await drawn_left_to_right(heading, "evil", "”")
+    await expect(heading).to_have_text(f"Results for “{written}”")
+    assert await page.title() == f"\u2068Results for “{written}”\u2069 · shopmesh"
+    await tab.register(name)
     greeting = page.locator("#flash")
     await expect(greeting).to_contain_text("Welcome")
     assert await drawn_left_to_right(greeting, "evil", "!")
     await tab.add_to_cart("prod_chef_knife")
-    await tab.check_out(**{"Full name": "Eve \u202eevil"})
+    await tab.check_out(**{"Full name": name})
     await tab.placed()
     ships_to = page.get_by_text("Ships to")
     assert await drawn_left_to_right(ships_to, "evil", "Analytical")

@@ -412,8 +412,36 @@ function h(tag, attributes = {}, ...children) {
 // Text a person typed (a name, an address line, a query), shown next to the page's own: in its own bidi
 // isolate, so a right-to-left name reads right to left and an override in it (U+202E, which catalog, users and
 // orders keep) reverses nothing outside it ("Ships to evil, 1 Main St" read "ts niaM 1 ,live").
+// Its unpaired direction controls are dropped (as notifications' emails.py isolated_name does): Chromium draws a
+// <bdi> as U+2068 … U+2069, so a lone U+2069 in the text closed it early, and an override after it reached the
+// page's text ("Ships to Eve\u2069\u202eevil, 1 Analytical Way, London" drew London left of Analytical).
 function isolated(text) {
-  return h("bdi", {}, text);
+  return h("bdi", {}, pairedControls(text));
+}
+
+const OPENS_EMBEDDING = new Set(["\u202a", "\u202b", "\u202d", "\u202e"]);
+const OPENS_ISOLATE = new Set(["\u2066", "\u2067", "\u2068"]);
+
+// `text` without the direction controls that the bidi algorithm would not pair: U+202C closes an embedding or
+// override only when one is the innermost level open, U+2069 closes the innermost isolate and every embedding
+// opened inside it; an opener left open, or a closer with nothing of its kind to close, is dropped.
+function pairedControls(text) {
+  const units = text.split("");
+  const open = [];
+  units.forEach((unit, index) => {
+    if (OPENS_EMBEDDING.has(unit) || OPENS_ISOLATE.has(unit)) {
+      open.push(index);
+    } else if (unit === "\u202c") {
+      if (open.length && OPENS_EMBEDDING.has(units[open.at(-1)])) open.pop();
+      else units[index] = "";
+    } else if (unit === "\u2069") {
+      const isolate = open.findLastIndex((at) => OPENS_ISOLATE.has(units[at]));
+      if (isolate < 0) units[index] = "";
+      else open.length = isolate;
+    }
+  });
+  for (const index of open) units[index] = "";
+  return units.join("");
 }
 
 // ISO 4217 currencies whose minor unit is not the hundredth (as services/notifications' money.py has them; a
@@ -1362,8 +1390,9 @@ async function route() {
       heading.focus();
     }
   }
-  // The title is one string: the heading (a product's name, a query) in isolate characters, as <bdi> would be.
-  document.title = `\u2068${view.querySelector("h1")?.textContent ?? "Shop"}\u2069 · shopmesh`;
+  // The title is one string: the heading (a product's name, a query) in isolate characters, as <bdi> would be,
+  // and without its unpaired controls, as in a <bdi> (a lone U+2069 would close the isolate early).
+  document.title = `\u2068${pairedControls(view.querySelector("h1")?.textContent ?? "Shop")}\u2069 · shopmesh`;
   document.getElementById("search-query").value = query.query ?? "";
 }
 
