@@ -1135,6 +1135,28 @@ async def test_a_refusal_the_shopper_answered_is_not_shown_again_when_another_ta
         await expect(page.get_by_text("Your card was declined.")).to_have_count(0)
 
 
+async def test_a_line_refusal_is_not_shown_again_once_a_fraction_is_typed_over_its_quantity(
+    stack: Stack, browser: Browser
+) -> None:
+    """Typing a quantity answers the last checkout's refusal, a fraction too: the fraction's own refusal returned
+    before the kept one was dropped, and another tab's cart change brought "not enough in stock" back."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Fran")
+        await first.add_to_cart("prod_camp_stove", 100)
+        await first.check_out()
+        stove = page.get_by_label("Quantity of Compact Camp Stove")
+        await expect(stove).to_have_attribute("aria-invalid", "true", timeout=SLOW)
+        await expect(page.get_by_text("not enough in stock")).to_have_count(1)
+        await stove.fill("1.5")
+        await stove.press("Tab")
+        await expect(page.get_by_text("whole number")).to_have_count(1)
+        await another_tab_adds(first, ("prod_chef_knife", 1))
+        await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).to_be_visible()
+        await expect(page.locator("#flash")).to_contain_text("Your cart was changed in another tab")
+        await expect(page.get_by_text("not enough in stock")).to_have_count(0)
+
+
 async def test_a_checkout_of_unknown_outcome_keeps_its_cart_shown_so_placing_it_again_is_the_same_order(
     stack: Stack, browser: Browser, http: httpx.AsyncClient
 ) -> None:

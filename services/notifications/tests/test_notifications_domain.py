@@ -107,6 +107,10 @@ def test_a_right_to_left_override_in_a_product_name_cannot_reach_the_prices_besi
         # Closed by the wrong kind: neither pairs.
         ("\u2066Mug\u202c", "Mug"),
         ("\u202dMug\u2069", "Mug"),
+        # A PDI closes the embeddings opened inside its isolate as well (the bidi algorithm pops them with it).
+        ("\u2067\u202b\u05e9\u05dc\u05d5\u05dd\u2069 mug", "\u2067\u202b\u05e9\u05dc\u05d5\u05dd\u2069 mug"),
+        # A PDF closes nothing while an isolate is the innermost level open; the embedding outside stays open.
+        ("\u202bR\u2067Mug\u202c\u2069", "R\u2067Mug\u2069"),
     ],
 )
 def test_only_paired_bidi_controls_of_a_product_name_are_written_inside_its_isolate(name: str, written: str) -> None:

@@ -801,6 +801,9 @@ function cartView() {
       cartChangedElsewhere();
       return;
     }
+    // Any quantity typed answers the last checkout's refusal kept, a fraction too: kept, a line's refusal came
+    // back on the next redraw (another tab's cart change) over the quantity typed since.
+    checkout.answer = null;
     const typed = wholeNumber(input);
     const problem = problemOf(input);
     if (typed === null) {
@@ -816,7 +819,6 @@ function cartView() {
     const quantity = int32(Math.max(0, Number.isNaN(typed) ? 0 : typed));
     // Shown as the cart now holds it ("1e3" as 1000).
     input.value = String(quantity);
-    checkout.answer = null;
     cart.setQuantity(item.productId, quantity);
     cartShown = cart.items();
     // A line taken out changes the rows; otherwise what was typed into the form stays.
@@ -893,7 +895,8 @@ function checkoutForm(currency, session, showPrices) {
     );
     if (fractions.length) {
       const fieldViolations = fractions.map((input) => ({ field: input.name, description: NOT_WHOLE }));
-      throw new ApiError(0, {
+      // 400, as a refusal of the request would be: 0 is an outcome unknown, and this one is known (nothing sent).
+      throw new ApiError(400, {
         code: INVALID_ARGUMENT,
         message: "Nothing was ordered: a quantity in your cart is not a whole number.",
         details: [{ "@type": BAD_REQUEST, fieldViolations }],

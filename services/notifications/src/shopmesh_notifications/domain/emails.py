@@ -22,7 +22,7 @@ _ISOLATE, _END_ISOLATE = "\u2068", "\u2069"
 # closes; isolates, which POP DIRECTIONAL ISOLATE closes).
 _OPENS_EMBEDDING = frozenset("\u202a\u202b\u202d\u202e")
 _OPENS_ISOLATE = frozenset("\u2066\u2067\u2068")
-_CLOSES = {"\u202c": _OPENS_EMBEDDING, "\u2069": _OPENS_ISOLATE}
+_POP_EMBEDDING, _POP_ISOLATE = "\u202c", "\u2069"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +53,17 @@ def isolated_name(name: str) -> str:
     for index, char in enumerate(name):
         if char in _OPENS_EMBEDDING or char in _OPENS_ISOLATE:
             open_at.append(index)
-        elif char in _CLOSES:
-            if open_at and name[open_at[-1]] in _CLOSES[char]:
+        elif char == _POP_EMBEDDING:
+            # The bidi algorithm ignores a PDF while an isolate is the innermost level open.
+            if open_at and name[open_at[-1]] in _OPENS_EMBEDDING:
                 open_at.pop()
+            else:
+                kept[index] = ""
+        elif char == _POP_ISOLATE:
+            # A PDI closes its isolate and every embedding opened inside it: all of them are paired.
+            isolates = [depth for depth, at in enumerate(open_at) if name[at] in _OPENS_ISOLATE]
+            if isolates:
+                del open_at[isolates[-1] :]
             else:
                 kept[index] = ""
     for index in open_at:
