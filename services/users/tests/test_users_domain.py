@@ -686,18 +686,18 @@ async def test_a_register_the_hashing_queue_has_no_room_for_is_refused_before_it
         await database.dispose()
 
 
-async def test_registers_beyond_the_hashing_queue_are_refused_at_once_while_one_is_estimated(tmp_path: Path) -> None:
-    """A Register holds its place in the hashing queue across its guessability estimate, which runs one at a time:
-    with room for two (a turn and a place in the queue), of four Registers while an estimate runs the two beyond
-    are answered PASSWORD_HASHING_BUSY at once, not queued for the estimate to wait out their deadlines."""
+async def test_registers_beyond_the_estimate_bound_are_refused_at_once_while_one_is_estimated(tmp_path: Path) -> None:
+    """Guessability estimates run one at a time: of two more Registers than `ESTIMATING_AT_ONCE` while an estimate
+    runs, the two beyond are answered PASSWORD_HASHING_BUSY at once, not queued for the estimate to wait out their
+    deadlines, though the hashing queue has room for them all."""
     times_file = str(tmp_path / "estimate-times")
-    passwords = cheap_passwords(concurrency=1, queue=1)
+    passwords = cheap_passwords(concurrency=1, queue=passwords_module.ESTIMATING_AT_ONCE + 2)
     database = Database(f"sqlite:///{tmp_path / 'users.db'}")
     strength = PasswordStrength(functools.partial(holding_the_gil, times_file, 2.0))
     application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_strength=strength)
     registers = [
         asyncio.create_task(application.register(f"user{index}@example.com", "a fine passphrase", "Ann"))
-        for index in range(4)
+        for index in range(passwords_module.ESTIMATING_AT_ONCE + 2)
     ]
     try:
         await eventually(lambda: Path(times_file).exists(), "the first estimate running")
@@ -717,14 +717,44 @@ async def test_registers_beyond_the_hashing_queue_are_refused_at_once_while_one_
         await database.dispose()
 
 
-async def test_an_admission_no_hash_took_over_gives_its_place_back() -> None:
-    """A Register whose password is refused (too guessable) before its hash leaves its place to the next."""
+async def test_logins_are_admitted_while_more_registers_wait_for_their_estimate_than_the_hashing_queue_holds(
+    tmp_path: Path,
+) -> None:
+    """A Register takes its hashing place for its hash, not while it waits for its estimate: with room for two
+    hashes, three Registers held at the estimate leave both places to logins, whose check is admitted (not
+    PASSWORD_HASHING_BUSY while no hash runs)."""
+    times_file = str(tmp_path / "estimate-times")
+    passwords = cheap_passwords(concurrency=1, queue=1)
+    database = Database(f"sqlite:///{tmp_path / 'users.db'}")
+    strength = PasswordStrength(functools.partial(holding_the_gil, times_file, 2.0))
+    application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_strength=strength)
+    registers = [
+        asyncio.create_task(application.register(f"user{index}@example.com", "a fine passphrase", "Ann"))
+        for index in range(3)
+    ]
+    try:
+        await eventually(lambda: Path(times_file).exists(), "the first estimate running")
+        assert await passwords.verify(None, "a login for an unknown e-mail") is False
+        assert await passwords.verify(None, "and another") is False
+        assert not any(register.done() for register in registers), "all three wait for their estimate"
+    finally:
+        for register in registers:
+            register.cancel()
+        await asyncio.gather(*registers, return_exceptions=True)
+        await strength.close()
+        await passwords.close()
+        await database.dispose()
+
+
+async def test_a_caller_leaving_its_work_before_the_hash_gives_its_place_back_and_took_none_in_the_queue() -> None:
+    """A Register whose estimate ends (too guessable, or failed) leaves its estimating place to the next, and held
+    no hashing place while it estimated."""
     passwords = cheap_passwords(concurrency=1, queue=0)
-    with passwords.admission(), pytest.raises(ResourceExhausted):
-        await passwords.hash("no room while the place is held")
-    with passwords.admission() as admission:
-        assert (await passwords.hash("in its place", admission)).startswith("$argon2id$")
-    assert (await passwords.hash("the place is free again")).startswith("$argon2id$")
+    for _ in range(passwords_module.ESTIMATING_AT_ONCE + 1):
+        with pytest.raises(RuntimeError), passwords.before_hash():
+            raise RuntimeError("the estimate failed")
+    with passwords.before_hash():
+        assert (await passwords.hash("the only hashing place is free")).startswith("$argon2id$")
 
 
 @pytest.fixture

@@ -111,14 +111,15 @@ class UsersApplication:
 
     @database_errors_as_domain_errors
     async def register(self, email: str, password: str, display_name: str) -> User:
-        # A place in the hashing queue first, held across the guessability estimate (up to ~0.1 s of CPU for 32
-        # characters of l33t symbols, one at a time) and the hash: a flood of Registers is refused at once beyond
-        # the queue's room, not queued for the estimate without bound, each to wait out its deadline there.
-        with self._passwords.admission() as admission:
+        # Bounded apart from the hashing queue (Passwords.before_hash): the estimate costs up to ~0.1 s of CPU for 32
+        # characters of l33t symbols, one at a time, so a flood of Registers is refused at once, not queued for it
+        # without bound; and a Register takes its hashing place only for its hash, so estimating ones never make
+        # logins PASSWORD_HASHING_BUSY while the hash threads idle.
+        with self._passwords.before_hash():
             asked = guess_question(email, password, display_name)
             guessable = asked is not None and await self._password_strength.too_guessable(*asked)
-            registration = validate_registration(email, password, display_name, guessable=guessable)
-            password_hash = await self._passwords.hash(registration.password, admission)
+        registration = validate_registration(email, password, display_name, guessable=guessable)
+        password_hash = await self._passwords.hash(registration.password)
         user = User(new_user_id(), registration.email, registration.display_name, self._clock())
         try:
             async with self._database.transaction() as session:

@@ -77,10 +77,9 @@ def _end_with(parent: int) -> None:
 
 class PasswordStrength:
     """Runs `estimate` (a module-level function: it is pickled by name) in one process of its own, started by
-    `start` or else the first estimate. One at a time is enough: a Register holds its place in the hashing queue
-    across its estimate (`Passwords.admission`), so no more wait for it than the queue admits, and an estimate
-    takes milliseconds. A process that died (killed, out of memory) is replaced by the next estimate's, which is
-    tried once more on it."""
+    `start` or else the first estimate. One at a time is enough: Registers at their estimate are bounded
+    (`Passwords.before_hash`), so only a few wait for it, and an estimate takes milliseconds. A process that died
+    (killed, out of memory) is replaced by the next estimate's, which is tried once more on it."""
 
     def __init__(self, estimate: GuessableCheck = too_guessable) -> None:
         self._estimate = estimate

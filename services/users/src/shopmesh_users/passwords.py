@@ -30,7 +30,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from argon2 import PasswordHasher
@@ -47,6 +46,10 @@ BUSY_RETRY_AFTER_SECONDS = 1.0
 # Weight of the latest hash in the estimate of how long one takes: it follows the last few hashes, so a node
 # that got busier (or quieter) shows within seconds, and one slow hash does not refuse a queue's worth.
 HASH_SECONDS_WEIGHT = 0.2
+# Registers at or waiting for their guessability estimate at once. Estimates run one at a time, up to ~0.1 s each
+# (32 characters of l33t symbols; milliseconds for most passwords): the last of 8 waits at most ~0.8 s, well within
+# the gateway's 5 s, while a burst of Registers is refused at once rather than queued to wait out its deadline.
+ESTIMATING_AT_ONCE = 8
 
 
 def _busy(message: str) -> Overloaded:
@@ -77,22 +80,17 @@ class Passwords:
         # more hashes than there are turns, whatever happens to the turns.
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="password-hash")
         self._admitted = 0
+        # Callers at their own work before their hash (`before_hash`), counted apart from the admitted hashes.
+        self._before_hash = 0
         self._concurrency = concurrency
         self._limit = concurrency + queue
 
-    async def hash(self, password: str, admission: Admission | None = None) -> str:
-        """The hash of `password`; in `admission`'s place when given (`Passwords.admission`), which it then gives
-        back, however it ends."""
-        if admission is None:
-            return await self._in_turn(False, self._hasher.hash, password)
-        if admission.used:
-            raise RuntimeError("an admission holds one hash")
-        admission.used = True
-        return await self._in_turn(True, self._hasher.hash, password)
+    async def hash(self, password: str) -> str:
+        return await self._in_turn(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether `password` matches `password_hash`; with None, does the same work and says no."""
-        return await self._in_turn(False, self._verify, password_hash, password)
+        return await self._in_turn(self._verify, password_hash, password)
 
     def _verify(self, password_hash: str | None, password: str) -> bool:
         try:
@@ -102,32 +100,26 @@ class Passwords:
         return matched and password_hash is not None
 
     @contextlib.contextmanager
-    def admission(self) -> Iterator[Admission]:
-        """A place among the admitted checks, taken now (PASSWORD_HASHING_BUSY when there is none) and held across
-        work of the caller's own that comes before its hash (Register's guessability estimate), then by the hash
-        made through it. Without it, any number of callers would pass a check made before that work and queue for
-        it unbounded, each to wait out its deadline there. Given back on leaving when no hash took it over."""
+    def before_hash(self) -> Iterator[None]:
+        """Bounds work of the caller's own that comes before its hash (Register's guessability estimate, one at a
+        time): refused PASSWORD_HASHING_BUSY at once when the hashing queue has no room now, so the work is not
+        spent on a check that would be refused, or when `ESTIMATING_AT_ONCE` callers are already at it. Without
+        the bound any number would queue for the estimate, each to wait out its deadline there. No place in the
+        hashing queue is held meanwhile: it is taken by the hash (`hash`), so that callers still at their own work
+        never count against logins, whose hashes the queue is for."""
         self._refuse_if_busy(ahead=self._admitted)
+        if self._before_hash >= ESTIMATING_AT_ONCE:
+            raise _busy("too many registrations being checked at once; retry shortly")
         # The event loop is one thread: counting needs no lock.
-        self._admitted += 1
-        admission = Admission()
+        self._before_hash += 1
         try:
-            yield admission
+            yield
         finally:
-            if not admission.used:
-                self._admitted -= 1
+            self._before_hash -= 1
 
-    async def _in_turn(self, admitted: bool, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        if admitted:
-            try:
-                # Its place was taken before the caller's own work, which may have brought its deadline closer.
-                self._refuse_if_busy(ahead=self._admitted - 1, full=False)
-            except BaseException:
-                self._admitted -= 1
-                raise
-        else:
-            self._refuse_if_busy(ahead=self._admitted)
-            self._admitted += 1
+    async def _in_turn(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        self._refuse_if_busy(ahead=self._admitted)
+        self._admitted += 1
         try:
             # A caller that gives up while waiting here leaves no work behind: the hash has not started.
             await self._turns.acquire()
@@ -151,10 +143,10 @@ class Passwords:
         result, _seconds = await asyncio.shield(running)
         return result
 
-    def _refuse_if_busy(self, *, ahead: int, full: bool = True) -> None:
-        """PASSWORD_HASHING_BUSY when `ahead` admitted checks leave no room (`full`), or would, at worst, keep this
-        one from being done by its deadline."""
-        if full and ahead >= self._limit:
+    def _refuse_if_busy(self, *, ahead: int) -> None:
+        """PASSWORD_HASHING_BUSY when `ahead` admitted checks leave no room, or would, at worst, keep this one from
+        being done by its deadline."""
+        if ahead >= self._limit:
             raise _busy("too many password checks at once; retry shortly")
         remaining = call_context.inbound_time_remaining()
         if remaining is None or ahead < self._concurrency:
@@ -188,10 +180,3 @@ class Passwords:
     def needs_rehash(self, password_hash: str) -> bool:
         """Whether the hash was made with other parameters than the configured ones (they were raised)."""
         return self._hasher.check_needs_rehash(password_hash)
-
-
-@dataclass(slots=True)
-class Admission:
-    """A place taken by `Passwords.admission`, for one hash (`Passwords.hash`)."""
-
-    used: bool = False
