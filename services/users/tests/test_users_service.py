@@ -19,6 +19,7 @@ import grpc
 import jwt
 import pytest
 from argon2 import PasswordHasher
+from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -33,9 +34,10 @@ from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, ResourceExhaus
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
-from shopmesh_chassis.testing import eventually, free_port, serve_in_process
+from shopmesh_chassis.testing import eventually, free_port, health_status, serve_in_process
 from shopmesh_chassis.testing.gil import held, holding_the_gil
 from shopmesh_users import passwords as passwords_module
+from shopmesh_users import wiring
 from shopmesh_users.application import UsersApplication
 from shopmesh_users.migrations import VERSIONS
 from shopmesh_users.password_strength import PasswordStrength
@@ -907,3 +909,37 @@ async def test_other_calls_are_answered_while_a_registers_guessability_is_estima
     finally:
         await strength.close()
         await database.dispose()
+
+
+@pytest.mark.parametrize(
+    ("warm_up", "holding_seconds"),
+    [pytest.param(wiring.WARM_UP_SECONDS, None, id="failed"), pytest.param(0.3, 3.0, id="timed-out")],
+)
+async def test_the_service_serves_when_its_estimating_process_does_not_warm_up(
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    warm_up: float,
+    holding_seconds: float | None,
+) -> None:
+    """The warm-up only spares the first Register the process' start: one that raises (an estimate writing to a
+    directory that does not exist), or outlasts its bound, is logged once and the service reports SERVING, its
+    JWKS answered."""
+    times_file = str(tmp_path / "estimate-times" if holding_seconds else tmp_path / "no such directory" / "times")
+    estimate = functools.partial(holding_the_gil, times_file, holding_seconds or 0.01)
+    monkeypatch.setattr(wiring, "PasswordStrength", lambda: PasswordStrength(estimate))
+    monkeypatch.setattr(wiring, "WARM_UP_SECONDS", warm_up)
+    with caplog.at_level(logging.WARNING, logger="shopmesh.users"):
+        async with serving(users_settings(tmp_path), clock) as (_users, server, stub):
+            assert await health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
+            assert await jwks_document(stub)
+            serving_at = time.time()
+    if holding_seconds is not None:
+        # Read once the service has closed its process, so once the warm-up has ended.
+        _started, stopped = held(times_file)
+        assert stopped is not None
+        assert serving_at < stopped, "SERVING only once the warm-up that outlasted its bound had ended"
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "did not warm up" in warnings[0].getMessage()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,13 @@ from shopmesh_users.passwords import Passwords
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.store.tables import metadata, signing_keys
 from shopmesh_users.transport import DESCRIPTOR, UsersServicer
+
+log = logging.getLogger("shopmesh.users")
+
+# The bound on the estimating process' warm-up at startup: its spawn and zxcvbn's loading took ~0.6 s on a CPU of
+# their own, so ~6 s on a pod of a tenth of a CPU; 30 s leaves that five times over and still starts a replica whose
+# process will not start within a bound at all, one that only speeds up the first Register.
+WARM_UP_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,18 @@ async def _abandon(warming: asyncio.Task[None], strength: PasswordStrength) -> N
     await strength.close()
 
 
+async def _warmed(warming: asyncio.Task[None]) -> None:
+    """Waits for the warm-up, within `WARM_UP_SECONDS`. One that fails or takes longer does not keep the service from
+    serving, its logins and JWKS included: the first Register starts the process again (or waits for this one)."""
+    try:
+        await asyncio.wait_for(warming, WARM_UP_SECONDS)
+    except Exception as error:  # TimeoutError, or the spawn's, the import's or the estimate's own
+        log.warning(
+            "the password-strength process did not warm up (%s); serving anyway, the first Register starts it",
+            type(error).__name__,
+        )
+
+
 async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
     """Migrate the database, make sure a key can sign and start the estimating process; the rotator and the
     pruner are built but not started."""
@@ -123,7 +143,7 @@ async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
     try:
         await application.ensure_signing_key()
         # Before the server starts, so before it reports SERVING: the first Register does not wait for it.
-        await warming
+        await _warmed(warming)
     except BaseException:
         await _abandon(warming, strength)
         await hashing.close()
