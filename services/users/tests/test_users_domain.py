@@ -4,13 +4,14 @@ beside it (JWK thumbprints, argon2 hashing, settings)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
 import threading
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -686,27 +687,23 @@ async def test_a_register_the_hashing_queue_has_no_room_for_is_refused_before_it
         await database.dispose()
 
 
-async def test_registers_beyond_the_estimate_bound_are_refused_at_once_while_one_is_estimated(tmp_path: Path) -> None:
-    """Guessability estimates run one at a time: of two more Registers than `ESTIMATING_AT_ONCE` while an estimate
-    runs, the two beyond are answered PASSWORD_HASHING_BUSY at once, not queued for the estimate to wait out their
-    deadlines, though the hashing queue has room for them all."""
+@contextlib.asynccontextmanager
+async def registers_at_a_held_estimate(
+    tmp_path: Path, passwords: Passwords, count: int
+) -> AsyncIterator[list[asyncio.Task[Any]]]:
+    """`count` Registers started at once on `passwords`, once the first one's estimate holds the estimating process
+    (for 2 s); cancelled, and the process ended, on leaving."""
     times_file = str(tmp_path / "estimate-times")
-    passwords = cheap_passwords(concurrency=1, queue=passwords_module.ESTIMATING_AT_ONCE + 2)
     database = Database(f"sqlite:///{tmp_path / 'users.db'}")
     strength = PasswordStrength(functools.partial(holding_the_gil, times_file, 2.0))
     application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_strength=strength)
     registers = [
         asyncio.create_task(application.register(f"user{index}@example.com", "a fine passphrase", "Ann"))
-        for index in range(passwords_module.ESTIMATING_AT_ONCE + 2)
+        for index in range(count)
     ]
     try:
         await eventually(lambda: Path(times_file).exists(), "the first estimate running")
-        done = [register for register in registers if register.done()]
-        assert len(done) == 2
-        for refused in done:
-            error = refused.exception()
-            assert isinstance(error, ResourceExhausted)
-            assert (error.reason, error.retry_after_seconds) == (BUSY_REASON, passwords_module.BUSY_RETRY_AFTER_SECONDS)
+        yield registers
     finally:
         for register in registers:
             register.cancel()
@@ -714,6 +711,21 @@ async def test_registers_beyond_the_estimate_bound_are_refused_at_once_while_one
         await strength.close()
         await passwords.close()
         await database.dispose()
+
+
+async def test_registers_beyond_the_estimate_bound_are_refused_at_once_while_one_is_estimated(tmp_path: Path) -> None:
+    """Guessability estimates run one at a time: of two more Registers than `ESTIMATING_AT_ONCE` while an estimate
+    runs, the two beyond are answered PASSWORD_HASHING_BUSY at once, not queued for the estimate to wait out their
+    deadlines, though the hashing queue has room for them all."""
+    bound = passwords_module.ESTIMATING_AT_ONCE
+    passwords = cheap_passwords(concurrency=1, queue=bound + 2)
+    async with registers_at_a_held_estimate(tmp_path, passwords, bound + 2) as registers:
+        done = [register for register in registers if register.done()]
+        assert len(done) == 2
+        for refused in done:
+            error = refused.exception()
+            assert isinstance(error, ResourceExhausted)
+            assert (error.reason, error.retry_after_seconds) == (BUSY_REASON, passwords_module.BUSY_RETRY_AFTER_SECONDS)
 
 
 async def test_logins_are_admitted_while_more_registers_wait_for_their_estimate_than_the_hashing_queue_holds(
@@ -722,27 +734,11 @@ async def test_logins_are_admitted_while_more_registers_wait_for_their_estimate_
     """A Register takes its hashing place for its hash, not while it waits for its estimate: with room for two
     hashes, three Registers held at the estimate leave both places to logins, whose check is admitted (not
     PASSWORD_HASHING_BUSY while no hash runs)."""
-    times_file = str(tmp_path / "estimate-times")
     passwords = cheap_passwords(concurrency=1, queue=1)
-    database = Database(f"sqlite:///{tmp_path / 'users.db'}")
-    strength = PasswordStrength(functools.partial(holding_the_gil, times_file, 2.0))
-    application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_strength=strength)
-    registers = [
-        asyncio.create_task(application.register(f"user{index}@example.com", "a fine passphrase", "Ann"))
-        for index in range(3)
-    ]
-    try:
-        await eventually(lambda: Path(times_file).exists(), "the first estimate running")
+    async with registers_at_a_held_estimate(tmp_path, passwords, 3) as registers:
         assert await passwords.verify(None, "a login for an unknown e-mail") is False
         assert await passwords.verify(None, "and another") is False
         assert not any(register.done() for register in registers), "all three wait for their estimate"
-    finally:
-        for register in registers:
-            register.cancel()
-        await asyncio.gather(*registers, return_exceptions=True)
-        await strength.close()
-        await passwords.close()
-        await database.dispose()
 
 
 async def test_a_caller_leaving_its_work_before_the_hash_gives_its_place_back_and_took_none_in_the_queue() -> None:
