@@ -117,12 +117,13 @@ async def _abandon(warming: asyncio.Task[None], strength: PasswordStrength) -> N
 
 async def _warmed(warming: asyncio.Task[None]) -> None:
     """Waits for the warm-up, within `WARM_UP_SECONDS`. One that fails or takes longer does not keep the service from
-    serving, its logins and JWKS included: the first Register starts the process again (or waits for this one)."""
+    serving, its logins and JWKS included: the first Register waits for the warm-up still running (the estimate
+    already handed to the process cannot be called back), or starts the process again if it died."""
     try:
         await asyncio.wait_for(warming, WARM_UP_SECONDS)
     except Exception as error:  # TimeoutError, or the spawn's, the import's or the estimate's own
         log.warning(
-            "the password-strength process did not warm up (%s); serving anyway, the first Register starts it",
+            "the password-strength process did not warm up (%s); serving anyway, the first Register waits for it",
             type(error).__name__,
         )
 
