@@ -47,11 +47,13 @@ BUSY_RETRY_AFTER_SECONDS = 1.0
 # that got busier (or quieter) shows within seconds, and one slow hash does not refuse a queue's worth.
 HASH_SECONDS_WEIGHT = 0.2
 # Registers at or waiting for their guessability estimate at once. Estimates run one at a time, up to ~0.1 s each
-# (32 characters of l33t symbols; milliseconds for most passwords): the last of 8 waits about ~0.8 s, well within
-# the gateway's 5 s, while a burst of Registers is refused at once rather than queued to wait out its deadline.
+# (32 characters of l33t symbols; milliseconds for most passwords): the last of 32, as many as the hashing queue
+# holds by default, waits about ~3.2 s at worst, within the gateway's 5 s, while a burst of Registers is refused
+# at once rather than queued to wait out its deadline. (With 8, ten concurrent Registers of one address, which
+# the store answers all but one ALREADY_EXISTS, had one refused PASSWORD_HASHING_BUSY instead.)
 # About: a cancelled Register frees its place, but an estimate already handed to the process runs on (up to two),
 # and after the process died the next estimate pays its respawn (~0.6 s, several seconds on a 100m pod).
-ESTIMATING_AT_ONCE = 8
+ESTIMATING_AT_ONCE = 32
 
 
 def _busy(message: str) -> Overloaded:
