@@ -263,28 +263,25 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 except _Unsent as unsent:
                     raise unsent.failure from None
 
-        if handler.unary_stream is not None:
-            unary_stream = cast(StreamingBehavior, handler.unary_stream)
+        # Each kind of streaming handler, rebuilt around its behavior: one request message, or an iterator of them.
+        kinds: list[tuple[Any, Callable[..., grpc.RpcMethodHandler[Any, Any]], bool]] = [
+            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, False),
+            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, True),
+            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, True),
+        ]
+        picked = next(((behavior, rebuilt, many) for behavior, rebuilt, many in kinds if behavior is not None), None)
+        if picked is None:
+            return handler
+        behavior, rebuilt, streams_in = picked
+        inner = cast(StreamingBehavior, behavior)
 
-            async def one_in(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                await answered(lambda: unary_stream(checked(body), context), context)
+        async def wrapped(received: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            # Parsed inside `answered`, so that a refused request is answered as one.
+            return await answered(
+                lambda: inner(each_checked(received) if streams_in else checked(received), context), context
+            )
 
-            return grpc.unary_stream_rpc_method_handler(one_in, response_serializer=serialize)
-        if handler.stream_unary is not None:
-            stream_unary = cast(StreamingBehavior, handler.stream_unary)
-
-            async def many_in_one_out(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                return await answered(lambda: stream_unary(each_checked(bodies), context), context)
-
-            return grpc.stream_unary_rpc_method_handler(many_in_one_out, response_serializer=serialize)
-        if handler.stream_stream is not None:
-            stream_stream = cast(StreamingBehavior, handler.stream_stream)
-
-            async def many_in(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                await answered(lambda: stream_stream(each_checked(bodies), context), context)
-
-            return grpc.stream_stream_rpc_method_handler(many_in, response_serializer=serialize)
-        return handler
+        return rebuilt(wrapped, response_serializer=serialize)
 
     async def _handle(
         self,
