@@ -1095,7 +1095,8 @@ def waiting_scenario(name: str, pods: list[Callable[[int], int]], expected: Expe
     return Scenario(name, world, scrape, WAITING_FOR, expected, {"step": SagaStep.COMPENSATE.value})
 
 
-def waits_between(start: int, stop: int, count: int = 3) -> Callable[[int], int]:
+def counting_between(start: int, stop: int, count: int) -> Callable[[int], int]:
+    """A gauge's value at second t: `count` from `start` until `stop`, 0 otherwise."""
     return lambda t: count if start <= t < stop else 0
 
 
@@ -1117,7 +1118,7 @@ def test_checkouts_waiting_fires_while_orders_wait_for_a_dependency_and_resolves
         | firing_between(fires_by(WAITING_FROM, hold), back)
         | silent_between(back + SCRAPE_INTERVAL + EVALUATION_INTERVAL, WAITING_FOR)
     )
-    outage = waits_between(WAITING_FROM, back)
+    outage = counting_between(WAITING_FROM, back, 3)
     pods = {
         "payments down for 20 minutes, one replica": [outage],
         "payments down for 20 minutes, two replicas counting alike": [outage, outage],
@@ -1133,10 +1134,10 @@ def test_checkouts_waiting_fires_while_orders_wait_for_a_dependency_and_resolves
     ("name", "pods"),
     [
         # A payments pod restarting: the orders of those minutes wait, then end once it serves again.
-        ("orders wait for 4 minutes", [waits_between(WAITING_FROM, WAITING_FROM + 240)]),
+        ("orders wait for 4 minutes", [counting_between(WAITING_FROM, WAITING_FROM + 240, 3)]),
         (
             "two waits of 3 minutes, 2 minutes apart",
-            [lambda t: waits_between(300, 480)(t) + waits_between(600, 780)(t)],
+            [lambda t: counting_between(300, 480, 3)(t) + counting_between(600, 780, 3)(t)],
         ),
         ("no order waits", [lambda t: 0, lambda t: 0]),
     ],
@@ -1175,10 +1176,6 @@ def set_aside_scenario(name: str, counts: list[Callable[[int], int]], expected: 
     return Scenario(name, world, scrape, SET_ASIDE_FOR, expected)
 
 
-def set_aside_between(start: int, stop: int, count: int = 1) -> Callable[[int], int]:
-    return lambda t: count if start <= t < stop else 0
-
-
 @pytest.mark.parametrize(
     "scenario",
     [
@@ -1199,15 +1196,15 @@ def test_outbox_events_set_aside_fires_while_one_waits_and_resolves_once_cleared
         | silent_between(SET_ASIDE_CLEARED_AT + SCRAPE_INTERVAL + EVALUATION_INTERVAL, SET_ASIDE_FOR)
     )
     counts = {
-        "one replica sets an event aside": [set_aside_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT)],
+        "one replica sets an event aside": [counting_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT, 1)],
         "the leader sets two aside, a standby reports 0": [
-            set_aside_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT, 2),
+            counting_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT, 2),
             lambda t: 0,
         ],
         "the leader sets one aside at a time, cleared one at a time": [
             lambda t: (
-                set_aside_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT)(t)
-                + set_aside_between(SET_ASIDE_AT + 400, SET_ASIDE_CLEARED_AT - 200)(t)
+                counting_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT, 1)(t)
+                + counting_between(SET_ASIDE_AT + 400, SET_ASIDE_CLEARED_AT - 200, 1)(t)
             ),
             lambda t: 0,
         ],
