@@ -111,7 +111,7 @@ class Passwords:
         the bound any number would queue for the estimate, each to wait out its deadline there. No place in the
         hashing queue is held meanwhile: it is taken by the hash (`hash`), so that callers still at their own work
         never count against logins, whose hashes the queue is for."""
-        self._refuse_if_busy(ahead=self._admitted)
+        self._refuse_if_busy()
         if self._before_hash >= ESTIMATING_AT_ONCE:
             raise _busy("too many registrations being checked at once; retry shortly")
         # The event loop is one thread: counting needs no lock.
@@ -122,7 +122,7 @@ class Passwords:
             self._before_hash -= 1
 
     async def _in_turn(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        self._refuse_if_busy(ahead=self._admitted)
+        self._refuse_if_busy()
         self._admitted += 1
         try:
             # A caller that gives up while waiting here leaves no work behind: the hash has not started.
@@ -147,9 +147,10 @@ class Passwords:
         result, _seconds = await asyncio.shield(running)
         return result
 
-    def _refuse_if_busy(self, *, ahead: int) -> None:
-        """PASSWORD_HASHING_BUSY when `ahead` admitted checks leave no room, or would, at worst, keep this one from
+    def _refuse_if_busy(self) -> None:
+        """PASSWORD_HASHING_BUSY when the admitted checks leave no room, or would, at worst, keep one more from
         being done by its deadline."""
+        ahead = self._admitted
         if ahead >= self._limit:
             raise _busy("too many password checks at once; retry shortly")
         remaining = call_context.inbound_time_remaining()
