@@ -157,6 +157,8 @@ class Edge:
     log: Path
     # Envoy's stdout: its access log, a JSON line per request.
     access_log: Path
+    # The metrics listener, as on Kubernetes: Envoy's metrics and the kubelet's probes, outside the cap on connections.
+    metrics_url: str
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +199,7 @@ def running_edge(
     else:
         gateway = server.add_insecure_port("127.0.0.1:0")
         server.start()
-    port, admin = free_ports(2)
+    port, admin, metrics = free_ports(3)
     api = HttpApi(
         host="127.0.0.1",
         port=port,
@@ -205,6 +207,7 @@ def running_edge(
         admin_port=admin,
         gateway=f"127.0.0.1:{gateway}",
         descriptor=descriptor_set(),
+        metrics_port=metrics,
     )
     if max_heap_bytes is not None:
         api = dataclasses.replace(api, max_heap_bytes=max_heap_bytes)
@@ -241,7 +244,14 @@ def running_edge(
                             break
                 except OSError:
                     time.sleep(0.1)
-            yield Edge(f"http://127.0.0.1:{port}", shop, f"http://127.0.0.1:{admin}", log, access_log)
+            yield Edge(
+                f"http://127.0.0.1:{port}",
+                shop,
+                f"http://127.0.0.1:{admin}",
+                log,
+                access_log,
+                f"http://127.0.0.1:{metrics}",
+            )
         finally:
             envoy.terminate()
             envoy.wait(10)

@@ -1,5 +1,6 @@
 """HttpApi (what the edge's configuration depends on) and bootstrap(): the whole configuration, assembled from
-the routes, filters and local replies of the modules beside this one, and the metrics listener."""
+the routes, filters and local replies of the modules beside this one, and the metrics listener, which answers
+the kubelet's probes too."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .grpc_attempts import grpc_malformed_previous_attempts, malformed_previous_
 from .grpc_encodings import grpc_encoding_refused, grpc_encoding_replies
 from .grpc_messages import grpc_web_text_not_base64, one_message_check, one_message_required
 from .head import head_as_get
-from .headers import header_hygiene
+from .headers import header_hygiene, health_check_hygiene
 from .local_replies import (
     EXPLAINED_LOCAL_REPLIES,
     GRPC_HTTP_STATUS_CODES,
@@ -80,6 +81,10 @@ _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_man
 
 # Where the metrics listener (`metrics_port`) serves Envoy's Prometheus metrics.
 METRICS_PATH = "/stats/prometheus"
+# The metrics listener's own bound on its connections (Envoy's runtime limit of one listener), in place of the
+# cap on the public one's, which it is outside of: a scraper's connection or two, and the kubelet's probes, a
+# connection each.
+METRICS_MAX_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,9 @@ class HttpApi:
     # Kubernetes the chart, with --config-yaml, where global.otel says). With `traces` None only.
     traces_cluster_at_start: bool = False
     # A listener (on `host`) serving only Envoy's Prometheus metrics from the admin interface, for a scraper
-    # that cannot reach loopback (Kubernetes); None: none (`make run` reads the admin interface directly).
+    # that cannot reach loopback, and HEALTH_PATH, for the kubelet's probes (Kubernetes), outside the cap on
+    # connections (`max_connections`); None: none (`make run` reads the admin interface directly, and its
+    # clients probe the public listener).
     metrics_port: int | None = None
     # The OpenAPI document, as Envoy will find it on its file system, served at OPENAPI_PATH; None: not.
     openapi: Path | None = None
@@ -124,8 +131,8 @@ class HttpApi:
     # The heap's monitor, with the bound, left to Envoy's start: on Kubernetes the chart adds it (--config-yaml),
     # from the container's memory limit. `max_heap_bytes` is then unused.
     heap_bound_at_start: bool = False
-    # The most connections Envoy holds at once, all its listeners' (new ones past it are closed as they are
-    # accepted); a test's own may be smaller.
+    # The most connections Envoy holds at once, all its listeners' but the metrics listener's (new ones past it
+    # are closed as they are accepted); a test's own may be smaller.
     max_connections: int = MAX_DOWNSTREAM_CONNECTIONS
     # The listeners bind with SO_REUSEPORT (envoy.listener): only where nothing else can bind their ports, a
     # pod's network namespace. Locally, a process on a planned port must make the start fail, not share it.
@@ -316,9 +323,20 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     public = listener("http-api", api.host, api.port, "INBOUND", manager, reuse_port=api.reuse_port)
     public["per_connection_buffer_limit_bytes"] = PER_CONNECTION_BUFFER_BYTES
     listeners = [public]
+    runtime = [{"name": "regex", "static_layer": {"re2.max_program_size.error_level": MAX_REGEX_PROGRAM_SIZE}}]
     if api.metrics_port is not None:
         metrics = listener(
             "metrics", api.host, api.metrics_port, "INBOUND", _metrics_manager(), reuse_port=api.reuse_port
+        )
+        # Outside the cap on connections: a client that reopens the public port's connections as fast as they
+        # are shed takes the freed ones, so the kubelet's liveness probe, competing with it there, failed
+        # and restarted a healthy edge (every client dropped) exactly under the flood. Its own bound instead.
+        metrics["ignore_global_conn_limit"] = True
+        runtime.append(
+            {
+                "name": "metrics-listener",
+                "static_layer": {"envoy.resource_limits.listener.metrics.connection_limit": METRICS_MAX_CONNECTIONS},
+            }
         )
         listeners.append(metrics)
         # The admin interface speaks HTTP/1.1.
@@ -330,19 +348,20 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "overload_manager": overload_manager(
             api.max_heap_bytes, heap_monitor=not api.heap_bound_at_start, max_connections=api.max_connections
         ),
-        "layered_runtime": {
-            "layers": [{"name": "regex", "static_layer": {"re2.max_program_size.error_level": MAX_REGEX_PROGRAM_SIZE}}]
-        },
+        "layered_runtime": {"layers": runtime},
     }
 
 
 def _metrics_manager() -> dict[str, Any]:
     """`GET /stats/prometheus` relayed to the admin interface, and nothing else of it (as Istio's proxies
-    serve 15090): the admin interface can also stop Envoy or dump its configuration."""
+    serve 15090): the admin interface can also stop Envoy or dump its configuration. And HEALTH_PATH, as the
+    public listener answers it."""
     return {
         "@type": _HCM,
         "stat_prefix": "metrics",
         "codec_type": "AUTO",
+        # Its own bound on connections is small: one left idle is let go as the public listener's are.
+        "common_http_protocol_options": {"idle_timeout": IDLE_TIMEOUT},
         "route_config": {
             "name": "metrics",
             "virtual_hosts": [
@@ -350,18 +369,24 @@ def _metrics_manager() -> dict[str, Any]:
                     "name": "metrics",
                     "domains": ["*"],
                     "routes": [
+                        *health_routes(),
                         {
                             "match": {
                                 "path": METRICS_PATH,
                                 "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
                             },
                             "route": {"cluster": "admin"},
-                        }
+                        },
                     ],
                 }
             ],
         },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": [
+            # Before the health check, so after it on the way out, as on the public listener.
+            health_check_hygiene(),
+            health_check(),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
     }
 
 

@@ -25,7 +25,8 @@ COMPRESS_FROM_BYTES = 1024
 # What is worth it: the API's JSON, the storefront's page, style and script.
 COMPRESSED_TYPES = ("application/json", "text/html", "text/css", "text/javascript")
 
-# Answered by Envoy itself (200, or 503 once it drains): the kubelet's probe of the container on Kubernetes.
+# Answered by Envoy itself (200, or 503 once it drains), on the public listener (clients, load balancers, `make
+# run`'s wait) and on the metrics listener, outside the cap on connections: the kubelet's probes on Kubernetes.
 HEALTH_PATH = "/healthz"
 HEALTH_METHODS = ["GET", "HEAD"]
 

@@ -39,6 +39,8 @@ INTERNAL_GRPC_HEADERS = ("grpc-internal-encoding-request",)
 INTERNAL_HEADER_NAME = r"shopmesh-.*"
 # Response headers every answer of the edge carries unless it has its own (header_hygiene).
 ANSWER_DEFAULTS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
+# The health check's answer names Envoy's node's cluster: nothing for a client.
+_NO_HEALTH_CHECKED_CLUSTER = {"remove": "x-envoy-upstream-healthchecked-cluster"}
 
 
 def no_grpc_headers() -> dict[str, Any]:
@@ -97,14 +99,22 @@ def header_hygiene() -> dict[str, Any]:
                         for key, value in ANSWER_DEFAULTS.items()
                     ),
                     _remove_matching(INTERNAL_HEADER_NAME),
-                    # The health check's answer names Envoy's node's cluster: nothing for a client.
-                    {"remove": "x-envoy-upstream-healthchecked-cluster"},
+                    _NO_HEALTH_CHECKED_CLUSTER,
                 ],
                 # A gRPC answer with a body has its metadata in trailers (the chassis' errors are trailers-only,
                 # in headers, but a relay's marker may come either way).
                 "response_trailers_mutations": [_remove_matching(INTERNAL_HEADER_NAME)],
             },
         },
+    }
+
+
+def health_check_hygiene() -> dict[str, Any]:
+    """The metrics listener's header_hygiene, which has no API to guard: its health check's answer without the
+    header naming Envoy's cluster, as the public listener's."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {"@type": _HEADER_MUTATION, "mutations": {"response_mutations": [_NO_HEALTH_CHECKED_CLUSTER]}},
     }
 
 
