@@ -167,7 +167,8 @@ def test_service_probes_and_drain_fit_the_pod(rendered: dict[tuple[str, str], Do
         expected = {"name": name, "port": port, "targetPort": name, "protocol": "TCP", "appProtocol": "http"}
         assert service_ports[name] == expected
     for probe in ("readinessProbe", "livenessProbe"):
-        assert http[probe]["httpGet"] == {"path": HEALTH_PATH, "port": "http"}, "Envoy answers it itself"
+        # Envoy answers it itself, on the listener outside the cap on the public port's connections.
+        assert http[probe]["httpGet"] == {"path": HEALTH_PATH, "port": "http-metrics"}, probe
     # Envoy stops at once on SIGTERM: it keeps relaying until the gateway has drained, and stops in time.
     env = find(docs, "ConfigMap", EDGE)["data"]
     drained = float(env["DRAIN_DELAY_SECONDS"]) + float(env["SHUTDOWN_GRACE_SECONDS"])
@@ -225,6 +226,29 @@ def test_the_metrics_port_serves_envoys_metrics_and_nothing_else_of_its_admin_in
         admin = f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}"
         with urllib.request.urlopen(f"{admin}/config_dump", timeout=10) as response:
             assert response.status == 200
+
+
+def test_the_probes_port_is_answered_by_envoy_outside_the_cap_on_the_public_ports_connections(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    docs = rendered["default", EDGE]
+    http = container(docs)
+    ports = {port["name"]: port["containerPort"] for port in http["ports"]}
+    probed = {ports[http[probe]["httpGet"]["port"]] for probe in ("readinessProbe", "livenessProbe")}
+    assert probed == {METRICS_PORT}
+    [listener] = [
+        x
+        for x in config_of(docs)["static_resources"]["listeners"]
+        if x["address"]["socket_address"]["port_value"] in probed
+    ]
+    assert listener["ignore_global_conn_limit"] is True, "a flood of the public port's connections reaches the probes"
+    # (The flood itself, at the real Envoy of the same bootstrap(): libs/platform/tests/test_http_api_health.py.)
+    with running_http_api(files_of(docs), tmp_path) as local, httpx.Client(timeout=10) as client:
+        for method in ("GET", "HEAD"):
+            answer = client.request(method, f"http://127.0.0.1:{local[METRICS_PORT]}{HEALTH_PATH}")
+            assert answer.status_code == 200, (method, answer.status_code, answer.text)
+        answer = client.delete(f"http://127.0.0.1:{local[METRICS_PORT]}{HEALTH_PATH}")
+        assert (answer.status_code, answer.headers["allow"]) == (405, "GET, HEAD")
 
 
 # Linux's default pipe capacity: a writer whose output nobody reads blocks past it.

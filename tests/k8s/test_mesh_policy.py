@@ -436,7 +436,8 @@ def test_linkerd_admits_each_caller_to_the_methods_it_calls_and_anyone_to_health
             assert grants[f"{name}-rpc-{method.lower()}"] == callers, method
         assert grants.get(f"{name}-rpc") == ({"any network"} if is_edge(name) else None)
         assert f"{name}-grpc" not in grants, "a policy on the whole Server would bypass the routes"
-        # The edge's HTTP/JSON API is as open as its gRPC methods (and the kubelet probes it).
+        # The edge's HTTP/JSON API is as open as its gRPC methods; its Envoy's metrics port as the service's (and
+        # the kubelet probes it).
         assert grants.get(f"{name}-http") == ({"any network"} if is_edge(name) else None)
         assert grants.get(f"{name}-http-metrics") == ({"any network"} if is_edge(name) else None)
 

@@ -68,22 +68,28 @@ binaryData:
     - name: http
       containerPort: {{ $c.httpApi.port }}
       protocol: TCP
-    # Envoy's Prometheus metrics, and only those of its admin interface (which stays on loopback).
+    # Envoy's Prometheus metrics, and only those of its admin interface (which stays on loopback), and the
+    # probes' /healthz: a listener outside the cap on the public port's connections.
     - name: http-metrics
       containerPort: {{ $c.httpApi.metricsPort }}
       protocol: TCP
-  # Envoy answers /healthz itself (its health_check filter), before transcoding.
+  {{- /* Both probes on http-metrics, which Envoy answers itself (its health_check filter) whatever holds the
+       public port: a client reopening its connections as fast as Envoy sheds them there takes the freed ones,
+       and a liveness probe of the public port then restarted a healthy edge under the flood, every client
+       dropped. Readiness too: the flood is at the pod's address, not through it, and taking the pod out of
+       the Service (on a probe that wins or loses a race for a connection) would only send the Service's
+       share of the flood to the others, one after another, until none were ready. */}}
   readinessProbe:
     httpGet:
       path: /healthz
-      port: http
+      port: http-metrics
     periodSeconds: {{ $c.probes.readinessPeriodSeconds }}
     timeoutSeconds: 2
     failureThreshold: {{ $c.probes.readinessFailureThreshold }}
   livenessProbe:
     httpGet:
       path: /healthz
-      port: http
+      port: http-metrics
     periodSeconds: {{ $c.probes.livenessPeriodSeconds }}
     timeoutSeconds: 2
     failureThreshold: 3
