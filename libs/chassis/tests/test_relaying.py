@@ -102,6 +102,20 @@ def test_an_undocumented_status_without_details_is_left_to_the_server_intercepto
     assert caught.value is broken
 
 
+def test_unimplemented_is_the_dependency_unavailable_only_for_a_method_its_older_releases_lack() -> None:
+    """A method newer than some of the dependency's pods (a rollout, a rollback): their "Method not found!" is
+    the dependency not serving it yet. A method every release has, missing, stays a fault."""
+    missing = rpc_error(grpc.StatusCode.UNIMPLEMENTED, None, "")
+    answer = relayed("users", missing, method_is_new=True)
+    assert isinstance(answer, errors.Unavailable)
+    assert (answer.reason, answer.metadata, answer.retry_after_seconds) == (
+        "DEPENDENCY_UNAVAILABLE",
+        {"dependency": "users"},
+        1.0,
+    )
+    assert relayed("users", missing) is missing
+
+
 def test_a_relayed_server_overloaded_without_the_shed_marker_counts_shed() -> None:
     """A dependency of a release before the shopmesh-shed marker sheds with RESOURCE_EXHAUSTED SERVER_OVERLOADED
     and no marker: during a rollout the relay still counts it shed, as it did before the marker."""

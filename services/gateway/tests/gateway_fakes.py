@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from shopmesh.common.v1 import money_pb2
@@ -150,11 +151,40 @@ class Fakes:
     addresses: dict[str, str]
 
 
+# The methods of users' releases before users_0004 (git show fa571d5e^:protos/shopmesh/users/v1/users.proto):
+# no SignOut, no GetTokenCutoff.
+USERS_METHODS_BEFORE_SIGN_OUT = ("Register", "Login", "GetUser", "GetJwks")
+
+
+def registering_only(methods: Collection[str]) -> Callable[[Any, grpc.aio.Server], None]:
+    """Registers a users servicer's `methods` only, as an older users release serves its own proto's: a call of
+    any other is answered by gRPC itself, UNIMPLEMENTED "Method not found!", without details."""
+
+    def register(servicer: Any, server: grpc.aio.Server) -> None:
+        service = users_pb2.DESCRIPTOR.services_by_name["UsersService"]
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, name),
+                request_deserializer=getattr(users_pb2, method.input_type.name).FromString,
+                response_serializer=getattr(users_pb2, method.output_type.name).SerializeToString,
+            )
+            for name in methods
+            for method in (service.methods_by_name[name],)
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+    return register
+
+
 @contextlib.asynccontextmanager
-async def fakes_serving() -> AsyncIterator[Fakes]:
+async def fakes_serving(users_methods: Collection[str] | None = None) -> AsyncIterator[Fakes]:
+    """The stand-ins served; `users_methods`: the only methods users serves (an older release), else all."""
     fakes = Fakes(FakeUsers(), FakeRecommendations(), FakeNotifications(), {})
+    register_users = (
+        users_pb2_grpc.add_UsersServiceServicer_to_server if users_methods is None else registering_only(users_methods)
+    )
     servers = [
-        ("users", fakes.users, users_pb2, "UsersService", users_pb2_grpc.add_UsersServiceServicer_to_server),
+        ("users", fakes.users, users_pb2, "UsersService", register_users),
         (
             "recommendations",
             fakes.recommendations,

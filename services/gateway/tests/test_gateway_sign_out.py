@@ -21,7 +21,7 @@ from shopmesh_chassis.testing import eventually
 from shopmesh_gateway.coalesced import FAILED_FETCH_BACKOFF_SECONDS
 from shopmesh_gateway.sign_outs import TOKEN_REVOKED, TokenCutoffs
 
-from .gateway_fakes import Fakes, fakes_serving
+from .gateway_fakes import USERS_METHODS_BEFORE_SIGN_OUT, Fakes, fakes_serving
 from .gateway_serving import bearer, serving_gateway
 
 if TYPE_CHECKING:
@@ -312,3 +312,23 @@ async def test_users_unreachable_for_the_cutoff_fails_open_or_closed_as_set() ->
             refused = await refusal(notifications(shop, token))
             assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
             assert refused.retry_delay_seconds is not None
+
+
+async def test_a_users_of_a_release_without_sign_out_makes_sign_out_unavailable_and_signed_in_calls_go_on() -> None:
+    """During users' rollout to users_0004 (or after a rollback past it) a pod of the older release answers
+    SignOut and GetTokenCutoff with gRPC's own UNIMPLEMENTED: users unavailable for the call, not a fault of the
+    gateway's (it was INTERNAL, HTTP 500, counted as the gateway's error); the cutoff fails open as for any
+    users outage."""
+    async with fakes_serving(users_methods=USERS_METHODS_BEFORE_SIGN_OUT) as fakes, gateway(fakes) as shop:
+        token = fakes.users.key.token("usr_ann")
+        refused = await refusal(shop.SignOut(shop_pb2.SignOutRequest(), metadata=bearer(token)))
+        assert refused.error_info is not None
+        assert (refused.code, refused.reason, refused.error_info.domain, dict(refused.error_info.metadata)) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "DEPENDENCY_UNAVAILABLE",
+            "shopmesh.gateway",
+            {"dependency": "users"},
+        )
+        assert refused.retry_delay_seconds is not None
+        assert fakes.users.cutoffs == {}, "nothing revoked"
+        await notifications(shop, token)

@@ -262,12 +262,17 @@ def answered_a_retry(error: grpc.aio.AioRpcError) -> bool:
     return any(key == RETRIED_ANSWER for key, _ in error.trailing_metadata() or ())
 
 
-def relayed(dependency: str, error: grpc.aio.AioRpcError) -> Exception:
+def relayed(dependency: str, error: grpc.aio.AioRpcError, *, method_is_new: bool = False) -> Exception:
     """What a server relaying `dependency`'s answers (a backend-for-frontend, a proxy: the gateway) raises
     for a failed call to it: a replay of the dependency's status byte for byte (its retries spent when
     `answered_a_retry`), UNAVAILABLE
     (`dependency_unavailable`) for a transient failure no dependency reported, or `error` itself (a status
-    without details that no contract promises, which the server interceptor logs and answers as INTERNAL)."""
+    without details that no contract promises, which the server interceptor logs and answers as INTERNAL).
+
+    `method_is_new`: the method called came in a release of `dependency` that its pods may not all run yet (its
+    rollout, or a rollback past it), so an UNIMPLEMENTED without details (gRPC's "Method not found!") is one
+    of the older pods answering, UNAVAILABLE like a dependency away: another pod, or the rollout's end, serves
+    the call. Otherwise it stays a fault (a method every release has, missing: a broken peer or proxy)."""
     details = details_of(error)
     # The caller's own channel made it up (circuit open, inbound deadline passed): the dependency said nothing.
     made_here = details.error_info is not None and details.error_info.domain == CHASSIS_DOMAIN
@@ -288,7 +293,7 @@ def relayed(dependency: str, error: grpc.aio.AioRpcError) -> Exception:
             shed=_shed(error, details),
             retries_spent=error.code() in TRANSIENT_CODES and answered_a_retry(error),
         )
-    if error.code() in TRANSIENT_CODES:
+    if error.code() in TRANSIENT_CODES or (method_is_new and error.code() is grpc.StatusCode.UNIMPLEMENTED):
         return dependency_unavailable(dependency, error)
     return error
 
@@ -304,13 +309,13 @@ def _shed(error: grpc.aio.AioRpcError, details: ErrorDetails) -> bool:
 
 
 @contextlib.contextmanager
-def relaying(dependency: str) -> Iterator[None]:
-    """Wraps calls to `dependency` so that a failed call raises what `relayed` says, for the server
-    interceptor to answer."""
+def relaying(dependency: str, *, method_is_new: bool = False) -> Iterator[None]:
+    """Wraps calls to `dependency` so that a failed call raises what `relayed` says (`method_is_new` too),
+    for the server interceptor to answer."""
     try:
         yield
     except grpc.aio.AioRpcError as error:
-        answer = relayed(dependency, error)
+        answer = relayed(dependency, error, method_is_new=method_is_new)
         if answer is error:
             raise
         raise answer from None

@@ -62,8 +62,10 @@ class UsersClient:
         return response.user.email
 
     async def sign_out(self, user_id: str) -> float:
-        """Revoke the user's tokens issued so far; the new cutoff (seconds since the epoch)."""
-        with relaying("users"):
+        """Revoke the user's tokens issued so far; the new cutoff (seconds since the epoch). UNAVAILABLE when
+        users' pod is of a release before SignOut (users_0004's), as when users does not answer: nothing is
+        revoked, and another pod, or the rollout's end, takes it."""
+        with relaying("users", method_is_new=True):
             response = await self._stub.SignOut(
                 users_pb2.SignOutRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
             )

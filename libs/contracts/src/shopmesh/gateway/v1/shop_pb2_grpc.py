@@ -135,7 +135,8 @@ class ShopServiceServicer:
         the same second, gets a token that works.
 
         Errors: UNAUTHENTICATED (a token already revoked, expired or invalid:
-        the session is over either way), UNAVAILABLE (users did not answer:
+        the session is over either way), UNAVAILABLE (users did not answer,
+        or, during its rollout, a users of a release without SignOut did:
         nothing is known to be revoked; retry).
 
         Not idempotent (no idempotency_level), though safe to repeat: sent again

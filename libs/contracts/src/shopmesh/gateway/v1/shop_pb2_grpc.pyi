@@ -119,7 +119,8 @@ class ShopServiceStub:
     the same second, gets a token that works.
 
     Errors: UNAUTHENTICATED (a token already revoked, expired or invalid:
-    the session is over either way), UNAVAILABLE (users did not answer:
+    the session is over either way), UNAVAILABLE (users did not answer,
+    or, during its rollout, a users of a release without SignOut did:
     nothing is known to be revoked; retry).
 
     Not idempotent (no idempotency_level), though safe to repeat: sent again
@@ -311,7 +312,8 @@ class ShopServiceAsyncStub(ShopServiceStub):
     the same second, gets a token that works.
 
     Errors: UNAUTHENTICATED (a token already revoked, expired or invalid:
-    the session is over either way), UNAVAILABLE (users did not answer:
+    the session is over either way), UNAVAILABLE (users did not answer,
+    or, during its rollout, a users of a release without SignOut did:
     nothing is known to be revoked; retry).
 
     Not idempotent (no idempotency_level), though safe to repeat: sent again
@@ -518,7 +520,8 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         the same second, gets a token that works.
 
         Errors: UNAUTHENTICATED (a token already revoked, expired or invalid:
-        the session is over either way), UNAVAILABLE (users did not answer:
+        the session is over either way), UNAVAILABLE (users did not answer,
+        or, during its rollout, a users of a release without SignOut did:
         nothing is known to be revoked; retry).
 
         Not idempotent (no idempotency_level), though safe to repeat: sent again
