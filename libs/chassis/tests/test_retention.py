@@ -25,8 +25,8 @@ from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import DeferredJetStream, ensure_stream
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
-from shopmesh_chassis.tables import metadata, outbox_events, processed_events
-from shopmesh_chassis.testing import eventually, schema_differences
+from shopmesh_chassis.tables import outbox_events, processed_events
+from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
 from .consumer_kit import consumer, record, scratch, until_applied
@@ -329,10 +329,6 @@ def test_event_ids_may_be_kept_for_ever_whatever_the_streams_max_age() -> None:
             EventSettings, service_name="svc", nats_stream_max_age_seconds=max_age, processed_events_retention_seconds=0
         )
         assert settings.processed_events_retention_seconds == 0
-
-
-async def test_the_chassis_migrations_build_its_tables_and_indexes(either_db: Database) -> None:
-    assert await schema_differences(either_db, metadata) == []
 
 
 async def test_a_consumer_starting_keeps_the_ids_its_streams_max_age_needs_from_its_first_purge(

@@ -45,7 +45,7 @@ from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
-from shopmesh_chassis.testing import cut_off_midway, eventually, schema_differences, serve_in_process
+from shopmesh_chassis.testing import cut_off_midway, eventually, serve_in_process
 from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_chassis.testing.postgres import WAITING_ON_A_LOCK
 from shopmesh_notifications.application import NotificationsApplication
@@ -58,7 +58,6 @@ from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_notifications.sender import NotificationSender
 from shopmesh_notifications.settings import NotificationsSettings
 from shopmesh_notifications.store.repository import NotificationRepository
-from shopmesh_notifications.store.tables import metadata
 from shopmesh_notifications.transport import DESCRIPTOR, NotificationsServicer
 from shopmesh_notifications.wiring import build_consumer, build_sender, retry_policy
 from shopmesh_platform.smtp_sink import MailFolder, SmtpSink, read_mail, start_sink
@@ -874,11 +873,6 @@ async def test_a_mail_server_refusing_our_credentials_is_retried_not_failed_for_
     finally:
         server.close()
         await server.wait_closed()
-
-
-async def test_the_migrations_build_the_tables_and_indexes_the_store_declares(database: Database) -> None:
-    # The late confirmation's look for its order's cancellation relies on ix_notifications_order.
-    assert await schema_differences(database, metadata) == []
 
 
 @pytest.mark.parametrize(
