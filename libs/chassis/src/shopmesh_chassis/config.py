@@ -181,7 +181,8 @@ class ServiceSettings(RuntimeSettings):
 
     @property
     def handler_limit(self) -> int | None:
-        """The calls admitted into handlers at once (GRPC_MAX_CONCURRENT_RPCS), None for unbounded (0)."""
+        """The calls admitted into handlers at once (GRPC_MAX_CONCURRENT_RPCS), streams included and at most a
+        tenth of them (server_interceptor.STREAMS_SHARE), None for unbounded (0)."""
         return self.grpc_max_concurrent_rpcs or None
 
     @property

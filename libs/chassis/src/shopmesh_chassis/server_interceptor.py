@@ -120,6 +120,16 @@ _RETRIED = ((RETRIED_ANSWER, "1"),)
 # How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
 SHED_RETRY_AFTER_SECONDS = 0.1
 
+# Streaming calls (health Watch, reflection) count against the in-flight limit as unary ones do, and may hold
+# at most 1/STREAMS_SHARE of it (at least one): a Watch holds its place for its whole life, so without a share
+# of their own, watchers opened by the hundred would shed every unary call. Watchers are few (a client-side
+# health checker per client subchannel; kubelets and meshes probe with Check, never shed), so 100 of the
+# default 1,000 is ample, and the other 900 stay the unary calls'.
+STREAMS_SHARE = 10
+
+# go-grpc-prometheus' grpc_type of each kind of streaming method.
+_SERVER_STREAM, _CLIENT_STREAM, _BIDI_STREAM = "server_stream", "client_stream", "bidi_stream"
+
 
 class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
@@ -142,12 +152,20 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         # refuses health checks too, sends no ErrorInfo / RetryInfo, and runs before any interceptor, so
         # the refused calls are missing from the metrics.
         self._max_in_flight = max_in_flight
+        self._max_streams = None if max_in_flight is None else max(1, max_in_flight // STREAMS_SHARE)
+        # Every call admitted (streams too), and the streams among them.
         self._in_flight = 0
+        self._streams = 0
 
     @property
     def max_in_flight(self) -> int | None:
         """The calls this interceptor admits into handlers at once (None: unbounded)."""
         return self._max_in_flight
+
+    @property
+    def max_streams(self) -> int | None:
+        """How many of those may be streaming calls (None: unbounded)."""
+        return self._max_streams
 
     async def intercept_service(
         self,
@@ -167,7 +185,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.request_streaming or handler.response_streaming:
-            return self._wrap_streaming(handler)
+            return self._wrap_streaming(method, handler)
         if handler.unary_unary is None:
             return handler
         behavior = cast(UnaryBehavior, handler.unary_unary)
@@ -214,9 +232,11 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap_streaming(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        """A streaming method's handler, its requests parsed and checked as a unary call's are (health Watch,
-        reflection: shopmesh's own APIs are unary, so spans, metrics and shedding are for those only).
+    def _wrap_streaming(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """A streaming method's handler, its requests parsed and checked as a unary call's are, and the call
+        counted against the in-flight limit, shed past it or past the streams' share of it as a unary call is
+        (health Watch, reflection: shopmesh's own APIs are unary, so spans and the other metrics are for those
+        only; a stream's length says nothing of the server's speed).
 
         grpcio answered a request that is no message UNKNOWN, naming the parser's exception, with no details;
         and a Watch of a name with a NUL went unrefused (Check's request is checked like any unary one). A
@@ -264,22 +284,31 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                     raise unsent.failure from None
 
         # Each kind of streaming handler, rebuilt around its behavior: one request message, or an iterator of them.
-        kinds: list[tuple[Any, Callable[..., grpc.RpcMethodHandler[Any, Any]], bool]] = [
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, False),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, True),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, True),
+        kinds: list[tuple[Any, Callable[..., grpc.RpcMethodHandler[Any, Any]], bool, str]] = [
+            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, False, _SERVER_STREAM),
+            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, True, _CLIENT_STREAM),
+            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, True, _BIDI_STREAM),
         ]
-        picked = next(((behavior, rebuilt, many) for behavior, rebuilt, many in kinds if behavior is not None), None)
+        picked = next((kind for kind in kinds if kind[0] is not None), None)
         if picked is None:
             return handler
-        behavior, rebuilt, streams_in = picked
+        behavior, rebuilt, streams_in, rpc_type = picked
         inner = cast(StreamingBehavior, behavior)
+        metrics = self._metrics.for_method(method, rpc_type) if self._max_in_flight is not None else None
 
         async def wrapped(received: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            # Parsed inside `answered`, so that a refused request is answered as one.
-            return await answered(
-                lambda: inner(each_checked(received) if streams_in else checked(received), context), context
-            )
+            if metrics is not None and not self._admit(stream=True):
+                return await self._shed_stream(metrics, context)
+            try:
+                # Parsed inside `answered`, so that a refused request is answered as one.
+                return await answered(
+                    lambda: inner(each_checked(received) if streams_in else checked(received), context), context
+                )
+            finally:
+                # Once the handler has returned, its ending included (a reset stream's too): the bound on
+                # handlers a rapid reset leaves running holds for streams as for unary calls.
+                if metrics is not None:
+                    self._release(stream=True)
 
         return rebuilt(wrapped, response_serializer=serialize)
 
@@ -301,7 +330,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         metrics.in_flight.inc()
         code = grpc.StatusCode.OK
         start = time.perf_counter()
-        admitted = not limited or self._admit()
+        admitted = not limited or self._admit(stream=False)
         # Shed: here, by the handler (an errors.Overloaded), or by a dependency whose answer is
         # relayed (a ReplayedError `shed=True`: it came marked SHED_ANSWER or, unmarked, RESOURCE_EXHAUSTED
         # SERVER_OVERLOADED, a release before the marker: grpc_errors' `_shed`): the server's failure, under a
@@ -312,11 +341,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         try:
             try:
                 if not admitted:
-                    raise errors.Overloaded(
-                        f"the server is handling its limit of {self._max_in_flight} calls; retry shortly",
-                        reason=errors.SERVER_OVERLOADED,
-                        retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
-                    )
+                    raise self._overloaded(stream=False)
                 if parse is not None:
                     request = _parsed(parse, request)
                 check_no_nul(request)
@@ -413,7 +438,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
             if limited and admitted:
-                self._in_flight -= 1
+                self._release(stream=False)
             metrics.in_flight.dec()
             metrics.handling.observe(time.perf_counter() - start)
             metrics.handled(code).inc()
@@ -427,12 +452,44 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 elif shed:
                     span.set_status(trace.StatusCode.ERROR, shed_reason)
 
-    def _admit(self) -> bool:
-        """Take a slot of the in-flight limit, or say there is none (the loop is one thread: no lock)."""
+    def _admit(self, *, stream: bool) -> bool:
+        """Take a slot of the in-flight limit (a stream: of the streams' share of it too), or say there is none
+        (the loop is one thread: no lock)."""
         if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
             return False
+        if stream and self._max_streams is not None and self._streams >= self._max_streams:
+            return False
         self._in_flight += 1
+        self._streams += stream
         return True
+
+    def _release(self, *, stream: bool) -> None:
+        self._in_flight -= 1
+        self._streams -= stream
+
+    def _overloaded(self, *, stream: bool) -> errors.Overloaded:
+        """The refusal of a call `_admit` did not admit, naming the limit it met."""
+        if stream and self._max_streams is not None and self._streams >= self._max_streams:
+            limit = f"its limit of {self._max_streams} streaming calls"
+        else:
+            limit = f"its limit of {self._max_in_flight} calls"
+        return errors.Overloaded(
+            f"the server is handling {limit}; retry shortly",
+            reason=errors.SERVER_OVERLOADED,
+            retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
+        )
+
+    async def _shed_stream(self, metrics: MethodMetrics, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Refuse a streaming call as a unary one is shed: the same answer, counted started, handled
+        RESOURCE_EXHAUSTED and shed (ShopmeshServerErrors reads a method's shed calls against its handled ones)."""
+        metrics.started.inc()
+        metrics.handled(grpc.StatusCode.RESOURCE_EXHAUSTED).inc()
+        metrics.shed.inc()
+        status = to_grpc_status(to_rpc_status(self._overloaded(stream=True), self._domain))
+        try:
+            await self._abort(context, status, shed=True)
+        except _Unsent as unsent:
+            raise unsent.failure from None
 
     async def _dependency_failed(
         self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: grpc.aio.AioRpcError
