@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import hmac
+import sqlite3
 import stat
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -134,8 +137,8 @@ async def test_the_requests_check_is_passed_by_for_an_outcome_stored_after_the_f
     store: IdempotencyStore, db: Database, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The look without the lock finds nothing, then another attempt (an older pod in a rolling update)
-    completes the request under the same key before the lock is taken: its outcome is replayed, the
-    tightened rules not applied to it."""
+    completes the request under the same key before the check refuses it: its outcome is replayed, the
+    tightened rules' refusal giving way to it (a second look, as lock-free as the first)."""
     other = IdempotencyStore(db, "shopmesh.test", fingerprint=FINGERPRINT, clock=clock)
     real_read = db.read
     completed_elsewhere = False
@@ -158,8 +161,90 @@ async def test_the_requests_check_is_passed_by_for_an_outcome_stored_after_the_f
 
     replayed = await run(store, "k1", request("a\nb"), effect("again"), refuse)
     assert completed_elsewhere
-    assert (replayed, checked) == ("a\nb", [])
+    assert (replayed, checked) == ("a\nb", ["refused"])
     assert await count_effects(db) == 1
+
+
+# How long the lock's holder keeps it at most: only a refusal that waits for the lock meets the bound.
+LOCK_HELD_AT_MOST_SECONDS = 30.0
+
+
+@asynccontextmanager
+async def writer_of_this_service(db: Database, refused: asyncio.Event) -> AsyncIterator[list[bool]]:
+    """The service's own writer in a transaction (the refusal queues behind it on the writer lock), holding it
+    until the refusal has arrived, or the bound; yields whether it gave it up because the refusal arrived."""
+    held, released_after_refusal = asyncio.Event(), []
+
+    async def hold() -> None:
+        async with db.transaction():
+            held.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(refused.wait(), timeout=LOCK_HELD_AT_MOST_SECONDS)
+            released_after_refusal.append(refused.is_set())
+
+    holder = asyncio.ensure_future(hold())
+    try:
+        await asyncio.wait_for(held.wait(), timeout=LOCK_HELD_AT_MOST_SECONDS)
+        yield released_after_refusal
+    finally:
+        await asyncio.wait_for(holder, timeout=LOCK_HELD_AT_MOST_SECONDS * 2)
+
+
+@asynccontextmanager
+async def writer_of_another_process(db: Database, refused: asyncio.Event) -> AsyncIterator[list[bool]]:
+    """Another connection to the file (a second process, an operator's sqlite3) in BEGIN IMMEDIATE, in a thread
+    of its own: a BEGIN IMMEDIATE of the service waits in SQLite's busy handler, and fails "database is locked"
+    after its busy timeout."""
+    path = db.address
+    held, arrived, released_after_refusal = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            held.set()
+            arrived.wait(timeout=LOCK_HELD_AT_MOST_SECONDS)
+            released_after_refusal.append(arrived.is_set())
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+
+    holder = asyncio.ensure_future(asyncio.to_thread(hold))
+    assert await asyncio.to_thread(held.wait, LOCK_HELD_AT_MOST_SECONDS), "the other connection took no lock"
+    # The refusal arrives on the loop; the holder waits in its thread.
+    waiter = asyncio.ensure_future(refused.wait())
+    waiter.add_done_callback(lambda _: arrived.set())
+    try:
+        yield released_after_refusal
+    finally:
+        arrived.set()
+        waiter.cancel()
+        await asyncio.wait_for(holder, timeout=LOCK_HELD_AT_MOST_SECONDS * 2)
+
+
+@pytest.mark.parametrize("blank_db", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("holder", [writer_of_this_service, writer_of_another_process])
+async def test_a_request_its_check_refuses_is_answered_without_waiting_for_the_write_lock(
+    store: IdempotencyStore, db: Database, holder: Callable[..., Any]
+) -> None:
+    """A refusal reads, and never writes: with the write lock held elsewhere (a long write of the service, or
+    another connection to the file), a malformed request with a fresh key gets its INVALID_ARGUMENT while the
+    lock is still held. Checked under the lock, it waited for it (behind every queued writer) and, with the
+    lock held past SQLite's busy timeout, failed with "database is locked" instead."""
+    refused = asyncio.Event()
+
+    def refuse() -> None:
+        raise errors.InvalidArgument("refused", [errors.FieldViolation("value", "bad", "INVALID_CHARACTERS")])
+
+    async with holder(db, refused) as released_after_refusal:
+        with pytest.raises(errors.InvalidArgument) as caught:
+            await asyncio.wait_for(
+                run(store, "fresh", request("a\nb"), effect(), refuse), LOCK_HELD_AT_MOST_SECONDS * 2
+            )
+        refused.set()
+    assert caught.value.violations[0].reason == "INVALID_CHARACTERS"
+    assert released_after_refusal == [True], "the lock was given up before the refusal came"
+    assert await count_effects(db) == 0
 
 
 async def test_missing_key_is_invalid_argument(store: IdempotencyStore) -> None:

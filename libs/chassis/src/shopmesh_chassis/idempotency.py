@@ -5,8 +5,8 @@
 - same key while the first request still runs → ABORTED, reason IDEMPOTENCY_KEY_IN_USE;
 - keys are scoped per caller and method and kept at least `retention` (default 48 h);
 - a request's own rules (`check`) are applied only when there is no outcome to replay, before the key is
-  claimed: a retry of a request a release with looser rules accepted replays its answer, and a request the
-  rules refuse takes no key.
+  claimed and without the write lock: a retry of a request a release with looser rules accepted replays its
+  answer, a request the rules refuse takes no key, and its refusal never waits for another's write.
 
 The operation runs in the same database transaction that stores its outcome, so the effect and the
 record commit together or not at all. A claim carries a lease: when the process dies mid-operation,
@@ -228,7 +228,8 @@ class IdempotencyStore:
         check: Callable[[], object] = _no_check,
     ) -> ResponseT:
         """Run `operation` at most once per (scope, key); replay its outcome to every retry. `check` validates
-        the request (raising a domain error) when no outcome is stored under the key, before it is claimed."""
+        the request (raising a domain error) when no outcome is stored under the key, before it is claimed: a
+        pure function of the request, for it runs outside any transaction."""
         key = validate_key(key)
         scope = await self._scope_of(method, key)
         fingerprint = self._fingerprint(request)
@@ -314,26 +315,29 @@ class IdempotencyStore:
         """Take the key under `token` (returns None) or return the completed record to replay; raise
         otherwise."""
         now = self._clock()
+        this_key = {"b_scope": scope, "b_key": key}
         # A look without the write lock first: a retry of a finished or running request is answered at
         # once instead of queueing behind the writer (on SQLite, the very request it duplicates).
-        this_key = {"b_scope": scope, "b_key": key}
-        async with self._db.read() as session:
-            seen = (await session.execute(_FIND, this_key)).one_or_none()
-        if seen is not None and as_utc(seen.created_at) >= now - self._retention:
-            self._check_same_request(seen, fingerprint)
-            if seen.state == COMPLETED:
+        seen = await self._look(this_key, fingerprint, now)
+        if seen is not None:
+            return seen
+        try:
+            check()
+        except errors.DomainError:
+            # Refused without the write lock: under it, the refusal queued behind every writer and, on SQLite
+            # with the lock held past its busy timeout, failed "database is locked" instead. But the rules may
+            # have tightened since a release that accepted the request, and its outcome may have been stored
+            # since the look above (an older pod completing it in a rolling update): refusing that retry
+            # would turn a request already done into one refused on every try, so a second look replays
+            # what is there now (or answers IN_USE while it runs). Nothing was written: no key taken.
+            seen = await self._look(this_key, fingerprint, self._clock())
+            if seen is not None:
                 return seen
-            if as_utc(seen.locked_until) > now:
-                raise _in_use()
+            raise
         try:
             async with self._db.transaction() as session:
                 row = (await session.execute(_FIND_FOR_UPDATE, this_key)).one_or_none()
                 if row is None or as_utc(row.created_at) < now - self._retention:
-                    # Under the lock, not before it: the rules may have tightened since a release that accepted
-                    # the request stored its outcome, and that outcome may have been stored since the look
-                    # above (an older pod completing it in a rolling update); refusing its retry would turn a
-                    # request already done into one refused on every try. A refusal rolls back: no key taken.
-                    check()
                     if row is not None:
                         await session.execute(_DELETE, this_key)
                     await session.execute(
@@ -357,13 +361,27 @@ class IdempotencyStore:
                 # The lease ran out and the claim is not locked by a running operation (on PostgreSQL this
                 # waited for it): its process died, or has not begun the operation and will find the
                 # claim no longer its own.
-                check()
                 log.warning("taking over an idempotency key whose lease ran out", extra={"scope": scope})
                 await session.execute(_UPDATE, {**this_key, "locked_until": now + self._lease, "claim_token": token})
                 return None
         except IntegrityError:
             # Another request inserted the same key between our read and our insert (PostgreSQL).
             raise _in_use() from None
+
+    async def _look(self, this_key: Mapping[str, str], fingerprint: str, now: datetime) -> Any | None:
+        """The key's completed record to replay, read without the write lock; IDEMPOTENCY_KEY_REUSED for
+        another request's, IN_USE while its claim's lease runs; None when there is nothing (or a claim whose
+        lease ran out) under the key."""
+        async with self._db.read() as session:
+            seen = (await session.execute(_FIND, this_key)).one_or_none()
+        if seen is None or as_utc(seen.created_at) < now - self._retention:
+            return None
+        self._check_same_request(seen, fingerprint)
+        if seen.state == COMPLETED:
+            return seen
+        if as_utc(seen.locked_until) > now:
+            raise _in_use()
+        return None
 
     @staticmethod
     def _check_same_request(row: Any, fingerprint: str) -> None:
