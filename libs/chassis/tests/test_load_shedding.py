@@ -1,6 +1,9 @@
 """GRPC_MAX_CONCURRENT_RPCS: a server at its limit sheds new calls at once instead of queueing them, with
 the chassis' error details and metrics (counted as shed, apart from a rate limit's RESOURCE_EXHAUSTED), and
-never sheds a health check."""
+never sheds a health check. Streaming calls (health Watch, reflection) count against it too, at most a tenth of
+it (at least one), and are shed past that as unary calls are while unary calls are still served: the
+interceptor passed streams through uncounted, so with gRPC core's overload protection off, streams opened and
+reset at will (HTTP/2 rapid reset) left handlers running past any bound."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,14 +25,17 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.config import DEFAULT_MAX_CONCURRENT_RPCS, ConfigError, load_settings
 from shopmesh_chassis.grpc_errors import answered_shed, details_of, relaying
 from shopmesh_chassis.server import ChassisServer
-from shopmesh_chassis.server_interceptor import SHED_RETRY_AFTER_SECONDS
+from shopmesh_chassis.server_interceptor import SHED_RETRY_AFTER_SECONDS, STREAMS_SHARE
 from shopmesh_chassis.testing import eventually, health_status, serve_in_process
 from shopmesh_chassis.testing.sample_service import SampleServicer, SampleSettings, binding
 
-from .conftest import ECHO, Holding, sample_settings
+from .conftest import ECHO, Holding, held_in_handlers, sample, sample_settings
 
 LIMIT = 2
-SLOW = sample_pb2.EchoRequest(message="slow")
+# How many of the LIMIT calls may be streams.
+STREAMS = max(1, LIMIT // STREAMS_SHARE)
+WATCH = {"grpc_type": "server_stream", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Watch"}
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 FAIL = {**ECHO, "grpc_method": "Fail"}
 RELAY = {**ECHO, "grpc_method": "Relay"}
 # The sample service answers this as a rate limit does: RESOURCE_EXHAUSTED, reason RATE_LIMITED.
@@ -64,36 +71,9 @@ class Relaying(SampleServicer):
 
 
 @pytest.fixture
-def holding() -> Holding:
-    """Holds each SLOW call: the server stays full for as long as a test needs, however slowly it runs."""
-    return Holding(SLOW.message)
-
-
-@pytest.fixture
 async def limited(holding: Holding) -> AsyncIterator[ChassisServer]:
     async with serve_in_process(sample_settings(grpc_max_concurrent_rpcs=LIMIT), [binding(holding)]) as s:
         yield s
-
-
-def sample(server: ChassisServer, name: str, method: dict[str, str] = ECHO, **labels: str) -> float:
-    return server.metrics.registry.get_sample_value(name, {**method, **labels}) or 0.0
-
-
-async def at_the_limit(
-    server: ChassisServer, stub: sample_pb2_grpc.SampleServiceStub
-) -> list[asyncio.Future[sample_pb2.EchoResponse]]:
-    """LIMIT held calls, returned once all of them are in their handler (the server is full)."""
-    busy = [asyncio.ensure_future(stub.Echo(SLOW, timeout=30)) for _ in range(LIMIT)]
-
-    def all_in_their_handler() -> bool:
-        for call in busy:
-            if call.done():
-                # Refused on the way in (a slot an earlier call never gave back): its error, at once.
-                raise AssertionError(f"a held call ended: {call.result()}")
-        return sample(server, "grpc_server_in_flight_requests") == LIMIT
-
-    await eventually(all_in_their_handler, "the held calls in their handler")
-    return busy
 
 
 async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_rest_complete(
@@ -101,7 +81,7 @@ async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_res
 ) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
-        busy = await at_the_limit(limited, stub)
+        busy = await held_in_handlers(limited, stub, LIMIT)
 
         refused = stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -130,18 +110,23 @@ async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_res
     )
 
 
-async def test_health_checks_are_answered_while_the_server_is_at_its_limit(
+async def test_health_checks_are_answered_while_the_server_is_at_its_limit_and_a_watch_is_shed(
     limited: ChassisServer, holding: Holding
 ) -> None:
+    """A Watch is a handler like any other: one bound for every handler of the replica, streams no way around
+    it. Check, what probes ask, is never shed."""
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
-        busy = await at_the_limit(limited, stub)
+        busy = await held_in_handlers(limited, stub, LIMIT)
         # A kubelet probe refused here would restart a pod for being busy.
         for _ in range(3):
             assert await health_status(limited.address, timeout=5) == health_pb2.HealthCheckResponse.SERVING
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        assert_shed(await refusal_of(health.Watch(health_pb2.HealthCheckRequest(), timeout=10)))
         assert not any(call.done() for call in busy)
         holding.release.set()
         await asyncio.gather(*busy)
+        (await open_watch(health)).cancel()
 
 
 async def test_failed_calls_give_their_slot_back(limited: ChassisServer, holding: Holding) -> None:
@@ -151,7 +136,7 @@ async def test_failed_calls_give_their_slot_back(limited: ChassisServer, holding
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Fail(sample_pb2.FailRequest(kind=kind), timeout=30)
         # All LIMIT slots at once: one kept by a failed call would shed one of these (RESOURCE_EXHAUSTED).
-        busy = await at_the_limit(limited, stub)
+        busy = await held_in_handlers(limited, stub, LIMIT)
         holding.release.set()
         assert [a.message for a in await asyncio.gather(*busy)] == ["slow"] * LIMIT
 
@@ -160,7 +145,7 @@ async def test_a_caller_of_a_shedding_server_answers_its_own_caller_unavailable_
     limited: ChassisServer, holding: Holding, stub: sample_pb2_grpc.SampleServiceStub
 ) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
-        busy = await at_the_limit(limited, sample_pb2_grpc.SampleServiceStub(channel))
+        busy = await held_in_handlers(limited, sample_pb2_grpc.SampleServiceStub(channel), LIMIT)
         # `stub` is another chassis server whose Relay handler calls the shedding one and does not catch.
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Relay(sample_pb2.RelayRequest(target=limited.address, echo=sample_pb2.EchoRequest(message="x")))
@@ -180,7 +165,7 @@ async def test_a_shed_call_is_counted_as_shed_and_a_rate_limited_one_is_not(
     availability SLO and ShopmeshServerErrors count from shopmesh_grpc_server_shed_total."""
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
-        busy = await at_the_limit(limited, stub)
+        busy = await held_in_handlers(limited, stub, LIMIT)
         # Before any call is shed, the method's shed series is there at 0 (rate() misses a first increment).
         assert limited.metrics.registry.get_sample_value("shopmesh_grpc_server_shed_total", ECHO) == 0
         with pytest.raises(grpc.aio.AioRpcError) as shed:
@@ -217,7 +202,7 @@ async def test_a_shed_calls_server_span_is_an_error_and_a_rate_limited_ones_is_n
             grpc.aio.insecure_channel(server.address) as channel,
         ):
             stub = sample_pb2_grpc.SampleServiceStub(channel)
-            busy = await at_the_limit(server, stub)
+            busy = await held_in_handlers(server, stub, LIMIT)
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
             holding.release.set()
@@ -249,7 +234,7 @@ async def test_a_shed_answer_is_marked_shed_for_a_relay_and_a_rate_limited_one_i
 ) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
-        busy = await at_the_limit(limited, stub)
+        busy = await held_in_handlers(limited, stub, LIMIT)
         with pytest.raises(grpc.aio.AioRpcError) as shed:
             await stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
         holding.release.set()
@@ -339,3 +324,83 @@ async def test_grpc_max_concurrent_rpcs_0_leaves_handlers_unbounded_and_a_negati
     monkeypatch.setenv("GRPC_MAX_CONCURRENT_RPCS", "-1")
     with pytest.raises(ConfigError, match=r"^invalid configuration: GRPC_MAX_CONCURRENT_RPCS="):
         load_settings(SampleSettings, grpc_port=0, metrics_port=-1)
+
+
+async def open_watch(health: Any) -> Any:
+    """A Watch in its handler: its first status read."""
+    watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    return watch
+
+
+async def refusal_of(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in call:
+            pass
+    # Trailers-only, like every error of the chassis.
+    assert not await call.initial_metadata()
+    return refused.value
+
+
+def assert_shed(error: grpc.aio.AioRpcError) -> None:
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, error
+    details = details_of(error)
+    assert details.reason == "SERVER_OVERLOADED"
+    assert details.retry_delay_seconds == pytest.approx(SHED_RETRY_AFTER_SECONDS)
+    assert answered_shed(error)
+
+
+async def test_streams_past_their_share_of_the_limit_are_shed_as_unary_calls_are_and_unary_calls_still_served(
+    limited: ChassisServer, holding: Holding
+) -> None:
+    assert limited.interceptor.max_streams == STREAMS >= 1
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        watches = [await open_watch(health) for _ in range(STREAMS)]
+
+        assert_shed(await refusal_of(health.Watch(health_pb2.HealthCheckRequest(), timeout=10)))
+        reflection = channel.stream_stream(
+            REFLECTION,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        assert_shed(await refusal_of(reflection(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
+        await eventually(
+            lambda: (
+                sample(limited, "shopmesh_grpc_server_shed_total", WATCH) == 1
+                and sample(limited, "grpc_server_handled_total", WATCH, grpc_code="RESOURCE_EXHAUSTED") == 1
+            ),
+            "the refused Watch counted shed",
+        )
+
+        # The watchers starve no unary call: the rest of the limit is theirs, and one more is shed.
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        unary = LIMIT - STREAMS
+        busy = await held_in_handlers(limited, stub, unary)
+        with pytest.raises(grpc.aio.AioRpcError) as one_more:
+            await stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
+        assert_shed(one_more.value)
+
+        # A stream ended gives its place back: once its handler has returned, a Watch is taken again...
+        holding.release.set()
+        await asyncio.wait_for(asyncio.gather(*busy), timeout=60)
+        watches.pop().cancel()
+        await eventually(_watch_taken(health), "a Watch served once one ended")
+    await eventually(
+        lambda: sample(limited, "shopmesh_grpc_server_shed_total", ECHO) == 1, "the refused Echo counted shed"
+    )
+
+
+def _watch_taken(health: Any) -> Any:
+    async def taken() -> bool:
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        try:
+            await watch.read()
+        except grpc.aio.AioRpcError as refused:
+            assert_shed(refused)
+            return False
+        finally:
+            watch.cancel()
+        return True
+
+    return taken
