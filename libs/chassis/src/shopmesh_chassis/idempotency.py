@@ -337,6 +337,8 @@ class IdempotencyStore:
         try:
             async with self._db.transaction() as session:
                 row = (await session.execute(_FIND_FOR_UPDATE, this_key)).one_or_none()
+                if self._replayable(row, fingerprint, now):
+                    return row
                 if row is None or as_utc(row.created_at) < now - self._retention:
                     if row is not None:
                         await session.execute(_DELETE, this_key)
@@ -353,11 +355,6 @@ class IdempotencyStore:
                         },
                     )
                     return None
-                self._check_same_request(row, fingerprint)
-                if row.state == COMPLETED:
-                    return row
-                if as_utc(row.locked_until) > now:
-                    raise _in_use()
                 # The lease ran out and the claim is not locked by a running operation (on PostgreSQL this
                 # waited for it): its process died, or has not begun the operation and will find the
                 # claim no longer its own.
@@ -374,14 +371,20 @@ class IdempotencyStore:
         lease ran out) under the key."""
         async with self._db.read() as session:
             seen = (await session.execute(_FIND, this_key)).one_or_none()
-        if seen is None or as_utc(seen.created_at) < now - self._retention:
-            return None
-        self._check_same_request(seen, fingerprint)
-        if seen.state == COMPLETED:
-            return seen
-        if as_utc(seen.locked_until) > now:
+        return seen if self._replayable(seen, fingerprint, now) else None
+
+    def _replayable(self, row: Any | None, fingerprint: str, now: datetime) -> bool:
+        """Whether `row`, the key's record, is an outcome to replay; IDEMPOTENCY_KEY_REUSED for another request's,
+        IN_USE while its claim's lease runs; False when there is none, it is past retention, or it is a claim
+        whose lease ran out."""
+        if row is None or as_utc(row.created_at) < now - self._retention:
+            return False
+        self._check_same_request(row, fingerprint)
+        if row.state == COMPLETED:
+            return True
+        if as_utc(row.locked_until) > now:
             raise _in_use()
-        return None
+        return False
 
     @staticmethod
     def _check_same_request(row: Any, fingerprint: str) -> None:
