@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import nats
 from grpc_health.v1 import health_pb2
 
-from shopmesh_chassis.local_stack import STACK_FILE
+from shopmesh_chassis.local_stack import PRIVATE_FILE_MODE, PRIVATE_FOLDER_MODE, STACK_FILE
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform import run
 from shopmesh_platform.topology import SERVICES
@@ -123,10 +124,28 @@ async def test_the_launcher_says_which_wave_it_starts_and_when_it_serves_in_line
         await ctrl_c(process)
 
 
+def readable_by_others(data_dir: Path) -> list[str]:
+    """What under `data_dir` (itself included) is not this user's alone: a file not 0600, a folder not 0700.
+    Links are left out: their mode means nothing (the sockets' one points to a folder mkdtemp made 0700)."""
+    found = []
+    for path in [data_dir, *data_dir.rglob("*")]:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            continue
+        private = PRIVATE_FOLDER_MODE if stat.S_ISDIR(info.st_mode) else PRIVATE_FILE_MODE
+        if stat.S_IMODE(info.st_mode) != private:
+            found.append(f"{path.relative_to(data_dir)} {stat.S_IMODE(info.st_mode):04o}")
+    return found
+
+
 async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_prints_a_call_that_works(
     tmp_path: Path,
 ) -> None:
+    """And everything it writes is this user's alone, as the data directory promises: the sidecars' and the
+    edge's Envoy configurations, the contracts, the certificates and mesh/ itself were 0644 and 0755 (written
+    under the launcher's umask, where only the keys were written 0600)."""
     async with launched(tmp_path / "data", "--services", "catalog", "--mesh", "envoy") as (process, lines):
+        assert readable_by_others(tmp_path / "data") == []
         rows = table_rows(lines)
         assert rows["catalog"]["state"] == "SERVING"
         assert rows["catalog-sidecar"]["state"] == "ready"

@@ -40,6 +40,15 @@ def make_private_folder(folder: Path) -> None:
     folder.chmod(PRIVATE_FOLDER_MODE)
 
 
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write `path` anew, PRIVATE_FILE_MODE from its creation whatever the umask (the launcher's is the user's,
+    usually 022): a file there before (left by an older launcher, 0644) is removed first, not written over."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+
+
 @dataclass(frozen=True)
 class LocalStack:
     """What a running launcher wrote: its process, and the addresses a tool may need (None: not run)."""

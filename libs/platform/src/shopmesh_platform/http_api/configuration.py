@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shopmesh_chassis.local_stack import write_private_file
+
 from ..mesh.envoy import (
     MAX_DOWNSTREAM_CONNECTIONS,
     TRACES_CLUSTER,
@@ -392,5 +394,5 @@ def _metrics_manager() -> dict[str, Any]:
 
 def write_bootstrap(api: HttpApi, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(bootstrap(api), indent=2) + "\n")
+    write_private_file(path, (json.dumps(bootstrap(api), indent=2) + "\n").encode())
     return path

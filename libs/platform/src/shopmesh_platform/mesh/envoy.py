@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shopmesh_chassis.local_stack import make_private_folder, write_private_file
 from shopmesh_chassis.server import MAX_METADATA_BYTES
 
 from ..topology import SidecarPorts
@@ -272,8 +273,8 @@ def heap_monitor_of(max_heap_bytes: int) -> dict[str, Any]:
 
 
 def write_bootstrap(sidecar: Sidecar, identities: MeshIdentities, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(bootstrap(sidecar, identities), indent=2) + "\n")
+    make_private_folder(path.parent)
+    write_private_file(path, (json.dumps(bootstrap(sidecar, identities), indent=2) + "\n").encode())
     return path
 
 

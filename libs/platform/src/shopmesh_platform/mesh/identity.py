@@ -3,14 +3,14 @@
 An SVID is a certificate whose only name is a URI SAN `spiffe://<trust domain>/ns/<namespace>/sa/<service>`,
 the form Istio gives a pod's service account, so the local policy names callers exactly as a cluster's
 does. Keys are ECDSA P-256 (what SPIRE and Istio issue by default). Everything is written under one
-directory, keys readable by the owner only; a new authority is made whenever the mesh starts, so nothing
-outlives the stack that trusts it.
+directory, this user's alone as the rest of the data directory (files 0600, the folder 0700: no other account
+needs the certificates either); a new authority is made whenever the mesh starts, so nothing outlives the
+stack that trusts it.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shopmesh_chassis.local_stack import make_private_folder, write_private_file
 
 TRUST_DOMAIN = "shopmesh.local"
 NAMESPACE = "shopmesh"
@@ -109,7 +111,7 @@ def channel_as(directory: Path, caller: str, callee: str, address: str) -> grpc.
 
 def issue(directory: Path, services: Iterable[str]) -> MeshIdentities:
     """A new authority in `directory`, and an SVID for each of `services` signed by it."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_folder(directory)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name(
@@ -136,7 +138,7 @@ def issue(directory: Path, services: Iterable[str]) -> MeshIdentities:
         .sign(ca_key, hashes.SHA256())
     )
     bundle = bundle_file(directory)
-    bundle.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    write_private_file(bundle, ca.public_bytes(serialization.Encoding.PEM))
     svids = {name: _issue_svid(directory, name, ca, ca_key, now) for name in services}
     return MeshIdentities(bundle=bundle, svids=svids)
 
@@ -170,8 +172,8 @@ def _issue_svid(
         .sign(ca_key, hashes.SHA256())
     )
     svid = svid_files(directory, service)
-    svid.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    _write_private(
+    write_private_file(svid.certificate, certificate.public_bytes(serialization.Encoding.PEM))
+    write_private_file(
         svid.key,
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
@@ -191,10 +193,3 @@ def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.unlink(missing_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(data)

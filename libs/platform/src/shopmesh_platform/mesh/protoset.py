@@ -13,6 +13,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
+from shopmesh_chassis.local_stack import make_private_folder, write_private_file
+
 PROTOSET_FILE = "contracts.binpb"
 
 
@@ -32,8 +34,8 @@ def write_protoset(path: Path, grpc_services: Iterable[str]) -> Path:
     for name in grpc_services:
         add(_service_file(name))
     add(descriptor_pool.Default().FindFileByName(health_pb2.DESCRIPTOR.name))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=list(files.values())).SerializeToString())
+    make_private_folder(path.parent)
+    write_private_file(path, descriptor_pb2.FileDescriptorSet(file=list(files.values())).SerializeToString())
     return path
 
 
