@@ -10,6 +10,7 @@ import stat
 import subprocess
 
 import asyncpg
+import pytest
 
 from shopmesh_chassis.testing.postgres import SUPERUSER, PostgresServer
 
@@ -66,3 +67,15 @@ def test_the_password_file_is_this_accounts_alone_and_lets_psql_in(postgres: Pos
 def test_the_servers_repr_leaves_the_password_out(postgres: PostgresServer) -> None:
     # A failing test's report shows its fixtures' reprs.
     assert postgres.password not in repr(postgres)
+
+
+@pytest.mark.parametrize("name", ['orders" WITH (FORCE); --', "Orders", "1orders", "orders-canary", "o" * 64, ""])
+def test_a_database_name_psql_and_sql_would_not_take_unquoted_as_it_is_is_refused(
+    postgres: PostgresServer, name: str
+) -> None:
+    """`create_database(name=...)` names a database a person then types (`psql -d orders`) and drop_databases
+    quotes: a name folded to lowercase, cut at 63 bytes or quoting itself out is refused before the server."""
+    before = list(postgres.created)
+    with pytest.raises(ValueError, match="database name"):
+        postgres.create_database(name=name)
+    assert postgres.created == before

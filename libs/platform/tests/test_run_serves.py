@@ -175,13 +175,15 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
     assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")
 
 
-async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_server_only_its_password_opens(
+async def test_run_on_postgres_gives_each_service_a_database_named_after_it_that_the_banners_psql_opens(
     tmp_path: Path,
 ) -> None:
-    """Each service gets a database on a throwaway PostgreSQL server, which ends with the launcher. The server
-    listens on 127.0.0.1, for every account of the machine: a connection without its password is refused (it had
-    trust authentication: any account was its superuser). The service connects with the password in its
-    DATABASE_URL; the banner's psql command gets in by the file it names; the password is neither in the
+    """Each service gets a database named after it on a throwaway PostgreSQL server, which ends with the launcher.
+    The names were `test_<random>`, and the banner's psql opened the `postgres` database, without a shop table:
+    which database was whose took reading /proc/<pid>/environ. The server listens on 127.0.0.1, for every
+    account of the machine: a connection without its password is refused (it had trust authentication: any
+    account was its superuser). The service connects with the password in its DATABASE_URL; the banner's psql
+    command, as printed, opens the service's database by the file it names; the password is neither in the
     launcher's output nor in stack.json. One launch for all of it: each start on PostgreSQL runs initdb."""
     data = tmp_path / "data"
     async with launched(data, "--services", "catalog", "--postgres", ready_within=120) as (process, lines):
@@ -199,8 +201,14 @@ async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_serv
         [printed] = [shlex.split(line) for line in lines if line.startswith("  PGPASSFILE=")]
         assignment, *argv = printed
         name, _, passfile = assignment.partition("=")
-        accepted = await run_with([*argv, "-w", "-At", "-d", "postgres", *query], {**clean, name: passfile})
+        accepted = await run_with([*argv, "-w", "-At", *query], {**clean, name: passfile})
         assert accepted.stdout.strip() == "t", accepted.stderr
+        shop = ["-c", "SELECT current_database(), count(*) > 0 FROM products"]
+        opened = await run_with([*argv, "-w", "-At", *shop], {**clean, name: passfile})
+        assert opened.stdout.strip() == "catalog|t", opened.stderr
+        listed = ["-c", "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'"]
+        databases = await run_with([*argv, "-w", "-At", *listed], {**clean, name: passfile})
+        assert databases.stdout.split() == ["catalog"], databases.stderr
         password = (await asyncio.to_thread(Path(passfile).read_text)).strip().rsplit(":", 1)[1]
         assert password not in await asyncio.to_thread((data / STACK_FILE).read_text)
         said = "\n".join(lines) + await ctrl_c(process)

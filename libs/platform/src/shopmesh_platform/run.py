@@ -18,10 +18,10 @@ exits 0 with one line, "stopped while starting ...". Exit status 1 when the stac
 of its processes (NATS, a sink, a service, a sidecar, the edge's Envoy, the PostgreSQL server) exits on its
 own while it runs (or while Ctrl-C stops the rest, before its turn): the launcher then stops the rest as
 Ctrl-C does and names that process with its last output lines (no restart: a crash is a bug to see, not to
-paper over). With --postgres every service that owns data gets a database of its own on a throwaway
-PostgreSQL server started from the installed binaries (as in a cluster, one database per service), removed
-when the stack stops, its superuser's password random (each service has it in its DATABASE_URL, the banner
-names the file a psql reads it from); without it, SQLite files under the data directory.
+paper over). With --postgres every service that owns data gets a database of its own, named after it, on a
+throwaway PostgreSQL server started from the installed binaries (as in a cluster, one database per service),
+removed when the stack stops, its superuser's password random (each service has it in its DATABASE_URL, the
+banner names the file a psql reads it from, `-d <service>`); without it, SQLite files under the data directory.
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
 call graph as policy (docs/mesh.md); --canary adds a second instance of one service that its callers'
 sidecars send a share of their calls.
@@ -469,20 +469,38 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     return "\n".join(f"  {line}".rstrip() for line in table.splitlines())
 
 
+def database_lines(stack: Stack, database: PostgresServer) -> list[str]:
+    """Where the services' databases are, each named after its service (`local_env`), and a psql that opens
+    one: one command, `-d` naming the service, rather than a long line per service."""
+    owners = [name for name in stack.services if name in SERVICES and SERVICES[name].has_database]
+    if owners:
+        canary = stack.canary
+        shares = (
+            ""
+            if canary is None or canary.service not in owners
+            else f"; {canary_name(canary.service)} runs on {canary.service}'s"
+        )
+        named = f"one per service, named after it ({', '.join(owners)}{shares})"
+        opened, how = owners[0], "-d names the service's database"
+    else:
+        named, opened, how = "none (no service started owns data)", "postgres", "the server's own database"
+    psql = ["psql", "-h", "127.0.0.1", "-p", str(database.port), "-U", "postgres", "-d", opened]
+    return [
+        f"Databases: {named}, on PostgreSQL at 127.0.0.1:{database.port} (user postgres, with a random password:"
+        " each service has it in its DATABASE_URL); a throwaway server, removed when this stops. psql reads the"
+        f" password from a file ({how}):",
+        # Not the password itself: the output ends up in terminals' scrollback and CI logs.
+        f"  PGPASSFILE={shlex.quote(str(database.passfile))} {shlex.join(psql)}",
+    ]
+
+
 def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServer | None = None) -> str:
     canary = "" if stack.canary is None else f" (and a canary of {stack.canary.service})"
     count = len(stack.services) - (stack.canary is not None)
     lines = ["", f"shopmesh: {count} service(s){canary} and NATS, data in {stack.data_dir}", ""]
     lines.append(render_table(stack, selected))
     if database is not None:
-        lines += [
-            "",
-            f"Databases: one per service on PostgreSQL at 127.0.0.1:{database.port} (user postgres, with a random"
-            " password: each service has it in its DATABASE_URL); a throwaway server, removed when this stops."
-            " psql reads the password from a file:",
-            # Not the password itself: the output ends up in terminals' scrollback and CI logs.
-            f"  PGPASSFILE={shlex.quote(str(database.passfile))} psql -h 127.0.0.1 -p {database.port} -U postgres",
-        ]
+        lines += ["", *database_lines(stack, database)]
     if stack.smtp_address is not None:
         lines += ["", f"E-mails are not delivered: the SMTP sink stores each one as a file in {stack.smtp_dir}"]
     if stack.traces_address is not None:
@@ -806,7 +824,8 @@ LOCAL_GATEWAY_ENV = {"PASSWORD_RATE_LIMIT_BURST": "40", "PASSWORD_RATE_LIMIT_PER
 
 def local_env(selected: Sequence[str], database: PostgresServer | None, ports: PortPlan) -> dict[str, dict[str, str]]:
     """The environment of each selected service that differs from a deployment's."""
-    env = {} if database is None else postgres_env(database, [n for n in selected if n in SERVICES])
+    # Named after their services: the server is this launcher's alone, and a person looks for `orders`.
+    env = {} if database is None else postgres_env(database, [n for n in selected if n in SERVICES], named=True)
     if "gateway" in selected:
         env["gateway"] = {**env.get("gateway", {}), **LOCAL_GATEWAY_ENV, **_edge_trusted(ports)}
     return env

@@ -221,13 +221,20 @@ def start_waves(specs: Sequence[ServiceSpec]) -> list[list[str]]:
     return waves
 
 
-def postgres_env(server: PostgresServer, names: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
+def postgres_env(
+    server: PostgresServer, names: Iterable[str] | None = None, *, named: bool = False
+) -> dict[str, dict[str, str]]:
     """Per-service environment that puts every service with a database (of `names`; default: all) on a
     database of its own on `server`, as in a cluster with one PostgreSQL per service, with the
-    idempotency fingerprint key that PostgreSQL mode requires (`Stack(env=...)`)."""
+    idempotency fingerprint key that PostgreSQL mode requires (`Stack(env=...)`). `named`: each database is
+    named after its service (`psql -d orders`), on a server of this stack's alone (the launcher's); else a
+    random name, as tests sharing one server between stacks need. A canary runs on its service's database."""
     chosen = SERVICES if names is None else {name: SERVICES[name] for name in names}
     return {
-        name: {"DATABASE_URL": server.create_database(), "IDEMPOTENCY_FINGERPRINT_KEY": secrets.token_hex(32)}
+        name: {
+            "DATABASE_URL": server.create_database(name=name if named else None),
+            "IDEMPOTENCY_FINGERPRINT_KEY": secrets.token_hex(32),
+        }
         for name, service in chosen.items()
         if service.has_database
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -58,6 +59,10 @@ WAITING_ON_A_LOCK = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
 )
 
+# A name PostgreSQL takes unquoted and keeps as it is: lowercase (an unquoted identifier is folded to it), at most
+# NAMEDATALEN - 1 bytes (longer ones are cut short).
+DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
 SUPERUSER = "postgres"
 # The superuser's password in libpq's password file format, beside the data (removed with it), for a person or
 # a test that connects to a server it did not start (`make run --postgres`'s): `PGPASSFILE=<it> psql ...`.
@@ -94,10 +99,15 @@ class PostgresServer:
         """The superuser's password as libpq and asyncpg read it (`PGPASSFILE`, asyncpg's `passfile`)."""
         return self.data_dir / PASSFILE_NAME
 
-    def create_database(self, icu_locale: str = LANGUAGE_COLLATION) -> str:
+    def create_database(self, icu_locale: str = LANGUAGE_COLLATION, *, name: str | None = None) -> str:
         """A new empty database on this server, sorting text by `icu_locale`; returns its SQLAlchemy
-        (asyncpg) URL, the superuser's password in it."""
-        name = f"test_{uuid.uuid4().hex[:12]}"
+        (asyncpg) URL, the superuser's password in it. Named `name` (a lowercase SQL identifier, so that psql's
+        `-d` and SQL take it unquoted; ValueError otherwise), else `test_<random>`: test suites share one server
+        between tests, a person looking for a service's data looks for its name (`make run --postgres`)."""
+        if name is None:
+            name = f"test_{uuid.uuid4().hex[:12]}"
+        elif not DATABASE_NAME.fullmatch(name):
+            raise ValueError(f"database name {name!r}: lowercase letters, digits and _ (not first), at most 63")
         _run(
             self.bin_dir,
             "createdb",
