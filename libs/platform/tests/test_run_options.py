@@ -98,6 +98,14 @@ def test_an_unknown_service_exits_1_naming_the_known_ones(tmp_path: Path, capsys
     assert "gateway, users, catalog" in error
 
 
+def test_a_mistyped_service_leaves_no_data_directory_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--data-dir /tmp/x/sub --services nosuch` was refused only once the data directory, and its parents, were
+    made (and locked): the names are checked first now."""
+    assert run.main(["--data-dir", str(tmp_path / "x" / "sub"), "--services", "nosuch"]) == 1
+    assert "unknown service(s) nosuch" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_names_the_default_of_every_option_that_takes_a_value(capsys: pytest.CaptureFixture[str]) -> None:
     """`--help` is where a user looks for what happens without an option: --startup-timeout's 60 s, the mesh's
     and the log format's defaults were in the code alone."""

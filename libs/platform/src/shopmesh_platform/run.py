@@ -84,6 +84,7 @@ from .stack import (
     postgres_env,
     remove_stale_sockets,
     sidecar_name,
+    topology_specs,
     undone_on_failure,
 )
 from .topology import (
@@ -1012,6 +1013,8 @@ async def _stop_or_crash(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        # Before the data directory is made: a mistyped --services left it, and its parents, behind.
+        topology_specs(args.services)
         # Before anything starts (the throwaway PostgreSQL, --reset) and until everything stopped: under
         # --free-ports no port stops a second launcher on this data, started while the first still starts.
         held = hold_data_dir(args.data_dir)
