@@ -776,6 +776,18 @@ def test_documented_make_commands_exist(doc: str) -> None:
     assert not missing, f"{doc} mentions make targets that do not exist: {sorted(missing)}"
 
 
+@pytest.mark.parametrize("doc", ["README.md", "docs/kubernetes.md"])
+def test_documented_staging_deploys_name_the_mesh_values_file_staging_renders_only_with(doc: str) -> None:
+    """README's `make deploy-staging` gave STAGING_VALUES no mesh's values file: its first render stopped,
+    asking for -f helm/shopmesh/values-istio.yaml (docs/kubernetes.md, "Deploy to staging")."""
+    text = (ROOT / doc).read_text()
+    deploys = re.findall(r"make deploy-staging [^`]*?STAGING_VALUES=\"([^\"]*)\"", text)
+    assert deploys, f'{doc} shows no `make deploy-staging ... STAGING_VALUES="..."`'
+    meshes = {"helm/shopmesh/values-istio.yaml", "helm/shopmesh/values-linkerd.yaml"}
+    for values in deploys:
+        assert meshes & set(values.split()), f"{doc}: STAGING_VALUES={values!r} names no mesh's values file"
+
+
 def test_make_help_lists_every_target_the_docs_mention() -> None:
     """README: "`make help` lists every target". Its grep takes `^[a-zA-Z_-]+:.*?## `, so a target with a digit
     (`k8s-tools`) or without a `##` description (`buf-lint`) is missing from the list a reader is sent to."""
