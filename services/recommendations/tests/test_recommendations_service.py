@@ -465,6 +465,24 @@ async def test_an_unknown_user_gets_popular_products(live: Running, nats_srv: Na
     assert await for_user(live, "usr_nobody") == ["prod_e_reader", "prod_headlamp"]
 
 
+async def test_a_signed_in_user_cannot_read_another_users_recommendations(live: Running, nats_srv: NatsServer) -> None:
+    """They show what that user bought. The gateway's `x-user-id` is who asks; without it (an internal tool) any
+    user may be named, as orders and notifications answer."""
+    await learn(live, nats_srv.url, confirmed("usr_victim", "prod_chef_knife", "prod_camp_stove"))
+    request = recommendations_pb2.ListRecommendationsRequest(user_id="usr_victim")
+    details = await error_of(live.stub.ListRecommendations(request, metadata=[("x-user-id", "usr_snoop")]))
+    assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "USER_MISMATCH")
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.recommendations"
+    own = await live.stub.ListRecommendations(request, metadata=[("x-user-id", "usr_victim")])
+    internal = await live.stub.ListRecommendations(request)
+    assert [r.product_id for r in own.recommendations] == [r.product_id for r in internal.recommendations]
+    assert internal.recommendations
+    # A product's page is anyone's.
+    by_product = recommendations_pb2.ListRecommendationsRequest(product_id="prod_chef_knife")
+    assert (await live.stub.ListRecommendations(by_product, metadata=[("x-user-id", "usr_snoop")])).recommendations
+
+
 async def test_a_heavy_buyer_is_not_recommended_a_product_they_bought_beyond_their_200_most_bought(
     live: Running, nats_srv: NatsServer
 ) -> None:

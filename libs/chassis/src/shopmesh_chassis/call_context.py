@@ -13,8 +13,12 @@ from contextvars import Context, ContextVar, Token, copy_context
 from dataclasses import dataclass, replace
 from typing import Any
 
+from shopmesh_chassis import errors
+
 USER_ID = "x-user-id"
 CALLER = "x-caller"
+# PERMISSION_DENIED's reason for a request naming another user than the one the gateway acts for.
+USER_MISMATCH = "USER_MISMATCH"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,15 @@ def leave(token: Token[InboundCall | None]) -> None:
 
 def current() -> InboundCall | None:
     return _current.get()
+
+
+def check_acting_for(user_id: str) -> None:
+    """When the gateway asserts whom it acts for (`x-user-id`), a request about one user may name only that one:
+    PERMISSION_DENIED, reason USER_MISMATCH. A call without the header (an internal tool) may name any user: the
+    gateway makes every call's header anew from the verified token (docs/auth.md), so a client cannot drop it."""
+    call = _current.get()
+    if call is not None and call.user_id is not None and call.user_id != user_id:
+        raise errors.PermissionDenied("you can only act for yourself", reason=USER_MISMATCH)
 
 
 def inbound_time_remaining() -> float | None:

@@ -29,7 +29,6 @@ from shopmesh_orders.domain.validation import (
     Card,
     PlaceOrder,
     check_expected_total,
-    check_owner,
     list_filters,
     matches_expected_total,
     validate_cancel,
@@ -277,7 +276,7 @@ class OrdersApplication:
         # e-mail address) would refuse it now; the fingerprint covers the whole request as sent, so only the
         # same request finds it. A request not seen before meets every rule at once, the card's expiry with
         # the others, and is kept as the rules leave it (address lines composed and trimmed).
-        check_owner(command.user_id, _caller_user())
+        call_context.check_acting_for(command.user_id)
         key = validate_key(key)
         origin = IdempotentOrigin(scope, key, fingerprint)
         existing = await self._by_origin(origin)
@@ -540,7 +539,7 @@ class OrdersApplication:
 
     async def list_orders(self, user_id: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
         query = validate_list_orders(user_id, page_size, page_token)
-        check_owner(user_id, _caller_user())
+        call_context.check_acting_for(user_id)
         async with self._db.read() as session:
             rows = await OrderRepository(session).list_for_user(user_id, query.limit + 1, query.after)
         token = ""

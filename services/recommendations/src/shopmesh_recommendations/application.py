@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shopmesh_chassis import call_context
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_recommendations.domain.copurchase import purchase_effects
 from shopmesh_recommendations.domain.models import CancelledOrder, CatalogProduct, ConfirmedOrder, Recommendation
@@ -60,6 +61,8 @@ class RecommendationsApplication:
         if isinstance(query.subject, ProductSubject):
             subject = await self._for_product(query.subject.product_id, query.limit)
         else:
+            # What a user bought shows in what they are recommended: only they may ask.
+            call_context.check_acting_for(query.subject.user_id)
             subject = await self._for_user(query.subject.user_id, query.limit)
         pool = subject.pool
         # What this request learned from the catalog, kept across deeper reads: found summaries, and ids it

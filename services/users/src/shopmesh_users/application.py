@@ -30,7 +30,6 @@ from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
 from shopmesh_users.domain.models import Account, Credentials, User, new_user_id
 from shopmesh_users.domain.tokens import build_access_claims, new_token_id, next_cutoff
 from shopmesh_users.domain.validation import (
-    check_acting_for,
     guess_question,
     validate_login,
     validate_registration,
@@ -339,8 +338,7 @@ class UsersApplication:
     @staticmethod
     def _acting_for(user_id: str) -> str:
         user_id = validate_user_id(user_id)
-        inbound = call_context.current()
-        check_acting_for(user_id, inbound.user_id if inbound else None)
+        call_context.check_acting_for(user_id)
         return user_id
 
     # --- signing keys ------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from shopmesh_chassis import errors
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation, too_long
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import instant_page_key, invalid_request, page_limit
@@ -33,9 +32,3 @@ def validate_list_request(user_id: str, page_size: int, page_token: str) -> tupl
     if violations:
         raise invalid_request(violations)
     return after
-
-
-def check_owner(user_id: str, caller_user_id: str | None) -> None:
-    """When the gateway asserts who is calling, the request may only name that user."""
-    if caller_user_id is not None and caller_user_id != user_id:
-        raise errors.PermissionDenied("you can only list your own notifications", reason="USER_MISMATCH")

@@ -317,9 +317,3 @@ def validate_list_orders(user_id: str, page_size: int, page_token: str) -> ListO
     if violations:
         raise pagination.invalid_request(violations)
     return ListOrdersQuery(user_id=user_id, limit=limit, after=after)
-
-
-def check_owner(user_id: str, caller_user_id: str | None) -> None:
-    """When the gateway asserts who is calling, the request may only name that user."""
-    if caller_user_id is not None and caller_user_id != user_id:
-        raise errors.PermissionDenied("you can only act for yourself", reason="USER_MISMATCH")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation, too_long
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
-from shopmesh_chassis.errors import FieldViolation, InvalidArgument, PermissionDenied
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.password_checks import (
     MAX_PASSWORD_LENGTH,
     MAX_PASSWORD_LENGTH_AS_SENT,
@@ -189,13 +189,3 @@ def validate_user_id(user_id: str) -> str:
     if (found := printable_id_violation("user_id", user_id)) is not None:
         raise _fail([found])
     return user_id
-
-
-USER_MISMATCH = "USER_MISMATCH"
-
-
-def check_acting_for(user_id: str, caller_user_id: str | None) -> None:
-    """When the gateway asserts whom it acts for (`x-user-id`), a per-user request may name only that user:
-    PERMISSION_DENIED, reason USER_MISMATCH, as orders and notifications answer."""
-    if caller_user_id is not None and caller_user_id != user_id:
-        raise PermissionDenied("you can only act for yourself", reason=USER_MISMATCH)

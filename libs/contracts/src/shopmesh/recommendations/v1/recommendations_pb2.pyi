@@ -11,7 +11,12 @@ catalog, whose answers the service reuses for a while
 (CATALOG_CACHE_SECONDS, 30 s by default): it may lag the catalog by that
 much; the catalog stays authoritative (orders always re-price).
 
-Internal service (called by the gateway); no `x-user-id` checks.
+Internal service (called by the gateway). Ownership: the gateway forwards
+the caller's id in the `x-user-id` header. When that header is present, a
+user_id subject must equal it (otherwise PERMISSION_DENIED, ErrorInfo
+reason USER_MISMATCH): a user's recommendations show what they bought.
+Calls without the header (internal tools) are not restricted; product_id
+subjects never are.
 Error domain: "shopmesh.recommendations". Metadata and error conventions:
 see shopmesh/common/v1/money.proto.
 """

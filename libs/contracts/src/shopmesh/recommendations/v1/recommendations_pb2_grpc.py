@@ -55,7 +55,8 @@ class RecommendationsServiceServicer:
 
         Errors: INVALID_ARGUMENT (no subject set, empty subject id, a product_id
         no product can have: with whitespace, a comma or an unprintable
-        character; max_results negative), UNAVAILABLE.
+        character; max_results negative), PERMISSION_DENIED (reason
+        USER_MISMATCH: `x-user-id` differs from user_id), UNAVAILABLE.
 
         No side effects: safe to retry and to cache.
         """

@@ -11,7 +11,12 @@ catalog, whose answers the service reuses for a while
 (CATALOG_CACHE_SECONDS, 30 s by default): it may lag the catalog by that
 much; the catalog stays authoritative (orders always re-price).
 
-Internal service (called by the gateway); no `x-user-id` checks.
+Internal service (called by the gateway). Ownership: the gateway forwards
+the caller's id in the `x-user-id` header. When that header is present, a
+user_id subject must equal it (otherwise PERMISSION_DENIED, ErrorInfo
+reason USER_MISMATCH): a user's recommendations show what they bought.
+Calls without the header (internal tools) are not restricted; product_id
+subjects never are.
 Error domain: "shopmesh.recommendations". Metadata and error conventions:
 see shopmesh/common/v1/money.proto.
 """
@@ -55,7 +60,8 @@ class RecommendationsServiceStub:
 
     Errors: INVALID_ARGUMENT (no subject set, empty subject id, a product_id
     no product can have: with whitespace, a comma or an unprintable
-    character; max_results negative), UNAVAILABLE.
+    character; max_results negative), PERMISSION_DENIED (reason
+    USER_MISMATCH: `x-user-id` differs from user_id), UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -74,7 +80,8 @@ class RecommendationsServiceAsyncStub(RecommendationsServiceStub):
 
     Errors: INVALID_ARGUMENT (no subject set, empty subject id, a product_id
     no product can have: with whitespace, a comma or an unprintable
-    character; max_results negative), UNAVAILABLE.
+    character; max_results negative), PERMISSION_DENIED (reason
+    USER_MISMATCH: `x-user-id` differs from user_id), UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -96,7 +103,8 @@ class RecommendationsServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (no subject set, empty subject id, a product_id
         no product can have: with whitespace, a comma or an unprintable
-        character; max_results negative), UNAVAILABLE.
+        character; max_results negative), PERMISSION_DENIED (reason
+        USER_MISMATCH: `x-user-id` differs from user_id), UNAVAILABLE.
 
         No side effects: safe to retry and to cache.
         """
