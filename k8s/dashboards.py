@@ -5,8 +5,8 @@
 
 Built with grafanalib from the same metrics the alerts use (docs/chassis.md, docs/operations.md): one row
 per question an on-call engineer asks — are calls failing or slow, do checkouts finish, do events flow,
-is a dependency cut off, do e-mails go out. The umbrella chart ships it as a ConfigMap that Grafana's
-dashboard sidecar (kube-prometheus-stack) loads, when global.monitoring.enabled.
+is a dependency cut off, do e-mails go out, can shoppers sign up. The umbrella chart ships it as a ConfigMap
+that Grafana's dashboard sidecar (kube-prometheus-stack) loads, when global.monitoring.enabled.
 """
 
 from __future__ import annotations
@@ -469,6 +469,26 @@ ROWS: list[tuple[str, list[Panel]]] = [
                         f"sum by (outcome) (rate(shopmesh_notifications_delivery_attempts_total{{{SELECTOR}}}"
                         "[$__rate_interval]))",
                         "{{outcome}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
+        "Sign-ups",
+        [
+            (
+                "Password-strength estimates failed",
+                "reqps",
+                "Register's password-strength estimates that failed, by cause: broken (the estimating process died "
+                "under one and under its retry, or cannot start) and error (the estimate raised) each fail a "
+                "Register while users reports SERVING (alert ShopmeshPasswordStrengthFailing); timeout (a warm-up "
+                "slower than WARM_UP_SECONDS) and stopped (asked of a stopping pod) do not. Should be 0.",
+                [
+                    (
+                        f"sum by (cause) (rate(shopmesh_users_password_strength_failures_total{{{SELECTOR}}}"
+                        "[$__rate_interval]))",
+                        "{{cause}}",
                     )
                 ],
             ),

@@ -35,6 +35,7 @@ from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES, is_edge
+from shopmesh_users.metrics import EstimateFailure, UsersMetrics
 
 from .k8skit import (
     ROOT,
@@ -67,6 +68,7 @@ OWN_ALERTS = {
         "ShopmeshOrderRecoveryFailing",
         "ShopmeshLateCapturesRefunded",
     },
+    "users": {"ShopmeshPasswordStrengthFailing"},
 }
 # The burn-rate alerts on the SLOs of the public API (helm/gateway/values.yaml `slo:`; tests/k8s/test_slo.py).
 SLO_ALERTS = {"ShopmeshErrorBudgetBurnFast", "ShopmeshErrorBudgetBurnSlow"}
@@ -113,6 +115,7 @@ def exported_metric_labels() -> dict[str, frozenset[str]]:
     GatewayMetrics(registry)
     OrderMetrics(registry)
     NotificationMetrics(registry)
+    UsersMetrics(registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     found: dict[str, frozenset[str]] = {}
     for collector in registry.collectors:
@@ -1439,6 +1442,41 @@ def test_emails_not_going_out_stays_silent_while_emails_are_sent_or_none_wait(
     assert_promtool_passes(alert, "notifications", [scenario], tmp_path)
 
 
+PASSWORD_STRENGTH_FOR = 3600
+
+
+def password_strength_scenario(
+    name: str, failures: Callable[[int], list[EstimateFailure]], expected: Expected
+) -> Scenario:
+    """One users pod's real UsersMetrics, its estimates failing at second t for the causes failures(t) lists."""
+    registry = CollectorRegistry()
+    metrics = UsersMetrics(registry)
+
+    def world(t: float) -> None:
+        for cause in failures(int(t)):
+            metrics.estimate_failed(cause)
+
+    def scrape() -> list[Sample]:
+        return [s._replace(labels={**s.labels, "pod": "users-0"}) for f in registry.collect() for s in f.samples]
+
+    return Scenario(name, world, scrape, PASSWORD_STRENGTH_FOR, expected)
+
+
+def test_password_strength_failing_stays_silent_for_slow_warm_ups_and_stopping_pods(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """A warm-up that outlasted its bound only makes the first Register wait, and an estimate asked while the pod
+    stops is answered UNAVAILABLE for another replica to take: neither is a Register that cannot succeed."""
+    alert = alert_named(rendered, "users", "ShopmeshPasswordStrengthFailing")
+    slow_and_stopping: Callable[[int], list[EstimateFailure]] = lambda t: (  # noqa: E731
+        ["timeout"] if t == 30 else ["stopped"] * 3 if t == 1800 else []
+    )
+    scenario = password_strength_scenario(
+        "a slow warm-up, then a pod stopping", slow_and_stopping, silent_between(0, PASSWORD_STRENGTH_FOR)
+    )
+    assert_promtool_passes(alert, "users", [scenario], tmp_path)
+
+
 def started_at(start: int, scenario: Scenario) -> Scenario:
     """`scenario` with its pod started at second `start`: scraped from then on, its metrics at 0 until then."""
     now = [0.0]
@@ -1458,6 +1496,7 @@ FIRST_EVENT_ALERTS = {
     ("notifications", "ShopmeshEventsDropped"): DROPPED_WINDOW,
     ("orders", "ShopmeshLateCapturesRefunded"): LATE_CAPTURES_WINDOW,
     ("notifications", "ShopmeshEmailsFailed"): 900,
+    ("users", "ShopmeshPasswordStrengthFailing"): 900,
 }
 FIRST_EVENT_FOR = 3600
 
@@ -1486,6 +1525,10 @@ def test_an_alert_on_the_first_event_fires_for_one_counted_before_a_new_pods_fir
         "ShopmeshLateCapturesRefunded": lambda: started_at(start, late_captures_scenario(title, once, expected)),
         "ShopmeshEmailsFailed": lambda: started_at(
             start, email_attempts_scenario(title, lambda t: 0, lambda t: 0, expected, failed=once)
+        ),
+        # The warm-up's estimate, its process dead at its start and at the retry's.
+        "ShopmeshPasswordStrengthFailing": lambda: started_at(
+            start, password_strength_scenario(title, lambda t: ["broken"] * once(t), expected)
         ),
     }[name]()
     assert scenario.until == FIRST_EVENT_FOR

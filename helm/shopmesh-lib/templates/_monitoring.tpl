@@ -260,7 +260,7 @@ already, and increase() reads only a rise between two samples. A restarted conta
 and increase() counts its value after the reset. `or` matches series without their metric name, so a new
 series that has risen too counts once, by its increase(). A target unscraped for over 5 minutes reads as new
 for a window after: its whole value counts again (a pod that never counted anything stays at 0, silent).
-helm/orders and helm/notifications write this form out in their own alerts.
+helm/orders, helm/notifications and helm/users write this form out in their own alerts.
 */}}
 {{- define "shopmesh-lib.counted" -}}
 {{- printf "increase(%s[%s]) > 0 or (%s > 0 unless %s offset %s)" .series .window .series .series .window -}}

@@ -72,7 +72,7 @@ async def running(settings: UsersSettings, clock: FakeClock) -> AsyncIterator[tu
     users = await build(settings, clock)
     try:
         async with (
-            serve_in_process(settings, [users.binding]) as server,
+            serve_in_process(settings, [users.binding], metrics=users.metrics) as server,
             grpc.aio.insecure_channel(server.address) as channel,
         ):
             yield users, users_pb2_grpc.UsersServiceStub(channel)
@@ -88,7 +88,7 @@ async def serving(
 ) -> AsyncIterator[tuple[Users, ChassisServer, UsersServiceAsyncStub]]:
     """The service on a real gRPC socket; the test may stop it (`stop`) and run its shutdown hooks itself."""
     users = await build(settings, clock)
-    server = ChassisServer(settings, [users.binding])
+    server = ChassisServer(settings, [users.binding], metrics=users.metrics)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:

@@ -51,6 +51,7 @@ from shopmesh_users.domain.validation import (
     validate_registration,
     validate_user_id,
 )
+from shopmesh_users.metrics import EstimateFailure
 from shopmesh_users.password_strength import (
     ESTIMATED_CHARACTERS,
     STOPPED_REASON,
@@ -770,8 +771,10 @@ async def test_estimates_in_flight_when_the_estimating_process_dies_are_answered
     started_pools: list[ProcessPoolExecutor],
 ) -> None:
     """Each estimate in flight on a process that died fails BrokenProcessPool: the first to come back replaces the
-    process, the others retry on that replacement instead of shutting it down for one more of their own."""
-    strength = PasswordStrength()
+    process, the others retry on that replacement instead of shutting it down for one more of their own. None
+    failed: none is counted."""
+    failures: list[EstimateFailure] = []
+    strength = PasswordStrength(on_failure=failures.append)
     try:
         assert await strength.too_guessable("password1", [])
         [worker] = started_pools[0]._processes.values()
@@ -784,6 +787,7 @@ async def test_estimates_in_flight_when_the_estimating_process_dies_are_answered
         os.kill(worker.pid, signal.SIGKILL)
         assert await asyncio.wait_for(asyncio.gather(*estimates), 60) == [True, False, True]
         assert len(started_pools) == 2
+        assert failures == []
     finally:
         await strength.close()
 
@@ -791,13 +795,15 @@ async def test_estimates_in_flight_when_the_estimating_process_dies_are_answered
 async def test_an_estimate_asked_after_closing_is_unavailable_and_starts_no_process(
     started_pools: list[ProcessPoolExecutor],
 ) -> None:
-    strength = PasswordStrength()
+    failures: list[EstimateFailure] = []
+    strength = PasswordStrength(on_failure=failures.append)
     assert await strength.too_guessable("12345678", [])
     await strength.close()
     with pytest.raises(Unavailable) as caught:
         await strength.too_guessable("12345678", [])
     assert (caught.value.reason, caught.value.retry_after_seconds) == (STOPPED_REASON, STOPPED_RETRY_AFTER_SECONDS)
     assert len(started_pools) == 1
+    assert failures == ["stopped"]
 
 
 async def test_closing_the_passwords_waits_for_the_hashes_still_running_and_refuses_new_ones() -> None:

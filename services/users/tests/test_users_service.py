@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import unicodedata
@@ -36,9 +37,10 @@ from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 from shopmesh_chassis.testing import eventually, free_port, health_status, serve_in_process
 from shopmesh_chassis.testing.gil import held, holding_the_gil
+from shopmesh_users import password_strength, wiring
 from shopmesh_users import passwords as passwords_module
-from shopmesh_users import wiring
 from shopmesh_users.application import UsersApplication
+from shopmesh_users.metrics import ESTIMATE_FAILURES
 from shopmesh_users.migrations import VERSIONS
 from shopmesh_users.password_strength import PasswordStrength
 from shopmesh_users.passwords import BUSY_REASON, Passwords
@@ -925,16 +927,18 @@ async def test_the_service_serves_when_its_estimating_process_does_not_warm_up(
 ) -> None:
     """The warm-up only spares the first Register the process' start: one that raises (an estimate writing to a
     directory that does not exist), or outlasts its bound, is logged once and the service reports SERVING, its
-    JWKS answered."""
+    JWKS answered; the failure is counted by its cause."""
     times_file = str(tmp_path / "estimate-times" if holding_seconds else tmp_path / "no such directory" / "times")
     estimate = functools.partial(holding_the_gil, times_file, holding_seconds or 0.01)
-    monkeypatch.setattr(wiring, "PasswordStrength", lambda: PasswordStrength(estimate))
+    monkeypatch.setattr(wiring, "PasswordStrength", functools.partial(PasswordStrength, estimate))
     monkeypatch.setattr(wiring, "WARM_UP_SECONDS", warm_up)
     with caplog.at_level(logging.WARNING, logger="shopmesh.users"):
-        async with serving(users_settings(tmp_path), clock) as (_users, server, stub):
+        async with serving(users_settings(tmp_path), clock) as (users, server, stub):
             assert await health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
             assert await jwks_document(stub)
             serving_at = time.time()
+            # The estimate's own failure (the directory), or the warm-up's bound.
+            assert estimate_failures(users) == ({"error": 1} if holding_seconds is None else {"timeout": 1})
     if holding_seconds is not None:
         # Read once the service has closed its process, so once the warm-up has ended.
         _started, stopped = held(times_file)
@@ -943,3 +947,28 @@ async def test_the_service_serves_when_its_estimating_process_does_not_warm_up(
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "did not warm up" in warnings[0].getMessage()
+
+
+def estimate_failures(users: Users) -> dict[str, float]:
+    """The password-strength estimates users' metrics count failed, by cause (those above 0)."""
+    series = "shopmesh_users_password_strength_failures_total"
+    found = {cause: users.metrics.registry.get_sample_value(series, {"cause": cause}) for cause in ESTIMATE_FAILURES}
+    assert None not in found.values(), f"a cause without its series from the start: {found}"
+    return {cause: value for cause, value in found.items() if value}
+
+
+async def test_an_estimating_process_that_dies_at_every_start_is_counted_broken_for_the_warm_up_and_each_register(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that cannot start (a broken install, the OOM killer as zxcvbn loads) leaves users SERVING, its
+    logins and JWKS answered, with one warning in the log and every Register failing: each failed estimate is
+    counted (cause broken: its process died, and its replacement too), the warm-up's and each Register's, so an
+    alert sees what health and logins do not."""
+    # The real process, ended as it starts: its initializer, run in it, exits at once.
+    monkeypatch.setattr(password_strength, "_estimating_process_started", os._exit)
+    async with serving(users_settings(tmp_path), clock) as (users, server, stub):
+        assert await health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
+        assert estimate_failures(users) == {"broken": 1}
+        await error_of(register(stub))
+        assert estimate_failures(users) == {"broken": 2}
+        assert await jwks_document(stub)

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -30,6 +30,7 @@ from zxcvbn_rs_py import zxcvbn
 
 from shopmesh_chassis.errors import Unavailable
 from shopmesh_users.domain.validation import GuessableCheck
+from shopmesh_users.metrics import EstimateFailure
 
 # zxcvbn's scores 0 and 1: fewer than about a million guesses, what an attacker makes online against a service
 # that throttles logins, or in seconds against a leaked hash.
@@ -75,19 +76,29 @@ def _end_with(parent: int) -> None:
     os._exit(1)
 
 
+def _uncounted(_cause: EstimateFailure) -> None:
+    pass
+
+
 class PasswordStrength:
     """Runs `estimate` (a module-level function: it is pickled by name) in one process of its own, started by
     `start` or else the first estimate. One at a time is enough: Registers at their estimate are bounded
     (`Passwords.before_hash`), so only a few wait for it, and an estimate takes milliseconds. A process that died
-    (killed, out of memory) is replaced by the next estimate's, which is tried once more on it."""
+    (killed, out of memory) is replaced by the next estimate's, which is tried once more on it. Each estimate that
+    fails is told to `on_failure` with its cause (`UsersMetrics.estimate_failed`): a process that keeps failing
+    fails every Register while the service reports SERVING."""
 
-    def __init__(self, estimate: GuessableCheck = too_guessable) -> None:
+    def __init__(
+        self, estimate: GuessableCheck = too_guessable, on_failure: Callable[[EstimateFailure], None] = _uncounted
+    ) -> None:
         self._estimate = estimate
+        self._on_failure = on_failure
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
 
     def _started(self) -> ProcessPoolExecutor:
         if self._closed:
+            self._on_failure("stopped")
             # Not a new process: nothing would close it.
             raise Unavailable(
                 "the service is stopping; retry on another replica",
@@ -111,18 +122,32 @@ class PasswordStrength:
         await self.too_guessable(SERVICE_WORDS[0], [])
 
     async def too_guessable(self, password: str, context: Sequence[str]) -> bool:
-        loop = asyncio.get_running_loop()
         words = list(context)
         pool = self._started()
         try:
-            return await loop.run_in_executor(pool, self._estimate, password, words)
+            return await self._estimated_on(pool, password, words, retry=False)
         except BrokenProcessPool:
             # Every estimate in flight on the dead process ends here: the first to come back replaces it, and the
             # others retry on its replacement rather than replace that in turn.
             if self._pool is pool:
                 self._pool = None
                 pool.shutdown(wait=False)
-            return await loop.run_in_executor(self._started(), self._estimate, password, words)
+            return await self._estimated_on(self._started(), password, words, retry=True)
+
+    async def _estimated_on(self, pool: ProcessPoolExecutor, password: str, words: list[str], *, retry: bool) -> bool:
+        """The estimate's answer from `pool`'s process; its failure told to `on_failure`, but for the first death of
+        a process, which is retried. A cancelled estimate (its caller left, the warm-up's bound) is no failure of
+        the process'."""
+        try:
+            # Submitted here, not by the caller: a pool already broken refuses the submission itself.
+            return await asyncio.get_running_loop().run_in_executor(pool, self._estimate, password, words)
+        except BrokenProcessPool:
+            if retry:
+                self._on_failure("broken")
+            raise
+        except Exception:
+            self._on_failure("error")
+            raise
 
     async def close(self) -> None:
         """At shutdown: waits for the estimate still running, off the event loop, and ends the process. An

@@ -22,11 +22,13 @@ from shopmesh_chassis import app
 from shopmesh_chassis.config import load_settings, shown_url
 from shopmesh_chassis.db import Database, is_sqlite
 from shopmesh_chassis.db_errors import database_unavailable
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_users.application import Clock, KeyPolicy, KeysKeptChanging, UsersApplication, utc_now
 from shopmesh_users.domain.failed_logins import LoginThrottle
+from shopmesh_users.metrics import UsersMetrics
 from shopmesh_users.migrations import VERSIONS
 from shopmesh_users.password_strength import PasswordStrength
 from shopmesh_users.passwords import Passwords
@@ -44,7 +46,7 @@ WARM_UP_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Users:
-    """The users service ready to serve: its binding, and what to start and close around serving."""
+    """The users service ready to serve: its binding, its metrics, and what to start and close around serving."""
 
     database: Database
     passwords: Passwords
@@ -54,6 +56,8 @@ class Users:
     # Deletes the stored login attempts that have refilled (docs/auth.md, "Login throttling").
     pruner: Periodic
     binding: ServiceBinding
+    # The server's, which users' own join (UsersMetrics): handed to `app.serve`.
+    metrics: ServerMetrics
 
     @property
     def shutdown_hooks(self) -> list[app.ShutdownHook]:
@@ -115,15 +119,19 @@ async def _abandon(warming: asyncio.Task[None], strength: PasswordStrength) -> N
     await strength.close()
 
 
-async def _warmed(warming: asyncio.Task[None]) -> None:
+async def _warmed(warming: asyncio.Task[None], metrics: UsersMetrics) -> None:
     """Waits for the warm-up, within `WARM_UP_SECONDS`. One that fails or takes longer does not keep the service from
     serving, its logins and JWKS included: the first Register waits for the warm-up still running (the estimate
     already handed to the process cannot be called back), or starts the process again if it died."""
     try:
         await asyncio.wait_for(warming, WARM_UP_SECONDS)
     except Exception as error:  # TimeoutError, or the spawn's, the import's or the estimate's own
+        if isinstance(error, TimeoutError):
+            # The others were counted by the estimate, as any Register's are.
+            metrics.estimate_failed("timeout")
         log.warning(
-            "the password-strength process did not warm up (%s); serving anyway, the first Register waits for it",
+            "the password-strength process did not warm up (%s); serving anyway, the first Register waits for it or "
+            "starts it again (shopmesh_users_password_strength_failures_total counts the estimates that fail)",
             type(error).__name__,
         )
 
@@ -132,7 +140,9 @@ async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
     """Migrate the database, make sure a key can sign and start the estimating process; the rotator and the
     pruner are built but not started."""
     hashing = passwords(settings)
-    strength = PasswordStrength()
+    metrics = ServerMetrics()
+    users_metrics = UsersMetrics(metrics.registry)
+    strength = PasswordStrength(on_failure=users_metrics.estimate_failed)
     # Beside the migrations: the estimating process spawns and loads zxcvbn on a CPU of its own, if there is one.
     warming = asyncio.create_task(strength.start())
     try:
@@ -144,7 +154,7 @@ async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
     try:
         await application.ensure_signing_key()
         # Before the server starts, so before it reports SERVING: the first Register does not wait for it.
-        await _warmed(warming)
+        await _warmed(warming, users_metrics)
     except BaseException:
         await _abandon(warming, strength)
         await hashing.close()
@@ -161,6 +171,7 @@ async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
         rotator=rotator,
         pruner=pruner,
         binding=binding,
+        metrics=metrics,
     )
 
 
@@ -175,6 +186,7 @@ async def _main() -> None:
         [users.binding],
         tracer_provider=provider,
         on_shutdown=users.shutdown_hooks,
+        metrics=users.metrics,
     )
 
 
