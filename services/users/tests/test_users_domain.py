@@ -26,7 +26,7 @@ from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted, Unavailable
 from shopmesh_chassis.testing import eventually
-from shopmesh_chassis.testing.gil import holding_the_gil
+from shopmesh_chassis.testing.process_gate import process_gate
 from shopmesh_chassis.testing.text_reads import characters_read
 from shopmesh_users import password_strength
 from shopmesh_users import passwords as passwords_module
@@ -693,25 +693,28 @@ async def registers_at_a_held_estimate(
     tmp_path: Path, passwords: Passwords, count: int
 ) -> AsyncIterator[list[asyncio.Task[Any]]]:
     """`count` Registers started at once on `passwords`, once the first one's estimate holds the estimating process
-    (for 2 s); cancelled, and the process ended, on leaving."""
-    times_file = str(tmp_path / "estimate-times")
+    (until the test leaves: however late the test looks, none has been estimated); cancelled, and the process ended,
+    on leaving."""
     database = Database(f"sqlite:///{tmp_path / 'users.db'}")
-    strength = PasswordStrength(functools.partial(holding_the_gil, times_file, 2.0))
-    application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_strength=strength)
-    registers = [
-        asyncio.create_task(application.register(f"user{index}@example.com", "a fine passphrase", "Ann"))
-        for index in range(count)
-    ]
-    try:
-        await eventually(lambda: Path(times_file).exists(), "the first estimate running")
-        yield registers
-    finally:
-        for register in registers:
-            register.cancel()
-        await asyncio.gather(*registers, return_exceptions=True)
-        await strength.close()
-        await passwords.close()
-        await database.dispose()
+    with process_gate() as gate:
+        strength = PasswordStrength(gate.work())
+        application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_strength=strength)
+        registers = [
+            asyncio.create_task(application.register(f"user{index}@example.com", "a fine passphrase", "Ann"))
+            for index in range(count)
+        ]
+        try:
+            await gate.reached()
+            yield registers
+        finally:
+            for register in registers:
+                register.cancel()
+            await asyncio.gather(*registers, return_exceptions=True)
+            # Before closing: the close waits for the estimate the process runs.
+            gate.open()
+            await strength.close()
+            await passwords.close()
+            await database.dispose()
 
 
 async def test_registers_beyond_the_estimate_bound_are_refused_at_once_while_one_is_estimated(tmp_path: Path) -> None:
