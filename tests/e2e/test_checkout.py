@@ -4,14 +4,18 @@ nats-server, real SQLite databases, real gRPC — started by the same launcher a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
+from sqlalchemy import select, update
 
 from shopmesh.orders.v1 import orders_pb2
+from shopmesh_catalog.store.tables import products
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.stack import Stack
@@ -62,6 +66,47 @@ async def test_declined_card_cancels_puts_the_stock_back_and_is_counted_by_reaso
     stock = await shop.stock("prod_french_press")
     assert (stock.available, stock.reserved) == (5, 0)
     assert await asyncio.to_thread(cancelled_orders, stack, "CARD_DECLINED") == declined_before + 1
+
+
+@contextlib.asynccontextmanager
+async def priced_in_catalogs_database(stack: Stack, product_id: str, amount_minor: int) -> AsyncIterator[None]:
+    """`product_id` at `amount_minor` in catalog's own rows, as data written there by other means than its load
+    (which refuses a price below 1) would put it; its price as it was afterwards."""
+    url = stack.database_url("catalog")
+    assert url is not None
+    database = Database(url)
+    where = products.c.id == product_id
+    try:
+        async with database.transaction() as session:
+            before = (await session.execute(select(products.c.price_amount_minor).where(where))).scalar_one()
+            await session.execute(update(products).where(where).values(price_amount_minor=amount_minor))
+        try:
+            yield
+        finally:
+            async with database.transaction() as session:
+                await session.execute(update(products).where(where).values(price_amount_minor=before))
+    finally:
+        await database.dispose()
+
+
+async def test_a_product_priced_zero_in_catalog_is_refused_and_no_card_is_said_declined(
+    shop: Shop, stack: Stack
+) -> None:
+    """A price of 0 in catalog's database went through orders to the charge, which payments refused for its
+    amount: the order was cancelled CARD_DECLINED, "Your card was declined.", its stock reserved and released.
+    Orders refuses the product itself now, naming it, before any order is recorded (so no cancellation, no
+    event, no e-mail) or anything reserved or charged. Not priced before in this module: orders remembers prices."""
+    await shop.set_stock("prod_cast_iron_skillet", 5)
+    async with priced_in_catalogs_database(stack, "prod_cast_iron_skillet", 0):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.place(place_request(user(), "prod_cast_iron_skillet", 1))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PRODUCT_PRICE_INVALID")
+    assert details.error_info is not None
+    # No "order_id": no order was recorded, so none is cancelled, published or mailed.
+    assert dict(details.error_info.metadata) == {"product_ids": "prod_cast_iron_skillet", "invalid_count": "1"}
+    stock = await shop.stock("prod_cast_iron_skillet")
+    assert (stock.available, stock.reserved) == (5, 0)
 
 
 async def test_insufficient_stock_cancels_and_charges_nothing(shop: Shop) -> None:

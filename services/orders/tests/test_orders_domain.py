@@ -16,6 +16,8 @@ from shopmesh_orders.domain.validation import (
     CartLine,
     ExpectedTotal,
     PlaceOrder,
+    invalid_prices,
+    is_sellable_price,
     luhn_ok,
     validate_cancel,
     validate_cancel_reason,
@@ -440,3 +442,25 @@ def test_a_user_id_with_whitespace_or_unprintable_characters_is_refused_as_notif
     with pytest.raises(errors.InvalidArgument) as caught:
         validate_place_order(command(user_id=user_id), date(2026, 11, 25))
     assert [(v.field, v.reason) for v in caught.value.violations] == [("user_id", "INVALID_FORMAT")]
+
+
+@pytest.mark.parametrize(
+    ("amount_minor", "currency"),
+    [(0, "USD"), (-100, "USD"), (MAX_AMOUNT_MINOR + 1, "USD"), (100, ""), (100, "usd"), (100, "USD\n")],
+)
+def test_a_price_no_order_can_be_charged_at_is_not_sellable(amount_minor: int, currency: str) -> None:
+    assert not is_sellable_price(amount_minor, currency)
+
+
+@pytest.mark.parametrize(("amount_minor", "currency"), [(1, "USD"), (MAX_AMOUNT_MINOR, "EUR")])
+def test_a_price_catalog_could_load_is_sellable(amount_minor: int, currency: str) -> None:
+    assert is_sellable_price(amount_minor, currency)
+
+
+def test_products_without_a_sellable_price_are_refused_as_a_failed_precondition_naming_them() -> None:
+    error = invalid_prices(["prod_free", "prod_odd"])
+    assert isinstance(error, errors.FailedPrecondition)
+    assert (error.reason, error.metadata) == (
+        "PRODUCT_PRICE_INVALID",
+        {"product_ids": "prod_free,prod_odd", "invalid_count": "2"},
+    )

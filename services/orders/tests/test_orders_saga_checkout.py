@@ -8,6 +8,7 @@ is in the outbox."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import PaymentsClient
 from shopmesh_orders.domain.model import CancelCode, OrderState
+from shopmesh_orders.domain.ports import PricedProduct
 from shopmesh_orders.domain.validation import CartLine
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
@@ -120,6 +122,34 @@ async def test_a_charge_payments_told_a_short_step_deadline_not_to_retry_is_sent
         app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
         order = await app.get_order(await place(app, command()))
     assert (order.state, servicer.charges, inventory.on_hand["prod_a"]) == (OrderState.CONFIRMED, 2, 3)
+
+
+@pytest.mark.parametrize(("price_minor", "currency"), [(0, "USD"), (-100, "USD"), (1250, "")])
+async def test_a_product_priced_at_no_sellable_price_is_refused_before_anything_is_recorded_reserved_or_charged(
+    app: OrdersApplication,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    caplog: pytest.LogCaptureFixture,
+    price_minor: int,
+    currency: str,
+) -> None:
+    """Orders took catalog's prices as they came: a product priced 0 went on to the charge, which payments refused
+    after the stock was reserved (and the customer heard their card was declined); one whose currency was no
+    code at all was refused CURRENCY_MISMATCH, as if the customer had asked for the wrong currency. Neither is
+    the customer's doing: FAILED_PRECONDITION naming the product, and a warning naming it and its price."""
+    catalog.products["prod_odd"] = PricedProduct("prod_odd", "Odd", price_minor, currency)
+    inventory.on_hand["prod_odd"] = 5
+    with caplog.at_level(logging.WARNING, logger="shopmesh.orders"), pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(GOOD, CartLine("prod_a", 1), CartLine("prod_odd", 1)))
+    assert (caught.value.reason, caught.value.metadata) == (
+        "PRODUCT_PRICE_INVALID",
+        {"product_ids": "prod_odd", "invalid_count": "1"},
+    )
+    assert await app.list_orders("usr_1", 10, "") == ([], "")
+    assert (inventory.calls, payments.charge_calls) == ([], 0)
+    [warning] = [r for r in caplog.records if r.name == "shopmesh.orders" and r.levelno == logging.WARNING]
+    assert f"prod_odd at {price_minor} {currency!r}" in warning.getMessage()
 
 
 async def test_unknown_product_records_no_order(app: OrdersApplication, database: Database) -> None:

@@ -29,6 +29,8 @@ from shopmesh_orders.domain.validation import (
     Card,
     PlaceOrder,
     check_expected_total,
+    invalid_prices,
+    is_sellable_price,
     list_filters,
     matches_expected_total,
     validate_cancel,
@@ -343,6 +345,22 @@ class OrdersApplication:
 
     async def _price(self, command: PlaceOrder, *, fresh: bool = False) -> tuple[OrderLine, ...]:
         priced = await self._catalog.price([item.product_id for item in command.items], fresh=fresh)
+        # Before the currencies are compared: a currency that is no code at all is catalog's fault, not a
+        # mismatch the customer's request could fix.
+        unsellable = [
+            priced[item.product_id]
+            for item in command.items
+            if not is_sellable_price(priced[item.product_id].price_minor, priced[item.product_id].currency)
+        ]
+        if unsellable:
+            # Our data, not the customer's request: a warning naming each product and its price, for whoever
+            # corrects the catalog. The answer, FAILED_PRECONDITION, is no server error to any alert.
+            log.warning(
+                "catalog priced products at no sellable price, PlaceOrder refused: %s",
+                ", ".join(f"{p.product_id} at {p.price_minor} {p.currency!r}" for p in unsellable),
+                extra={"product_ids": [p.product_id for p in unsellable]},
+            )
+            raise invalid_prices([p.product_id for p in unsellable])
         mismatched = [p for p in priced.values() if p.currency != command.currency]
         if mismatched:
             raise errors.InvalidArgument(

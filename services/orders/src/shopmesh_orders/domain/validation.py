@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
@@ -13,6 +14,7 @@ from shopmesh_chassis.contract_limits import (
     MAX_AMOUNT_MINOR,
     MAX_ID_LENGTH,
     currency_violation,
+    is_currency_code,
     listable_id_violation,
     printable_id_violation,
     too_long,
@@ -228,6 +230,29 @@ def check_expected_total(lines: tuple[OrderLine, ...], expected: ExpectedTotal |
             reason="PRICE_CHANGED",
             metadata={"current_total_minor": str(current), "currency": expected.currency},
         )
+
+
+PRODUCT_PRICE_INVALID = "PRODUCT_PRICE_INVALID"
+
+
+def is_sellable_price(amount_minor: int, currency: str) -> bool:
+    """A price an order can be recorded and charged at: catalog's own rule for the prices it loads (1 to
+    MAX_AMOUNT_MINOR, in a currency code). Orders checks again what catalog answers: a product priced 0 (data
+    that reached catalog's database some other way) passed through to the charge, which payments refused
+    after the stock was reserved, and the customer was told their card was declined."""
+    return 0 < amount_minor <= MAX_AMOUNT_MINOR and is_currency_code(currency)
+
+
+def invalid_prices(product_ids: Sequence[str]) -> errors.FailedPrecondition:
+    """PlaceOrder's refusal of products catalog priced at no sellable price (`is_sellable_price`), before any
+    order is recorded: the shop's data is at fault, and nothing the customer sends can change it."""
+    metadata = errors.listed_ids(product_ids, key="product_ids", count_key="invalid_count")
+    return errors.FailedPrecondition(
+        f"products without a valid price in the catalog cannot be sold now: {metadata['product_ids']}; take them "
+        "out of the order",
+        reason=PRODUCT_PRICE_INVALID,
+        metadata=metadata,
+    )
 
 
 def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:

@@ -70,11 +70,12 @@ class OrdersServiceServicer:
         key and request returns that order's outcome (the order, or the error
         naming it, metadata "order_id"), or resumes its saga if it was
         interrupted. A refusal before any order was recorded (INVALID_ARGUMENT,
-        PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION PRICE_CHANGED, an
-        UNAVAILABLE without "order_id") is not stored: a retry with the same key
-        is judged again, and may place the order. Once the order was CONFIRMED,
-        a retry returns it as it is now, without waiting for anything: CONFIRMED
-        with pending_cancellation set while the customer's cancellation runs,
+        PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION PRICE_CHANGED or
+        PRODUCT_PRICE_INVALID, an UNAVAILABLE without "order_id") is not stored:
+        a retry with the same key is judged again, and may place the order.
+        Once the order was CONFIRMED, a retry returns it as it is now, without
+        waiting for anything: CONFIRMED with pending_cancellation set while the
+        customer's cancellation runs,
         CANCELLED (cancel_reason CUSTOMER_REQUESTED) after it. The saga runs to
         completion or compensation even when the caller cancels or its deadline
         expires.
@@ -113,6 +114,13 @@ class OrdersServiceServicer:
         does not keep; nothing was charged), or CARD_EXPIRED (a retry after the
         card's expiry month ended resumed an order whose charge had never been
         sent; nothing was charged).
+        - FAILED_PRECONDITION, reason PRODUCT_PRICE_INVALID: catalog's price of
+        a product is none an order can be charged (not a positive amount
+        within Money's bound, or not in a currency code): the product cannot
+        be sold until its price is corrected. No order is recorded and nothing
+        is reserved or charged. Metadata: {"product_ids": "<those products,
+        comma-separated, in request order>", "invalid_count": "<how many>"};
+        product_ids holds the first ones whose list fits in 1,000 characters.
         - FAILED_PRECONDITION, reason PRICE_CHANGED: expected_total was sent and
         the total of the current prices differs from it. No order is recorded
         and nothing is reserved or charged. Metadata: {"current_total_minor":
