@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -126,40 +127,79 @@ async def test_a_dependencys_do_not_retry_for_a_short_step_deadline_is_not_final
 
 
 class RefusingPayments(payments_pb2_grpc.PaymentsServiceServicer):
-    """Answers Charge INVALID_ARGUMENT with `reason`, as payments does for a card it will not charge."""
+    """Answers Charge INVALID_ARGUMENT with `reason` and a violation of each (field, violation reason) given, as
+    payments does for a charge request it will not take."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, violations: list[tuple[str, str]]) -> None:
         self._reason = reason
+        self._violations = [errors.FieldViolation(field, "refused", why) for field, why in violations]
 
     async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> Any:
-        violation = errors.FieldViolation("card.exp_month", "the card has expired", self._reason)
-        raise errors.InvalidArgument("the charge request is invalid", [violation], reason=self._reason)
+        raise errors.InvalidArgument("the charge request is invalid", self._violations, reason=self._reason)
 
 
-@pytest.mark.parametrize(
-    ("reason", "code"),
-    [
-        # A PlaceOrder retried after the card's expiry month ended drives a charge that was never sent.
-        ("CARD_EXPIRED", CancelCode.CARD_EXPIRED),
-        # Any other disagreement on the card is the customer's card refused.
-        ("INVALID_CARD_NUMBER", CancelCode.CARD_DECLINED),
-    ],
-)
-async def test_a_card_payments_will_not_charge_cancels_for_the_reason_payments_gave(
-    settings: OrdersSettings, reason: str, code: CancelCode
-) -> None:
+async def _refused_charge(settings: OrdersSettings, servicer: RefusingPayments) -> PaymentRefused:
     add = payments_pb2_grpc.add_PaymentsServiceServicer_to_server
-    binding = ServiceBinding(PAYMENTS, RefusingPayments(reason), add)
     card = Card("4242424242424242", 1, 2020, "123")
     async with (
-        serve_in_process(settings, [binding]) as server,
+        serve_in_process(settings, [ServiceBinding(PAYMENTS, servicer, add)]) as server,
         ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
         with pytest.raises(PaymentRefused) as caught:
             await PaymentsClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT).charge(
                 "ord_1", 100, "USD", card, "ord_1:charge"
             )
-    assert caught.value.code is code
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("reason", "violations", "code"),
+    [
+        # A PlaceOrder retried after the card's expiry month ended drives a charge that was never sent.
+        ("CARD_EXPIRED", [("card.exp_month", "CARD_EXPIRED")], CancelCode.CARD_EXPIRED),
+        # Any other disagreement on the card is the customer's card refused.
+        ("INVALID_CARD_NUMBER", [("card.number", "INVALID_CARD_NUMBER")], CancelCode.CARD_DECLINED),
+        (
+            "VALIDATION_FAILED",
+            [("card.exp_year", "CARD_EXPIRED"), ("card.cvv", "INVALID_FORMAT")],
+            CancelCode.CARD_DECLINED,
+        ),
+    ],
+)
+async def test_a_card_payments_will_not_charge_cancels_for_the_reason_payments_gave(
+    settings: OrdersSettings, reason: str, violations: list[tuple[str, str]], code: CancelCode
+) -> None:
+    assert (await _refused_charge(settings, RefusingPayments(reason, violations))).code is code
+
+
+@pytest.mark.parametrize(
+    ("reason", "violations"),
+    [
+        # A price of 0 that reached the charge: the amount is ours, not the customer's.
+        ("VALIDATION_FAILED", [("amount.amount_minor", "OUT_OF_RANGE")]),
+        ("VALIDATION_FAILED", [("amount.currency", "INVALID_FORMAT")]),
+        ("VALIDATION_FAILED", [("order_id", "INVALID_FORMAT")]),
+        # The card left out of the request is no card of the customer's refused.
+        ("VALIDATION_FAILED", [("card", "REQUIRED")]),
+        # With a field of ours among them, the request is ours at fault whatever else is named.
+        ("VALIDATION_FAILED", [("card.cvv", "INVALID_FORMAT"), ("amount.amount_minor", "OUT_OF_RANGE")]),
+        ("IDEMPOTENCY_KEY_REUSED", [("idempotency-key", "ALREADY_USED")]),
+        # An INVALID_ARGUMENT that names no field says nothing about the card.
+        ("VALIDATION_FAILED", []),
+    ],
+)
+async def test_a_charge_request_payments_refuses_for_our_fields_is_not_told_as_a_declined_card(
+    settings: OrdersSettings, caplog: pytest.LogCaptureFixture, reason: str, violations: list[tuple[str, str]]
+) -> None:
+    """Every INVALID_ARGUMENT but CARD_EXPIRED was cancelled CARD_DECLINED: a price of 0 from catalog told the
+    customer "Your card was declined.", and on-call heard nothing. Now the order is cancelled as our fault,
+    logged at ERROR with payments' reason and the fields it named."""
+    with caplog.at_level(logging.ERROR, logger="shopmesh.orders.clients"):
+        refused = await _refused_charge(settings, RefusingPayments(reason, violations))
+    assert (refused.code.value, refused.payment_id) == ("PAYMENT_REQUEST_REJECTED", "")
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert (record.order_id, record.payments_reason) == ("ord_1", reason)  # type: ignore[attr-defined]
+    assert all(field in record.getMessage() for field, _ in violations)
 
 
 class ChargedBefore(payments_pb2_grpc.PaymentsServiceServicer):

@@ -10,7 +10,15 @@ import pytest
 from shopmesh_chassis import errors
 from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
 from shopmesh_chassis.testing.text_reads import characters_read
-from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
+from shopmesh_orders.domain.model import (
+    CANCEL_MESSAGES,
+    Address,
+    CancelCode,
+    Order,
+    OrderLine,
+    OrderState,
+    SagaStep,
+)
 from shopmesh_orders.domain.validation import (
     Card,
     CartLine,
@@ -464,3 +472,13 @@ def test_products_without_a_sellable_price_are_refused_as_a_failed_precondition_
         "PRODUCT_PRICE_INVALID",
         {"product_ids": "prod_free,prod_odd", "invalid_count": "2"},
     )
+
+
+def test_a_charge_request_payments_rejected_tells_the_customer_nothing_about_their_card() -> None:
+    """The shopper reads this message (PlaceOrder's answer, the order, the cancellation e-mail): a fault on our
+    side must not send them to their bank. Refunded later, it says so, as orders' other reasons do."""
+    cancelled = order().reserved("res_1", NOW).failed_before_pivot(CancelCode.PAYMENT_REQUEST_REJECTED, NOW)
+    message = CANCEL_MESSAGES[CancelCode.PAYMENT_REQUEST_REJECTED]
+    assert cancelled.cancel_message == message
+    assert "card" not in message.lower()
+    assert cancelled.refund_done(NOW).cancel_message.endswith("; your payment was refunded.")

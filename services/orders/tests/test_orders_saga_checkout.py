@@ -12,8 +12,9 @@ import logging
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from shopmesh.orders.v1 import events_pb2
+from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
@@ -25,6 +26,7 @@ from shopmesh_orders.clients import PaymentsClient
 from shopmesh_orders.domain.model import CancelCode, OrderState
 from shopmesh_orders.domain.ports import PricedProduct
 from shopmesh_orders.domain.validation import CartLine
+from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 
@@ -122,6 +124,71 @@ async def test_a_charge_payments_told_a_short_step_deadline_not_to_retry_is_sent
         app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
         order = await app.get_order(await place(app, command()))
     assert (order.state, servicer.charges, inventory.on_hand["prod_a"]) == (OrderState.CONFIRMED, 2, 3)
+
+
+class RefusingTheAmount(payments_pb2_grpc.PaymentsServiceServicer):
+    """Payments over a real socket refusing every Charge's amount as its validation does ("must be greater than 0"):
+    a field of the request orders sent, not of the card. It records nothing, so ListPayments lists nothing."""
+
+    async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> payments_pb2.ChargeResponse:
+        violation = errors.FieldViolation("amount.amount_minor", "must be greater than 0", "OUT_OF_RANGE")
+        raise errors.InvalidArgument(
+            "invalid request: amount.amount_minor: must be greater than 0", [violation], reason="VALIDATION_FAILED"
+        )
+
+    async def ListPayments(
+        self, request: payments_pb2.ListPaymentsRequest, context: Any
+    ) -> payments_pb2.ListPaymentsResponse:
+        return payments_pb2.ListPaymentsResponse()
+
+
+async def test_a_charge_request_payments_refuses_cancels_as_our_fault_not_as_a_declined_card(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    settings: OrdersSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Payments refusing the amount orders sent was cancelled CARD_DECLINED: the customer was told "Your card
+    was declined." (in PlaceOrder's answer, on the order, in the cancellation e-mail, whose text is the event's
+    reason) and sent to their bank, while the shop's data was at fault and nothing alarmed whoever is on call.
+    Now it is PAYMENT_REQUEST_REJECTED: the stock released, nothing charged, an ERROR naming payments' reason,
+    and counted under its own reason."""
+    servicer = RefusingTheAmount()
+    binding = ServiceBinding(PAYMENTS_SERVICE, servicer, payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    registry = CollectorRegistry()
+    metrics = OrderMetrics(registry)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS_SERVICE], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        payments = PaymentsClient(channel.channel, timeout=5, unknown_state_wait=settings.recovery_interval_seconds)
+        saga = SagaDriver(database, inventory, payments, settings, on_finished=metrics.finished)
+        app = OrdersApplication(database, catalog, saga)
+        with caplog.at_level(logging.ERROR), pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command())
+        order = await app.get_order(caught.value.metadata["order_id"])
+    message = "We could not take payment for this order; nothing was charged."
+    assert (caught.value.reason, caught.value.message) == ("PAYMENT_REQUEST_REJECTED", message)
+    assert (order.state, order.cancel_code, order.cancel_message) == (
+        OrderState.CANCELLED,
+        CancelCode("PAYMENT_REQUEST_REJECTED"),
+        message,
+    )
+    assert (inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (0, 5)
+    [(subject, payload)] = await events(database)
+    event = events_pb2.OrderCancelled.FromString(payload)
+    assert subject == "orders.v1.order_cancelled"
+    assert (orders_pb2.CancelReasonCode.Name(event.reason.code), event.reason.message, event.refunded) == (
+        "CANCEL_REASON_CODE_PAYMENT_REQUEST_REJECTED",
+        message,
+        False,
+    )
+    assert [r.getMessage() for r in caplog.records if "VALIDATION_FAILED" in r.getMessage()] != []
+    counted = registry.get_sample_value(
+        "shopmesh_orders_finished_total", {"state": "CANCELLED", "reason": "PAYMENT_REQUEST_REJECTED"}
+    )
+    assert counted == 1.0
 
 
 @pytest.mark.parametrize(("price_minor", "currency"), [(0, "USD"), (-100, "USD"), (1250, "")])

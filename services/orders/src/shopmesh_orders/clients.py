@@ -291,6 +291,41 @@ _PAYMENT_STATES_KNOWN = frozenset(
 _REFUSALS = {"CARD_DECLINED": CancelCode.CARD_DECLINED, "INSUFFICIENT_FUNDS": CancelCode.INSUFFICIENT_FUNDS}
 
 
+def _about_the_card(details: ErrorDetails) -> bool:
+    """Whether payments' INVALID_ARGUMENT refuses the card alone: its reason says so (INVALID_CARD_NUMBER), or
+    every field it names is one of the card's (card.number, card.exp_month, card.exp_year, card.cvv)."""
+    if details.reason == "INVALID_CARD_NUMBER":
+        return True
+    violations = details.field_violations
+    return bool(violations) and all(violation.field.startswith("card.") for violation in violations)
+
+
+def _refused_request(order_id: str, details: ErrorDetails) -> CancelCode:
+    """Why a charge payments refused as INVALID_ARGUMENT cancels the order.
+
+    Orders checks the card as payments does, but only when the request comes in: a retry after the card's
+    expiry month ended may drive a charge never sent (CARD_EXPIRED), and a card payments refuses on other
+    grounds is the customer's card refused (CARD_DECLINED). Anything else is our request at fault (an amount,
+    currency or order id payments will not take, the charge's key reused with another request): the customer
+    is not told their card was declined, and whoever is on call hears of it (an ERROR, and the cancellation's
+    own count)."""
+    if details.reason == "CARD_EXPIRED":
+        return CancelCode.CARD_EXPIRED
+    if _about_the_card(details):
+        return CancelCode.CARD_DECLINED
+    fields = ", ".join(f"{v.field} {v.reason or v.description}" for v in details.field_violations) or "none named"
+    log.error(
+        "payments refused the charge request of order %s (reason %s; fields: %s): not the card, the request orders "
+        "sent; the order is cancelled %s",
+        order_id,
+        details.reason,
+        fields,
+        CancelCode.PAYMENT_REQUEST_REJECTED.value,
+        extra={"order_id": order_id, "payments_reason": details.reason},
+    )
+    return CancelCode.PAYMENT_REQUEST_REJECTED
+
+
 class PaymentsClient:
     def __init__(self, channel: grpc.aio.Channel, timeout: float, *, unknown_state_wait: float) -> None:
         """`unknown_state_wait`: as InventoryClient's, for a payment state a newer payments stored."""
@@ -323,11 +358,7 @@ class PaymentsClient:
             if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                # Orders validated the card like payments does, but only when the request came in: a retry
-                # after the card's expiry month ended may drive a charge that was never sent. Any other
-                # disagreement is treated as a decline.
-                expired = details.reason == "CARD_EXPIRED"
-                raise PaymentRefused(CancelCode.CARD_EXPIRED if expired else CancelCode.CARD_DECLINED, "") from None
+                raise PaymentRefused(_refused_request(order_id, details), "") from None
             raise _unexpected("payments", error) from None
         return response.payment.id
 

@@ -2,7 +2,9 @@
 
 A rise in one cancel reason is what an on-call engineer looks for first (PAYMENT_UNAVAILABLE: payments or its
 processor is down; RESERVATION_EXPIRED: steps are too slow; CHECKOUT_INTERRUPTED: checkouts gave up before
-charging, mostly on inventory; CARD_DECLINED: customers, or a fraud rule upstream). A customer's cancellation
+charging, mostly on inventory; CARD_DECLINED: customers, or a fraud rule upstream; PAYMENT_REQUEST_REJECTED:
+payments refused the charge request orders sent, a bug on our side that should stay at zero, each one logged at
+ERROR with payments' reason). A customer's cancellation
 of a confirmed order is no ending of its checkout (that was counted, confirmed): it has a counter of its own.
 Any late capture refunded is a customer charged for an order they were told was cancelled (refunded by the
 recovery loop once the charge could no longer land): it should stay at zero. So should the orders a recovery

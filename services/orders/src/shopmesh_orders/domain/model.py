@@ -47,6 +47,10 @@ class CancelCode(enum.StrEnum):
     CHECKOUT_INTERRUPTED = "CHECKOUT_INTERRUPTED"
     # Expired by the time it was charged: a retry after the expiry month ended drove a charge never sent.
     CARD_EXPIRED = "CARD_EXPIRED"
+    # Payments refused the charge's request itself, not the card: a field of ours (the amount, the currency, the
+    # order id) or the charge's key reused with another request. A fault on our side: the customer is not told
+    # their card was declined, which would send them to their bank for nothing.
+    PAYMENT_REQUEST_REJECTED = "PAYMENT_REQUEST_REJECTED"
     # A code a newer release stored that this one does not know (a rolling update, a canary, a rollback: both
     # run on the same database). Only ever read, never decided: the order stays readable, with the message
     # stored beside the code, and the stored code is never written over with this.
@@ -61,6 +65,7 @@ CANCEL_MESSAGES: dict[CancelCode, str] = {
     CancelCode.RESERVATION_EXPIRED: "The order took too long to complete; any payment was refunded.",
     CancelCode.CHECKOUT_INTERRUPTED: "The order could not be completed in time; nothing was charged.",
     CancelCode.CARD_EXPIRED: "Your card has expired; nothing was charged.",
+    CancelCode.PAYMENT_REQUEST_REJECTED: "We could not take payment for this order; nothing was charged.",
 }
 
 

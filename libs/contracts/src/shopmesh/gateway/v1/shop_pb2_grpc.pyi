@@ -176,12 +176,12 @@ class ShopServiceStub:
     OrdersService.PlaceOrder and returns its outcome and errors (see there:
     INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
     CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-    RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, or
-    PRICE_CHANGED when expected_total no longer matches the prices (no order
-    recorded; metadata current_total_minor and currency), or
-    PRODUCT_PRICE_INVALID when a product's price in the catalog is none it
-    can be sold at (no order recorded; metadata product_ids and
-    invalid_count), ABORTED,
+    RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED /
+    PAYMENT_REQUEST_REJECTED, or PRICE_CHANGED when expected_total no longer
+    matches the prices (no order recorded; metadata current_total_minor and
+    currency), or PRODUCT_PRICE_INVALID when a product's price in the
+    catalog is none it can be sold at (no order recorded; metadata
+    product_ids and invalid_count), ABORTED,
     UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
     when a retry's order was stored or finished by a newer release of orders
     than the one answering: retry, a replica of that release answers it, and
@@ -372,12 +372,12 @@ class ShopServiceAsyncStub(ShopServiceStub):
     OrdersService.PlaceOrder and returns its outcome and errors (see there:
     INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
     CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-    RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, or
-    PRICE_CHANGED when expected_total no longer matches the prices (no order
-    recorded; metadata current_total_minor and currency), or
-    PRODUCT_PRICE_INVALID when a product's price in the catalog is none it
-    can be sold at (no order recorded; metadata product_ids and
-    invalid_count), ABORTED,
+    RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED /
+    PAYMENT_REQUEST_REJECTED, or PRICE_CHANGED when expected_total no longer
+    matches the prices (no order recorded; metadata current_total_minor and
+    currency), or PRODUCT_PRICE_INVALID when a product's price in the
+    catalog is none it can be sold at (no order recorded; metadata
+    product_ids and invalid_count), ABORTED,
     UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
     when a retry's order was stored or finished by a newer release of orders
     than the one answering: retry, a replica of that release answers it, and
@@ -607,12 +607,12 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         OrdersService.PlaceOrder and returns its outcome and errors (see there:
         INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
         CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, or
-        PRICE_CHANGED when expected_total no longer matches the prices (no order
-        recorded; metadata current_total_minor and currency), or
-        PRODUCT_PRICE_INVALID when a product's price in the catalog is none it
-        can be sold at (no order recorded; metadata product_ids and
-        invalid_count), ABORTED,
+        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED /
+        PAYMENT_REQUEST_REJECTED, or PRICE_CHANGED when expected_total no longer
+        matches the prices (no order recorded; metadata current_total_minor and
+        currency), or PRODUCT_PRICE_INVALID when a product's price in the
+        catalog is none it can be sold at (no order recorded; metadata
+        product_ids and invalid_count), ABORTED,
         UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
         when a retry's order was stored or finished by a newer release of orders
         than the one answering: retry, a replica of that release answers it, and

@@ -125,6 +125,14 @@ class _CancelReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Canc
     never been sent. Nothing was charged and the stock was released; the
     customer can place the order again with a current card.
     """
+    CANCEL_REASON_CODE_PAYMENT_REQUEST_REJECTED: _CancelReasonCode.ValueType  # 9
+    """Payments refused the charge's request itself, not the card: a field of
+    the shop's (the amount, its currency, the order id) or the charge's
+    idempotency key reused with another request. A fault on the shop's side,
+    not the customer's: nothing was charged and the stock was released. A
+    client built on an older release of this contract reads the value as a
+    number it has no name for; cancel_reason.message still says why.
+    """
 
 class CancelReasonCode(_CancelReasonCode, metaclass=_CancelReasonCodeEnumTypeWrapper):
     """Why an order was cancelled. Each value without its CANCEL_REASON_CODE_
@@ -171,6 +179,14 @@ CANCEL_REASON_CODE_CARD_EXPIRED: CancelReasonCode.ValueType  # 8
 after the card's expiry month ended resumed an order whose charge had
 never been sent. Nothing was charged and the stock was released; the
 customer can place the order again with a current card.
+"""
+CANCEL_REASON_CODE_PAYMENT_REQUEST_REJECTED: CancelReasonCode.ValueType  # 9
+"""Payments refused the charge's request itself, not the card: a field of
+the shop's (the amount, its currency, the order id) or the charge's
+idempotency key reused with another request. A fault on the shop's side,
+not the customer's: nothing was charged and the stock was released. A
+client built on an older release of this contract reads the value as a
+number it has no name for; cancel_reason.message still says why.
 """
 Global___CancelReasonCode: _TypeAlias = CancelReasonCode  # noqa: Y015
 

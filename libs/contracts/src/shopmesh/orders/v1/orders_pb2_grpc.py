@@ -107,13 +107,16 @@ class OrdersServiceServicer:
         reservation expired first: before the charge, and nothing was charged,
         or after a payment that succeeded too late, which was refunded; also
         when inventory no longer has the reservation at commit, e.g. after a
-        restore: the payment was refunded), or
+        restore: the payment was refunded),
         CHECKOUT_INTERRUPTED (a retry finds the
         order the server resumed after this call gave up before charging the
         card, e.g. while inventory was unavailable: it cannot charge a card it
-        does not keep; nothing was charged), or CARD_EXPIRED (a retry after the
+        does not keep; nothing was charged), CARD_EXPIRED (a retry after the
         card's expiry month ended resumed an order whose charge had never been
-        sent; nothing was charged).
+        sent; nothing was charged), or PAYMENT_REQUEST_REJECTED (payments
+        refused the charge's request itself, not the card: a fault on the
+        shop's side, which the customer cannot fix; nothing was charged and the
+        stock was released).
         - FAILED_PRECONDITION, reason PRODUCT_PRICE_INVALID: catalog's price of
         a product is none an order can be charged (not a positive amount
         within Money's bound, or not in a currency code): the product cannot
