@@ -41,11 +41,5 @@ data:
 YAML
 
 # 4. Namespaces and the dev infrastructure.
-kubectl --context "kind-${KIND_CLUSTER}" apply -f k8s/namespaces.yaml
-kubectl --context "kind-${KIND_CLUSTER}" apply -k k8s/infra
-kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status statefulset/nats --timeout=180s
-kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status statefulset/postgresql --timeout=180s
-kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status deployment/mailpit --timeout=180s
-kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status deployment/jaeger --timeout=180s
-kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status deployment/nats-box --timeout=180s
+apply_infra "kind-${KIND_CLUSTER}"
 echo "kind cluster '${KIND_CLUSTER}' is up; registry localhost:${REGISTRY_PORT}. Next: make skaffold-dev"

@@ -29,6 +29,18 @@ install_gateway_api() {
     -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/${GATEWAY_API_VERSION}/standard-install.yaml"
 }
 
+# apply_infra CONTEXT: the namespaces and the dev infrastructure (k8s/infra) into the kind cluster of kube context
+# CONTEXT, and wait until each part runs. Idempotent: over a cluster an earlier commit made it applies what
+# k8s/infra has gained since (PostgreSQL's max_connections=300, nats-box), which the releases now count on.
+apply_infra() {
+  kubectl --context "$1" apply -f k8s/namespaces.yaml
+  kubectl --context "$1" apply -k k8s/infra
+  local workload
+  for workload in statefulset/nats statefulset/postgresql deployment/mailpit deployment/jaeger deployment/nats-box; do
+    kubectl --context "$1" -n shopmesh-infra rollout status "$workload" --timeout=180s
+  done
+}
+
 HINT_DOCKER="a container engine with the docker CLI: https://docs.docker.com/engine/install/"
 HINT_KIND="kind >= 0.27 (k8s/kind/cluster.yaml runs its node image, kindest/node:v1.32.2): https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
 HINT_KUBECTL="kubectl 1.32: https://kubernetes.io/docs/tasks/tools/"

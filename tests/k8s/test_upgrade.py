@@ -346,3 +346,47 @@ def test_every_configmap_fits_what_the_api_server_takes(rendered: dict[tuple[str
     stated = re.search(r"and the storefront\) is about (\d+) KiB", DOCS_KUBERNETES.read_text())
     assert stated, "docs/kubernetes.md no longer states the http-api ConfigMap's size"
     assert abs(int(stated[1]) * 1024 - largest) <= largest / 10, (int(stated[1]), largest // 1024)
+
+
+def run_skaffold_dev(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run k8s/scripts/skaffold-dev.sh (`make skaffold-dev`) against stand-ins for the tools it calls, with a kind
+    cluster "shopmesh" already there: its result, and every call of kubectl and skaffold in order."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    calls = tmp_path / "calls"
+    record = '#!/bin/sh\necho "$(basename "$0") $*" >> "$CALLS"\n'
+    for tool in ("docker", "helm", "kubectl", "skaffold"):
+        (stubs / tool).write_text(record)
+    (stubs / "kind").write_text('#!/bin/sh\n[ "$2" = clusters ] && echo shopmesh\nexit 0\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "CALLS": str(calls), "KIND_CLUSTER": "shopmesh"}
+    script = ROOT / "k8s" / "scripts" / "skaffold-dev.sh"
+    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_make_skaffold_dev_brings_an_earlier_kind_clusters_infrastructure_up_to_date_first(tmp_path: Path) -> None:
+    """k8s/infra grows (PostgreSQL's max_connections=300, which the staging value set's connection budget counts
+    on; nats-box, which the runbooks exec into), and only `make kind-up` applied it: a kind cluster made before
+    kept the old PostgreSQL (100 connections) under every later `make skaffold-dev`, whose releases then ran out
+    of connections or found no nats-box. skaffold-dev.sh applies the namespaces and k8s/infra of this checkout,
+    and waits for them, before skaffold deploys."""
+    result, calls = run_skaffold_dev(tmp_path)
+    assert result.returncode == 0, result.stderr
+    context = "--context kind-shopmesh"
+    applied = [i for i, call in enumerate(calls) if call == f"kubectl {context} apply -k k8s/infra"]
+    namespaces = [i for i, call in enumerate(calls) if call == f"kubectl {context} apply -f k8s/namespaces.yaml"]
+    waited = [i for i, call in enumerate(calls) if call.startswith(f"kubectl {context} -n shopmesh-infra rollout")]
+    deployed = [i for i, call in enumerate(calls) if call.startswith("skaffold dev --kube-context kind-shopmesh ")]
+    assert all((applied, namespaces, waited, deployed)), calls
+    assert namespaces[0] < applied[0] < min(waited) <= max(waited) < deployed[0], calls
+    # Each workload k8s/infra runs is waited for, nats-box among them (the runbooks exec into it at once).
+    workloads = {
+        f"{doc['kind'].lower()}/{doc['metadata']['name']}"
+        for text in render.infra_manifests().values()
+        for doc in render.documents(text)
+        if doc["kind"] in ("Deployment", "StatefulSet")
+    }
+    assert "deployment/nats-box" in workloads
+    assert {calls[i].split()[7] for i in waited} == workloads, calls
