@@ -390,3 +390,29 @@ def test_make_skaffold_dev_brings_an_earlier_kind_clusters_infrastructure_up_to_
     }
     assert "deployment/nats-box" in workloads
     assert {calls[i].split()[7] for i in waited} == workloads, calls
+
+
+# A skaffold command as the docs write it, with its profiles: `skaffold run -p staging,istio ...`.
+SKAFFOLD_WITH_PROFILES = re.compile(r"\bskaffold (?:run|dev|deploy)\b[^`]*?(?:-p|--profile)[ =]?(\S+)[^`]*")
+
+
+def test_the_skaffold_staging_profile_is_offered_for_kind_only() -> None:
+    """skaffold's staging profile gives values-staging.yaml and the mesh's file, none of the cluster's own: the
+    docs offered `skaffold run -p staging,istio --kube-context <context>` beside `make deploy-staging`, and each
+    such run put k8s/infra's database, NATS, SMTP and collector peers back (the NetworkPolicies then admit only
+    k8s/infra's PostgreSQL: every connection to the database dropped), without the missing-Secrets check or
+    `helm test`. skaffold cannot be made to refuse a run that lacks the cluster's files (an unset variable in
+    valuesFiles is an empty path, found by helm after the images are pushed), so every documented skaffold
+    command with the staging profile targets kind, and the docs say that staging is deployed by deploy-staging."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "skaffold.yaml", ROOT / "k8s" / "k8s.mk"]
+    files += sorted((ROOT / "k8s").rglob("*.sh"))
+    staging = []
+    for path in files:
+        for line in commands(path.read_text()):
+            for match in SKAFFOLD_WITH_PROFILES.finditer(line):
+                if "staging" in match[1].split(","):
+                    staging.append((path.relative_to(ROOT), match[0]))
+    assert staging, "no documented skaffold command with the staging profile: the check reads nothing"
+    assert [(path, command) for path, command in staging if "--kube-context kind-" not in command] == []
+    docs = " ".join(DOCS_KUBERNETES.read_text().split())
+    assert "`make deploy-staging` is the one way to deploy a staging cluster" in docs
