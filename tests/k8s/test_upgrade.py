@@ -254,11 +254,10 @@ def commands(text: str) -> list[str]:
     return joined
 
 
-def test_no_documented_upgrade_reuses_the_earlier_charts_defaults() -> None:
-    """`helm upgrade --reuse-values` renders the new chart with the defaults of the chart the release was made
-    with: over a release from before 2026-12-03 (global.drain's grace period 30 s, which the drain has since
-    outgrown) the chart refuses it. docs/mesh.md (faults) and k8s/ingress/gateway.yaml told users to upgrade so;
-    every documented upgrade keeps the new chart's defaults (--reset-then-reuse-values, or the values files)."""
+def documented_upgrades() -> list[tuple[Path, str]]:
+    """Every `helm upgrade` the repository documents (README, docs, k8s/, skaffold.yaml, the value sets' comments),
+    as written, its continuation lines (after a trailing backslash) joined to it: the documented upgrades are
+    mostly several lines long, and a flag on any of them is the command's. Each with its file."""
     files = [
         ROOT / "README.md",
         *sorted((ROOT / "docs").glob("*.md")),
@@ -268,12 +267,30 @@ def test_no_documented_upgrade_reuses_the_earlier_charts_defaults() -> None:
         ROOT / "k8s" / "k8s.mk",
         ROOT / "skaffold.yaml",
     ]
-    # A command as written, its continuation lines (after a trailing backslash) joined to it: the documented
-    # upgrades are mostly several lines long, and a flag on any of them is the command's.
     upgrades = [(path.relative_to(ROOT), command) for path in files for command in commands(path.read_text())]
     upgrades = [(path, command) for path, command in upgrades if "helm upgrade" in command]
     assert len(upgrades) >= 4, upgrades
-    assert [(path, line) for path, line in upgrades if "--reuse-values" in line] == []
+    return upgrades
+
+
+def test_no_documented_upgrade_reuses_the_earlier_charts_defaults() -> None:
+    """`helm upgrade --reuse-values` renders the new chart with the defaults of the chart the release was made
+    with: over a release from before 2026-12-03 (global.drain's grace period 30 s, which the drain has since
+    outgrown) the chart refuses it. docs/mesh.md (faults) and k8s/ingress/gateway.yaml told users to upgrade so;
+    every documented upgrade keeps the new chart's defaults."""
+    assert [(path, line) for path, line in documented_upgrades() if "--reuse-values" in line] == []
+
+
+def test_no_documented_upgrade_reuses_the_stored_copy_of_the_values_files() -> None:
+    """A release made from values files (`make deploy-staging`) stores their contents: `--reset-then-reuse-values`
+    after an update of main reuses that commit's values-staging.yaml instead of this checkout's, loudly where
+    a check catches it (the database connection budget) and silently otherwise. The canary steps
+    (docs/kubernetes.md), the faults (docs/mesh.md) and k8s/ingress/gateway.yaml upgraded so; every documented
+    upgrade gives this checkout's files (the canary's and the faults' settings in a file of STAGING_VALUES),
+    and the docs say when --reset-then-reuse-values is safe."""
+    assert [(path, line) for path, line in documented_upgrades() if "--reset-then-reuse-values" in line] == []
+    values = " ".join(DOCS_KUBERNETES.read_text().split())
+    assert "`--reset-then-reuse-values` is safe only when the stored values came from the same commit" in values
 
 
 def _infra_selector(name: str) -> dict[str, Any]:
