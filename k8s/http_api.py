@@ -13,7 +13,7 @@
   under the container's memory limit (`max_heap_bytes`), which the values may change.
 - `shop.binpb`: the API's descriptor set, as `make proto` generates it beside the stubs.
 - `shop.openapi.json`: the API's OpenAPI document, likewise, which the edge serves at /openapi.json.
-- `index.html`, `app.js`, `app.css`: the storefront the edge serves at / (shopmesh_platform/storefront).
+- `index.html`, `app.js`, `countries.js`, `app.css`: the storefront the edge serves at / (shopmesh_platform/storefront).
 
 Helm reads a chart's own files only, so they are copies; `make lint` fails when they are stale.
 """

@@ -111,11 +111,18 @@ check-dashboards: setup
 	$(VENV_BIN)/python k8s/dashboards.py --check
 
 .PHONY: http-api check-http-api
-http-api: setup ## Write helm/gateway/files/ (the HTTP/JSON edge's Envoy configuration, the API's descriptor set and OpenAPI document, the storefront)
+http-api: setup storefront-countries ## Write helm/gateway/files/ (the HTTP/JSON edge's Envoy configuration, the API's descriptor set and OpenAPI document, the storefront)
 	$(VENV_BIN)/python k8s/http_api.py
 
 check-http-api: setup
 	$(VENV_BIN)/python k8s/http_api.py --check
+
+.PHONY: storefront-countries check-storefront-countries
+storefront-countries: setup ## Write the storefront's countries.js (the codes its country picker offers) from orders' COUNTRIES
+	$(VENV_BIN)/python k8s/storefront_countries.py
+
+check-storefront-countries: setup
+	$(VENV_BIN)/python k8s/storefront_countries.py --check
 
 .PHONY: values-schema check-values-schema
 values-schema: setup ## Write every chart's values.schema.json (helm/<service>/, helm/shopmesh/) from k8s/values_schema.py
@@ -140,6 +147,6 @@ check-caller-methods: setup
 check-release-objects: setup
 	$(VENV_BIN)/python k8s/release_objects.py --check
 
-# `make lint` fails when the committed dashboard, the gateway chart's files, the charts' values schemas and
-# callerMethods or the release objects' inventory are not what k8s/ writes.
-lint: check-dashboards check-http-api check-values-schema check-caller-methods check-release-objects
+# `make lint` fails when the committed dashboard, the gateway chart's files, the storefront's countries, the
+# charts' values schemas and callerMethods or the release objects' inventory are not what k8s/ writes.
+lint: check-dashboards check-storefront-countries check-http-api check-values-schema check-caller-methods check-release-objects

@@ -37,6 +37,7 @@ from playwright.async_api import (
 
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_notifications.domain import money
+from shopmesh_orders.domain.validation import COUNTRIES
 from shopmesh_platform.http_api import STOREFRONT_CSP, STOREFRONT_FILES, storefront_folder
 from shopmesh_platform.stack import HTTP_API, Stack
 
@@ -63,6 +64,18 @@ SLOW = 25_000
 AXE = Path(__file__).resolve().parents[2] / ".tools" / "node_modules" / "axe-core" / "axe.min.js"
 WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 
+# The checkout form's fields by label, as a shopper fills them (the country is picked: its option's code).
+CHECKOUT_FIELDS = {
+    "Full name": "Ada Lovelace",
+    "Street": "1 Analytical Way",
+    "City": "London",
+    "Postal code": "N1 7AA",
+    "Country": "GB",
+    "Card number": GOOD_CARD,
+    "Expiry month": "12",
+    "Expiry year (four digits)": "2031",
+    "CVV": "123",
+}
 
 ENV = {
     "orders": FAST_RECOVERY,
@@ -139,8 +152,13 @@ class Tab:
         return keys
 
     async def fill(self, fields: dict[str, str]) -> None:
+        """Each field by its label: typed into, or for a picker, its option of that value or label chosen."""
         for label, value in fields.items():
-            await self.page.get_by_label(label, exact=True).fill(value)
+            field = self.page.get_by_label(label, exact=True)
+            if await field.evaluate("(element) => element.tagName") == "SELECT":
+                await field.select_option(value)
+            else:
+                await field.fill(value)
 
     async def press(self, button: str) -> None:
         await self.page.get_by_role("button", name=button, exact=True).click()
@@ -165,18 +183,7 @@ class Tab:
 
     async def check_out(self, card: str = GOOD_CARD, **overrides: str) -> None:
         await self.open("#/cart")
-        fields = {
-            "Full name": "Ada Lovelace",
-            "Street": "1 Analytical Way",
-            "City": "London",
-            "Postal code": "N1 7AA",
-            "Country (two letters)": "GB",
-            "Card number": card,
-            "Expiry month": "12",
-            "Expiry year (four digits)": "2031",
-            "CVV": "123",
-        }
-        await self.fill(fields | overrides)
+        await self.fill(CHECKOUT_FIELDS | {"Card number": card} | overrides)
         await self.press("Place order")
 
     async def placed(self, text: str = "is CONFIRMED") -> None:
@@ -189,10 +196,10 @@ class Tab:
 
 @contextlib.asynccontextmanager
 async def open_tab(stack: Stack, browser: Browser, **options: Any) -> AsyncIterator[Tab]:
-    """A Tab in a fresh browser profile (en-US, and `options` of the context), closed afterwards; then no script
+    """A Tab in a fresh browser profile (en-US unless `options` of the context say), closed afterwards; then no script
     error or CSP violation may have happened in it."""
     assert stack.http_url is not None
-    context = await browser.new_context(locale="en-US", **options)
+    context = await browser.new_context(**{"locale": "en-US", **options})
     try:
         opened = Tab(context, await context.new_page(), stack.http_url)
         yield opened
@@ -306,12 +313,13 @@ async def test_the_services_field_violations_show_beside_the_fields_they_name(
             await expect(page.get_by_label(label, exact=True)).not_to_have_attribute("aria-invalid", "true")
         assert await orders_of(http, await tab.token()) == [], "nothing is placed"
 
-    # The page checks nothing itself: what it shows is what orders' validation answered (INVALID_ARGUMENT).
-    await tab.check_out(**{"Card number": "", "City": "", "Country (two letters)": "United Kingdom"})
-    await refused(["City", "Country (two letters)", "Card number"], ["Street", quantity])
+    # The page checks nothing itself: what it shows is what orders' validation answered (INVALID_ARGUMENT), a
+    # country left unpicked too.
+    await tab.check_out(**{"Card number": "", "City": "", "Country": ""})
+    await refused(["City", "Country", "Card number"], ["Street", quantity])
     # A cart line's complaint (`items[0].quantity`) lands on that line, in the cart above the form; what was
     # typed into the form stays.
-    await tab.fill({"City": "London", "Country (two letters)": "GB", "Card number": GOOD_CARD})
+    await tab.fill({"City": "London", "Country": "GB", "Card number": GOOD_CARD})
     await page.get_by_label(quantity).fill("500")
     await page.get_by_label(quantity).press("Tab")
     await tab.press("Place order")
@@ -331,6 +339,44 @@ async def test_the_services_field_violations_show_beside_the_fields_they_name(
     await page.get_by_label(quantity).press("Tab")
     await tab.press("Place order")
     await tab.placed()
+
+
+# The picker's options as the page offers them: [value, text] each, in order.
+OPTIONS = "(select) => [...select.options].map((option) => [option.value, option.text])"
+# Whether the names are in the order the browser's own collation gives them (Python's order is not a language's).
+IN_COLLATION_ORDER = "(names) => names.every((name, at) => !at || names[at - 1].localeCompare(name) <= 0)"
+
+
+async def test_the_country_is_picked_from_the_codes_orders_accepts_named_in_the_browsers_language(
+    stack: Stack, browser: Browser, tab: Tab, http: httpx.AsyncClient
+) -> None:
+    """Typed as text, the country was refused unless the shopper knew its ISO code ("UK" is not one: "GB" is).
+    The picker offers exactly the codes orders accepts, each under its name in the browser's language."""
+    page = tab.page
+    await tab.register("Ada")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.open("#/cart")
+    country = page.get_by_label("Country", exact=True)
+    await expect(country.locator("option[value=GB]")).to_have_text("United Kingdom")
+    [nothing_picked, *offered] = await country.evaluate(OPTIONS)
+    assert nothing_picked == ["", "Choose a country"]
+    # Each once: as many options as codes.
+    assert {code for code, _ in offered} == COUNTRIES
+    assert len(offered) == len(COUNTRIES)
+    assert await page.evaluate(IN_COLLATION_ORDER, [name for _, name in offered])
+    await tab.check_out(**{"Country": "United Kingdom"})
+    await tab.placed()
+    [placed] = await orders_of(http, await tab.token())
+    assert placed["shippingAddress"]["country"] == "GB"
+
+    async with open_tab(stack, browser, locale="de-DE") as german:
+        await german.register("Ada")
+        await german.add_to_cart("prod_chef_knife")
+        await german.open("#/cart")
+        country = german.page.get_by_label("Country", exact=True)
+        await expect(country.locator("option[value=GB]")).to_have_text("Vereinigtes Königreich")
+        [_, *offered] = await country.evaluate(OPTIONS)
+        assert await german.page.evaluate(IN_COLLATION_ORDER, [name for _, name in offered])
 
 
 async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(
@@ -831,19 +877,6 @@ async def test_with_the_gateway_down_the_page_says_the_shop_is_unavailable_not_e
         await expect(alert).not_to_contain_text("reset reason")
     finally:
         await stack.start_service("gateway")
-
-
-CHECKOUT_FIELDS = {
-    "Full name": "Ada Lovelace",
-    "Street": "1 Analytical Way",
-    "City": "London",
-    "Postal code": "N1 7AA",
-    "Country (two letters)": "GB",
-    "Card number": GOOD_CARD,
-    "Expiry month": "12",
-    "Expiry year (four digits)": "2031",
-    "CVV": "123",
-}
 
 
 async def test_a_cart_changed_in_another_tab_is_shown_before_it_is_charged(

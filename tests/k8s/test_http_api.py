@@ -53,7 +53,18 @@ from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
 from shopmesh_platform.traces import load
 
-from .k8skit import ENVOY_LOG, ROOT, Docs, find, http_api, objects_of, render, running_http_api, trace_sink
+from .k8skit import (
+    ENVOY_LOG,
+    ROOT,
+    Docs,
+    find,
+    http_api,
+    objects_of,
+    render,
+    running_http_api,
+    storefront_countries,
+    trace_sink,
+)
 
 EDGE = next(name for name in SERVICES if is_edge(name))
 PORT = 8080
@@ -86,6 +97,11 @@ def config_of(docs: Docs) -> dict[str, Any]:
 
 def test_the_committed_chart_files_are_what_k8s_http_api_writes() -> None:
     assert http_api.main(["--check"]) == 0, "run `make http-api` (make lint checks this too)"
+
+
+def test_the_storefronts_countries_are_what_k8s_storefront_countries_writes() -> None:
+    """The checkout's country picker offers orders' own COUNTRIES, through a file a pycountry release can stale."""
+    assert storefront_countries.main(["--check"]) == 0, "run `make storefront-countries` (make lint checks this too)"
 
 
 @pytest.mark.parametrize("value_set", render.VALUE_SETS)

@@ -176,6 +176,7 @@ async def test_the_edges_hook_checks_its_http_api_and_fails_when_that_api_does_n
         assert f"ok   {stack.http_url} GET /v1/orders without a token: 401 ['TOKEN_MISSING']" in output
         assert f"ok   {stack.http_url} GET / (the storefront): 200 text/html; charset=utf-8 b'<!doctype html>" in output
         assert f"ok   {stack.http_url} GET /assets/app.js: 200 text/javascript" in output
+        assert f"ok   {stack.http_url} GET /assets/countries.js: 200 text/javascript" in output
         assert f"ok   {stack.http_url} GET /assets/app.css: 200 text/css" in output
 
         # gRPC healthy, but what answers on the HTTP port is not the API (here: the gateway's metrics).

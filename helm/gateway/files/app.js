@@ -4,7 +4,9 @@
 // and the session's token (sessionStorage: gone with the tab or at sign-out).
 //
 // Elements are built from data as text (textContent), never as HTML: a product name cannot become markup.
-// The edge's Content-Security-Policy refuses any script but this file besides.
+// The edge's Content-Security-Policy refuses any script but this file (and the modules it imports) besides.
+
+import { COUNTRIES } from "./countries.js";
 
 const PAGE_SIZE = 12;
 const RECOMMENDATIONS = 4;
@@ -323,7 +325,7 @@ const CHANGED_WHILE_UNKNOWN =
 // (the card too: it never left the page), and so does the last checkout's refusal kept (`checkout.answer`).
 async function showCartChanged(message) {
   // The form's own inputs: the quantities outside it (their `form` attribute) are the cart's, shown anew.
-  const fieldsOf = (form) => [...(form?.querySelectorAll("input") ?? [])];
+  const fieldsOf = (form) => [...(form?.querySelectorAll("input, select") ?? [])];
   const typed = fieldsOf(document.getElementById(CHECKOUT_FORM)).map((input) => [input.name, input.value]);
   const { answer } = checkout;
   flash(message);
@@ -556,25 +558,29 @@ function nextPageLink(token, query) {
 // A form of labelled inputs, each named by its field in the request (`shipping_address.city`): the
 // server's field violations land beside the input they name. No browser-side checks (novalidate): the
 // service's rules are the rules, and its answers say which field broke which.
+// A field with `options` ([value, label] pairs) is a <select>, its first option `choose` (value ""): nothing
+// is chosen for the shopper, and the service says so beside it when nothing was.
 // Inputs outside the form may belong to it (the cart's quantities, `items[0].quantity`, by their `form`
 // attribute, with the form's `id`).
 function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
   const form = h("form", { class: "fields", novalidate: true, id: formId });
   for (const field of fields) {
     const id = `field-${field.name.replaceAll(/[^a-z0-9]/gi, "-")}`;
+    const named = { id, name: field.name, autocomplete: field.autocomplete ?? "off" };
+    const control = field.options
+      ? h(
+          "select",
+          named,
+          h("option", { value: "" }, field.choose),
+          field.options.map(([value, label]) => h("option", { value }, label)),
+        )
+      : h("input", { ...named, type: field.type ?? "text", value: field.value ?? "", inputmode: field.inputmode });
     form.append(
       h(
         "div",
         { class: "field" },
         h("label", { for: id }, field.label),
-        h("input", {
-          id,
-          name: field.name,
-          type: field.type ?? "text",
-          value: field.value ?? "",
-          autocomplete: field.autocomplete ?? "off",
-          inputmode: field.inputmode,
-        }),
+        control,
         h("span", { class: "problem", id: `${id}-problem` }),
       ),
     );
@@ -608,8 +614,8 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
   return form;
 }
 
-// A form's text inputs (of fieldsForm), its button left out.
-const inputsOf = (form) => [...form.elements].filter((element) => element.tagName === "INPUT");
+// A form's inputs and pickers (of fieldsForm), its button left out.
+const inputsOf = (form) => [...form.elements].filter((element) => ["INPUT", "SELECT"].includes(element.tagName));
 
 // A service's complaint about a cart line (`items[0].quantity`), not about a field of the checkout form.
 const aboutALine = (violation) => /^items\[\d+\]/.test(violation.field);
@@ -873,13 +879,27 @@ function cartView() {
   ];
 }
 
+// The countries orders ships to (countries.js: its own list of ISO 3166-1 codes), as [code, name] in the order
+// of their names: each named in the browser's language, or by its code where the browser has no name for it.
+// Typed as text, the country was refused unless the shopper knew its code ("UK" is not the United Kingdom's).
+function countryOptions() {
+  const names = new Intl.DisplayNames(undefined, { type: "region", fallback: "code" });
+  return COUNTRIES.map((code) => [code, names.of(code)]).sort(([, one], [, other]) => one.localeCompare(other));
+}
+
 function checkoutForm(currency, session, showPrices) {
   const fields = [
     { name: "shipping_address.full_name", label: "Full name", autocomplete: "name" },
     { name: "shipping_address.street", label: "Street", autocomplete: "street-address" },
     { name: "shipping_address.city", label: "City", autocomplete: "address-level2" },
     { name: "shipping_address.postal_code", label: "Postal code", autocomplete: "postal-code" },
-    { name: "shipping_address.country", label: "Country (two letters)", autocomplete: "country" },
+    {
+      name: "shipping_address.country",
+      label: "Country",
+      autocomplete: "country",
+      choose: "Choose a country",
+      options: countryOptions(),
+    },
     { name: "card.number", label: "Card number", inputmode: "numeric", autocomplete: "cc-number" },
     { name: "card.exp_month", label: "Expiry month", inputmode: "numeric", autocomplete: "cc-exp-month" },
     { name: "card.exp_year", label: "Expiry year (four digits)", inputmode: "numeric", autocomplete: "cc-exp-year" },

@@ -10,7 +10,7 @@ document it serves at /openapi.json and the storefront it serves at / are the se
 {{- $c := .c -}}
 {{- $files := .root.Files -}}
 {{- /* Text files go in data (as the edge reads them), the descriptor set in binaryData. */ -}}
-{{- $text := list "http-api.json" "http-api-traced.json" "shop.openapi.json" "index.html" "app.js" "app.css" -}}
+{{- $text := list "http-api.json" "http-api-traced.json" "shop.openapi.json" "index.html" "app.js" "countries.js" "app.css" -}}
 {{- $contents := dict -}}
 {{- $missing := list -}}
 {{- range $name := append $text "shop.binpb" -}}

@@ -77,7 +77,7 @@ if http:
     code, body, kind = get(f"{http}/")
     ok = code == 200 and kind.startswith("text/html") and b'src="/assets/app.js"' in body
     report(ok, "GET / (the storefront)", f"{code} {kind} {body[:40]!r}", where=http)
-    for asset, expected in (("app.js", "text/javascript"), ("app.css", "text/css")):
+    for asset, expected in (("app.js", "text/javascript"), ("countries.js", "text/javascript"), ("app.css", "text/css")):
         code, body, kind = get(f"{http}/assets/{asset}")
         ok = code == 200 and kind.startswith(expected) and len(body) > 0
         report(ok, f"GET /assets/{asset}", f"{code} {kind} {len(body)} bytes", where=http)

@@ -1,6 +1,6 @@
 """The main of k8s/'s generators (caller_methods.py, dashboards.py, dockerfiles.py, http_api.py,
-values_schema.py): write the files
-they generate, or, with --check (`make lint`), exit 1 naming each one that is missing or stale.
+storefront_countries.py, values_schema.py): write the files they generate, or, with --check (`make lint`), exit 1
+naming each one that is missing or stale.
 
 It lives here because those scripts already import the platform (its topology) from the checkout they run in;
 it imports nothing but the standard library, so that dockerfiles.py still runs on a bare `python3`.

@@ -18,6 +18,8 @@ OPENAPI_PATH = "/openapi.json"
 STOREFRONT_FILES = {
     "index.html": ("/", "text/html; charset=utf-8"),
     "app.js": ("/assets/app.js", "text/javascript; charset=utf-8"),
+    # The countries orders ships to, which app.js imports (written by k8s/storefront_countries.py).
+    "countries.js": ("/assets/countries.js", "text/javascript; charset=utf-8"),
     "app.css": ("/assets/app.css", "text/css; charset=utf-8"),
 }
 # The page runs its own script and style only and talks to this origin only: an injected script or a
