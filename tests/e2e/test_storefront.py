@@ -594,7 +594,15 @@ async def drawn_left_to_right(text: Locator, first: str, then: str) -> bool:
 
 # (name, what the page writes of it): an unpaired control is dropped. "Eve\u2069\u202eevil": Chromium draws a
 # <bdi> as U+2068 … U+2069, so the name's own PDI closed it and the override after it reached the page's text.
-@pytest.mark.parametrize(("name", "written"), [("Eve \u202eevil", "Eve evil"), ("Eve\u2069\u202eevil", "Eveevil")])
+# "Eve \u202eevil\u202c": a paired override is kept, and only the <bdi> keeps it from the text after it (below).
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("Eve \u202eevil", "Eve evil"),
+        ("Eve\u2069\u202eevil", "Eveevil"),
+        ("Eve \u202eevil\u202c", "Eve \u202eevil\u202c"),
+    ],
+)
 async def test_a_right_to_left_override_in_a_name_reverses_nothing_the_page_writes_after_it(
     tab: Tab, name: str, written: str
 ) -> None:
@@ -615,8 +623,30 @@ async def test_a_right_to_left_override_in_a_name_reverses_nothing_the_page_writ
     await tab.check_out(**{"Full name": name})
     await tab.placed()
     ships_to = page.get_by_text("Ships to")
+    # Not isolated, even a paired override reorders the number after it: the text after its PDF starts at the
+    # edge of a right-to-left level, so ", 1" joined the reversed "evil" ("Ships to Eve 1 ,live Analytical").
+    assert await drawn_left_to_right(ships_to, "evil", "1")
     assert await drawn_left_to_right(ships_to, "evil", "Analytical")
     assert await drawn_left_to_right(ships_to, "Analytical", "London")
+
+
+async def test_a_lone_pdi_in_a_product_name_does_not_close_the_titles_isolate_early(tab: Tab) -> None:
+    """The tab's title is one string, the heading between U+2068 and U+2069 as a <bdi> would draw it: a product
+    name's own U+2069 closed that isolate, and the override after it reached " · shopmesh". The catalog keeps
+    direction controls but its seed has no such name: the product page's answer is given one on its way."""
+    page = tab.page
+    name = "8-inch Chef's Knife\u2069\u202eevil"
+
+    async def renamed(route: Route) -> None:
+        answer = await route.fetch()
+        body = await answer.json()
+        body["product"]["name"] = name
+        await route.fulfill(response=answer, json=body)
+
+    await page.route(re.compile(r"/v1/products/prod_chef_knife\?"), renamed)
+    await tab.open("#/products/prod_chef_knife")
+    await expect(page.get_by_role("heading", level=1)).to_have_text(name)
+    assert await page.title() == "\u20688-inch Chef's Knifeevil\u2069 · shopmesh"
 
 
 async def test_every_page_passes_axes_wcag_a_and_aa_rules(stack: Stack, browser: Browser) -> None:
