@@ -22,6 +22,7 @@ sys.path[:0] = [str(ROOT / "libs" / "platform" / "src"), str(ROOT / "services" /
 from shopmesh_orders.domain.validation import COUNTRIES  # noqa: E402
 from shopmesh_platform.generated_files import write_or_check  # noqa: E402
 
+SOURCE = "what k8s/storefront_countries.py writes from orders' COUNTRIES"
 OUTPUT = ROOT / "libs" / "platform" / "src" / "shopmesh_platform" / "storefront" / "countries.js"
 HEADER = """\
 // The ISO 3166-1 alpha-2 codes orders accepts as a shipping address's country (its validation's COUNTRIES,
@@ -36,15 +37,12 @@ def rendered() -> str:
     return f"{HEADER}export const COUNTRIES = [\n{codes}];\n"
 
 
+def files() -> dict[Path, str]:
+    return {OUTPUT: rendered()}
+
+
 def main(argv: list[str] | None = None) -> int:
-    return write_or_check(
-        argv,
-        __doc__,
-        lambda: {OUTPUT: rendered()},
-        root=ROOT,
-        source="what k8s/storefront_countries.py writes from orders' COUNTRIES",
-        remedy="make storefront-countries",
-    )
+    return write_or_check(argv, __doc__, files, root=ROOT, source=SOURCE, remedy="make storefront-countries")
 
 
 if __name__ == "__main__":
