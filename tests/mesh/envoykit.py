@@ -20,6 +20,7 @@ from shopmesh.sample.v1 import sample_pb2
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import SampleServicer, SampleSettings, binding
+from shopmesh_platform.mesh.faults import admin_request
 from shopmesh_platform.stack import Stack, envoy_binary
 
 CLUSTER = "backends"
@@ -237,6 +238,15 @@ class Mesh:
         [listener] = json.loads(envoy.get("/listeners?format=json"))["listener_statuses"]
         envoy.address = _address(listener["local_address"]["socket_address"])
         return envoy
+
+
+def sidecar_stats(stack: Stack, process: str) -> dict[str, int]:
+    """The counters and gauges a sidecar of the stack has used (`process`: a service, or "catalog-canary"), by
+    name, read on its admin interface's Unix socket."""
+    admin = stack.sidecar_admin_socket(process)
+    assert admin is not None, "no mesh"
+    stats = json.loads(admin_request(admin, "/stats?usedonly&format=json"))["stats"]
+    return {item["name"]: int(item["value"]) for item in stats if "value" in item}
 
 
 def handled(stack: Stack, process: str, method: str) -> int:

@@ -6,8 +6,6 @@ Kubernetes (docs/mesh.md, "Canaries"). Real processes, a real PostgreSQL, real E
 from __future__ import annotations
 
 import io
-import json
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from shopmesh_platform.mesh.identity import channel_as
 from shopmesh_platform.ports import Canary
 from shopmesh_platform.stack import Stack, postgres_env
 
-from .envoykit import handled
+from .envoykit import handled, sidecar_stats
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,13 +40,6 @@ async def stack(module_dir: Path, postgres: PostgresServer) -> AsyncIterator[Sta
     canary = Canary("catalog", WEIGHT)
     async with Stack.for_tests(module_dir, services=SERVICES, env=env, mesh=True, canary=canary) as running:
         yield running
-
-
-def sidecar_stats(stack: Stack, service: str) -> dict[str, int]:
-    url = f"{stack.sidecar_admin_url(service)}/stats?usedonly&format=json"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        stats = json.load(response)["stats"]
-    return {item["name"]: int(item["value"]) for item in stats if "value" in item}
 
 
 async def test_the_canary_runs_beside_its_service_behind_a_sidecar_of_its_own(stack: Stack) -> None:
@@ -105,15 +96,27 @@ async def test_a_fault_on_the_canary_alone_fails_only_its_share_of_the_calls(
 ) -> None:
     """`make fault FAULT_ARGS="catalog-canary --abort UNAVAILABLE"`: a canary gone bad beside a healthy
     service; `catalog` then names both sidecars."""
-    monkeypatch.setattr(faults, "local_admin_url", stack.sidecar_admin_url)
+    monkeypatch.setattr(faults, "local_admin_socket", stack.sidecar_admin_socket)
     out = io.StringIO()
     try:
         assert faults.main(["catalog-canary", "--abort", "UNAVAILABLE"], out) == 0
         before = {p: handled(stack, p, LIST_PRODUCTS) for p in ("catalog", "catalog-canary")}
+        stats_before = sidecar_stats(stack, "recommendations")
         codes = await list_products(stack, CALLS)
         assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
         assert handled(stack, "catalog", LIST_PRODUCTS) - before["catalog"] == codes[grpc.StatusCode.OK]
         assert handled(stack, "catalog-canary", LIST_PRODUCTS) == before["catalog-canary"], "refused at its sidecar"
+        stats = sidecar_stats(stack, "recommendations")
+
+        def grew(name: str) -> int:
+            return stats.get(f"cluster.outbound-{name}", 0) - stats_before.get(f"cluster.outbound-{name}", 0)
+
+        # The caller's sidecar counts the canary's failures as what they are, gRPC UNAVAILABLE (14), apart from
+        # the stable track's successes, though every one of them was an HTTP 200 (upstream_rq_2xx).
+        failed, served = codes[grpc.StatusCode.UNAVAILABLE], codes[grpc.StatusCode.OK]
+        assert (grew("catalog-canary.grpc.14"), grew("catalog-canary.grpc.failure")) == (failed, failed)
+        assert grew("catalog-canary.upstream_rq_2xx") == failed, "no HTTP status tells these failures apart"
+        assert (grew("catalog.grpc.0"), grew("catalog.grpc.failure")) == (served, 0)
 
         assert faults.main(["catalog", "--abort", "UNAVAILABLE"], out) == 0
         assert "catalog-canary:" in out.getvalue().splitlines()[-1], "the service's fault is its canary's too"

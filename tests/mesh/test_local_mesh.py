@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import re
 import stat
 import urllib.parse
@@ -39,6 +38,8 @@ from shopmesh_platform.mesh.protoset import methods_of
 from shopmesh_platform.stack import Stack, sidecar_name
 from shopmesh_platform.topology import SERVICES, is_edge, methods_called, service_callers
 from shopmesh_platform.traces import load
+
+from .envoykit import sidecar_stats
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -70,13 +71,6 @@ def as_service(stack: Stack, caller: str, callee: str, authority: Path | None = 
     return channel_as(authority or stack.mesh_dir, caller, callee, stack.address(callee))
 
 
-def envoy_stats(stack: Stack, service: str) -> dict[str, int]:
-    url = f"{stack.sidecar_admin_url(service)}/stats?usedonly&format=json"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        stats = json.load(response)["stats"]
-    return {item["name"]: int(item["value"]) for item in stats if "value" in item}
-
-
 # Room for the shoppers' runs (the fixture's bound) besides the mesh's start on a loaded machine.
 @pytest.mark.timeout(300)
 async def test_a_shoppers_journey_and_the_checkout_saga_cross_the_sidecars_over_mutual_tls(
@@ -87,14 +81,14 @@ async def test_a_shoppers_journey_and_the_checkout_saga_cross_the_sidecars_over_
     assert shopping.faults == {}
 
     # The saga's calls went orders → its sidecar → (mTLS) → inventory's and payments' sidecars → them.
-    orders = envoy_stats(stack, "orders")
+    orders = sidecar_stats(stack, "orders")
     for callee in ("inventory", "payments"):
         assert orders[f"cluster.outbound-{callee}.ssl.handshake"] > 0
         assert orders[f"cluster.outbound-{callee}.upstream_rq_completed"] > 0
-        assert envoy_stats(stack, callee)["http.inbound.rbac.allowed"] > 0
+        assert sidecar_stats(stack, callee)["http.inbound.rbac.allowed"] > 0
     # The policy is the whole call graph: not one call of the shop was refused by it.
     for callee in INNER:
-        assert envoy_stats(stack, callee).get("http.inbound.rbac.denied", 0) == 0
+        assert sidecar_stats(stack, callee).get("http.inbound.rbac.denied", 0) == 0
 
 
 async def test_a_trace_shows_each_hop_through_the_sidecars_between_the_services_spans(stack: Stack) -> None:
@@ -168,7 +162,7 @@ async def test_each_service_gets_through_to_the_methods_it_calls_and_anything_el
     caller, stands for the rest of the service."""
     [grpc_service] = SERVICES[callee].grpc_services
     methods = methods_of(grpc_service)
-    before = envoy_stats(stack, callee)
+    before = sidecar_stats(stack, callee)
     admitted = denied = 0
     for caller in SERVICES:
         called = methods_called(caller, callee)
@@ -184,7 +178,7 @@ async def test_each_service_gets_through_to_the_methods_it_calls_and_anything_el
         denied += len(not_called[:1]) + 1
     # Each caller of the call graph had methods to get through to: none is refused everything.
     assert all(methods_called(caller, callee) for caller in service_callers(callee)), callee
-    after = envoy_stats(stack, callee)
+    after = sidecar_stats(stack, callee)
     # Every call above, counted where it was decided: the callee's sidecar's RBAC.
     assert after["http.inbound.rbac.allowed"] - before.get("http.inbound.rbac.allowed", 0) == admitted
     assert after["http.inbound.rbac.denied"] - before.get("http.inbound.rbac.denied", 0) == denied
@@ -216,7 +210,7 @@ def handshake_failures(stack: Stack, service: str, kind: str) -> int:
     statistics): a refused handshake is no call, so no access-log line says it."""
     return sum(
         value
-        for name, value in envoy_stats(stack, service).items()
+        for name, value in sidecar_stats(stack, service).items()
         if name.startswith("listener.") and name.endswith(f".ssl.{kind}")
     )
 
@@ -247,7 +241,7 @@ async def test_plaintext_and_certificates_of_another_authority_get_no_answer(
 
 
 async def test_a_delay_injected_at_a_sidecar_degrades_the_product_page_until_it_is_cleared(stack: Stack) -> None:
-    admin = stack.sidecar_admin_url("recommendations")
+    admin = stack.sidecar_admin_socket("recommendations")
     assert admin is not None
     request = shop_pb2.GetProductPageRequest(product_id="prod_chef_knife")
     async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
@@ -276,7 +270,7 @@ async def test_a_delay_injected_at_a_sidecar_degrades_the_product_page_until_it_
 async def test_an_abort_injected_with_the_command_line_answers_every_caller_trailers_only_until_cleared(
     stack: Stack,
 ) -> None:
-    admin = str(stack.sidecar_admin_url("catalog"))
+    admin = str(stack.sidecar_admin_socket("catalog"))
 
     def fault_command(*argv: str) -> str:
         out, err = io.StringIO(), io.StringIO()
@@ -309,13 +303,13 @@ async def test_a_callee_that_is_gone_is_retried_by_the_callers_sidecar_then_unav
 ) -> None:
     async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
         shop = shop_pb2_grpc.ShopServiceStub(channel)
-        before = envoy_stats(stack, "gateway")
+        before = sidecar_stats(stack, "gateway")
         await stack.stop_service(sidecar_name("catalog"))
         try:
             with pytest.raises(grpc.aio.AioRpcError) as gone:
                 await shop.ListProducts(shop_pb2.ListProductsRequest(page_size=2), timeout=10)
             assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
-            after = envoy_stats(stack, "gateway")
+            after = sidecar_stats(stack, "gateway")
             # A refused connection is safe to retry for any method; the sidecar did, twice per call.
             retries = after["cluster.outbound-catalog.upstream_rq_retry"] - before.get(
                 "cluster.outbound-catalog.upstream_rq_retry", 0
@@ -368,7 +362,7 @@ async def test_the_series_docs_mesh_names_are_on_a_sidecars_prometheus_endpoint(
         await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=2), timeout=10)
     exported: set[str] = set()
     for service in ("catalog", "gateway"):
-        exported |= await asyncio.to_thread(prometheus_series, f"{stack.sidecar_admin_url(service)}/stats/prometheus")
+        exported |= await asyncio.to_thread(prometheus_series, str(stack.sidecar_metrics_url(service)))
     missing = [name for name in named if name not in exported]
     assert not missing, (
         f"docs/mesh.md names {missing}, which a sidecar's /stats/prometheus does not show; its RBAC series: "

@@ -30,7 +30,6 @@ def _addresses_of(ports: PortPlan) -> dict[str, str]:
         "GW": ports.address("gateway"),
         "API": f"http://{ports.host}:{ports.http}",
         "PAYMENTS": ports.address("payments"),
-        "PAYMENTS_ADMIN": f"http://{ports.host}:{ports.sidecar_of('payments').admin}",
     }
 
 
@@ -39,7 +38,7 @@ def _addresses_of(ports: PortPlan) -> dict[str, str]:
 async def test_readme_mesh_walkthrough_runs_on_free_ports_with_only_its_addresses_set(
     readme_walkthrough: Callable[..., Any],
 ) -> None:
-    # No port of the block but its four addresses: a user of --free-ports changes those lines and nothing else.
+    # No port of the block but its three addresses: a user of --free-ports changes those lines and nothing else.
     ports = PortPlan.free(mesh=True, http=True)
     async with readme_walkthrough(MARKER, ports, _addresses_of) as result:
         _assert_walked_through(result)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import json
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
@@ -27,7 +26,7 @@ from shopmesh_platform.mesh.envoy import OUTBOUND_RETRIES
 from shopmesh_platform.mesh.identity import channel_as
 from shopmesh_platform.stack import Stack, sidecar_name
 
-from .envoykit import handled
+from .envoykit import handled, sidecar_stats
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -51,12 +50,6 @@ def many_headers(count: int) -> list[tuple[str, str]]:
 def outbound_of(stack: Stack, caller: str, callee: str) -> str:
     """The caller's sidecar's outbound listener for `callee`: where the caller's own calls to it go."""
     return f"{stack.ports.host}:{stack.ports.sidecar_of(caller).outbound[callee]}"
-
-
-def envoy_stats(stack: Stack, service: str) -> dict[str, int]:
-    with urllib.request.urlopen(f"{stack.sidecar_admin_url(service)}/stats?format=json", timeout=5) as response:
-        stats = json.load(response)["stats"]
-    return {item["name"]: int(item["value"]) for item in stats if "value" in item}
 
 
 async def test_a_call_with_more_headers_than_envoys_default_count_gets_through_every_sidecar(stack: Stack) -> None:
@@ -120,7 +113,7 @@ async def test_every_one_of_many_concurrent_calls_to_a_gone_callee_gets_the_outb
     Register's and Login's only ones. (Last in the module: it stops catalog's sidecar, then starts it again.)"""
     calls = 30
     stats = "cluster.outbound-catalog."
-    before = envoy_stats(stack, "recommendations")
+    before = sidecar_stats(stack, "recommendations")
     await stack.stop_service(sidecar_name("catalog"))
     try:
         async with grpc.aio.insecure_channel(outbound_of(stack, "recommendations", "catalog")) as channel:
@@ -133,7 +126,7 @@ async def test_every_one_of_many_concurrent_calls_to_a_gone_callee_gets_the_outb
         await stack.start_service(sidecar_name("catalog"))
     codes = [a.code() if isinstance(a, grpc.aio.AioRpcError) else a for a in answers]
     assert codes == [grpc.StatusCode.UNAVAILABLE] * calls
-    after = envoy_stats(stack, "recommendations")
+    after = sidecar_stats(stack, "recommendations")
 
     def grew(name: str) -> int:
         return after.get(stats + name, 0) - before.get(stats + name, 0)

@@ -24,7 +24,7 @@ from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_chassis.testing import free_port
 from shopmesh_platform import stack as stack_module
 from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_COUNT, MAX_REQUEST_HEADERS_KIB
-from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON, Sidecar, bootstrap
+from shopmesh_platform.mesh.envoy import ADMIN_CLUSTER, OUTBOUND_RETRY_ON, Sidecar, bootstrap
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
 from shopmesh_platform.ports import Canary, PortInUse, PortPlan
 from shopmesh_platform.processes import StackError
@@ -65,6 +65,11 @@ def configurations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Stack, dic
 def _listener(config: dict[str, Any], name: str) -> dict[str, Any]:
     [listener] = [item for item in config["static_resources"]["listeners"] if item["name"] == name]
     return listener
+
+
+def calls_listeners(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A sidecar's listeners that carry the services' calls: all but its Prometheus listener, a scraper's."""
+    return [item for item in config["static_resources"]["listeners"] if item["name"] != "metrics"]
 
 
 def _http_filters(listener: dict[str, Any]) -> list[dict[str, Any]]:
@@ -163,6 +168,7 @@ def test_a_caller_the_policy_lists_no_methods_for_is_admitted_to_nothing_but_hea
         upstreams={},
         allowed_callers=callers,
         app_socket=tmp_path / "payments.sock",
+        admin_socket=tmp_path / "payments-sidecar-admin.sock",
     )
     config = bootstrap(sidecar, issue(tmp_path, ["payments", "orders"]))
     rbac = _http_filters(_listener(config, "inbound"))[0]
@@ -429,7 +435,7 @@ def test_no_sidecar_refuses_headers_its_service_would_take(
     way refused such a call."""
     _, configs = configurations
     for service, config in configs.items():
-        for item in config["static_resources"]["listeners"]:
+        for item in calls_listeners(config):
             [chain] = item["filter_chains"]
             [manager] = chain["filters"]
             limit = manager["typed_config"].get("max_request_headers_kb", 60)
@@ -447,18 +453,39 @@ def test_no_sidecar_refuses_a_count_of_headers_its_service_would_take(
     _, configs = configurations
     fewest_the_services_take = MAX_METADATA_BYTES // 32
     for service, config in configs.items():
-        for item in config["static_resources"]["listeners"]:
+        for item in calls_listeners(config):
             [chain] = item["filter_chains"]
             [manager] = chain["filters"]
             count = manager["typed_config"].get("common_http_protocol_options", {}).get("max_headers_count", 100)
             assert count >= fewest_the_services_take, (service, item["name"], count)
             assert count > MAX_REQUEST_HEADERS_COUNT, (service, item["name"], count)
         for cluster in config["static_resources"]["clusters"]:
+            if cluster["name"] == ADMIN_CLUSTER:
+                continue  # the sidecar's own admin interface (HTTP/1.1), for its Prometheus listener alone
             options = cluster["typed_extension_protocol_options"][
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
             ]
             count = options.get("common_http_protocol_options", {}).get("max_headers_count", 100)
             assert count >= fewest_the_services_take, (service, cluster["name"], count)
+
+
+def test_no_sidecar_cuts_a_call_for_waiting_and_each_counts_its_outbound_calls_by_grpc_status(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    """Envoy's default stream idle timeout (5 min) cut a call silent that long with UNAVAILABLE, whatever its
+    deadline; a gRPC failure is HTTP 200, so only the gRPC stats filter tells a callee's failures apart (its
+    canary's from the stable one's); every access log line says when its call came in."""
+    _, configs = configurations
+    for service, config in configs.items():
+        for item in calls_listeners(config):
+            manager = item["filter_chains"][0]["filters"][0]["typed_config"]
+            assert manager["stream_idle_timeout"] == "0s", (service, item["name"])
+            [log] = manager["access_log"]
+            assert log["typed_config"]["log_format"]["json_format"]["time"] == "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%"
+            if item["name"].startswith("outbound-"):
+                [stats, _] = manager["http_filters"]
+                assert stats["name"] == "envoy.filters.http.grpc_stats", (service, item["name"])
+                assert stats["typed_config"]["stats_for_all_methods"] is False
 
 
 def test_every_sidecar_cluster_lets_each_open_call_have_its_retry_under_way(
@@ -550,7 +577,7 @@ def test_every_sidecar_traces_each_call_into_the_stacks_trace_sink(
         [sink] = [c for c in config["static_resources"]["clusters"] if c["name"] == "traces"]
         address = sink["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         assert f"{address['address']}:{address['port_value']}" == stack.traces_address
-        for listener in config["static_resources"]["listeners"]:
+        for listener in calls_listeners(config):
             manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
             tracer = manager["tracing"]["provider"]["typed_config"]
             assert tracer["service_name"] == f"{service}-sidecar"
@@ -564,7 +591,7 @@ def test_the_local_mesh_ports_are_all_distinct_and_follow_the_documented_scheme(
     for name in SERVICES:
         ports += [plan.ports_of(name).grpc, plan.ports_of(name).metrics]
         sidecar = plan.sidecar_of(name)
-        ports += [sidecar.admin, *sidecar.outbound.values()]
+        ports += [sidecar.prometheus, *sidecar.outbound.values()]
     assert len(ports) == len(set(ports))
     assert local_sidecar_ports("orders").outbound["inventory"] == 15143
     assert plan.address("catalog") == "127.0.0.1:50052", "the mesh keeps the published ports of `make run`"
@@ -686,9 +713,9 @@ def test_a_canarys_local_ports_are_distinct_from_everything_else() -> None:
         ports = [plan.nats, plan.nats_monitor, plan.smtp, plan.traces]
         for process in [*SERVICES, f"{name}-canary"]:
             sidecar = plan.sidecar_of(process)
-            ports += [plan.ports_of(process).grpc, plan.ports_of(process).metrics, sidecar.admin]
+            ports += [plan.ports_of(process).grpc, plan.ports_of(process).metrics, sidecar.prometheus]
             ports += sidecar.outbound.values()
         assert len(ports) == len(set(ports)), name
         canary = plan.sidecar_of(f"{name}-canary")
-        own = [plan.ports_of(f"{name}-canary").grpc, canary.admin, *canary.outbound.values()]
+        own = [plan.ports_of(f"{name}-canary").grpc, canary.prometheus, *canary.outbound.values()]
         assert all(port < 32768 for port in own), "below the kernel's ephemeral range (no TIME_WAIT to wait out)"

@@ -15,7 +15,6 @@ import grpc
 import pytest
 
 from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
-from shopmesh_chassis.testing import free_port
 from shopmesh_platform.mesh import faults
 from shopmesh_platform.mesh.faults import (
     ABORT_PERCENT,
@@ -24,7 +23,7 @@ from shopmesh_platform.mesh.faults import (
     DELAY_PERCENT,
     Fault,
     duration_ms,
-    local_admin_url,
+    local_admin_socket,
     main,
 )
 
@@ -56,37 +55,40 @@ def test_a_delay_longer_than_an_hour_is_refused_saying_the_bound(capsys: pytest.
         with pytest.raises(argparse.ArgumentTypeError, match="at most 1 hour"):
             duration_ms(absurd)
     with pytest.raises(SystemExit) as refused:
-        main(["catalog", "--delay", "100000s", "--admin", "http://127.0.0.1:1"], io.StringIO(), io.StringIO())
+        main(["catalog", "--delay", "100000s", "--admin", "nobody.sock"], io.StringIO(), io.StringIO())
     assert refused.value.code == 2
     # argparse's own error line, on stderr.
     assert "argument --delay: '100000s': want a delay of at most 1 hour (3600s)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("given", ["localhost:15002", "127.0.0.1:15002", "ftp://127.0.0.1:15002"])
-def test_an_admin_url_without_its_http_scheme_is_refused_in_one_line_asking_for_one(
+@pytest.mark.parametrize("given", ["http://127.0.0.1:15002", "https://localhost:15002"])
+def test_an_admin_url_is_refused_in_one_line_asking_for_the_admin_socket(
     given: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """urllib read `localhost:15002` as a URL of the scheme "localhost": "unknown url type", which said nothing
-    of what to give instead."""
+    """The sidecars' admin interfaces are on Unix sockets (over TCP any local user could stop them or set their
+    faults): a URL, as `make fault` once took, gets where to look instead."""
     with pytest.raises(SystemExit) as refused:
         main(["catalog", "--delay", "1s", "--admin", given], io.StringIO(), io.StringIO())
     assert refused.value.code == 2
     [error] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert error.endswith(
-        f"argument --admin: {given!r}: want the sidecar's admin URL with its scheme, like http://127.0.0.1:15002"
+        f"argument --admin: {given!r}: a sidecar's admin interface is on a Unix socket, no URL: want its path, like "
+        ".data/mesh/sockets/catalog-sidecar-admin.sock"
     )
 
 
-def test_the_local_admin_ports_are_the_sidecars_of_make_run() -> None:
-    assert local_admin_url("catalog") == "http://127.0.0.1:15002"
-    assert local_admin_url("catalog-canary") == "http://127.0.0.1:15332"
+def test_the_local_admin_sockets_are_the_sidecars_of_make_run_through_the_data_directorys_link() -> None:
+    assert local_admin_socket("catalog") == Path(".data/mesh/sockets/catalog-sidecar-admin.sock")
+    assert local_admin_socket("catalog-canary") == Path(".data/mesh/sockets/catalog-canary-sidecar-admin.sock")
 
 
-def test_no_sidecar_at_an_admin_url_given_by_hand_is_said_in_one_line_without_make_run_advice() -> None:
-    """`--admin URL` names some sidecar, not make run's: "is `make run MESH=envoy` running?" was wrong advice
+def test_no_sidecar_at_an_admin_socket_given_by_hand_is_said_in_one_line_without_make_run_advice(
+    tmp_path: Path,
+) -> None:
+    """`--admin SOCKET` names some sidecar, not make run's: "is `make run MESH=envoy` running?" was wrong advice
     there, as make shoppers gives none for a --target of the user's."""
     out, err = io.StringIO(), io.StringIO()
-    admin = f"http://127.0.0.1:{free_port()}"
+    admin = str(tmp_path / "nobody.sock")
     assert main(["catalog", "--delay", "1s", "--admin", admin], out, err) == 1
     said = err.getvalue()
     assert re.fullmatch(rf"error: no sidecar answers at {re.escape(admin)} \([^\n]+\)\n", said), said
@@ -98,7 +100,7 @@ def test_no_sidecar_of_the_running_stack_is_said_without_make_run_advice(
     """The line before names the running stack whose sidecar it is: asking whether `make run MESH=envoy` runs
     contradicts it (its sidecar is gone, or not serving yet)."""
     monkeypatch.chdir(tmp_path)
-    admin = f"http://127.0.0.1:{free_port()}"
+    admin = str(tmp_path / "nobody.sock")
     stack = LocalStack(
         path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1", sidecar_admin={"catalog": admin}
     )
@@ -144,7 +146,7 @@ def test_a_sidecar_the_meshed_stack_lacks_is_named_as_missing_not_blamed_on_the_
     monkeypatch.chdir(tmp_path)
     # This process as the launcher: alive, so the file is the running stack's. Its sidecars: two of catalog's
     # callers and catalog's own, no canary, no payments.
-    admins = {name: f"http://127.0.0.1:{free_port()}" for name in ("gateway", "orders", "catalog")}
+    admins = {name: str(tmp_path / f"{name}-sidecar-admin.sock") for name in ("gateway", "orders", "catalog")}
     stack = LocalStack(
         path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1", sidecar_admin=admins
     )
@@ -170,13 +172,11 @@ def test_a_stack_without_the_mesh_is_told_that_faults_need_it(tmp_path: Path, mo
 def test_without_a_running_stack_the_default_sidecars_are_said_to_be_make_runs_and_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: str
 ) -> None:
-    """`make fault` with no stack running said only "no sidecar answers at http://127.0.0.1:15002 (...): is `make
-    run MESH=envoy` running?", and not that it had taken make run's admin ports because no launcher's
-    .data/stack.json was there (or the one there was a killed launcher's). The admin URL moves to a free port:
-    no other stack's sidecar may answer there, or take the fault."""
+    """`make fault` with no stack running said only "no sidecar answers at ... (...): is `make run MESH=envoy`
+    running?", and not that it had taken make run's admin sockets because no launcher's .data/stack.json was
+    there (or the one there was a killed launcher's)."""
     monkeypatch.chdir(tmp_path)
-    admin = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setattr(faults, "local_admin_url", lambda name: admin)
+    admin = faults.local_admin_socket("catalog")
     ignored = []
     if file != "none":
         killed = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -193,8 +193,8 @@ def test_without_a_running_stack_the_default_sidecars_are_said_to_be_make_runs_a
     *said, error = err.getvalue().splitlines()
     assert said == [
         *ignored,
-        "sidecars at 127.0.0.1:15000-15007 (canaries': 15331-15337): make run MESH=envoy's admin ports, as no local "
-        f"stack runs: {why}",
+        "sidecars at .data/mesh/sockets/<service>-sidecar-admin.sock: make run MESH=envoy's admin sockets, as no "
+        f"local stack runs: {why}",
     ]
     # make run's own ports, no stack running: the one case where starting it is the advice.
     assert error.startswith(f"error: no sidecar answers at {admin} (")

@@ -109,7 +109,9 @@ def test_under_the_mesh_only_the_gateways_sidecar_takes_clients_on_the_public_ho
         bound: dict[tuple[str, str], str] = {}
         for name, path in stack.write_mesh().items():
             config: dict[str, Any] = json.loads(path.read_text())
-            bound[(name, "admin")] = config["admin"]["address"]["socket_address"]["address"]
+            # The admin interface is a Unix socket in the private folder (mode 0600): on no host at all.
+            admin = config["admin"]["address"]
+            bound[(name, "admin")] = "unix" if "pipe" in admin else admin["socket_address"]["address"]
             for listener in config["static_resources"]["listeners"]:
                 # The HTTP edge's own listener is a Unix socket in the private folder: on no host at all.
                 address = listener["address"]

@@ -15,7 +15,7 @@ from .run_kit import ctrl_c, launched, run_tool, table_rows
 
 async def test_the_tools_reach_a_free_ports_stack_without_being_told_where(tmp_path: Path) -> None:
     """`make deadletters`, `make shoppers`, `make fault` and `make traces` under `--free-ports` needed each
-    address copied from the launcher's table (the NATS URL, the gateway, each sidecar's admin port): they read
+    address copied from the launcher's table (the NATS URL, the gateway, each sidecar's admin): they read
     .data/stack.json, which the launcher writes once the stack serves and removes when it stops."""
     data = tmp_path / ".data"
     async with launched(data, "--services", "users,catalog,gateway", "--mesh", "envoy") as (process, lines):
@@ -34,7 +34,8 @@ async def test_the_tools_reach_a_free_ports_stack_without_being_told_where(tmp_p
         assert err.splitlines()[0] == f"the gateway at {rows['gateway']['grpc']}: {said}"
         assert json.loads(out)["Register"].get("OK") == 1, out
 
-        admin = rows["catalog-sidecar"]["metrics"].removesuffix("/stats/prometheus")
+        # catalog's sidecar's admin interface: a Unix socket the file names (no TCP port serves it).
+        admin = Path(stack["sidecar_admin"]["catalog"])
         faults = ("-m", "shopmesh_platform.mesh.faults")
         code, out, err = await run_tool(tmp_path, *faults, "catalog", "--delay", "250ms")
         assert (code, out, err) == (0, "catalog: delay 250 ms on 100 % of calls\n", f"sidecars of {said}\n")

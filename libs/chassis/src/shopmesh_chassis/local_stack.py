@@ -60,7 +60,8 @@ class LocalStack:
     http_url: str | None = None
     traces_address: str | None = None
     traces_dir: str | None = None
-    # The Envoy admin URL of each sidecar, by the name `make fault` takes (`catalog`, `catalog-canary`).
+    # The Unix socket of each sidecar's Envoy admin interface, by the name `make fault` takes (`catalog`,
+    # `catalog-canary`).
     sidecar_admin: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:

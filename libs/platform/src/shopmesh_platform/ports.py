@@ -135,7 +135,10 @@ class PortPlan:
         nats, monitor, smtp, otlp, http_port, http_admin = (next(ports) for _ in range(6))
         services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
         sidecars = (
-            {name: SidecarPorts(admin=next(ports), outbound={c: next(ports) for c in callees[name]}) for name in wanted}
+            {
+                name: SidecarPorts(prometheus=next(ports), outbound={c: next(ports) for c in callees[name]})
+                for name in wanted
+            }
             if mesh
             else None
         )

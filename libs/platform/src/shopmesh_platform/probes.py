@@ -59,11 +59,22 @@ async def http_ok(host: str, port: int, path: str) -> bool:
     connection = await _connect(host, port)
     if connection is None:
         return False
-    reader, writer = connection
+    # An IPv6 literal in brackets, as a Host header writes it (RFC 9110's uri-host).
+    return await _get_ok(*connection, f"[{host}]" if ":" in host else host, path)
+
+
+async def unix_http_ok(socket_path: Path, path: str) -> bool:
+    """200 to a GET of `path` from the HTTP server on the Unix socket at `socket_path` (a sidecar's admin)."""
+    try:
+        connection = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    return await _get_ok(*connection, "localhost", path)
+
+
+async def _get_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str, path: str) -> bool:
     try:
         # HTTP/1.1: Envoy's admin interface refuses 1.0 (426).
-        # An IPv6 literal in brackets, as a Host header writes it (RFC 9110's uri-host).
-        authority = f"[{host}]" if ":" in host else host
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 1.0)

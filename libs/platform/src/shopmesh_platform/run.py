@@ -460,7 +460,7 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
         sidecar = sidecar_name(name)
         if sidecar in stack.sidecars:
             # Where it forwards to (the service's own socket) and Envoy's own Prometheus metrics.
-            metrics = f"{stack.sidecar_admin_url(name)}/stats/prometheus"
+            metrics = stack.sidecar_metrics_url(name) or "-"
             socket_path = _socket_as_typed(stack, name)
             app = stack.app_address(name) if socket_path is None else f"unix:{socket_path}"
             rows.append((sidecar, app, metrics, "ready", str(stack.pid(sidecar))))
@@ -960,9 +960,9 @@ def local_stack(stack: Stack) -> LocalStack:
         traces_address=traces,
         traces_dir=None if traces is None else str(stack.traces_dir.absolute()),
         sidecar_admin={
-            name: url
+            name: str(socket_path)
             for name in stack.services
-            if sidecar_name(name) in stack.sidecars and (url := stack.sidecar_admin_url(name)) is not None
+            if sidecar_name(name) in stack.sidecars and (socket_path := stack.sidecar_admin_socket(name)) is not None
         },
     )
 

@@ -63,10 +63,10 @@ from .http_api import HttpApi, descriptor_set, openapi_document, storefront_fold
 from .http_api import write_bootstrap as write_http_api_bootstrap
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
-from .mesh.envoy import Sidecar, write_bootstrap
+from .mesh.envoy import METRICS_PATH, Sidecar, admin_socket_file, write_bootstrap
 from .mesh.protoset import PROTOSET_FILE, write_protoset
 from .ports import Canary, PortInUse, PortPlan, bind_error
-from .probes import accepts, http_ok, listening, unix_listening
+from .probes import accepts, http_ok, listening, unix_http_ok, unix_listening
 from .processes import (
     Crashed,
     NotReady,
@@ -487,11 +487,11 @@ class _Child:
     argv: tuple[str, ...]
     env: dict[str, str]
     # What "ready" means: SERVING for this grpc.health.v1 service; or None: 200 from `ready_url`'s
-    # (port, path) on the plan's host when set (NATS' monitor, a sidecar's admin), else accepting
-    # connections (the sinks).
+    # (port on the plan's host, or Unix socket; path) when set (NATS' monitor, a sidecar's admin socket), else
+    # accepting connections (the sinks).
     health_service: str | None
     address: str
-    ready_url: tuple[int, str] | None = None
+    ready_url: tuple[int | Path, str] | None = None
     process: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
     # Set when the launcher stops it, so that its exit is not reported as a crash.
@@ -708,10 +708,10 @@ class Stack:
         return _Child(NATS, tuple(argv), dict(os.environ), None, address, ready)
 
     def _sidecar_child(self, service: str) -> _Child:
-        ports = self.ports.sidecar_of(service)
         argv = _envoy_argv(self._bootstrap_path(service))
         name = sidecar_name(service)
-        return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"))
+        ready = (self._sockets / admin_socket_file(service), "/ready")
+        return _Child(name, argv, dict(os.environ), None, self.ports.address(service), ready)
 
     def _http_api_child(self) -> _Child:
         assert self.ports.http is not None
@@ -776,6 +776,7 @@ class Stack:
                 track="stable" if name == service else "canary",
                 splits={callee: split for callee, split in splits.items() if callee in outbound},
                 app_socket=self._sockets / f"{name}.sock",
+                admin_socket=self._sockets / admin_socket_file(name),
                 edge_socket=self.edge_socket if is_edge(name) else None,
             )
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
@@ -789,6 +790,8 @@ class Stack:
         link = self.sockets_link
         remove_stale_sockets(link)
         names = [*self._sidecars, *([HTTP_API] if self._http_api is not None else [])]
+        # Each sidecar's admin interface too (`<name>-sidecar-admin.sock`).
+        names += [admin_socket_file(name).removesuffix(".sock") for name in self._sidecars]
         base = sockets_base(names)
         folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir=base))
         self._sockets_made = folder
@@ -814,6 +817,8 @@ class Stack:
             if socket_path is not None:
                 child.env["GRPC_UNIX_SOCKET"] = str(socket_path)
                 child.address = f"unix:{socket_path}"
+        for name, child in self._sidecars.items():
+            child.ready_url = (folder / admin_socket_file(name), "/ready")
 
     def remove_sockets(self) -> None:
         """Remove the services' sockets' folder this stack made, and its link (`stop` does, and an exit
@@ -972,7 +977,7 @@ class Stack:
             planned.append((spec.name, f"{spec.name} metrics", host, metrics if metrics > 0 else None))
             if sidecar_child is not None:
                 sidecar = plan.sidecar_of(spec.name)
-                planned.append((sidecar_child.name, f"{spec.name} sidecar admin", host, sidecar.admin))
+                planned.append((sidecar_child.name, f"{spec.name} sidecar metrics", host, sidecar.prometheus))
                 planned += [
                     (sidecar_child.name, f"{spec.name} sidecar to {callee}", host, port)
                     for callee, port in sidecar.outbound.items()
@@ -1009,11 +1014,19 @@ class Stack:
             return None
         return self.sockets_link / f"{name}.sock"
 
-    def sidecar_admin_url(self, name: str) -> str | None:
-        """Envoy's admin interface of a service's sidecar; None without a mesh."""
+    def sidecar_admin_socket(self, name: str) -> Path | None:
+        """The Unix socket of Envoy's admin interface of a service's sidecar (`<name>-sidecar-admin.sock` in the
+        sockets' folder, as `app_socket`); None without a mesh."""
         if self.ports.mesh is None:
             return None
-        return f"http://{self.ports.host}:{self.ports.sidecar_of(name).admin}"
+        return self._sockets / admin_socket_file(name)
+
+    def sidecar_metrics_url(self, name: str) -> str | None:
+        """Where a service's sidecar serves its Prometheus metrics (`/stats/prometheus`, nothing else of its admin
+        interface); None without a mesh."""
+        if self.ports.mesh is None:
+            return None
+        return f"http://{self.ports.host}:{self.ports.sidecar_of(name).prometheus}{METRICS_PATH}"
 
     @property
     def http_url(self) -> str | None:
@@ -1432,7 +1445,10 @@ class Stack:
             status = await health_status(child.address, child.health_service)
             return status == health_pb2.HealthCheckResponse.SERVING
         if child.ready_url is not None:
-            return await http_ok(self.ports.host, *child.ready_url)
+            where, path = child.ready_url
+            if isinstance(where, Path):
+                return await unix_http_ok(where, path)
+            return await http_ok(self.ports.host, where, path)
         host, port = child.address.rsplit(":", 1)
         return await accepts(host, int(port))
 

@@ -211,17 +211,17 @@ LOCAL_HTTP_ADMIN_PORT = 15500
 LOCAL_EDGE_SOURCE = "127.0.0.2"
 
 # The local mesh (`make run MESH=envoy`). A service keeps its gRPC port, now its sidecar's inbound
-# listener. By the service's place in SERVICES (gateway 0 ... recommendations 7): the sidecar's admin
-# interface is at 15000 + place (Istio's proxies use 15000), and the sidecar's outbound listener for a
-# callee at 15100 + 10 * place + the callee's place (the service itself listens on a Unix socket, no port): orders (4)
-# reaches inventory (3) through 15143. All below the kernel's ephemeral range (32768-60999): a client
-# connection there can hold a port for a minute after it closes (TIME_WAIT), and a dozen ports are
-# more likely to meet one than a few.
-LOCAL_SIDECAR_ADMIN_BASE = 15000
+# listener. By the service's place in SERVICES (gateway 0 ... recommendations 7): the sidecar's Prometheus
+# metrics (`/stats/prometheus` alone, as Istio's 15090: its admin interface is on a Unix socket) are at
+# 15000 + place, and the sidecar's outbound listener for a callee at 15100 + 10 * place + the callee's place
+# (the service itself listens on a Unix socket, no port): orders (4) reaches inventory (3) through 15143. All
+# below the kernel's ephemeral range (32768-60999): a client connection there can hold a port for a minute
+# after it closes (TIME_WAIT), and a dozen ports are more likely to meet one than a few.
+LOCAL_SIDECAR_PROMETHEUS_BASE = 15000
 LOCAL_OUTBOUND_PORT_BASE = 15100
 # A canary (`make run MESH=envoy RUN_ARGS="--postgres --canary catalog:20"`), by its service's place: its
-# sidecar's inbound listener at 15300 + place, its metrics at 15310 + place, its sidecar's admin interface
-# at 15330 + place and outbound listeners at 15400 + 10 * place + the callee's place.
+# sidecar's inbound listener at 15300 + place, its metrics at 15310 + place, its sidecar's Prometheus
+# metrics at 15330 + place and outbound listeners at 15400 + 10 * place + the callee's place.
 LOCAL_CANARY_PORT_BASE = 15300
 LOCAL_CANARY_OUTBOUND_PORT_BASE = 15400
 # A canary's process name: `<service>-canary` (its sidecar: `<service>-canary-sidecar`).
@@ -237,8 +237,9 @@ class SidecarPorts:
     """The ports of one service's sidecar in the local mesh; its inbound port is the service's gRPC port. (The
     service itself listens on a Unix socket, where only its sidecar calls it: no port.)"""
 
-    # Envoy's admin interface.
-    admin: int
+    # Envoy's `/stats/prometheus` and nothing else of its admin interface (which is on a Unix socket: it can stop
+    # Envoy, set its faults, dump its keys' paths), for a scraper.
+    prometheus: int
     # Callee name → this sidecar's outbound listener for it.
     outbound: Mapping[str, int]
 
@@ -248,7 +249,7 @@ def local_sidecar_ports(name: str) -> SidecarPorts:
     places = _places()
     place = places[name]
     return SidecarPorts(
-        admin=LOCAL_SIDECAR_ADMIN_BASE + place,
+        prometheus=LOCAL_SIDECAR_PROMETHEUS_BASE + place,
         outbound={callee: LOCAL_OUTBOUND_PORT_BASE + 10 * place + places[callee] for callee in SERVICES[name].calls},
     )
 
@@ -271,7 +272,7 @@ def local_canary_ports(name: str) -> CanaryPorts:
         inbound=base,
         metrics=base + 10,
         sidecar=SidecarPorts(
-            admin=base + 30,
+            prometheus=base + 30,
             outbound={
                 callee: LOCAL_CANARY_OUTBOUND_PORT_BASE + 10 * place + places[callee] for callee in SERVICES[name].calls
             },

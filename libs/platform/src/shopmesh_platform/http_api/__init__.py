@@ -49,13 +49,14 @@ Its modules, by what they hold:
 
 from __future__ import annotations
 
+from ..mesh.envoy import METRICS_PATH
 from .challenges import (
     BEARER_CHALLENGE,
     INVALID_TOKEN_CHALLENGE,
     INVALID_TOKEN_REASONS,
     WWW_AUTHENTICATE,
 )
-from .configuration import METRICS_PATH, HttpApi, bootstrap, write_bootstrap
+from .configuration import HttpApi, bootstrap, write_bootstrap
 from .contract import (
     DESCRIPTOR_FILE,
     DESCRIPTOR_PACKAGE,

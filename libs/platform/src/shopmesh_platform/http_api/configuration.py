@@ -12,12 +12,14 @@ from typing import Any
 from shopmesh_chassis.local_stack import write_private_file
 
 from ..mesh.envoy import (
+    ADMIN_CLUSTER,
     MAX_DOWNSTREAM_CONNECTIONS,
     TRACES_CLUSTER,
     access_log,
     cluster,
     listener,
     overload_manager,
+    prometheus_listener,
     socket_address,
     tracing,
 )
@@ -81,8 +83,6 @@ from .served_files import MAX_DOCUMENT_BYTES, openapi_routes, storefront_routes
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
-# Where the metrics listener (`metrics_port`) serves Envoy's Prometheus metrics.
-METRICS_PATH = "/stats/prometheus"
 # The metrics listener's own bound on its connections (Envoy's runtime limit of one listener), in place of the
 # cap on the public one's, which it is outside of: a scraper's connection or two, and the kubelet's probes, a
 # connection each.
@@ -327,8 +327,16 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     listeners = [public]
     runtime = [{"name": "regex", "static_layer": {"re2.max_program_size.error_level": MAX_REGEX_PROGRAM_SIZE}}]
     if api.metrics_port is not None:
-        metrics = listener(
-            "metrics", api.host, api.metrics_port, "INBOUND", _metrics_manager(), reuse_port=api.reuse_port
+        metrics = prometheus_listener(
+            api.host,
+            api.metrics_port,
+            reuse_port=api.reuse_port,
+            # HEALTH_PATH too, as the public listener answers it: the kubelet's probes ask it here.
+            routes=health_routes(),
+            # Before the health check, so after it on the way out, as on the public listener.
+            filters=[health_check_hygiene(), health_check()],
+            # Its own bound on connections is small: one left idle is let go as the public listener's are.
+            idle_timeout=IDLE_TIMEOUT,
         )
         # Outside the cap on connections: a client that reopens the public port's connections as fast as they
         # are shed takes the freed ones, so the kubelet's liveness probe, competing with it there, failed
@@ -342,7 +350,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         )
         listeners.append(metrics)
         # The admin interface speaks HTTP/1.1.
-        clusters.append(cluster("admin", api.admin_host, api.admin_port, http2=False))
+        clusters.append(cluster(ADMIN_CLUSTER, api.admin_host, api.admin_port, http2=False))
     return {
         "node": {"id": api.name, "cluster": api.name},
         "admin": {"address": socket_address(api.admin_host, api.admin_port)},
@@ -351,44 +359,6 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             api.max_heap_bytes, heap_monitor=not api.heap_bound_at_start, max_connections=api.max_connections
         ),
         "layered_runtime": {"layers": runtime},
-    }
-
-
-def _metrics_manager() -> dict[str, Any]:
-    """`GET /stats/prometheus` relayed to the admin interface, and nothing else of it (as Istio's proxies
-    serve 15090): the admin interface can also stop Envoy or dump its configuration. And HEALTH_PATH, as the
-    public listener answers it."""
-    return {
-        "@type": _HCM,
-        "stat_prefix": "metrics",
-        "codec_type": "AUTO",
-        # Its own bound on connections is small: one left idle is let go as the public listener's are.
-        "common_http_protocol_options": {"idle_timeout": IDLE_TIMEOUT},
-        "route_config": {
-            "name": "metrics",
-            "virtual_hosts": [
-                {
-                    "name": "metrics",
-                    "domains": ["*"],
-                    "routes": [
-                        *health_routes(),
-                        {
-                            "match": {
-                                "path": METRICS_PATH,
-                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
-                            },
-                            "route": {"cluster": "admin"},
-                        },
-                    ],
-                }
-            ],
-        },
-        "http_filters": [
-            # Before the health check, so after it on the way out, as on the public listener.
-            health_check_hygiene(),
-            health_check(),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
-        ],
     }
 
 

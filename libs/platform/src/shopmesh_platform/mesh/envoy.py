@@ -17,8 +17,12 @@ Each sidecar has, like an Istio or Linkerd proxy in a pod:
   callee's inbound listener, presenting this service's SVID and accepting only the callee's SPIFFE
   identity, and retries what is safe to retry for any method: a connection that failed or a stream
   that was refused or reset before the request went out. The call's own deadline (`grpc-timeout`) is
-  its timeout; Envoy adds none.
-- an **admin** interface on loopback (`/ready`, `/stats`, `/config_dump`, `/clusters`).
+  its timeout; Envoy adds none. Its gRPC filter counts each callee's calls by gRPC status (a failure
+  answered with HTTP 200, as gRPC answers every call, is no 5xx), each track of a canary apart.
+- an **admin** interface on a Unix socket (`admin_socket`, mode 0600, in the folder only the user can open):
+  over TCP any local user could set its faults, stop it (`/quitquitquit`) or read its configuration.
+- a **Prometheus** listener on loopback (`SidecarPorts.prometheus`) that serves `GET /stats/prometheus` from the
+  admin interface and nothing else of it, as Istio's proxies serve 15090.
 
 The service's own client keeps its gRPC retries, deadlines and circuit breaker: the mesh adds
 transport security and policy, not a second retry budget for what the service already retries.
@@ -54,6 +58,11 @@ _OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 # The cluster the spans go to.
 TRACES_CLUSTER = "traces"
 _STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+_GRPC_STATS = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+# What the Prometheus listeners (a sidecar's, the HTTP edge's) serve of the admin interface, and only that.
+METRICS_PATH = "/stats/prometheus"
+# The cluster of a sidecar's own admin interface (its Unix socket), for its Prometheus listener.
+ADMIN_CLUSTER = "admin"
 
 # Safe for every method, idempotent or not: the request never reached the callee.
 OUTBOUND_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
@@ -103,6 +112,9 @@ HEAP_REFRESH_INTERVAL = "0.25s"
 # One JSON line per call that did not end OK, in the stack's log stream. (A connection refused in the TLS
 # handshake is no call: it shows in the listener's ssl.* statistics, not here.)
 _ACCESS_LOG_FORMAT = {
+    # When the call came in, as the services' JSON logs write their `time` (UTC, ISO 8601, milliseconds): a
+    # UF or DR line lines up with the caller's and the callee's own lines.
+    "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
     "method": "%REQ(:PATH)%",
     "grpc_status": "%GRPC_STATUS%",
     "http_status": "%RESPONSE_CODE%",
@@ -134,9 +146,12 @@ class Sidecar:
     # sidecar forwards there (Envoy's `pipe` address), and nothing else on the machine reaches the service
     # past the sidecar, as iptables sends a pod's traffic through its proxy.
     app_socket: Path
+    # The sidecar's admin interface (faults, /ready, /stats, /config_dump, /quitquitquit): a Unix socket of mode
+    # 0600 in that same folder, so that only the user who runs the stack reaches it.
+    admin_socket: Path
     # host:port of an OTLP/gRPC receiver (the local trace sink) for the sidecar's own spans; None: none.
     traces: str | None = None
-    # Where the inbound listener is bound; None: `host`, as the sidecar's other listeners and its admin interface.
+    # Where the inbound listener is bound; None: `host`, as the sidecar's other listeners.
     # The edge's sidecar takes clients' calls, and `make run HOST=` publishes it alone.
     inbound_host: str | None = None
     # "canary": the sidecar of a canary of `service` (same identity, a name of its own: `<service>-canary-sidecar`).
@@ -163,7 +178,8 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
     listeners = [_inbound_listener(sidecar, identities, spans)]
     if sidecar.edge_socket is not None:
         listeners.append(_edge_listener(sidecar, spans))
-    clusters = [_app_cluster(sidecar)]
+    listeners.append(prometheus_listener(sidecar.host, sidecar.ports.prometheus))
+    clusters = [_app_cluster(sidecar), cluster(ADMIN_CLUSTER, sidecar.host, 0, http2=False, pipe=sidecar.admin_socket)]
     for callee, port in sidecar.ports.outbound.items():
         listeners.append(_outbound_listener(sidecar, callee, port, spans))
         clusters.append(_outbound_cluster(sidecar, callee, sidecar.upstreams[callee], identities))
@@ -175,7 +191,7 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
         clusters.append(cluster(TRACES_CLUSTER, sink_host, int(sink_port)))
     return {
         "node": {"id": sidecar.name, "cluster": sidecar.service},
-        "admin": {"address": socket_address(sidecar.host, sidecar.ports.admin)},
+        "admin": {"address": {"pipe": {"path": str(sidecar.admin_socket), "mode": ADMIN_SOCKET_MODE}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         # Faults are switched on and off at run time through the admin interface (`mesh.faults`).
         "layered_runtime": {"layers": [{"name": "faults", "admin_layer": {}}]},
@@ -352,6 +368,7 @@ def _outbound_listener(sidecar: Sidecar, callee: str, port: int, spans: dict[str
         virtual_host=callee,
         route=route,
         operation=f"outbound to {callee}",
+        http_filters=[_grpc_stats()],
         spans=spans,
     )
     return listener(_outbound_name(callee), sidecar.host, port, "OUTBOUND", manager)
@@ -398,6 +415,11 @@ def _http_manager(
         # Nor refuse one for its count of headers (Envoy's default 100): the HTTP edge adds some to what it took.
         "common_http_protocol_options": {"max_headers_count": MAX_HEADERS_COUNT},
         "access_log": [access_log(operation or name)],
+        # Envoy's default (5 min) cut a call that sent nothing for that long with UNAVAILABLE "stream timeout",
+        # which the callers' channels retry for idempotent methods: a long call, a fault's delay (up to
+        # mesh.faults' hour). The caller's `grpc-timeout` bounds every call (GRPC_TIMEOUTS), as docs/mesh.md
+        # says; a caller without a deadline waits as long as it asked to, as it would without the mesh.
+        "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
         "http_filters": [
             *(http_filters or []),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
@@ -566,6 +588,60 @@ def access_log(direction: str, *, only_failures: bool = True, extra: Mapping[str
     return logger
 
 
+def _grpc_stats() -> dict[str, Any]:
+    """Calls counted by gRPC status per cluster (`cluster.outbound-<callee>[-canary].grpc.<status>`, `.success`,
+    `.failure`): a gRPC failure is HTTP 200, so the cluster's `upstream_rq_2xx` counted a canary's UNAVAILABLE
+    as a success. Not per method (`stats_for_all_methods` off, no allowlist): a handful of series per cluster,
+    whatever a caller sends."""
+    return {
+        "name": "envoy.filters.http.grpc_stats",
+        "typed_config": {"@type": _GRPC_STATS, "stats_for_all_methods": False, "emit_filter_state": False},
+    }
+
+
+def prometheus_listener(
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    routes: Sequence[dict[str, Any]] = (),
+    filters: Sequence[dict[str, Any]] = (),
+    idle_timeout: str | None = None,
+) -> dict[str, Any]:
+    """A listener on host:port serving `GET /stats/prometheus` from the admin interface (ADMIN_CLUSTER) and
+    nothing else of it, as Istio's proxies serve 15090: the admin interface can also stop Envoy, change its
+    runtime or dump its configuration. `routes` and `filters` go before the metrics route and the router (the
+    HTTP edge answers its kubelet probes there too); `idle_timeout` lets an idle connection go."""
+    manager: dict[str, Any] = {
+        "@type": _HCM,
+        "stat_prefix": "metrics",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "metrics",
+            "virtual_hosts": [
+                {
+                    "name": "metrics",
+                    "domains": ["*"],
+                    "routes": [
+                        *routes,
+                        {
+                            "match": {
+                                "path": METRICS_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": ADMIN_CLUSTER},
+                        },
+                    ],
+                }
+            ],
+        },
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    if idle_timeout is not None:
+        manager["common_http_protocol_options"] = {"idle_timeout": idle_timeout}
+    return listener("metrics", host, port, "INBOUND", manager, reuse_port=reuse_port)
+
+
 def _faults() -> dict[str, Any]:
     """Fault injection, on every inbound listener after the policy (a refused caller is refused, not
     delayed), off until `mesh.faults` sets the filter's runtime keys on the sidecar's admin interface:
@@ -584,6 +660,10 @@ def _faults() -> dict[str, Any]:
 # No route timeout of Envoy's own (15 s by default): the caller's gRPC deadline, sent as `grpc-timeout`,
 # bounds the call at every hop.
 GRPC_TIMEOUTS: dict[str, Any] = {"timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
+# Off (0s) on every sidecar's connection manager: see _http_manager.
+STREAM_IDLE_TIMEOUT = "0s"
+# The admin interface's Unix socket: its owner alone may connect (the folder is 0700 besides).
+ADMIN_SOCKET_MODE = 0o600
 
 
 def tracing(name: str) -> dict[str, Any]:
@@ -603,6 +683,12 @@ def tracing(name: str) -> dict[str, Any]:
 
 def _outbound_name(callee: str, track: str = "stable") -> str:
     return f"outbound-{callee}" if track == "stable" else f"outbound-{callee}-{track}"
+
+
+def admin_socket_file(name: str) -> str:
+    """The file name of the admin socket of `name`'s sidecar (a service, or `<service>-canary`), in the stack's
+    sockets' folder."""
+    return f"{name}-sidecar-admin.sock"
 
 
 def socket_address(host: str, port: int) -> dict[str, Any]:

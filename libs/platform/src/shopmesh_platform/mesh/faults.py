@@ -9,46 +9,40 @@ With a canary (`make run ... --canary catalog`), `catalog` means both of catalog
 `catalog-canary` the canary's alone: a canary gone bad beside a healthy stable service.
 
 (`make fault FAULT_ARGS="..."`.) Each sidecar's inbound listener has Envoy's fault filter, off by default; this
-sets its runtime keys through the sidecar's admin interface (`/runtime_modify`), so a fault applies to the
-next call the service gets, from any caller, and the services never know: the callers see what a slow or
-failing callee looks like (a delay, or the gRPC status, trailers-only), and show how they degrade — the
-gateway's product page without recommendations, orders' saga cancelling a checkout it could not pay
-for. A delay and an abort can be set together (the abort follows the delay); each hits `--percent` of the
-calls, drawn independently. Faults live in the
-sidecar's memory: a restarted stack starts without any. The sidecars are those of the running local stack
-(`.data/stack.json`, which the launcher writes while it runs, on any ports: `--free-ports` too), else of
-`make run MESH=envoy`'s local ports, said on stderr either way (and why: no launcher's file here, or one
-ignored); `--admin URL` names one by hand.
+sets its runtime keys through the sidecar's admin interface (`/runtime_modify`, on its Unix socket), so a fault
+applies to the next call the service gets, from any caller, and the services never know: the callers see what a
+slow or failing callee looks like (a delay, or the gRPC status, trailers-only), and show how they degrade — the
+gateway's product page without recommendations, orders' saga cancelling a checkout it could not pay for. A delay
+and an abort can be set together (the abort follows the delay); each hits `--percent` of the calls, drawn
+independently. Faults live in the sidecar's memory: a restarted stack starts without any. The sidecars are those
+of the running local stack (`.data/stack.json`, which the launcher writes while it runs, on any ports:
+`--free-ports` too), else those under `.data/mesh/sockets/`, said on stderr either way (and why: no launcher's
+file here, or one ignored); `--admin SOCKET` names one's admin socket by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import re
+import socket
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import grpc
 from tabulate import tabulate
 
 from shopmesh_chassis.interrupts import exit_status_on_interrupt
-from shopmesh_chassis.local_stack import running_stack_or_say_default
+from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack_or_say_default
 
-from ..topology import (
-    CANARY_SUFFIX,
-    LOCAL_HOST,
-    SERVICES,
-    canary_name,
-    is_edge,
-    local_canary_ports,
-    local_sidecar_ports,
-)
+from ..stack import MESH, SOCKETS_FOLDER
+from ..topology import CANARY_SUFFIX, SERVICES, canary_name, is_edge
+from .envoy import admin_socket_file
 
 # The fault filter's runtime keys (Envoy's defaults for the filter, which the sidecars use).
 DELAY_PERCENT = "fault.http.delay.fixed_delay_percent"
@@ -64,7 +58,7 @@ class FaultError(RuntimeError):
 
 
 class NoSidecar(FaultError):
-    """Nothing answers at a sidecar's admin URL."""
+    """Nothing answers at a sidecar's admin socket."""
 
 
 @dataclass(frozen=True)
@@ -108,28 +102,51 @@ class Fault:
         return f"{', '.join(parts)} on {self.percent} % of calls" if parts else "none"
 
 
-def set_fault(admin_url: str, fault: Fault) -> None:
-    """Set (or, with Fault(delay_ms=0, abort=None), clear) a sidecar's fault."""
+def set_fault(admin: Path, fault: Fault) -> None:
+    """Set (or, with Fault(delay_ms=0, abort=None), clear) a sidecar's fault; `admin`: its admin socket."""
     query = urllib.parse.urlencode(fault.runtime())
-    _request(admin_url, f"/runtime_modify?{query}", method="POST")
+    admin_request(admin, f"/runtime_modify?{query}", method="POST")
 
 
-def current_fault(admin_url: str) -> Fault:
-    entries = json.loads(_request(admin_url, "/runtime?format=json"))["entries"]
+def current_fault(admin: Path) -> Fault:
+    entries = json.loads(admin_request(admin, "/runtime?format=json"))["entries"]
     return Fault.from_runtime({key: entries[key]["final_value"] for key in KEYS if key in entries})
 
 
-def _request(admin_url: str, path: str, method: str = "GET") -> str:
-    request = urllib.request.Request(admin_url + path, method=method)
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to the server on a Unix socket. (The standard library's client, synchronous as this tool and
+    its callers are; it needs only its socket made for it. aiohttp's UnixConnector would need an event loop.)"""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def admin_request(admin: Path, path: str, method: str = "GET") -> str:
+    """The body of Envoy's answer to `method path` on the admin interface at the Unix socket `admin`; FaultError
+    for an answer other than 200, NoSidecar when nothing answers there."""
+    connection = _UnixConnection(admin, timeout=5)
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # loopback admin of our own sidecar
-            return str(response.read().decode())
-    except urllib.error.HTTPError as exc:
-        raise FaultError(
-            f"the sidecar at {admin_url} refused {path}: {exc.code} {exc.read().decode().strip()}"
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise NoSidecar(f"no sidecar answers at {admin_url} ({getattr(exc, 'reason', exc)})") from None
+        connection.request(method, path)
+        response = connection.getresponse()
+        body = response.read().decode()
+    except OSError as exc:
+        raise NoSidecar(f"no sidecar answers at {admin} ({exc.strerror or exc})") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise FaultError(f"the sidecar at {admin} refused {path}: {response.status} {body.strip()}")
+    return body
 
 
 # What a fault can name: a service (its sidecar, and its canary's when one runs) or a canary alone; not the
@@ -137,40 +154,39 @@ def _request(admin_url: str, path: str, method: str = "GET") -> str:
 TARGETS = [*SERVICES, *(canary_name(name) for name in SERVICES if not is_edge(name))]
 
 
-def local_admin_url(name: str) -> str:
-    """The admin interface of the sidecar of `name` (a service, or `<service>-canary`) on the local ports of
-    `make run MESH=envoy`."""
-    if name.endswith(CANARY_SUFFIX):
-        return f"http://{LOCAL_HOST}:{local_canary_ports(name.removesuffix(CANARY_SUFFIX)).sidecar.admin}"
-    return f"http://{LOCAL_HOST}:{local_sidecar_ports(name).admin}"
+# The default data directory's link to the sockets' folder of the stack running on it (stack.Stack.sockets_link).
+LOCAL_SOCKETS = DEFAULT_DATA_DIR / MESH / SOCKETS_FOLDER
 
 
-def local_admin_ports() -> str:
-    """The admin ports of `local_admin_url`'s sidecars, all in one line's words."""
-    services = [local_sidecar_ports(name).admin for name in SERVICES]
-    canaries = [local_canary_ports(name).sidecar.admin for name in SERVICES if not is_edge(name)]
-    return f"{LOCAL_HOST}:{min(services)}-{max(services)} (canaries': {min(canaries)}-{max(canaries)})"
+def local_admin_socket(name: str) -> Path:
+    """The admin socket of the sidecar of `name` (a service, or `<service>-canary`) of `make run MESH=envoy` on
+    the default data directory, through its link to the sockets' folder."""
+    return LOCAL_SOCKETS / admin_socket_file(name)
 
 
 class SidecarAdmins:
-    """The sidecars' admin URLs: the running local stack's (.data/stack.json: any ports, `--free-ports`
-    included); else those of `make run MESH=envoy`'s local ports. Said on `err` either way, so that a default
-    sidecar that does not answer is not taken for the running stack's."""
+    """The sidecars' admin sockets: the running local stack's (.data/stack.json); else those under the default
+    data directory's `mesh/sockets/`. Said on `err` either way, so that a default sidecar that does not answer
+    is not taken for the running stack's."""
 
     def __init__(self, err: TextIO) -> None:
         self.stack = running_stack_or_say_default(
-            err, "sidecars", local_admin_ports(), without="make run MESH=envoy's admin ports"
+            err,
+            "sidecars",
+            str(LOCAL_SOCKETS / admin_socket_file("<service>")),
+            without="make run MESH=envoy's admin sockets",
         )
         if self.stack is not None:
             print(f"sidecars of {self.stack.said()}", file=err)
 
-    def url(self, name: str) -> str | None:
-        """The admin URL of `name`'s sidecar; None when the running stack has none (no mesh, not started)."""
+    def url(self, name: str) -> Path | None:
+        """The admin socket of `name`'s sidecar; None when the running stack has none (no mesh, not started)."""
         if self.stack is None:
-            return local_admin_url(name)
-        return self.stack.sidecar_admin.get(name)
+            return local_admin_socket(name)
+        admin = self.stack.sidecar_admin.get(name)
+        return None if admin is None else Path(admin)
 
-    def required(self, name: str) -> str:
+    def required(self, name: str) -> Path:
         url = self.url(name)
         if url is not None:
             return url
@@ -192,7 +208,8 @@ class SidecarAdmins:
         raise FaultError(f"{name} is not running in {stack} (a --services subset?)")
 
 
-def _running(url: str) -> bool:
+def running(url: Path) -> bool:
+    """Whether a sidecar answers on the admin socket `url`."""
     try:
         current_fault(url)
     except FaultError:
@@ -217,14 +234,15 @@ def duration_ms(value: str) -> int:
     return milliseconds
 
 
-def admin_url(value: str) -> str:
-    """A sidecar's admin URL as `make fault` lists them: http://host:port (urllib reads no other)."""
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def admin_socket(value: str) -> Path:
+    """A sidecar's admin socket as `make fault` lists them; an http:// URL (the admin interface was once on a
+    TCP port) is refused saying where it is now."""
+    if urllib.parse.urlsplit(value).scheme in ("http", "https"):
         raise argparse.ArgumentTypeError(
-            f"{value!r}: want the sidecar's admin URL with its scheme, like {local_admin_url('catalog')}"
+            f"{value!r}: a sidecar's admin interface is on a Unix socket, no URL: want its path, like "
+            f"{local_admin_socket('catalog')}"
         )
-    return value.rstrip("/")
+    return Path(value)
 
 
 def status_code(value: str) -> grpc.StatusCode:
@@ -258,10 +276,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     parser.add_argument("--show", action="store_true", help="print every running sidecar's faults")
     parser.add_argument(
         "--admin",
-        type=admin_url,
+        type=admin_socket,
         default=None,
-        help="the sidecar's admin URL (default: the running local stack's, named by .data/stack.json, else the "
-        "local ports)",
+        metavar="SOCKET",
+        help="the sidecar's admin socket (default: the running local stack's, named by .data/stack.json, else "
+        f"{LOCAL_SOCKETS}/<service>-sidecar-admin.sock)",
     )
     args = parser.parse_args(argv)
     # Only make run's own admin ports, taken as no running stack named any (said on stderr), are answered by
@@ -271,7 +290,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     try:
         if args.show:
             rows = []
-            targets: list[tuple[str, str | None]]
+            targets: list[tuple[str, Path | None]]
             if args.admin:
                 targets = [(args.service or "(--admin)", args.admin)]
             else:
@@ -279,15 +298,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
                 targets = [(name, admins.url(name)) for name in ([args.service] if args.service else SERVICES)]
                 # A canary's sidecar only while one runs (one row per service otherwise).
                 canaries = [] if args.service else [(name, admins.url(name)) for name in map(canary_name, SERVICES)]
-                targets += [(name, url) for name, url in canaries if url is not None and _running(url)]
+                targets += [(name, url) for name, url in canaries if url is not None and running(url)]
             for name, url in targets:
                 if url is None:
                     rows.append((name, "-", "(no sidecar running)"))
                     continue
                 try:
-                    rows.append((name, url, str(current_fault(url))))
+                    rows.append((name, str(url), str(current_fault(url))))
                 except FaultError:
-                    rows.append((name, url, "(no sidecar running)"))
+                    rows.append((name, str(url), "(no sidecar running)"))
             print(tabulate(rows, headers=("SERVICE", "SIDECAR ADMIN", "FAULT"), tablefmt="plain"), file=out)
             return 0
         if args.service is None:
@@ -303,7 +322,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             urls = {args.service: admins.required(args.service)}
         if not args.admin and args.service in SERVICES:
             canary = canary_name(args.service)
-            if (canary_url := admins.url(canary)) is not None and _running(canary_url):
+            if (canary_url := admins.url(canary)) is not None and running(canary_url):
                 # The service's fault is its canary's too: every call to the service meets it, whichever
                 # track the caller's sidecar picks.
                 urls[canary] = canary_url
