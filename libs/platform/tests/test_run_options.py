@@ -79,6 +79,37 @@ def test_canary_option_takes_a_service_and_an_optional_weight() -> None:
             run.parse_args(["--mesh", "envoy", "--canary", wrong])
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["--canary", "catalog:20", "--canary", "orders"],
+            "argument --canary: given twice: the local mesh runs one canary at a time",
+        ),
+        (["--canary", "catalog:101"], "argument --canary: 'catalog:101': the weight is a percentage (0-100), not 101"),
+        (["--canary", "catalog:-1"], "argument --canary: 'catalog:-1': the weight is a percentage (0-100), not -1"),
+        (
+            ["--canary", "gateway"],
+            "argument --canary: 'gateway': not of gateway: its callers are clients outside the mesh, whose calls no "
+            "sidecar splits",
+        ),
+        (["--canary", "orders:"], "argument --canary: 'orders:': expected SERVICE or SERVICE:WEIGHT (a percentage)"),
+    ],
+    ids=["twice", "weight-101", "weight-negative", "gateway", "empty-weight"],
+)
+def test_a_canary_the_local_mesh_cannot_honour_is_refused_by_the_command_line(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused when the arguments are read, before --postgres starts its server and runs initdb (the stack
+    refused a weight of 101 or the gateway only after that); a second --canary was silently taken for the
+    first (the local mesh runs one), and `orders:` for orders at the default weight."""
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(["--postgres", "--mesh", "envoy", *argv])
+    assert exited.value.code == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert error.endswith(said), error
+
+
 def test_a_canary_without_the_mesh_is_refused_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
     """`make run RUN_ARGS="--postgres --canary catalog:20"` (make help's example, without MESH=envoy) started a
     throwaway PostgreSQL server, ran its initdb, and only then refused the canary, naming `--mesh envoy`, which

@@ -143,6 +143,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--canary",
         type=parse_canary,
+        action=_Once,
         default=None,
         metavar="SERVICE[:WEIGHT]",
         help="with --mesh envoy (and --postgres for a service with a database): a second instance of SERVICE "
@@ -215,14 +216,39 @@ def parse_host(value: str) -> str:
     return str(address)
 
 
+class _Once(argparse.Action):
+    """Store the option's value, refusing it a second time: argparse keeps the last one silently, and the local
+    mesh runs one canary (PortPlan plans one)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"argument {option_string}: given twice: the local mesh runs one canary at a time")
+        setattr(namespace, self.dest, values)
+
+
 def parse_canary(value: str) -> Canary:
-    service, _, weight = (part.strip() for part in value.partition(":"))
+    """SERVICE or SERVICE:WEIGHT, refused here what the stack would refuse (Stack._canary_spec) only after
+    --postgres had started its server and run initdb."""
+    service, colon, weight = (part.strip() for part in value.partition(":"))
     if service not in SERVICES:
         raise argparse.ArgumentTypeError(f"{value!r}: {service!r} is not a service ({', '.join(SERVICES)})")
+    if is_edge(service):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: not of {service}: its callers are clients outside the mesh, whose calls no sidecar splits"
+        )
     try:
-        return Canary(service, int(weight) if weight else Canary.weight)
+        canary = Canary(service, int(weight) if colon else Canary.weight)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE or SERVICE:WEIGHT (a percentage)") from None
+    if not 0 <= canary.weight <= 100:
+        raise argparse.ArgumentTypeError(f"{value!r}: the weight is a percentage (0-100), not {canary.weight}")
+    return canary
 
 
 def port_plan(
