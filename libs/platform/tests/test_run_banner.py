@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shopmesh_platform import run
-from shopmesh_platform.ports import PortPlan
+from shopmesh_platform.ports import Canary, PortPlan
 from shopmesh_platform.stack import Stack
 
 
@@ -18,6 +18,19 @@ def test_without_a_gateway_the_banner_offers_no_http_commands(tmp_path: Path) ->
     text = run.banner(stack, ["catalog"])
     assert "HTTP/JSON" not in text
     assert "only NATS runs" not in text
+
+
+@pytest.mark.parametrize(
+    ("service", "said"), [("orders", "50% of orders' calls"), ("catalog", "50% of catalog's calls")]
+)
+def test_the_banners_canary_row_says_whose_calls_it_gets_in_english(tmp_path: Path, service: str, said: str) -> None:
+    """It said "50% of orders's calls"."""
+    canary = Canary(service, 50)
+    plan = run.port_plan(free=True, mesh=True, canary=canary)
+    database = {service: {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"}}
+    stack = Stack(tmp_path, ports=plan, services=["gateway", service], canary=canary, env=database)
+    [row] = [line for line in run.banner(stack, None).splitlines() if line.strip().startswith(f"{service}-canary ")]
+    assert f"SERVING, {said}" in row, row
 
 
 def test_the_banners_curl_commands_end_their_reply_with_a_newline(tmp_path: Path) -> None:

@@ -479,7 +479,7 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     canaries = []
     if stack.canary is not None:
         canary = canary_name(stack.canary.service)
-        state = f"SERVING, {stack.canary.weight}% of {stack.canary.service}'s calls"
+        state = f"SERVING, {stack.canary.weight}% of {possessive(stack.canary.service)} calls"
         rows.append((canary, stack.address(canary), stack.metrics_url(canary) or "-", state, str(stack.pid(canary))))
         canaries.append(canary)
     for name in [*SERVICES, *canaries]:
@@ -496,6 +496,11 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     return "\n".join(f"  {line}".rstrip() for line in table.splitlines())
 
 
+def possessive(name: str) -> str:
+    """`orders'`, `catalog's`: a name ending in s takes the apostrophe alone."""
+    return f"{name}'" if name.endswith("s") else f"{name}'s"
+
+
 def database_lines(stack: Stack, database: PostgresServer) -> list[str]:
     """Where the services' databases are, each named after its service (`local_env`), and a psql that opens
     one: one command, `-d` naming the service, rather than a long line per service."""
@@ -505,7 +510,7 @@ def database_lines(stack: Stack, database: PostgresServer) -> list[str]:
         shares = (
             ""
             if canary is None or canary.service not in owners
-            else f"; {canary_name(canary.service)} runs on {canary.service}'s"
+            else f"; {canary_name(canary.service)} runs on {possessive(canary.service)}"
         )
         named = f"one per service, named after it ({', '.join(owners)}{shares})"
         opened, how = owners[0], "-d names the service's database"
