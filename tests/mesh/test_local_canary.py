@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh_chassis.testing.postgres import PostgresServer
-from shopmesh_platform.mesh import faults
+from shopmesh_platform.mesh import faults, split
 from shopmesh_platform.mesh.identity import channel_as
 from shopmesh_platform.ports import Canary
 from shopmesh_platform.stack import Stack, postgres_env
@@ -124,3 +124,31 @@ async def test_a_fault_on_the_canary_alone_fails_only_its_share_of_the_calls(
     finally:
         assert faults.main(["catalog", "--clear"], out) == 0
     assert await list_products(stack, 10) == {grpc.StatusCode.OK: 10}
+
+
+async def test_the_canarys_share_changes_while_the_stack_runs_and_goes_back_to_its_start(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m shopmesh_platform.mesh.split catalog 0` (an abort: nothing to the canary), `... 100` (all of
+    it), `--reset` (the weight `--canary` gave): the split had no runtime key, so a weight could change only by
+    restarting the whole stack."""
+    monkeypatch.setattr(faults, "local_admin_socket", stack.sidecar_admin_socket)
+    processes = ("catalog", "catalog-canary")
+
+    async def served_by(weight: int | None) -> dict[str, int]:
+        argv = ["catalog", "--reset"] if weight is None else ["catalog", str(weight)]
+        out = io.StringIO()
+        assert split.main(argv, out) == 0
+        assert out.getvalue().startswith("recommendations: "), out.getvalue()
+        before = {p: handled(stack, p, LIST_PRODUCTS) for p in processes}
+        assert await list_products(stack, 20) == {grpc.StatusCode.OK: 20}
+        return {p: handled(stack, p, LIST_PRODUCTS) - before[p] for p in processes}
+
+    try:
+        assert await served_by(0) == {"catalog": 20, "catalog-canary": 0}
+        assert await served_by(100) == {"catalog": 0, "catalog-canary": 20}
+    finally:
+        back = await served_by(None)
+    # At the start's 50 % each gets some: all 20 to one side would happen once in 2**19 runs.
+    assert back["catalog"] > 0, back
+    assert back["catalog-canary"] > 0, back

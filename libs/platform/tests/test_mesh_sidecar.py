@@ -28,6 +28,8 @@ from shopmesh_platform.ports import PortPlan
 from shopmesh_platform.probes import unix_http_ok
 from shopmesh_platform.stack import Stack, envoy_binary
 
+from .run_kit import stop_launcher
+
 SERVICE = "gateway"
 # The fault filter's runtime keys, set before any call (a layer under the admin interface's).
 DELAY_2S = {"fault.http.delay.fixed_delay_percent": 100, "fault.http.delay.fixed_duration_ms": 2000}
@@ -89,13 +91,8 @@ async def sidecar_of_the_edge(directory: Path, edit: Edit | None = None) -> Asyn
         await eventually(lambda: ready(running), f"the sidecar ready (its output: {log})", timeout=30)
         yield running
     finally:
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        if process is not None:
+            await stop_launcher(process)  # Envoy stops on SIGTERM as the launcher does
         await server.stop(0)
         stack.remove_sockets()
 

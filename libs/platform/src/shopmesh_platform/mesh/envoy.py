@@ -63,6 +63,10 @@ _GRPC_STATS = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.F
 METRICS_PATH = "/stats/prometheus"
 # The cluster of a sidecar's own admin interface (its Unix socket), for its Prometheus listener.
 ADMIN_CLUSTER = "admin"
+# The runtime key prefix of an outbound route's split to a canary: `<prefix>.<cluster>` is that track's weight
+# (split_runtime_keys), set at run time through the admin interface as the faults are (`mesh.split`); without
+# one, the weight the launcher was started with.
+SPLIT_RUNTIME_PREFIX = "split"
 
 # Safe for every method, idempotent or not: the request never reached the callee.
 OUTBOUND_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
@@ -193,7 +197,7 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
         "node": {"id": sidecar.name, "cluster": sidecar.service},
         "admin": {"address": {"pipe": {"path": str(sidecar.admin_socket), "mode": ADMIN_SOCKET_MODE}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
-        # Faults are switched on and off at run time through the admin interface (`mesh.faults`).
+        # Faults (and a canary's weight) are set at run time through the admin interface (`mesh.faults`).
         "layered_runtime": {"layers": [{"name": "faults", "admin_layer": {}}]},
         "overload_manager": overload_manager(),
     }
@@ -353,7 +357,12 @@ def _outbound_listener(sidecar: Sidecar, callee: str, port: int, spans: dict[str
     if callee in sidecar.splits:
         _, weight = sidecar.splits[callee]
         clusters = [(_outbound_name(callee), 100 - weight), (_outbound_name(callee, "canary"), weight)]
-        target = {"weighted_clusters": {"clusters": [{"name": n, "weight": w} for n, w in clusters]}}
+        target = {
+            "weighted_clusters": {
+                "clusters": [{"name": n, "weight": w} for n, w in clusters],
+                "runtime_key_prefix": SPLIT_RUNTIME_PREFIX,
+            }
+        }
     route = {
         **target,
         **GRPC_TIMEOUTS,
@@ -679,6 +688,13 @@ def tracing(name: str) -> dict[str, Any]:
             },
         }
     }
+
+
+def split_runtime_keys(callee: str) -> tuple[str, str]:
+    """The runtime keys of the weights of `callee` and of its canary in its callers' outbound routes (Envoy sums
+    the two for each call: a share of 100 in all keeps them percentages)."""
+    stable, canary = _outbound_name(callee), _outbound_name(callee, "canary")
+    return f"{SPLIT_RUNTIME_PREFIX}.{stable}", f"{SPLIT_RUNTIME_PREFIX}.{canary}"
 
 
 def _outbound_name(callee: str, track: str = "stable") -> str:
