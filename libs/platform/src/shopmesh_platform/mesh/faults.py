@@ -283,8 +283,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         f"{LOCAL_SOCKETS}/<service>-sidecar-admin.sock)",
     )
     args = parser.parse_args(argv)
-    # Only make run's own admin ports, taken as no running stack named any (said on stderr), are answered by
-    # starting it: an --admin URL the user gave, or the running stack's sidecar (named on stderr), gets no such
+    # Only make run's own admin sockets, taken as no running stack named any (said on stderr), are answered by
+    # starting it: an --admin SOCKET the user gave, or the running stack's sidecar (named on stderr), gets no such
     # advice, as `make shoppers` gives none for a --target of the user's.
     make_runs_ports = False
     try:
