@@ -1,8 +1,9 @@
 """What payments answers a charge it refuses as a request is what orders' PaymentsClient reads: the real payments
 service (its validation and idempotency, on SQLite, over real gRPC) and orders' own client, which the saga tests
 drive against stand-ins of the contract. A request payments refuses for a field of orders' (an amount of 0, the
-charge's key reused with another request) cancels the order as the shop's fault, PAYMENT_REQUEST_REJECTED; only
-a refusal of the card itself is told to the customer as a declined (or expired) card."""
+charge's key reused with another request and no capture held) cancels the order as the shop's fault,
+PAYMENT_REQUEST_REJECTED; only a refusal of the card itself is told to the customer as a declined (or expired)
+card."""
 
 from __future__ import annotations
 
@@ -62,7 +63,20 @@ async def test_a_charge_of_an_amount_payments_refuses_is_no_declined_card(tmp_pa
         assert await _refusal(client, 100, Card("4000000000000002", 12, 2030, "123")) is CancelCode.CARD_DECLINED
 
 
-async def test_a_charge_key_payments_saw_with_another_request_is_no_declined_card(tmp_path: Path) -> None:
+async def test_a_charge_key_payments_saw_with_another_request_and_no_capture_is_no_declined_card(
+    tmp_path: Path,
+) -> None:
     async with _payments(tmp_path) as client:
-        await client.charge("ord_1", 100, "USD", GOOD, "ord_1:charge")
+        assert await _refusal(client, 100, Card("4000000000000002", 12, 2030, "123")) is CancelCode.CARD_DECLINED
         assert (await _refusal(client, 200, GOOD)).value == "PAYMENT_REQUEST_REJECTED"
+
+
+async def test_a_charge_key_payments_saw_with_another_request_that_captured_is_the_orders_charge(
+    tmp_path: Path,
+) -> None:
+    """The first charge's answer lost, its retry sent otherwise (another release, a price re-read): payments
+    refuses it IDEMPOTENCY_KEY_REUSED, and its capture is the order's charge. Cancelled "nothing was charged",
+    as it was, the order's stock was released and the money kept."""
+    async with _payments(tmp_path) as client:
+        first = await client.charge("ord_1", 100, "USD", GOOD, "ord_1:charge")
+        assert await client.charge("ord_1", 200, "USD", GOOD, "ord_1:charge") == first

@@ -137,6 +137,10 @@ class RefusingPayments(payments_pb2_grpc.PaymentsServiceServicer):
     async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> Any:
         raise errors.InvalidArgument("the charge request is invalid", self._violations, reason=self._reason)
 
+    async def ListPayments(self, request: payments_pb2.ListPaymentsRequest, context: Any) -> Any:
+        # No capture held: a reused charge key is then no charge of the order's.
+        return payments_pb2.ListPaymentsResponse()
+
 
 async def _refused_charge(settings: OrdersSettings, servicer: RefusingPayments) -> PaymentRefused:
     add = payments_pb2_grpc.add_PaymentsServiceServicer_to_server

@@ -306,7 +306,8 @@ def _refused_request(order_id: str, details: ErrorDetails) -> CancelCode:
     Orders checks the card as payments does, but only when the request comes in: a retry after the card's
     expiry month ended may drive a charge never sent (CARD_EXPIRED), and a card payments refuses on other
     grounds is the customer's card refused (CARD_DECLINED). Anything else is our request at fault (an amount,
-    currency or order id payments will not take, the charge's key reused with another request): the customer
+    currency or order id payments will not take, the charge's key reused with another request and no capture
+    of the order held): the customer
     is not told their card was declined, and whoever is on call hears of it (an ERROR, and the cancellation's
     own count)."""
     if details.reason == "CARD_EXPIRED":
@@ -358,6 +359,21 @@ class PaymentsClient:
             if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                if details.reason == "IDEMPOTENCY_KEY_REUSED":
+                    # Payments holds an outcome under this order's charge key from another request (the first
+                    # answer lost, and the retry's request built otherwise: another release, a price re-read).
+                    # That outcome may be a capture: it is the order's charge, as for ORDER_ALREADY_CHARGED
+                    # (cancelled "nothing was charged", the stock would be released with the money kept).
+                    captured = await self._captured(order_id, "")
+                    if captured is not None:
+                        log.warning(
+                            "payments refused the charge of order %s as another request under its key; its "
+                            "capture %s is the charge",
+                            order_id,
+                            captured,
+                            extra={"order_id": order_id, "payment_id": captured},
+                        )
+                        return captured
                 raise PaymentRefused(_refused_request(order_id, details), "") from None
             raise _unexpected("payments", error) from None
         return response.payment.id
@@ -365,12 +381,17 @@ class PaymentsClient:
     async def _earlier_capture(self, order_id: str, holder: str) -> str:
         """The payment that holds the order, if it is still captured. Payments captures an order at most once,
         so one refunded since leaves the order unpayable: refused, and compensation finds nothing to refund."""
+        captured = await self._captured(order_id, holder)
+        if captured is None:
+            raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, holder)
+        return captured
+
+    async def _captured(self, order_id: str, holder: str) -> str | None:
+        """The order's captured payment, `holder` if it is one; None when payments holds no capture of it."""
         captured = [r.payment_id for r in await self.payments_for(order_id) if r.captured]
         if holder in captured:
             return holder
-        if captured:
-            return captured[0]
-        raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, holder)
+        return captured[0] if captured else None
 
     async def payments_for(self, order_id: str) -> list[PaymentRecord]:
         try:
