@@ -591,6 +591,30 @@ async def test_a_total_that_differs_while_catalog_is_away_is_refused_on_the_reme
         assert (placed.order.state, placed.order.total.amount_minor) == (orders_pb2.ORDER_STATE_CONFIRMED, 1250)
 
 
+async def test_a_price_catalog_has_corrected_is_not_refused_for_the_invalid_one_orders_remembers(
+    settings: OrdersSettings, database: Database, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    """A product catalog priced at 0 is refused PRODUCT_PRICE_INVALID; the price remembered (CachedCatalog, 30 s
+    by default, up to an hour) kept refusing it after catalog corrected it. A remembered price that is no
+    sellable one asks catalog itself before it refuses; while catalog is away the remembered one refuses."""
+    catalog = CatalogAway({"prod_a": PricedProduct("prod_a", "Product A", 0, "USD")})
+    async with orders_remembering_prices(settings, database, catalog, inventory, payments) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(request(), metadata=idempotency_metadata("k-zero"))
+        assert details_of(caught.value).reason == "PRODUCT_PRICE_INVALID"
+
+        catalog.away = True
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(request(), metadata=idempotency_metadata("k-zero-away"))
+        details = details_of(caught.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PRODUCT_PRICE_INVALID")
+
+        catalog.away = False
+        catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1250, "USD")
+        placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k-corrected"))
+        assert (placed.order.state, placed.order.total.amount_minor) == (orders_pb2.ORDER_STATE_CONFIRMED, 1250)
+
+
 async def test_one_place_order_sent_at_once_to_two_replicas_on_one_postgresql_places_and_charges_once(
     settings: OrdersSettings,
     postgres: PostgresServer,

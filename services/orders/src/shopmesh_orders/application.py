@@ -352,6 +352,14 @@ class OrdersApplication:
             for item in command.items
             if not is_sellable_price(priced[item.product_id].price_minor, priced[item.product_id].currency)
         ]
+        if unsellable and not fresh:
+            # Remembered prices (CachedCatalog, up to its TTL): one catalog has corrected since would refuse the
+            # product until it is forgotten. Only catalog's own answer refuses it, or the remembered one while
+            # catalog is away (nothing is stored yet), as for PRICE_CHANGED in place_order.
+            try:
+                return await self._price(command, fresh=True)
+            except errors.Unavailable:
+                log.info("catalog cannot confirm the prices: PlaceOrder is refused on the remembered ones")
         if unsellable:
             # Our data, not the customer's request: a warning naming each product and its price, for whoever
             # corrects the catalog. The answer, FAILED_PRECONDITION, is no server error to any alert.
