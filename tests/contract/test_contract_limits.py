@@ -15,6 +15,7 @@ from shopmesh_chassis.contract_limits import (
     MAX_AMOUNT_MINOR,
     MAX_ID_LENGTH,
     is_currency_code,
+    money_violations,
     printable_id_violation,
 )
 
@@ -65,6 +66,33 @@ def test_the_money_bound_is_the_one_the_contract_states() -> None:
     written, base, exponent = stated.groups()
     # The digits and the power say the same number, and it is the services'.
     assert int(written.replace(",", "")) == int(base) ** int(exponent) - 1 == MAX_AMOUNT_MINOR
+
+
+@pytest.mark.parametrize(
+    ("amount_minor", "currency", "refused"),
+    [
+        (1, "USD", []),
+        (MAX_AMOUNT_MINOR, "USD", []),
+        (0, "USD", [("price.amount_minor", "must be greater than 0")]),
+        (-1, "USD", [("price.amount_minor", "must be greater than 0")]),
+        (MAX_AMOUNT_MINOR + 1, "USD", [("price.amount_minor", "must be at most 999,999,999,999,999")]),
+        (
+            0,
+            "",
+            [
+                ("price.amount_minor", "must be greater than 0"),
+                ("price.currency", "three upper-case letters, e.g. USD"),
+            ],
+        ),
+    ],
+)
+def test_the_money_rule_catalog_orders_and_payments_share_names_each_broken_part(
+    amount_minor: int, currency: str, refused: list[tuple[str, str]]
+) -> None:
+    """A price is sold and an amount charged only at 1 to the bound in a currency code: catalog's loads,
+    orders' prices from catalog and payments' charges hold to this one rule, each on its own field."""
+    found = money_violations("price", amount_minor, currency)
+    assert [(v.field, v.description) for v in found] == refused
 
 
 def field_comment(proto: Path, field: str) -> str:

@@ -102,3 +102,20 @@ def currency_violation(field: str, value: str) -> FieldViolation | None:
     if not is_currency_code(value):
         return FieldViolation(field, CURRENCY_RULE, "INVALID_FORMAT")
     return None
+
+
+def money_violations(path: str, amount_minor: int, currency: str) -> list[FieldViolation]:
+    """What keeps an amount from being sold or charged: 1 to MAX_AMOUNT_MINOR minor units (OUT_OF_RANGE on
+    `path`.amount_minor, naming the bound it breaks) in a currency code (`currency_violation` on `path`.currency).
+    One rule for catalog's prices, the prices orders takes from catalog and payments' charges: a copy that
+    drifted let a price be sold that the charge then refused, after the stock was reserved."""
+    violations = []
+    if amount_minor <= 0:
+        violations.append(FieldViolation(f"{path}.amount_minor", "must be greater than 0", "OUT_OF_RANGE"))
+    elif amount_minor > MAX_AMOUNT_MINOR:
+        violations.append(
+            FieldViolation(f"{path}.amount_minor", f"must be at most {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
+        )
+    if (found := currency_violation(f"{path}.currency", currency)) is not None:
+        violations.append(found)
+    return violations

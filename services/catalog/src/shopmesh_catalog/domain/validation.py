@@ -15,10 +15,9 @@ from urllib.parse import urlsplit
 from shopmesh_catalog.domain.models import CategoryData, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
 from shopmesh_chassis.contract_limits import (
-    MAX_AMOUNT_MINOR,
     MAX_ID_LENGTH,
-    currency_violation,
     listable_id_violation,
+    money_violations,
     printable_id_violation,
     too_long,
 )
@@ -222,12 +221,7 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
         violations.append(too_long(f"{path}.description", MAX_DESCRIPTION_LENGTH))
     if product.category not in category_ids:
         violations.append(FieldViolation(f"{path}.category", "must be the id of a category", "UNKNOWN_CATEGORY"))
-    if not 0 < product.price.amount_minor <= MAX_AMOUNT_MINOR:
-        violations.append(
-            FieldViolation(f"{path}.price.amount_minor", f"must be 1 to {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
-        )
-    if (found := currency_violation(f"{path}.price.currency", product.price.currency)) is not None:
-        violations.append(found)
+    violations.extend(money_violations(f"{path}.price", product.price.amount_minor, product.price.currency))
     if len(product.image_url) > MAX_IMAGE_URL_LENGTH:
         violations.append(too_long(f"{path}.image_url", MAX_IMAGE_URL_LENGTH))
     elif product.image_url:

@@ -14,8 +14,8 @@ from shopmesh_chassis.contract_limits import (
     MAX_AMOUNT_MINOR,
     MAX_ID_LENGTH,
     currency_violation,
-    is_currency_code,
     listable_id_violation,
+    money_violations,
     printable_id_violation,
     too_long,
 )
@@ -240,7 +240,7 @@ def is_sellable_price(amount_minor: int, currency: str) -> bool:
     MAX_AMOUNT_MINOR, in a currency code). Orders checks again what catalog answers: a product priced 0 (data
     that reached catalog's database some other way) passed through to the charge, which payments refused
     after the stock was reserved, and the customer was told their card was declined."""
-    return 0 < amount_minor <= MAX_AMOUNT_MINOR and is_currency_code(currency)
+    return not money_violations("price", amount_minor, currency)
 
 
 def invalid_prices(product_ids: Sequence[str]) -> errors.FailedPrecondition:

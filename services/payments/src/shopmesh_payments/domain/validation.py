@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from shopmesh_chassis.contract_limits import (
-    MAX_AMOUNT_MINOR,
     MAX_ID_LENGTH,
-    currency_violation,
+    money_violations,
     printable_id_violation,
     too_long,
 )
@@ -94,16 +93,9 @@ def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> Non
     if amount is None:
         violations.append(FieldViolation("amount", "is required", "REQUIRED"))
         return
-    if amount.amount_minor <= 0:
-        violations.append(FieldViolation("amount.amount_minor", "must be greater than 0", "OUT_OF_RANGE"))
-    elif amount.amount_minor > MAX_AMOUNT_MINOR:
-        # Orders holds every order's total to the bound: no caller can charge more than an order could cost.
-        # A refund is of a whole captured charge, so it keeps to it too.
-        violations.append(
-            FieldViolation("amount.amount_minor", f"must be at most {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
-        )
-    if (found := currency_violation("amount.currency", amount.currency)) is not None:
-        violations.append(found)
+    # Orders holds every order's total to the bound: no caller can charge more than an order could cost.
+    # A refund is of a whole captured charge, so it keeps to it too.
+    violations.extend(money_violations("amount", amount.amount_minor, amount.currency))
 
 
 def _check_card(card: Card | None, today: date | None, violations: list[FieldViolation]) -> None:
