@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from shopmesh_chassis.local_stack import make_private_folder
+from shopmesh_chassis.local_stack import make_private_folder, write_private_file
 from shopmesh_chassis.testing import free_port
 
 
@@ -208,7 +208,9 @@ def initialized_server(prefix: str = "shopmesh-pg-") -> Iterator[PostgresServer]
     try:
         _initdb(bin_dir, data_dir, password)
         server = PostgresServer(port=port, data_dir=data_dir, bin_dir=bin_dir, password=password)
-        _write_passfile(server)
+        # In the data folder mkdtemp just made (0700: other accounts are kept out, and no file is there to
+        # replace), 0600 from its creation: libpq ignores a password file others may read.
+        write_private_file(server.passfile, f"127.0.0.1:{server.port}:*:{SUPERUSER}:{server.password}\n".encode())
     except subprocess.CalledProcessError as error:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise RuntimeError(f"cannot initialise PostgreSQL: {error.stderr.decode(errors='replace')}") from None
@@ -219,14 +221,6 @@ def initialized_server(prefix: str = "shopmesh-pg-") -> Iterator[PostgresServer]
         yield server
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _write_passfile(server: PostgresServer) -> None:
-    # This account's, 0600 from its creation (libpq ignores a password file others may read), in the data folder
-    # whose 0700 keeps other accounts out as well.
-    fd = os.open(server.passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"127.0.0.1:{server.port}:*:{SUPERUSER}:{server.password}\n")
 
 
 @contextlib.contextmanager
