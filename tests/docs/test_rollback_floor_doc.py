@@ -13,8 +13,9 @@ from alembic.script import ScriptDirectory
 
 from shopmesh_chassis.migrations import CHASSIS_VERSIONS, alembic_config, branch_of
 
+from ..contract.migration_sql import SERVICE_VERSIONS
+
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_VERSIONS = sorted((ROOT / "services").glob("*/src/shopmesh_*/migrations/versions"))
 
 
 def section() -> str:
