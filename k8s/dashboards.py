@@ -254,7 +254,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (
                 "Checkouts finished",
                 "reqps",
-                "Orders whose saga ended, by state and cancel reason (alert ShopmeshCheckoutsCancelledByOutages).",
+                "Orders whose saga ended, by state and cancel reason (alert ShopmeshCheckoutsCancelledByOutages; "
+                "PAYMENT_REQUEST_REJECTED should be 0, alert ShopmeshPaymentRequestsRejected).",
                 [
                     (
                         f"sum by (state, reason) (rate(shopmesh_orders_finished_total{{{SELECTOR}}}"

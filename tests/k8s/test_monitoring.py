@@ -67,6 +67,7 @@ OWN_ALERTS = {
         "ShopmeshCheckoutsWaiting",
         "ShopmeshOrderRecoveryFailing",
         "ShopmeshLateCapturesRefunded",
+        "ShopmeshPaymentRequestsRejected",
     },
     "users": {"ShopmeshPasswordStrengthFailing"},
 }
@@ -1072,6 +1073,53 @@ def test_late_captures_refunded_stays_silent_while_none_is_refunded(
     assert_promtool_passes(alert, "orders", [scenario], tmp_path)
 
 
+REJECTED_WINDOW = 900  # ShopmeshPaymentRequestsRejected's increase() window (helm/orders/values.yaml)
+
+
+def cancellations_scenario(name: str, code: CancelCode, cancels: Callable[[int], int], expected: Expected) -> Scenario:
+    """One orders pod's real OrderMetrics, cancels(t) checkouts ending CANCELLED with `code` at second t."""
+    registry = CollectorRegistry()
+    metrics = OrderMetrics(registry)
+    order = replace(a_cancelled_order(), cancel_code=code, refunded=False)
+
+    def world(t: float) -> None:
+        for _ in range(cancels(int(t))):
+            metrics.finished(order)
+
+    def scrape() -> list[Sample]:
+        return [s._replace(labels={**s.labels, "pod": "orders-0"}) for f in registry.collect() for s in f.samples]
+
+    return Scenario(name, world, scrape, LATE_CAPTURES_FOR, expected)
+
+
+def test_payment_requests_rejected_fires_for_a_single_one_and_resolves_after_its_window(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """PAYMENT_REQUEST_REJECTED should stay at zero (a request of ours payments refused), but alerted only in
+    ShopmeshCheckoutsCancelledByOutages' share past 5 %: one, or a few among many checkouts, went unseen."""
+    alert = alert_named(rendered, "orders", "ShopmeshPaymentRequestsRejected")
+    at, hold = 600, seconds_of(alert["for"])
+    expected = (
+        silent_between(0, at)
+        | firing_between(fires_by(at, hold), at + REJECTED_WINDOW - SCRAPE_INTERVAL)
+        | silent_between(at + REJECTED_WINDOW + SCRAPE_INTERVAL + EVALUATION_INTERVAL, LATE_CAPTURES_FOR)
+    )
+    scenario = cancellations_scenario(
+        f"one rejected at {at} s", CancelCode.PAYMENT_REQUEST_REJECTED, lambda t: int(t == at), expected
+    )
+    assert_promtool_passes(alert, "orders", [scenario], tmp_path)
+
+
+def test_payment_requests_rejected_stays_silent_for_the_customers_own_cancellations(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshPaymentRequestsRejected")
+    declined = cancellations_scenario(
+        "cards declined", CancelCode.CARD_DECLINED, lambda t: int(t % 60 == 0), silent_between(0, LATE_CAPTURES_FOR)
+    )
+    assert_promtool_passes(alert, "orders", [declined], tmp_path)
+
+
 WAITING_FOR = 2400
 WAITING_FROM = 300
 
@@ -1495,6 +1543,7 @@ def started_at(start: int, scenario: Scenario) -> Scenario:
 FIRST_EVENT_ALERTS = {
     ("notifications", "ShopmeshEventsDropped"): DROPPED_WINDOW,
     ("orders", "ShopmeshLateCapturesRefunded"): LATE_CAPTURES_WINDOW,
+    ("orders", "ShopmeshPaymentRequestsRejected"): REJECTED_WINDOW,
     ("notifications", "ShopmeshEmailsFailed"): 900,
     ("users", "ShopmeshPasswordStrengthFailing"): 900,
 }
@@ -1523,6 +1572,9 @@ def test_an_alert_on_the_first_event_fires_for_one_counted_before_a_new_pods_fir
     scenario = {
         "ShopmeshEventsDropped": lambda: dropped_scenario(title, [ConsumerPod(start, drops=(at,))], tmp_path, expected),
         "ShopmeshLateCapturesRefunded": lambda: started_at(start, late_captures_scenario(title, once, expected)),
+        "ShopmeshPaymentRequestsRejected": lambda: started_at(
+            start, cancellations_scenario(title, CancelCode.PAYMENT_REQUEST_REJECTED, once, expected)
+        ),
         "ShopmeshEmailsFailed": lambda: started_at(
             start, email_attempts_scenario(title, lambda t: 0, lambda t: 0, expected, failed=once)
         ),
