@@ -1030,20 +1030,30 @@ def a_cancelled_order() -> Order:
     )
 
 
-def late_captures_scenario(name: str, refunds: Callable[[int], int], expected: Expected) -> Scenario:
-    """One orders pod's real OrderMetrics, its recheck refunding refunds(t) late captures at second t."""
+def orders_pod_scenario(
+    name: str,
+    order: Order,
+    count: Callable[[OrderMetrics, Order], None],
+    times: Callable[[int], int],
+    expected: Expected,
+) -> Scenario:
+    """One orders pod's real OrderMetrics, count(metrics, order) called times(t) times at second t."""
     registry = CollectorRegistry()
     metrics = OrderMetrics(registry)
-    order = a_cancelled_order()
 
     def world(t: float) -> None:
-        for _ in range(refunds(int(t))):
-            metrics.late_capture_refunded(order)
+        for _ in range(times(int(t))):
+            count(metrics, order)
 
     def scrape() -> list[Sample]:
         return [s._replace(labels={**s.labels, "pod": "orders-0"}) for f in registry.collect() for s in f.samples]
 
     return Scenario(name, world, scrape, LATE_CAPTURES_FOR, expected)
+
+
+def late_captures_scenario(name: str, refunds: Callable[[int], int], expected: Expected) -> Scenario:
+    """One orders pod, its recheck refunding refunds(t) late captures at second t."""
+    return orders_pod_scenario(name, a_cancelled_order(), OrderMetrics.late_capture_refunded, refunds, expected)
 
 
 @pytest.mark.parametrize("at", [LATE_CAPTURE_AT, LATE_CAPTURE_AT + 7])
@@ -1077,19 +1087,9 @@ REJECTED_WINDOW = 900  # ShopmeshPaymentRequestsRejected's increase() window (he
 
 
 def cancellations_scenario(name: str, code: CancelCode, cancels: Callable[[int], int], expected: Expected) -> Scenario:
-    """One orders pod's real OrderMetrics, cancels(t) checkouts ending CANCELLED with `code` at second t."""
-    registry = CollectorRegistry()
-    metrics = OrderMetrics(registry)
+    """One orders pod, cancels(t) checkouts ending CANCELLED with `code` at second t."""
     order = replace(a_cancelled_order(), cancel_code=code, refunded=False)
-
-    def world(t: float) -> None:
-        for _ in range(cancels(int(t))):
-            metrics.finished(order)
-
-    def scrape() -> list[Sample]:
-        return [s._replace(labels={**s.labels, "pod": "orders-0"}) for f in registry.collect() for s in f.samples]
-
-    return Scenario(name, world, scrape, LATE_CAPTURES_FOR, expected)
+    return orders_pod_scenario(name, order, OrderMetrics.finished, cancels, expected)
 
 
 def test_payment_requests_rejected_fires_for_a_single_one_and_resolves_after_its_window(
