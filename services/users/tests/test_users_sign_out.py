@@ -135,16 +135,21 @@ async def test_a_sign_out_in_the_second_of_a_login_after_a_sign_out_revokes_that
 
 
 async def test_only_the_user_the_gateway_acts_for_can_be_signed_out_or_read(stub: UsersServiceAsyncStub) -> None:
+    """GetUser too: it answers the user's e-mail address, which bob must not read of ann's by her id."""
     ann = await register(stub)
     bob = await register(stub, email="bob@example.com", display_name="Bob")
     as_bob = (("x-user-id", bob.id),)
     for call in (
         stub.SignOut(users_pb2.SignOutRequest(user_id=ann.id), metadata=as_bob),
         stub.GetTokenCutoff(users_pb2.GetTokenCutoffRequest(user_id=ann.id), metadata=as_bob),
+        stub.GetUser(users_pb2.GetUserRequest(user_id=ann.id), metadata=as_bob),
     ):
         refused = await error_of(call)
         assert (refused.code, refused.reason) == (grpc.StatusCode.PERMISSION_DENIED, "USER_MISMATCH")
     assert cutoff_of(await stub.GetTokenCutoff(users_pb2.GetTokenCutoffRequest(user_id=ann.id))) is None
+    # Without the header (a consumer mailing the user, an internal tool), any user may be read.
+    assert (await stub.GetUser(users_pb2.GetUserRequest(user_id=ann.id))).user.email == ann.email
+    assert (await stub.GetUser(users_pb2.GetUserRequest(user_id=bob.id), metadata=as_bob)).user.id == bob.id
     assert cutoff_of(await stub.SignOut(users_pb2.SignOutRequest(user_id=bob.id), metadata=as_bob)) is not None
 
 

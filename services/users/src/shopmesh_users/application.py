@@ -302,7 +302,8 @@ class UsersApplication:
 
     @database_errors_as_domain_errors
     async def get_user(self, user_id: str) -> User:
-        user_id = validate_user_id(user_id)
+        # The user's e-mail address is in the answer: only theirs to read when the gateway acts for one.
+        user_id = self._acting_for(user_id)
         async with self._database.read() as session:
             user = await UserRepository(session).by_id(user_id)
         if user is None:

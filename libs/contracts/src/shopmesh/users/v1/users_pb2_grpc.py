@@ -121,10 +121,12 @@ class UsersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Returns a user by id.
+        """Returns a user by id. With `x-user-id` (the gateway acting for a user),
+        only that user: the answer holds their e-mail address.
 
-        Errors: INVALID_ARGUMENT (empty user_id), NOT_FOUND (ErrorInfo reason
-        USER_NOT_FOUND), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty user_id), PERMISSION_DENIED (reason
+        USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND (ErrorInfo
+        reason USER_NOT_FOUND), UNAVAILABLE.
 
         No side effects: safe to retry.
         """

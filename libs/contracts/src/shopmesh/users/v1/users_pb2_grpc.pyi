@@ -91,10 +91,12 @@ class UsersServiceStub:
     counts towards login throttling, so it is not retried automatically.
     """
     GetUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.GetUserResponse]
-    """Returns a user by id.
+    """Returns a user by id. With `x-user-id` (the gateway acting for a user),
+    only that user: the answer holds their e-mail address.
 
-    Errors: INVALID_ARGUMENT (empty user_id), NOT_FOUND (ErrorInfo reason
-    USER_NOT_FOUND), UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty user_id), PERMISSION_DENIED (reason
+    USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND (ErrorInfo
+    reason USER_NOT_FOUND), UNAVAILABLE.
 
     No side effects: safe to retry.
     """
@@ -192,10 +194,12 @@ class UsersServiceAsyncStub(UsersServiceStub):
     counts towards login throttling, so it is not retried automatically.
     """
     GetUser: _aio.UnaryUnaryMultiCallable[_users_pb2.GetUserRequest, _users_pb2.GetUserResponse]  # type: ignore[assignment]
-    """Returns a user by id.
+    """Returns a user by id. With `x-user-id` (the gateway acting for a user),
+    only that user: the answer holds their e-mail address.
 
-    Errors: INVALID_ARGUMENT (empty user_id), NOT_FOUND (ErrorInfo reason
-    USER_NOT_FOUND), UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty user_id), PERMISSION_DENIED (reason
+    USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND (ErrorInfo
+    reason USER_NOT_FOUND), UNAVAILABLE.
 
     No side effects: safe to retry.
     """
@@ -308,10 +312,12 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.GetUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.GetUserResponse, _abc.Awaitable[_users_pb2.GetUserResponse]]:
-        """Returns a user by id.
+        """Returns a user by id. With `x-user-id` (the gateway acting for a user),
+        only that user: the answer holds their e-mail address.
 
-        Errors: INVALID_ARGUMENT (empty user_id), NOT_FOUND (ErrorInfo reason
-        USER_NOT_FOUND), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty user_id), PERMISSION_DENIED (reason
+        USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND (ErrorInfo
+        reason USER_NOT_FOUND), UNAVAILABLE.
 
         No side effects: safe to retry.
         """
