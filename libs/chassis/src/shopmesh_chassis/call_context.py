@@ -53,12 +53,19 @@ def current() -> InboundCall | None:
     return _current.get()
 
 
+def acting_for() -> str | None:
+    """The user the gateway acts for in the inbound call (`x-user-id`); None without the header or outside a
+    call, when any user may be named."""
+    call = _current.get()
+    return None if call is None else call.user_id
+
+
 def check_acting_for(user_id: str) -> None:
     """When the gateway asserts whom it acts for (`x-user-id`), a request about one user may name only that one:
     PERMISSION_DENIED, reason USER_MISMATCH. A call without the header (an internal tool) may name any user: the
     gateway makes every call's header anew from the verified token (docs/auth.md), so a client cannot drop it."""
-    call = _current.get()
-    if call is not None and call.user_id is not None and call.user_id != user_id:
+    acting = acting_for()
+    if acting is not None and acting != user_id:
         raise errors.PermissionDenied("you can only act for yourself", reason=USER_MISMATCH)
 
 

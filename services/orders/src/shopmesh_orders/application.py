@@ -794,7 +794,8 @@ def _not_found(order_id: str) -> errors.NotFound:
 
 
 def _check_visible(user_id: str, order_id: str) -> None:
-    caller = _caller_user()
+    # Another user's order is answered as no order at all: its existence is not theirs to learn.
+    caller = call_context.acting_for()
     if caller is not None and user_id != caller:
         raise _not_found(order_id)
 
@@ -803,11 +804,6 @@ def _require(order: Order | None, order_id: str) -> Order:
     if order is None:
         raise _not_found(order_id)
     return order
-
-
-def _caller_user() -> str | None:
-    inbound = call_context.current()
-    return inbound.user_id if inbound else None
 
 
 def _outcome(order: Order) -> Order:
