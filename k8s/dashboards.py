@@ -482,9 +482,10 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Password-strength estimates failed",
                 "reqps",
                 "Register's password-strength estimates that failed, by cause: broken (the estimating process died "
-                "under one and under its retry, or cannot start) and error (the estimate raised) each fail a "
-                "Register while users reports SERVING (alert ShopmeshPasswordStrengthFailing); timeout (a warm-up "
-                "slower than WARM_UP_SECONDS) and stopped (asked of a stopping pod) do not. Should be 0.",
+                "under one and under its retry, or cannot start: alert ShopmeshPasswordStrengthFailing, paged at "
+                "the first) and error (the estimate raised: ShopmeshPasswordStrengthErrors, past 2 in 10 minutes) "
+                "each fail a Register while users reports SERVING; timeout (a warm-up slower than WARM_UP_SECONDS) "
+                "and stopped (asked of a stopping pod) do not. Should be 0.",
                 [
                     (
                         f"sum by (cause) (rate(shopmesh_users_password_strength_failures_total{{{SELECTOR}}}"

@@ -69,7 +69,7 @@ OWN_ALERTS = {
         "ShopmeshLateCapturesRefunded",
         "ShopmeshPaymentRequestsRejected",
     },
-    "users": {"ShopmeshPasswordStrengthFailing"},
+    "users": {"ShopmeshPasswordStrengthFailing", "ShopmeshPasswordStrengthErrors"},
 }
 # The burn-rate alerts on the SLOs of the public API (helm/gateway/values.yaml `slo:`; tests/k8s/test_slo.py).
 SLO_ALERTS = {"ShopmeshErrorBudgetBurnFast", "ShopmeshErrorBudgetBurnSlow"}
@@ -1523,6 +1523,26 @@ def test_password_strength_failing_stays_silent_for_slow_warm_ups_and_stopping_p
         "a slow warm-up, then a pod stopping", slow_and_stopping, silent_between(0, PASSWORD_STRENGTH_FOR)
     )
     assert_promtool_passes(alert, "users", [scenario], tmp_path)
+
+
+def test_one_password_that_the_estimate_raises_on_pages_nobody(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """An estimate that raises (`error`) fails its Register on that password alone, in a process that works, and
+    any client can send the password: one is no page, nor a ticket. Four within 10 minutes are a ticket (a
+    warning), still no page: only a broken process, which fails every Register, pages."""
+    failing = alert_named(rendered, "users", "ShopmeshPasswordStrengthFailing")
+    raising = alert_named(rendered, "users", "ShopmeshPasswordStrengthErrors")
+    assert (failing["labels"]["severity"], raising["labels"]["severity"]) == ("critical", "warning")
+    once: Callable[[int], list[EstimateFailure]] = lambda t: ["error"] if t == 600 else []  # noqa: E731
+    four: Callable[[int], list[EstimateFailure]] = lambda t: ["error"] if t in (600, 630, 660, 690) else []  # noqa: E731
+    quiet = silent_between(0, PASSWORD_STRENGTH_FOR)
+    assert_promtool_passes(failing, "users", [password_strength_scenario("one error", once, quiet)], tmp_path)
+    assert_promtool_passes(failing, "users", [password_strength_scenario("four errors", four, quiet)], tmp_path)
+    assert_promtool_passes(raising, "users", [password_strength_scenario("one error", once, quiet)], tmp_path)
+    # Firing while its 10-minute window holds the four, with a scrape's margin at each end.
+    ticket = silent_between(0, 600) | firing_between(750, 1170) | silent_between(1320, PASSWORD_STRENGTH_FOR)
+    assert_promtool_passes(raising, "users", [password_strength_scenario("four errors", four, ticket)], tmp_path)
 
 
 def started_at(start: int, scenario: Scenario) -> Scenario:
