@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import promql_parser
 import pytest
 import yaml
@@ -312,7 +313,6 @@ def test_every_alert_selects_its_own_services_series_by_exported_names(rendered:
 # The services' own metrics (Envoy's aside) that no alert or panel reads, and why. Any other must be read by one:
 # a failure counter nothing reads is one an operator never learns of.
 UNREAD = {
-    "grpc_server_started_total": "calls are counted as they end (grpc_server_handled_total)",
     "grpc_server_handling_seconds_sum": "latency is read from the buckets",
     "shopmesh_client_breaker_opened_total": "the breaker's state and failed probes are what alert and panel read",
 }
@@ -1488,6 +1488,58 @@ def test_emails_not_going_out_stays_silent_while_emails_are_sent_or_none_wait(
     alert = alert_named(rendered, "notifications", "ShopmeshEmailsNotGoingOut")
     scenario = email_attempts_scenario(name, sent, retried, silent_between(0, EMAILS_FOR))
     assert_promtool_passes(alert, "notifications", [scenario], tmp_path)
+
+
+WATCH_LABELS = {"grpc_service": "grpc.health.v1.Health", "grpc_method": "Watch"}
+WATCHES_FOR = 2400
+
+
+def watches_scenario(name: str, held: int, shed_every: int, expected: Expected) -> Scenario:
+    """One catalog pod's real ServerMetrics, counted as the chassis' interceptor counts Watches: `held` admitted
+    from its start (started, handled when they end), one of them cancelled by its client and another opened each
+    minute (a client-side health checker's subchannel going), and from 600 s one more shed every `shed_every`
+    seconds (started, handled RESOURCE_EXHAUSTED, shed): the server at its streams' share."""
+    server = ServerMetrics()
+    metrics = server.for_method("/grpc.health.v1.Health/Watch", "server_stream")
+
+    def world(t: float) -> None:
+        if t == 0:
+            metrics.started.inc(held)
+        elif t % 60 == 0:
+            metrics.handled(grpc.StatusCode.CANCELLED).inc()
+            metrics.started.inc()
+        if t >= 600 and t % shed_every == 0:
+            metrics.started.inc()
+            metrics.handled(grpc.StatusCode.RESOURCE_EXHAUSTED).inc()
+            metrics.shed.inc()
+
+    def scrape() -> list[Sample]:
+        return [
+            s._replace(labels={**s.labels, "pod": "catalog-0"}) for f in server.registry.collect() for s in f.samples
+        ]
+
+    return Scenario(name, world, scrape, WATCHES_FOR, expected, WATCH_LABELS)
+
+
+def test_server_errors_pages_for_shed_watches_only_when_they_are_a_real_share_of_those_served(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """A Watch is handled when it ends, hours after it started, and a shed one at once: over the streams that ended
+    alone, a shed Watch now and then among a hundred held was all of the method's calls, a ratio of 1 and a page.
+    The streams held count as served: one shed every 2 minutes among 100 held pages nobody; one every 10 s among 10
+    does (the replica refuses most of its watchers). Clients cancelling their Watches never count."""
+    alert = alert_named(rendered, "catalog", "ShopmeshServerErrors")
+    hold = seconds_of(alert["for"])
+    scenarios = [
+        watches_scenario("one shed every 2 minutes among 100 held", 100, 120, silent_between(0, WATCHES_FOR)),
+        watches_scenario(
+            "one shed every 10 s among 10 held",
+            10,
+            10,
+            silent_between(0, 600) | firing_between(600 + hold + 120, WATCHES_FOR),
+        ),
+    ]
+    assert_promtool_passes(alert, "catalog", scenarios, tmp_path)
 
 
 PASSWORD_STRENGTH_FOR = 3600

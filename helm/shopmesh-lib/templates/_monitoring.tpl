@@ -270,6 +270,12 @@ helm/orders, helm/notifications and helm/users write this form out in their own 
 {{- $c := .c -}}
 {{- $m := $c.monitoring -}}
 {{- $serverErrors := include "shopmesh-lib.serverErrorCodes" . -}}
+{{- /* ShopmeshServerErrors' calls served over 5 minutes, per method: those that ended, and for a streaming one
+the streams held (started, not yet handled), each as one call of the window. A Watch lives for hours and is
+handled when it ends: a shed one (counted at once) over only the streams that ended was a ratio of 1, and a page,
+however many were served. */ -}}
+{{- $handled := "sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__}[5m]))" -}}
+{{- $held := "(sum by (grpc_service, grpc_method) (grpc_server_started_total{__selector__, grpc_type!=\"unary\"}) - sum by (grpc_service, grpc_method) (grpc_server_handled_total{__selector__, grpc_type!=\"unary\"}))" -}}
 {{- $rules := list
   (dict
     "alert" "ShopmeshServiceDown"
@@ -279,7 +285,7 @@ helm/orders, helm/notifications and helm/users write this form out in their own 
     "description" "No pod of the service has been scraped successfully on its metrics port for 5 minutes: it is down, not ready, or the port is unreachable. (Only the service's own port counts: the gateway pods' http-api container is scraped under the same job and can be up while the service is not.)")
   (dict
     "alert" "ShopmeshServerErrors"
-    "expr" (printf "sum by (grpc_service, grpc_method) (%s) / sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__}[5m])) > %v" (include "shopmesh-lib.serverFailures" (dict "selector" "__selector__" "window" "5m")) $m.errorRatio)
+    "expr" (printf "sum by (grpc_service, grpc_method) (%s) / (%s + %s / 300 or %s) > %v" (include "shopmesh-lib.serverFailures" (dict "selector" "__selector__" "window" "5m")) $handled $held $handled $m.errorRatio)
     "for" "5m" "severity" "critical"
     "summary" (printf "%s: calls failing on the server side" $c.name)
     "description" (printf "More than %v%% of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} calls end in a server-side status (%s) or are shed (RESOURCE_EXHAUSTED: SERVER_OVERLOADED, this service or one it relays at its GRPC_MAX_CONCURRENT_RPCS; PASSWORD_HASHING_BUSY, users' hashing queue full) for 5 minutes; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) and rate limits do not count." (mulf $m.errorRatio 100) (replace "|" ", " $serverErrors)))

@@ -404,3 +404,51 @@ def _watch_taken(health: Any) -> Any:
         return True
 
     return taken
+
+
+async def test_an_admitted_stream_is_counted_started_and_handled_with_its_ending_out_of_the_latency_histogram(
+    limited: ChassisServer,
+) -> None:
+    """Only a shed stream was counted (started, handled RESOURCE_EXHAUSTED): one shed Watch was then all of its
+    method's calls to ShopmeshServerErrors, a ratio of 1 and a page. A served one is counted started when
+    admitted and handled when it ends: a Watch its caller cancels, or whose deadline passes, CANCELLED (no
+    server error: a stream lasts until its caller stops it), a reflection stream that completes OK. Never in
+    the latency histogram, which is about unary calls (a Watch lives for hours)."""
+    reflected = {"grpc_type": "bidi_stream", "grpc_service": "grpc.reflection.v1alpha.ServerReflection"}
+    reflected["grpc_method"] = "ServerReflectionInfo"
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        watch = await open_watch(health)
+        assert sample(limited, "grpc_server_started_total", WATCH) == 1
+        assert sample(limited, "grpc_server_handled_total", WATCH, grpc_code="CANCELLED") == 0
+        watch.cancel()
+        await eventually(
+            lambda: sample(limited, "grpc_server_handled_total", WATCH, grpc_code="CANCELLED") == 1,
+            "the cancelled Watch counted handled CANCELLED",
+        )
+        # Ended by its deadline: the caller's choice of how long to watch, too.
+        short = health.Watch(health_pb2.HealthCheckRequest(), timeout=1)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for _ in short:
+                pass
+        assert ended.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        await eventually(
+            lambda: sample(limited, "grpc_server_handled_total", WATCH, grpc_code="CANCELLED") == 2,
+            "the Watch its deadline ended counted handled CANCELLED",
+        )
+        reflection = channel.stream_stream(
+            REFLECTION,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        async for _ in reflection(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+            pass
+        await eventually(
+            lambda: sample(limited, "grpc_server_handled_total", reflected, grpc_code="OK") == 1,
+            "the completed reflection stream counted handled OK",
+        )
+    assert sample(limited, "grpc_server_started_total", WATCH) == 2
+    assert sample(limited, "grpc_server_started_total", reflected) == 1
+    assert sample(limited, "grpc_server_handling_seconds_count", WATCH) == 0
+    assert sample(limited, "grpc_server_handling_seconds_count", reflected) == 0
+    assert sample(limited, "shopmesh_grpc_server_shed_total", WATCH) == 0

@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
-from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
 
-from .conftest import sample_settings
+from .conftest import sample, sample_settings
 
 WATCH = "/grpc.health.v1.Health/Watch"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -122,6 +122,12 @@ async def test_a_health_watch_of_a_name_with_a_nul_is_refused_as_check_refuses_i
     assert checked.reason == "NUL_CHARACTER"
     assert [(v.field, v.reason) for v in checked.field_violations] == [("service", "NUL_CHARACTER")]
     assert watched == checked
+    # Counted as the client's mistake it is, as Check's refusal is.
+    watch = {"grpc_type": "server_stream", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Watch"}
+    await eventually(
+        lambda: sample(streams, "grpc_server_handled_total", watch, grpc_code="INVALID_ARGUMENT") == 1,
+        "the refused Watch counted handled INVALID_ARGUMENT",
+    )
 
 
 async def test_a_refused_message_after_streamed_responses_ends_the_stream_with_the_refusal(

@@ -234,9 +234,10 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_streaming(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """A streaming method's handler, its requests parsed and checked as a unary call's are, and the call
-        counted against the in-flight limit, shed past it or past the streams' share of it as a unary call is
-        (health Watch, reflection: shopmesh's own APIs are unary, so spans and the other metrics are for those
-        only; a stream's length says nothing of the server's speed).
+        counted against the in-flight limit, shed past it or past the streams' share of it as a unary call is,
+        and counted started and handled as one is (health Watch, reflection: shopmesh's own APIs are unary, so
+        spans, the latency histogram and the in-flight gauge are for those only; a stream's length says nothing
+        of the server's speed).
 
         grpcio answered a request that is no message UNKNOWN, naming the parser's exception, with no details;
         and a Watch of a name with a NUL went unrefused (Check's request is checked like any unary one). A
@@ -294,21 +295,42 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         behavior, rebuilt, streams_in, rpc_type = picked
         inner = cast(StreamingBehavior, behavior)
-        metrics = self._metrics.for_method(method, rpc_type) if self._max_in_flight is not None else None
+        metrics = self._metrics.for_method(method, rpc_type)
 
         async def wrapped(received: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if metrics is not None and not self._admit(stream=True):
+            if not self._admit(stream=True):
                 return await self._shed_stream(metrics, context)
+            # Counted started and handled as a unary call is: with the shed ones alone counted, one shed Watch
+            # was all of its method's calls to ShopmeshServerErrors. Not timed: a Watch lives for hours, and the
+            # latency histogram (ShopmeshSlowCalls, the SLO) is about unary calls.
+            metrics.started.inc()
+            code = grpc.StatusCode.OK
             try:
                 # Parsed inside `answered`, so that a refused request is answered as one.
-                return await answered(
+                # A client-streaming handler's one response, None from the others (they wrote theirs).
+                response = await answered(
                     lambda: inner(each_checked(received) if streams_in else checked(received), context), context
                 )
+                code = _ended_with(context)
+                return response
+            except asyncio.CancelledError:
+                # Its caller ended it, by a cancel or at its deadline: a stream lasts until its caller stops it
+                # (a Watch has no answer to be late with), so its deadline is no server's miss, as a unary
+                # call's is (cancelled_call_code), and CANCELLED is no server error code.
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = _code_of(context)
+                raise
+            except BaseException:
+                # grpcio answers an exception escaping a handler UNKNOWN.
+                code = grpc.StatusCode.UNKNOWN
+                raise
             finally:
                 # Once the handler has returned, its ending included (a reset stream's too): the bound on
                 # handlers a rapid reset leaves running holds for streams as for unary calls.
-                if metrics is not None:
-                    self._release(stream=True)
+                self._release(stream=True)
+                metrics.handled(code).inc()
 
         return rebuilt(wrapped, response_serializer=serialize)
 
@@ -481,7 +503,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def _shed_stream(self, metrics: MethodMetrics, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Refuse a streaming call as a unary one is shed: the same answer, counted started, handled
-        RESOURCE_EXHAUSTED and shed (ShopmeshServerErrors reads a method's shed calls against its handled ones)."""
+        RESOURCE_EXHAUSTED and shed (ShopmeshServerErrors reads a method's shed calls against its handled ones
+        and the streams it holds)."""
         metrics.started.inc()
         metrics.handled(grpc.StatusCode.RESOURCE_EXHAUSTED).inc()
         metrics.shed.inc()
@@ -647,6 +670,12 @@ def _reason_of(status: status_pb2.Status) -> str | None:
                 return None
             return str(info.reason)
     return None
+
+
+def _ended_with(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code of a call whose handler returned: the one it set, OK if none."""
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
