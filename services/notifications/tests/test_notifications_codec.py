@@ -54,6 +54,7 @@ def test_an_order_confirmed_payload_becomes_an_order_event_with_the_message_id_a
 
 def test_an_order_cancelled_payload_carries_the_reason_message_and_the_refund() -> None:
     cancelled = events_pb2.OrderCancelled(order_id="ord_1", user_id="usr_1", email="a@b.example", refunded=True)
+    cancelled.reason.code = orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED
     cancelled.reason.message = "Your card was declined."
     event = order_event(delivered(ORDER_CANCELLED, "evt_2", cancelled.SerializeToString()))
     assert (event.kind, event.reason, event.refunded) == (EventKind.ORDER_CANCELLED, "Your card was declined.", True)
@@ -65,6 +66,35 @@ def test_a_customers_own_cancellation_carries_that_it_was_theirs_and_none_of_the
     cancelled.reason.message = "Confirm your card at https://phishing.example"
     event = order_event(delivered(ORDER_CANCELLED, "evt_2", cancelled.SerializeToString()))
     assert (event.cancelled_by_customer, event.reason) == (True, "")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [orders_pb2.CANCEL_REASON_CODE_UNSPECIFIED, 10, 99],
+    ids=["unspecified", "a newer release's 10", "a newer release's 99"],
+)
+def test_a_cancel_code_this_release_does_not_know_as_the_shops_is_answered_with_a_fixed_text_not_its_message(
+    code: int,
+) -> None:
+    """A newer release's code may carry free text (as CUSTOMER_REQUESTED carries the customer's): quoted, it
+    let someone have the shop mail their words."""
+    cancelled = events_pb2.OrderCancelled(order_id="ord_1", user_id="usr_1", email="a@b.example")
+    cancelled.reason.code = code  # type: ignore[assignment]
+    cancelled.reason.message = "Confirm your card at https://phishing.example"
+    event = order_event(delivered(ORDER_CANCELLED, "evt_2", cancelled.SerializeToString()))
+    assert (event.cancelled_by_customer, event.reason) == (False, "We could not complete this order.")
+
+
+def test_every_shop_written_cancel_code_of_this_release_is_quoted() -> None:
+    customers = orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED
+    shop_written = [c for c in orders_pb2.CancelReasonCode.values() if c > customers]
+    assert orders_pb2.CANCEL_REASON_CODE_PAYMENT_REQUEST_REJECTED in shop_written
+    for code in shop_written:
+        cancelled = events_pb2.OrderCancelled(order_id="ord_1", user_id="usr_1", email="a@b.example")
+        cancelled.reason.code = code
+        cancelled.reason.message = "Payment could not be taken."
+        event = order_event(delivered(ORDER_CANCELLED, "evt_2", cancelled.SerializeToString()))
+        assert event.reason == "Payment could not be taken.", orders_pb2.CancelReasonCode.Name(code)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis.consumer import Event, decode_event
+from shopmesh_notifications.domain.emails import CANCELLED_FOR_ANOTHER_REASON
 from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent
 from shopmesh_notifications.domain.model import Notification, customer_failure_reason
 
@@ -29,6 +30,21 @@ _KINDS = {
     EventKind.ORDER_CONFIRMED: notifications_pb2.NOTIFICATION_KIND_ORDER_CONFIRMED,
     EventKind.ORDER_CANCELLED: notifications_pb2.NOTIFICATION_KIND_ORDER_CANCELLED,
 }
+# The cancel reasons whose message orders writes itself, from texts of its own: only these are quoted in the
+# e-mail. An allow-list, not "all but CUSTOMER_REQUESTED": a code of a newer release (or UNSPECIFIED, what an
+# older one writes for it) may carry someone's free text, as CUSTOMER_REQUESTED carries the customer's.
+_SHOP_WRITTEN_REASONS = frozenset(
+    {
+        orders_pb2.CANCEL_REASON_CODE_INSUFFICIENT_STOCK,
+        orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED,
+        orders_pb2.CANCEL_REASON_CODE_INSUFFICIENT_FUNDS,
+        orders_pb2.CANCEL_REASON_CODE_PAYMENT_UNAVAILABLE,
+        orders_pb2.CANCEL_REASON_CODE_RESERVATION_EXPIRED,
+        orders_pb2.CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED,
+        orders_pb2.CANCEL_REASON_CODE_CARD_EXPIRED,
+        orders_pb2.CANCEL_REASON_CODE_PAYMENT_REQUEST_REJECTED,
+    }
+)
 _CHANNELS = {
     "UNSPECIFIED": notifications_pb2.NOTIFICATION_CHANNEL_UNSPECIFIED,
     "EMAIL": notifications_pb2.NOTIFICATION_CHANNEL_EMAIL,
@@ -61,10 +77,14 @@ def order_event(event: Event) -> OrderEvent:
     elif event.subject == ORDER_CANCELLED:
         cancelled = decode_event(events_pb2.OrderCancelled, event)
         decoded = cancelled
-        kind, reason, refunded = EventKind.ORDER_CANCELLED, cancelled.reason.message, cancelled.refunded
+        kind, refunded = EventKind.ORDER_CANCELLED, cancelled.refunded
         by_customer = cancelled.reason.code == orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED
         if by_customer:
             reason = ""  # the customer's own text (CancelOrder's reason): never into an e-mail
+        elif cancelled.reason.code in _SHOP_WRITTEN_REASONS:
+            reason = cancelled.reason.message
+        else:
+            reason = CANCELLED_FOR_ANOTHER_REASON
     else:
         raise InvalidEvent(f"{event.subject} {event.event_id or '?'}: not an event notifications consumes")
     return OrderEvent(

@@ -13,6 +13,8 @@ from shopmesh_notifications.domain.money import format_money
 MESSAGE_ID_DOMAIN = "shopmesh.notifications"
 # A customer's own cancellation says this, not the reason they gave CancelOrder.
 CANCELLED_BY_CUSTOMER = "You cancelled this order."
+# The reason said for a cancel code this release does not know as one whose message the shop wrote (codec).
+CANCELLED_FOR_ANOTHER_REASON = "We could not complete this order."
 # RFC 5322 dot-atom text: what may stand left of the @ of a Message-ID without quoting.
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
 # A name is written between FIRST STRONG ISOLATE and POP DIRECTIONAL ISOLATE: an Arabic or Hebrew name still
