@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RawStreamMsg
+from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 
 from shopmesh.orders.v1 import events_pb2
@@ -22,6 +23,7 @@ from shopmesh_chassis import deadletters_cli as cli
 from shopmesh_chassis.consumer import Event, EventConsumer, decode_event
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import (
+    DEAD_LETTER_DUPLICATE_WINDOW_SECONDS,
     DEAD_LETTER_STREAM,
     ERROR,
     ERROR_HEADER_LIMIT,
@@ -199,7 +201,7 @@ def test_an_error_header_cut_after_quoting_by_an_older_release_is_listed_as_text
 
 
 async def test_a_message_published_there_by_hand_is_listed_not_fatal(client: Client) -> None:
-    await ensure_dead_letter_streams(client.jetstream(), duplicate_window=60)
+    await ensure_dead_letter_streams(client.jetstream())
     await client.jetstream().publish("deadletter.oops", b"?")
     [letter] = await DeadLetters(client.jetstream()).list()
     assert (letter.consumer, letter.subject, letter.event_id, letter.attempts) == ("oops", "", "", 0)
@@ -534,7 +536,7 @@ async def test_the_command_refuses_a_sequence_that_is_no_sequence_as_a_usage_err
     client: Client, nats_srv: NatsServer, given: str
 ) -> None:
     js = client.jetstream()
-    await ensure_dead_letter_streams(js, 900)
+    await ensure_dead_letter_streams(js)
     sequence = await park_by_hand(js, "tester")
     result = await asyncio.to_thread(deadletters_cli, nats_srv.url, "discard", given, str(sequence))
     assert result.returncode == 2, result
@@ -565,7 +567,7 @@ async def test_a_consumer_name_that_is_no_name_is_a_usage_error_and_replays_noth
     # `replay --all --consumer "$CONSUMER"` in a script with the variable unset, or a pattern typed for a
     # name: neither names a consumer, and neither may hand back every consumer's parked events.
     js = client.jetstream()
-    await ensure_dead_letter_streams(js, 900)
+    await ensure_dead_letter_streams(js)
     await js.add_consumer(
         REPLAY_STREAM, ConsumerConfig(durable_name=replay_durable("tester"), filter_subject=replay_filter("tester"))
     )
@@ -588,7 +590,7 @@ async def test_a_replay_for_a_consumer_that_reads_no_replays_is_refused_and_stay
     # A consumer renamed or retired by a release: published to REPLAY, the event would wait there for a
     # durable that does not exist, gone from `list` and from shopmesh_events_dead_letters.
     js = client.jetstream()
-    await ensure_dead_letter_streams(js, 900)
+    await ensure_dead_letter_streams(js)
     sequence = await park_by_hand(js, "retired")
     result = await asyncio.to_thread(deadletters_cli, nats_srv.url, "replay", str(sequence))
     assert result.returncode == 1
@@ -599,21 +601,49 @@ async def test_a_replay_for_a_consumer_that_reads_no_replays_is_refused_and_stay
     assert (await js.stream_info(REPLAY_STREAM)).state.messages == 0
 
 
-async def test_a_replay_keeps_the_duplicate_window_the_consumers_gave_the_streams(
-    client: Client, nats_srv: NatsServer
-) -> None:
+async def dead_letter_windows(js: JetStreamContext) -> dict[str, float | None]:
+    return {name: (await js.stream_info(name)).config.duplicate_window for name in (DEAD_LETTER_STREAM, REPLAY_STREAM)}
+
+
+async def test_a_replay_keeps_the_duplicate_window_of_the_streams(client: Client, nats_srv: NatsServer) -> None:
     js = client.jetstream()
-    await ensure_dead_letter_streams(js, 3600)  # as consumers with NATS_DUPLICATE_WINDOW_SECONDS=3600 do
+    await ensure_dead_letter_streams(js)
     await js.add_consumer(
         REPLAY_STREAM, ConsumerConfig(durable_name=replay_durable("tester"), filter_subject=replay_filter("tester"))
     )
     sequence = await park_by_hand(js, "tester")
     result = await asyncio.to_thread(deadletters_cli, nats_srv.url, "replay", str(sequence))
     assert result.returncode == 0, result.stderr
-    windows = {
-        name: (await js.stream_info(name)).config.duplicate_window for name in (DEAD_LETTER_STREAM, REPLAY_STREAM)
-    }
-    assert windows == {DEAD_LETTER_STREAM: 3600, REPLAY_STREAM: 3600}
+    window = DEAD_LETTER_DUPLICATE_WINDOW_SECONDS
+    assert await dead_letter_windows(js) == {DEAD_LETTER_STREAM: window, REPLAY_STREAM: window}
+
+
+async def test_consumers_with_other_duplicate_windows_leave_the_dead_letter_streams_window_as_the_chassis_sets_it(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """Each consumer set both streams' window to its own NATS_DUPLICATE_WINDOW_SECONDS at its start: consumers
+    with different settings flipped it back and forth."""
+    js = client.jetstream()
+    seen = []
+    for own in (600.0, 3600.0):
+        started = consumer(db, nats_srv.url, record, duplicate_window_seconds=own)
+        started.start()
+        try:
+
+            async def subscribed() -> bool:
+                try:
+                    await js.consumer_info(REPLAY_STREAM, replay_durable("tester"))
+                except NotFoundError:
+                    return False
+                return True
+
+            await eventually(subscribed, "the consumer reading its replays")
+            seen.append(await dead_letter_windows(js))
+        finally:
+            await started.stop()
+        await js.delete_consumer(REPLAY_STREAM, replay_durable("tester"))  # the next one's start is then seen
+    window = DEAD_LETTER_DUPLICATE_WINDOW_SECONDS
+    assert seen == [{DEAD_LETTER_STREAM: window, REPLAY_STREAM: window}] * 2
 
 
 def test_the_command_never_prints_the_credentials_of_an_unreachable_nats_url() -> None:
@@ -729,7 +759,7 @@ async def test_the_ids_kept_for_dead_letters_are_those_parked_or_replayed_for_th
     """A replayed message waits on `REPLAY` until its consumer acknowledges it: its id is kept as a parked one's."""
     js = client.jetstream()
     assert await waiting_event_ids(js, "tester") == set(), "no stream yet: nothing waits"
-    await ensure_dead_letter_streams(js, 600)
+    await ensure_dead_letter_streams(js)
     for where, event_id in (
         (f"deadletter.tester.{SUBJECT}", "parked"),
         (f"replay.tester.{SUBJECT}", "replayed"),

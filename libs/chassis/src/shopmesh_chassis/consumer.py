@@ -434,7 +434,7 @@ class EventConsumer:
             # runs now that the max age can be read: the next is an interval (an hour) away, and a consumer
             # restarted more often would never purge.
             self._purge.run_soon()
-        await ensure_dead_letter_streams(js, self._duplicate_window)
+        await ensure_dead_letter_streams(js)
         subscriptions: list[JetStreamContext.PullSubscription] = []
         try:
             events, durable_filter = await self._subscribe(

@@ -29,6 +29,12 @@ from shopmesh_chassis.events import MSG_ID, ensure_stream, fits, header_block_si
 DEAD_LETTER_STREAM = "DEADLETTER"
 DEAD_LETTER_PREFIX = "deadletter"
 REPLAY_STREAM = "REPLAY"
+# The duplicate window of both streams: the chassis', not any consumer's NATS_DUPLICATE_WINDOW_SECONDS (each
+# consumer declared them with its own, and consumers with different settings set it back and forth at every
+# start). A day: a replica that died between a park and its acknowledgement parks the same delivery again when
+# it is delivered anew, and a replay command that died between its publish and its delete is run again, both
+# within it as a rule; past it a second letter is all (a replay applies an event once). Few ids to remember.
+DEAD_LETTER_DUPLICATE_WINDOW_SECONDS = 86400.0
 REPLAY_PREFIX = "replay"
 
 # Headers a parked message carries besides the original ones.
@@ -89,19 +95,16 @@ def replay_durable(consumer: str) -> str:
     return f"{consumer}-replay"
 
 
-async def ensure_dead_letter_streams(js: JetStreamContext, duplicate_window: float, *, update: bool = True) -> None:
-    """Declare both streams. REPLAY is a work queue: a replayed message is gone once its consumer acks it.
+async def ensure_dead_letter_streams(js: JetStreamContext, *, update: bool = True) -> None:
+    """Declare both streams, with DEAD_LETTER_DUPLICATE_WINDOW_SECONDS. REPLAY is a work queue: a replayed
+    message is gone once its consumer acks it.
 
     Neither has a max age, unlike the event streams: a parked message waits for an operator's decision
     however long that takes (`shopmesh_events_dead_letters` says it waits), and only discard drops it."""
-    await ensure_stream(js, DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], duplicate_window, update=update)
+    window = DEAD_LETTER_DUPLICATE_WINDOW_SECONDS
+    await ensure_stream(js, DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], window, update=update)
     await ensure_stream(
-        js,
-        REPLAY_STREAM,
-        [f"{REPLAY_PREFIX}.>"],
-        duplicate_window,
-        retention=RetentionPolicy.WORK_QUEUE,
-        update=update,
+        js, REPLAY_STREAM, [f"{REPLAY_PREFIX}.>"], window, retention=RetentionPolicy.WORK_QUEUE, update=update
     )
 
 
@@ -326,13 +329,10 @@ def replay_headers(letter: DeadLetter) -> dict[str, str]:
 class DeadLetters:
     """List, replay and discard parked messages."""
 
-    def __init__(
-        self, js: JetStreamContext, *, duplicate_window_seconds: float = 900.0, max_payload: int | None = None
-    ) -> None:
+    def __init__(self, js: JetStreamContext, *, max_payload: int | None = None) -> None:
         """`max_payload`: the NATS server's (a replay over it is refused before sending); by default what the
         server announced to `js`'s connection."""
         self._js = js
-        self._duplicate_window = duplicate_window_seconds
         self._max_payload = max_payload
 
     async def list(self, consumer: str | None = None) -> list[DeadLetter]:
@@ -372,9 +372,8 @@ class DeadLetters:
         letter = await self.get(sequence)
         if PAYLOAD_OMITTED in letter.headers:
             raise PayloadNotParked(letter)
-        # Create-only: the consumers declared the streams with their NATS_DUPLICATE_WINDOW_SECONDS, which
-        # this command does not know.
-        await ensure_dead_letter_streams(self._js, self._duplicate_window, update=False)
+        # Create-only: the command never changes the streams' settings (the consumers bring them to the chassis').
+        await ensure_dead_letter_streams(self._js, update=False)
         try:
             await self._js.consumer_info(REPLAY_STREAM, replay_durable(letter.consumer))
         except NotFoundError:
