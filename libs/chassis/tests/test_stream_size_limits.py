@@ -11,9 +11,11 @@ from collections import Counter
 import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
+from nats.js.api import DiscardPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from sqlalchemy import select
 
+from shopmesh_chassis import events
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.outbox import OutboxRelay, add_event
 from shopmesh_chassis.tables import outbox_events
@@ -94,3 +96,28 @@ async def test_a_full_stream_keeps_the_events_its_stopped_consumer_has_not_read(
     assert len(said) == 1, said
     assert "NATS stream THINGS: discard policy changed from old to new" in said[0]
     assert "max_msgs 3" in said[0], "the limit is kept, and said"
+
+
+async def test_a_size_limit_set_on_the_running_stream_under_discard_old_is_made_discard_new_by_its_publisher(
+    client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nats stream edit THINGS --max-msgs 3` on a running stream keeps discard old: the publisher made the stream
+    discard new only when it declared it again (its start, a reconnect), so a full stream deleted unread events
+    in between, the relay having marked them published."""
+    caplog.set_level(logging.WARNING, logger="shopmesh.events")
+    monkeypatch.setattr(events, "DISCARD_CHECK_SECONDS", 0.2)
+    publisher = await a_month_publisher(nats_srv.url)
+    try:
+        await set_max_msgs(client, 3)  # the operator, with the publisher running
+        js = client.jetstream()
+
+        async def discard_new() -> bool:
+            return (await js.stream_info("THINGS")).config.discard == DiscardPolicy.NEW
+
+        await eventually(discard_new, "the stream made discard new by its publisher")
+        assert (await js.stream_info("THINGS")).config.max_msgs == 3, "the operator's limit is kept"
+    finally:
+        await publisher.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "shopmesh.events" and r.levelno == logging.WARNING]
+    assert len(said) == 1, said
+    assert "NATS stream THINGS: discard policy changed from old to new" in said[0]

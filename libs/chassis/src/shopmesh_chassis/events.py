@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
@@ -33,6 +34,7 @@ from shopmesh_chassis.nats_urls import NatsTarget as NatsTarget
 from shopmesh_chassis.nats_urls import nats_servers as nats_servers
 from shopmesh_chassis.nats_urls import parse_nats_url as parse_nats_url
 from shopmesh_chassis.nats_urls import shown_nats_url as shown_nats_url
+from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
 
 log = logging.getLogger("shopmesh.events")
@@ -41,6 +43,9 @@ MSG_ID = "Nats-Msg-Id"
 EVENT_TYPE = "Shopmesh-Event-Type"
 # EventSettings' default stream max age, for code that builds publishers and consumers without settings.
 DEFAULT_STREAM_MAX_AGE_SECONDS = 7 * 86400.0
+# How often a publisher reads its stream's configuration for a size limit set on it live (`nats stream edit`)
+# under discard old (DeferredJetStream._check_discard): one stream info request per this long.
+DISCARD_CHECK_SECONDS = 30.0
 
 
 def messaging_attributes(subject: str, event_id: str) -> dict[str, AttributeValue]:
@@ -275,6 +280,19 @@ async def ensure_stream(
         _say_discard_changed(found)
 
 
+async def keep_unread_messages(js: JetStreamContext, name: str) -> bool:
+    """Give the stream, as it is now, the discard policy `keeping_unread_messages` says, saying so; whether it
+    changed. For a size limit set on a running stream (`nats stream edit --max-msgs N` keeps discard old),
+    which no declaration sees until the publisher declares the stream again."""
+    found = (await js.stream_info(name)).config
+    wanted = keeping_unread_messages(found)
+    if wanted == found:
+        return False
+    await js.update_stream(wanted)
+    _say_discard_changed(found)
+    return True
+
+
 def _size_limited(config: StreamConfig) -> bool:
     # JetStream says "no limit" with -1 (and nats-py may leave a field None); 0 is no limit either.
     return any((limit or 0) > 0 for limit in (config.max_msgs, config.max_bytes, config.max_msgs_per_subject))
@@ -310,7 +328,7 @@ def _say_discard_changed(found: StreamConfig) -> None:
             "discard new applies per subject, it deletes its subject's oldest messages, read or not. Its discard "
             "policy is now new, per subject too, so nothing is lost, but once one subject is full the outbox relay "
             "retries that event and holds back every event behind it, of every subject. Remove the limit "
-            "(`nats stream edit %s --max-msgs-per-subject=-1`)",
+            "(`nats stream edit --discard new %s --max-msgs-per-subject=-1`)",
             found.name,
             limits,
             found.name,
@@ -409,7 +427,9 @@ class DeferredJetStream:
     consumer with that consumer's own settings (consumers create a missing stream, as their start may come
     first, but never change one): after each reconnect (NATS may have restarted without its JetStream
     store), when a publish finds no stream, and when the stream's sequence goes back (deleted and created
-    again while this connection stayed up). None of these costs a request per publish."""
+    again while this connection stayed up). None of these costs a request per publish. And every
+    DISCARD_CHECK_SECONDS, one stream info: a size limit an operator set on the running stream keeps JetStream's
+    discard old, which deletes unread events once the stream is full, until it is made discard new."""
 
     def __init__(
         self,
@@ -441,6 +461,8 @@ class DeferredJetStream:
         self._sequence = 0
         # Why JetStream last refused for good to update the stream, once said (None: the last declaration took).
         self._refused: str | None = None
+        # Read at construction, not as a default argument: tests shorten it.
+        self._discard_check = Periodic(f"stream-discard-check-{stream}", DISCARD_CHECK_SECONDS, self._check_discard)
 
     @classmethod
     def from_settings(cls, settings: EventSettings, *, stream: str, subjects: list[str]) -> DeferredJetStream:
@@ -480,7 +502,29 @@ class DeferredJetStream:
                 delay = min(delay * 2, self._max_retry_delay)
         self._publisher = JetStreamPublisher(client)
         log.info("connected to NATS; stream %s is ready", self._stream)
+        self._discard_check.start()
         self._on_ready()
+
+    async def _check_discard(self) -> None:
+        """Make a size limit set on the running stream discard new (keep_unread_messages). Quiet while NATS or
+        the stream is away: the connection says the first, and a publish declares the stream again."""
+        client = self._connection.current()
+        if self._publisher is None or client is None or not client.is_connected:
+            return
+        try:
+            await keep_unread_messages(client.jetstream(), self._stream)
+        except BadRequestError as exc:
+            log.error(
+                "NATS stream %s has a size limit under discard old, which deletes events no consumer has read once "
+                "it is full, and JetStream refuses to make it discard new: %s. Set it (`nats stream edit "
+                "--discard new %s`)",
+                self._stream,
+                exc.description or exc,
+                self._stream,
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            # NATS or JetStream away (the connection's log says so), or the stream gone (a publish declares it).
+            log.debug("NATS stream %s: discard policy not checked: %r", self._stream, exc)
 
     def _closed(self) -> None:
         # The server closed the connection for good: connect anew, with the start's backoff, unless a
@@ -556,8 +600,8 @@ class DeferredJetStream:
                 log.error(
                     "NATS stream %s exists, but JetStream refuses to give it this publisher's subjects %s, "
                     "duplicate window %gs and max age %gs: %s. Events are published to it as it is; change "
-                    "the stream (`nats stream edit %s`) or the service's settings; it is declared again at the "
-                    "service's next start or reconnect",
+                    "the stream (`nats stream edit --discard new %s`) or the service's settings; it is declared "
+                    "again at the service's next start or reconnect",
                     self._stream,
                     ",".join(self._subjects),
                     self._duplicate_window,
@@ -570,6 +614,7 @@ class DeferredJetStream:
         return True
 
     async def close(self) -> None:
+        await self._discard_check.stop(timeout=1.0)
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
