@@ -429,6 +429,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 ],
             ),
             (
+                "Events lost from the stream",
+                "short",
+                "Messages each stream deleted in the last 15 minutes before the consumer acknowledged them (a size "
+                "limit under discard old, or the max age): never applied; each loss logged at ERROR with the "
+                "sequences. Should be 0 (alert ShopmeshEventsLost).",
+                [
+                    (
+                        f"sum by (stream, consumer) (increase(shopmesh_events_lost_total{{{SELECTOR}}}[15m]))",
+                        "{{stream}} {{consumer}}",
+                    )
+                ],
+            ),
+            (
                 "Since a consumer last reached NATS",
                 "s",
                 "Seconds since any replica of each consumer last read its state from NATS (every 30 s); growing: "

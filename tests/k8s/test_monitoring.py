@@ -28,7 +28,7 @@ from prometheus_client.samples import Sample
 from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.consumer import EventConsumer
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.metrics import BreakerCollector, ServerMetrics
+from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, ServerMetrics
 from shopmesh_gateway.metrics import GatewayMetrics
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
@@ -95,7 +95,13 @@ def expected_alerts(name: str) -> set[str]:
     if service.publishes:
         alerts |= {"ShopmeshOutboxStuck", "ShopmeshOutboxRelayStalled", "ShopmeshOutboxEventsSetAside"}
     if service.consumes:
-        alerts |= {"ShopmeshDeadLetters", "ShopmeshEventsDropped", "ShopmeshConsumerBacklog", "ShopmeshConsumerCutOff"}
+        alerts |= {
+            "ShopmeshDeadLetters",
+            "ShopmeshEventsDropped",
+            "ShopmeshEventsLost",
+            "ShopmeshConsumerBacklog",
+            "ShopmeshConsumerCutOff",
+        }
     if service.calls:
         alerts.add("ShopmeshCircuitOpen")
     if is_edge(name):
@@ -1291,9 +1297,16 @@ async def never_called(session: object, event: object) -> None:
     raise AssertionError("the scenario's consumers are never started")
 
 
-def dropped_scenario(name: str, pods: list[ConsumerPod], tmp_path: Path, expected: Expected) -> Scenario:
+def dropped_scenario(
+    name: str,
+    pods: list[ConsumerPod],
+    tmp_path: Path,
+    expected: Expected,
+    count: Callable[[EventMetrics], None] = lambda events: events.dropped.labels(CONSUMER).inc(),
+) -> Scenario:
     """`pods`, each a real EventConsumer made with its own real event metrics at its start (as the service's
-    wiring makes it: never started here, nothing reached), counting a drop as its _drop does."""
+    wiring makes it: never started here, nothing reached), counting a drop as its _drop does (or as `count`
+    says: a loss as its _look_for_lost does)."""
     now = [0.0]
     metrics = [ServerMetrics(CollectorRegistry()) for _ in pods]
 
@@ -1313,7 +1326,7 @@ def dropped_scenario(name: str, pods: list[ConsumerPod], tmp_path: Path, expecte
                     metrics=metric.events,
                 )
             if t in pod.drops:
-                metric.events.dropped.labels(CONSUMER).inc()
+                count(metric.events)
 
     def scrape() -> list[Sample]:
         return [
@@ -1614,6 +1627,7 @@ def started_at(start: int, scenario: Scenario) -> Scenario:
 # The alerts that fire at the first event a counter counts, and their rules' increase() windows.
 FIRST_EVENT_ALERTS = {
     ("notifications", "ShopmeshEventsDropped"): DROPPED_WINDOW,
+    ("notifications", "ShopmeshEventsLost"): DROPPED_WINDOW,
     ("orders", "ShopmeshLateCapturesRefunded"): LATE_CAPTURES_WINDOW,
     ("orders", "ShopmeshPaymentRequestsRejected"): REJECTED_WINDOW,
     ("notifications", "ShopmeshEmailsFailed"): 900,
@@ -1643,6 +1657,13 @@ def test_an_alert_on_the_first_event_fires_for_one_counted_before_a_new_pods_fir
     title = f"a pod started at {start} s counts one at {at} s"
     scenario = {
         "ShopmeshEventsDropped": lambda: dropped_scenario(title, [ConsumerPod(start, drops=(at,))], tmp_path, expected),
+        "ShopmeshEventsLost": lambda: dropped_scenario(
+            title,
+            [ConsumerPod(start, drops=(at,))],
+            tmp_path,
+            expected,
+            count=lambda events: events.lost.labels("ORDERS", CONSUMER).inc(),
+        ),
         "ShopmeshLateCapturesRefunded": lambda: started_at(start, late_captures_scenario(title, once, expected)),
         "ShopmeshPaymentRequestsRejected": lambda: started_at(
             start, cancellations_scenario(title, CancelCode.PAYMENT_REQUEST_REJECTED, once, expected)

@@ -343,6 +343,14 @@ long enough to be seen, then it resolves. */ -}}
     "for" "0m" "severity" "critical"
     "summary" (printf "%s: a consumer lost events it could not park" $c.name)
     "description" "Consumer {{ $labels.consumer }} dropped {{ $value | humanize }} event(s) in the last 15 minutes: after its last attempt NATS refused even a dead letter without the payload (DEADLETTER's max message size, or the letter's headers over max_payload), so each was acknowledged unapplied and is on no dead-letter stream. Each is logged at ERROR (`dropped event`) with its event id, subject, stream and sequence: fetch it from its stream before that stream's max age removes it, fix the limit, and have it applied (docs/operations.md, ShopmeshEventsDropped).") -}}
+{{- /* Events its stream deleted before the consumer acknowledged them (discard old, or max age): paged at the first
+as ShopmeshEventsDropped is. */ -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshEventsLost"
+    "expr" (printf "sum by (consumer) (%s) > 0" (include "shopmesh-lib.counted" (dict "series" "shopmesh_events_lost_total{__selector__}" "window" "15m")))
+    "for" "0m" "severity" "critical"
+    "summary" (printf "%s: a stream deleted events a consumer had not applied" $c.name)
+    "description" "The stream of consumer {{ $labels.consumer }} deleted {{ $value | humanize }} message(s) in the last 15 minutes before the consumer acknowledged them: a size limit under discard old (set live, before the publisher made it discard new) or the stream's max age removed them, and they are never applied (no e-mail, no recommendation). The consumer's ERROR log (`lost ... event(s) of stream`) names the stream and the sequences. Make the stream discard new, then have the events published again from their service's data (docs/operations.md, ShopmeshEventsLost).") -}}
 {{- end -}}
 {{- if $c.httpApi.enabled -}}
 {{- $edge := `envoy_http_conn_manager_prefix="http_api"` -}}

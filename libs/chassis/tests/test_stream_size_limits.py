@@ -8,21 +8,24 @@ import dataclasses
 import logging
 from collections import Counter
 
+import nats
 import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from shopmesh_chassis import events
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.outbox import OutboxRelay, add_event
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
 
-from .consumer_kit import applied, client, consumer, db, record, until_applied
+from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
 from .nats_kit import a_month_publisher
 
 __all__ = ["client", "db"]  # fixtures
@@ -41,6 +44,26 @@ async def unpublished(db: Database) -> list[str]:
         return list((await session.execute(query.order_by(outbox_events.c.seq))).scalars())
 
 
+async def durable_created_then_stopped(db: Database, nats_srv: NatsServer) -> None:
+    """The consumer's durable exists; then its service is down."""
+    stopped = consumer(db, nats_srv.url, record)
+    stopped.start()
+    client = await nats.connect(nats_srv.url)
+    try:
+
+        async def durable_exists() -> bool:
+            try:
+                await client.jetstream().consumer_info("THINGS", "tester")
+            except NotFoundError:
+                return False
+            return True
+
+        await eventually(durable_exists, "the consumer's durable")
+    finally:
+        await client.close()
+        await stopped.stop()
+
+
 async def test_a_full_stream_keeps_the_events_its_stopped_consumer_has_not_read(
     db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -49,18 +72,7 @@ async def test_a_full_stream_keeps_the_events_its_stopped_consumer_has_not_read(
     marked them published."""
     caplog.set_level(logging.WARNING, logger="shopmesh.events")
     await set_max_msgs(client, 3)
-    stopped = consumer(db, nats_srv.url, record)  # the durable exists; then notifications are down
-    stopped.start()
-
-    async def durable_exists() -> bool:
-        try:
-            await client.jetstream().consumer_info("THINGS", "tester")
-        except NotFoundError:
-            return False
-        return True
-
-    await eventually(durable_exists, "the consumer's durable")
-    await stopped.stop()
+    await durable_created_then_stopped(db, nats_srv)
 
     publisher = await a_month_publisher(nats_srv.url)
     try:
@@ -121,3 +133,28 @@ async def test_a_size_limit_set_on_the_running_stream_under_discard_old_is_made_
     said = [r.getMessage() for r in caplog.records if r.name == "shopmesh.events" and r.levelno == logging.WARNING]
     assert len(said) == 1, said
     assert "NATS stream THINGS: discard policy changed from old to new" in said[0]
+
+
+async def test_a_consumer_counts_and_says_the_events_its_stream_deleted_before_it_acknowledged_them(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full stream under discard old (a limit set live, before its publisher's check) deleted e1 and e2, which
+    the stopped consumer had not read: nothing counted or said it, and on-call learnt of it from customers."""
+    await durable_created_then_stopped(db, nats_srv)
+    await set_max_msgs(client, 3)  # discard old, no publisher running to change it
+    for i in range(1, 6):
+        await publish(client, f"e{i}")
+    registry = CollectorRegistry()
+    running = consumer(db, nats_srv.url, record, metrics=EventMetrics(registry))
+    running.start()
+    try:
+        await until_applied(db, Counter({"e3": 1, "e4": 1, "e5": 1}))
+
+        def lost() -> float | None:
+            return registry.get_sample_value("shopmesh_events_lost_total", {"stream": "THINGS", "consumer": "tester"})
+
+        assert lost() == 2
+    finally:
+        await running.stop()
+    [said] = [r.getMessage() for r in caplog.records if r.name == "shopmesh.consumer" and r.levelno == logging.ERROR]
+    assert "consumer tester lost 2 event(s) of stream THINGS: sequences 1 to 2" in said

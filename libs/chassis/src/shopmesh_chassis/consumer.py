@@ -46,7 +46,7 @@ import nats.js.errors
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from opentelemetry import propagate, trace
 
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW_SECONDS
@@ -337,6 +337,7 @@ class EventConsumer:
             # increase() (ShopmeshEventsDropped) sees no rise in a series' first sample: the first lost event
             # of each pod would never page.
             metrics.dropped.labels(durable)
+            metrics.lost.labels(stream, durable)
         # Only what a missing stream is created with: the purge goes by the stream's own max age, read from NATS.
         self._stream_max_age = stream_max_age_seconds
         # 0: applied event ids are kept for ever.
@@ -369,6 +370,10 @@ class EventConsumer:
             still="%(name)s: database still unreachable after %(seconds).0fs; events keep waiting: %(cause)s",
             say_again_seconds=_SAY_AGAIN_SECONDS,
         )
+        # The stream sequence through which messages deleted before the durable acknowledged them were counted
+        # (see _look_for_lost), and whether the durable had messages it had not applied at the last look.
+        self._lost_through = 0
+        self._was_behind = False
         # Replaced when the server closed it for good: _run's next _consume connects anew.
         self._connection = NatsConnection(nats_url, name=durable)
         self._tasks: list[asyncio.Task[None]] = []
@@ -452,6 +457,8 @@ class EventConsumer:
                 self._durable,
                 ",".join(durable_filter),
             )
+            # Before the first fetch: a fetch moves the durable past deleted messages, and its acks its ack floor.
+            await self._look_for_lost(js)
             self._consuming_since = asyncio.get_running_loop().time()
             # A declaration or subscription that lost the cancel: the loops below are tasks of their own,
             # which nothing would cancel.
@@ -576,6 +583,7 @@ class EventConsumer:
                 self._slots_read[(self._stream, self._durable)] = (time.monotonic(), state.num_ack_pending or 0)
                 backlog = (state.num_pending or 0) + (state.num_ack_pending or 0)
                 metrics.consumer_backlog.labels(self._durable).set(backlog)
+                await self._look_for_lost(js, state)
                 info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=mine)
                 metrics.dead_letters.labels(self._durable).set(sum((info.state.subjects or {}).values()))
                 metrics.consumer_nats_read.labels(self._durable).set(time.time())
@@ -588,6 +596,48 @@ class EventConsumer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._parked.wait(), self._gauge_poll)
             stop_if_cancelled()
+
+    async def _look_for_lost(self, js: JetStreamContext, state: ConsumerInfo | None = None) -> None:
+        """Count and say the messages the stream deleted before the durable acknowledged them: its first sequence
+        past the durable's ack floor + 1. Under discard old a full stream deletes its oldest messages, read or
+        not (a limit set live, until the publisher makes it discard new), and max age deletes them at any rate;
+        nothing else sees it (the relay marked them published). `state`: the durable's, just read."""
+        try:
+            if state is None:
+                state = await js.consumer_info(self._stream, self._durable)
+            stream = (await js.stream_info(self._stream)).state
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("consumer %s: could not look for events its stream deleted unread: %s", self._durable, exc)
+            return
+        if self._lost_through > stream.last_seq:
+            self._lost_through = 0  # the stream was created anew
+        behind = (state.num_pending or 0) + (state.num_ack_pending or 0) > 0
+        # A durable that filters some of the stream's subjects does not move its ack floor past the others'
+        # messages, so a gap while it is caught up is theirs.
+        durable_filter = filter_of(state.config)
+        whole = not durable_filter or all(any(covers(f, s) for f in durable_filter) for s in self._stream_subjects)
+        floor = (state.ack_floor.stream_seq or 0) if state.ack_floor is not None else 0
+        deleted_through = (stream.first_seq or 1) - 1
+        since = max(floor, self._lost_through)
+        if deleted_through > since and (whole or behind or self._was_behind):
+            lost = deleted_through - since
+            log.error(
+                "consumer %s lost %d event(s) of stream %s: sequences %d to %d were deleted before it acknowledged "
+                "them (a full stream under discard old, or its max age), and are never applied. Make the stream "
+                "discard new (`nats stream edit --discard new %s`), and have the events published again from their "
+                "service's data (docs/operations.md, ShopmeshEventsLost)",
+                self._durable,
+                lost,
+                self._stream,
+                since + 1,
+                deleted_through,
+                self._stream,
+                extra={"consumer": self._durable, "stream": self._stream},
+            )
+            if self._metrics is not None:
+                self._metrics.lost.labels(self._stream, self._durable).inc(lost)
+        self._lost_through = max(self._lost_through, deleted_through)
+        self._was_behind = behind
 
     async def purge_processed(self) -> int:
         """Forget the event ids this consumer applied longer than the retention ago, in batches; how many."""

@@ -230,6 +230,17 @@ class EventMetrics:
             ("consumer",),
             registry=registry,
         )
+        self.lost = Counter(
+            "shopmesh_events_lost",
+            "Messages the stream deleted before this consumer acknowledged them (a full stream under discard old, "
+            "or its max age), so never applied: the stream's first sequence past the durable's ack floor. Seen "
+            "when a replica starts consuming and at each read of its backlog; each replica counts what it sees, so "
+            "two may count the same. With a durable that filters some of the stream's subjects, counted only "
+            "while it is behind, and then the deleted messages of the other subjects count too. One series per "
+            "consumer, at 0 from its start, so that increase() sees the first.",
+            ("stream", "consumer"),
+            registry=registry,
+        )
         self.consumer_backlog = Gauge(
             "shopmesh_events_consumer_backlog",
             "Events on the stream this consumer has not applied yet: not delivered, or delivered and not "
