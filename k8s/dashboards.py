@@ -402,6 +402,14 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 [(f"max by (job) (shopmesh_outbox_set_aside_events{{{SELECTOR}}})", "{{job}}")],
             ),
             (
+                "Stream full",
+                "short",
+                "1 while each service's events stream refuses its relay as full (a size limit under discard new; "
+                "acknowledged messages count until they age out): events wait in the outbox. Should be 0 (alert "
+                "ShopmeshOutboxStreamFull).",
+                [(f"max by (job) (shopmesh_outbox_stream_full{{{SELECTOR}}})", "{{job}}")],
+            ),
+            (
                 "Consumer backlog",
                 "short",
                 "Events each consumer has not applied yet (alert ShopmeshConsumerBacklog).",

@@ -93,7 +93,12 @@ def expected_alerts(name: str) -> set[str]:
     service = SERVICES[name]
     alerts = {"ShopmeshServiceDown", "ShopmeshServerErrors", "ShopmeshSlowCalls"}
     if service.publishes:
-        alerts |= {"ShopmeshOutboxStuck", "ShopmeshOutboxRelayStalled", "ShopmeshOutboxEventsSetAside"}
+        alerts |= {
+            "ShopmeshOutboxStuck",
+            "ShopmeshOutboxRelayStalled",
+            "ShopmeshOutboxEventsSetAside",
+            "ShopmeshOutboxStreamFull",
+        }
     if service.consumes:
         alerts |= {
             "ShopmeshDeadLetters",

@@ -315,6 +315,12 @@ however many were served. */ -}}
     "for" "1m" "severity" "warning"
     "summary" (printf "%s: events set aside in the outbox" $c.name)
     "description" "{{ $value }} event(s) wait in the outbox, set aside: NATS refuses them for good (larger than the server's max_payload or the stream's max message size; the relay's ERROR log names each). They are not published; the events behind them were. Find them, fix the limit, then re-send or delete them (docs/operations.md, ShopmeshOutboxEventsSetAside).") -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshOutboxStreamFull"
+    "expr" "max(shopmesh_outbox_stream_full{__selector__}) > 0"
+    "for" "2m" "severity" "critical"
+    "summary" (printf "%s: the events stream is full and refuses new events" $c.name)
+    "description" "The service's NATS stream has been at a size limit (max_msgs or max_bytes, under discard new) for 2 minutes and refuses every new event (err_code 10077, maximum messages or bytes exceeded): events wait in the outbox, consumers get nothing new; nothing is lost. Messages every consumer acknowledged count toward the limit until they age out (max_age, 7 days): raise the limit, or lower the max age (docs/operations.md, ShopmeshOutboxStreamFull).") -}}
 {{- end -}}
 {{- if $c.nats.consumes -}}
 {{- $rules = append $rules (dict

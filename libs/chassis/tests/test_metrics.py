@@ -199,6 +199,7 @@ OUTBOX_SERIES = [
     "shopmesh_outbox_relay_failures_total",
     "shopmesh_outbox_relay_pass_timestamp_seconds",
     "shopmesh_outbox_set_aside_events",
+    "shopmesh_outbox_stream_full",
     "shopmesh_outbox_unpublished_events",
 ]
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from shopmesh_chassis import events
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.metrics import EventMetrics, OutboxMetrics
 from shopmesh_chassis.outbox import OutboxRelay, add_event
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import eventually
@@ -158,3 +158,47 @@ async def test_a_consumer_counts_and_says_the_events_its_stream_deleted_before_i
         await running.stop()
     [said] = [r.getMessage() for r in caplog.records if r.name == "shopmesh.consumer" and r.levelno == logging.ERROR]
     assert "consumer tester lost 2 event(s) of stream THINGS: sequences 1 to 2" in said
+
+
+async def test_a_stream_full_of_acknowledged_messages_is_said_and_shown_apart_from_other_relay_failures(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under LIMITS retention messages every consumer acknowledged count toward max_msgs until they age out: the
+    stream refused e3 though the consumer had applied e1 and e2, and the relay's log and metrics said only that
+    a pass failed, as for NATS being down."""
+    js = client.jetstream()
+    found = (await js.stream_info("THINGS")).config
+    # `nats stream edit --discard new THINGS --max-msgs 2`
+    await js.update_stream(dataclasses.replace(found, max_msgs=2, discard=DiscardPolicy.NEW))
+    registry = CollectorRegistry()
+    publisher = await a_month_publisher(nats_srv.url)
+    relay = OutboxRelay(db, publisher, metrics=OutboxMetrics(registry))
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    relay.start()
+    try:
+
+        async def add(event_id: str) -> None:
+            async with db.transaction() as session:
+                await add_event(
+                    session, subject="things.v1.happened", message=wrappers_pb2.StringValue(), event_id=event_id
+                )
+            relay.wake()
+
+        await add("e1")
+        await add("e2")
+        await until_applied(db, Counter({"e1": 1, "e2": 1}))
+        await add("e3")
+
+        async def full() -> bool:
+            return registry.get_sample_value("shopmesh_outbox_stream_full") == 1
+
+        await eventually(full, "the relay showing the stream full")
+    finally:
+        await relay.stop()
+        await running.stop()
+        await publisher.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "shopmesh.outbox" and r.levelno == logging.ERROR]
+    [line] = said
+    assert "the NATS stream is full (maximum messages exceeded)" in line
+    assert await unpublished(db) == ["e3"]

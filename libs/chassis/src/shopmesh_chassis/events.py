@@ -337,8 +337,8 @@ def _say_discard_changed(found: StreamConfig) -> None:
     log.warning(
         "NATS stream %s: discard policy changed from %s to new, its size limits (%s) kept. Under discard old a "
         "full stream deletes its oldest messages, read by every consumer or not; under discard new it refuses "
-        "the publish, the event waits in the outbox and the relay retries it (ShopmeshOutboxStuck fires) "
-        "until there is room",
+        "the publish, the event waits in the outbox and the relay retries it (ShopmeshOutboxStreamFull fires) "
+        "until there is room; messages every consumer acknowledged count toward the limits until they age out",
         found.name,
         getattr(found.discard, "value", found.discard),
         limits,
@@ -362,6 +362,22 @@ def refused_for_good(exc: BaseException) -> str | None:
         return "message (payload and headers) larger than the NATS server's max_payload"
     if isinstance(exc, APIError) and exc.err_code in _REFUSED_FOR_GOOD:
         return f"{_REFUSED_FOR_GOOD[exc.err_code]}: {exc.description}"
+    return None
+
+
+# JetStream's answer to a publish into a stream at a size limit under discard new: err_code 10077 (a store
+# failure), told apart from its other store failures by the description (nats-server's ErrMaxMsgs, ErrMaxBytes,
+# ErrMaxMsgsPerSubject).
+_STREAM_FULL = 10077
+_FULL_DESCRIPTIONS = ("maximum messages exceeded", "maximum bytes exceeded", "maximum messages per subject exceeded")
+
+
+def stream_full(exc: BaseException) -> str | None:
+    """Which limit of a full stream refused the publish that raised `exc` (JetStream's description); None for
+    any other failure. Sending again works once there is room: messages age out (`max_age`), or the limit is
+    raised. Under LIMITS retention messages every consumer acknowledged count until they age out."""
+    if isinstance(exc, APIError) and exc.err_code == _STREAM_FULL and exc.description in _FULL_DESCRIPTIONS:
+        return exc.description
     return None
 
 

@@ -194,6 +194,14 @@ class OutboxMetrics:
             "for an operator to re-send or delete them (docs/operations.md); the events behind them went on.",
             registry=registry,
         )
+        self.stream_full = Gauge(
+            "shopmesh_outbox_stream_full",
+            "1 while the stream refuses this replica's relay as full (a size limit under discard new: err_code "
+            "10077, maximum messages or bytes exceeded), as its last pass found; 0 once a pass gets through, and on "
+            "a replica that does not hold the relay lock. Messages every consumer acknowledged count toward the "
+            "limit until they age out (max_age): raise the limit, or lower the max age. Nothing is lost.",
+            registry=registry,
+        )
         self.relay_pass = Gauge(
             "shopmesh_outbox_relay_pass_timestamp_seconds",
             "When this replica's outbox relay last completed a pass over the outbox (read it, published what "

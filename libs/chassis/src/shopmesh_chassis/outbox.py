@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.db import Database, DbConnection, try_session_lock
-from shopmesh_chassis.events import EVENT_TYPE, messaging_attributes, refused_for_good
+from shopmesh_chassis.events import EVENT_TYPE, messaging_attributes, refused_for_good, stream_full
 from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, OutboxMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
@@ -231,6 +231,8 @@ class OutboxRelay:
         self._retention = retention_seconds
         self._purge_batch_size = purge_batch_size
         self._purge = Periodic("outbox-purge", purge_interval_seconds, self.purge_published)
+        # Why the stream last refused the relay as full (None: it did not, or a pass got through since).
+        self._stream_full: str | None = None
         # PostgreSQL: the connection holding the relay lock, and whether it holds it (see _lead).
         self._leader: AsyncConnection | None = None
         self._leading = False
@@ -294,11 +296,15 @@ class OutboxRelay:
             try:
                 published = await self.publish_pending()
                 backoff = self._poll_interval
+                self._say_stream_full(None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # NATS away or the database busy: keep the events, try again later from the same one.
-                log.warning("outbox relay pass failed, retrying in %.1fs: %s", backoff, exc)
+                full = stream_full(exc)
+                if full is None:
+                    log.warning("outbox relay pass failed, retrying in %.1fs: %s", backoff, exc)
+                self._say_stream_full(full)
                 if self._metrics is not None:
                     self._metrics.relay_failures.inc()
                 published = 0
@@ -311,6 +317,24 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
             stop_if_cancelled()
+
+    def _say_stream_full(self, full: str | None) -> None:
+        """Say once that the stream refuses events as full (`full`: JetStream's reason), and once that it takes
+        them again (None after a pass that got through), the gauge set to match. Not the generic pass failure:
+        nothing is wrong with NATS, and the fix is the stream's limits."""
+        if self._metrics is not None:
+            self._metrics.stream_full.set(0 if full is None else 1)
+        if full is not None and self._stream_full is None:
+            log.error(
+                "outbox: the NATS stream is full (%s) and refuses every event: they wait in the outbox, the relay "
+                "retries them. Under LIMITS retention messages every consumer acknowledged count toward the limit "
+                "until they age out: raise the limit (`nats stream edit --discard new <STREAM> --max-msgs ...`), "
+                "or lower the max age (docs/operations.md, ShopmeshOutboxStreamFull)",
+                full,
+            )
+        elif full is None and self._stream_full is not None:
+            log.info("outbox: the NATS stream takes events again")
+        self._stream_full = full
 
     async def publish_pending(self) -> int:
         """One pass: publish the oldest unpublished events in seq order, setting aside those NATS refuses for
@@ -325,9 +349,11 @@ class OutboxRelay:
                 # this a pass over the outbox: counted as one, it would hide a leader that hangs.
                 self._oldest_unpublished = None
                 self._set_aside = None  # the leader may set rows aside meanwhile: count again when leading
+                self._stream_full = None
                 if self._metrics is not None:
                     self._metrics.unpublished.set(0)
                     self._metrics.set_aside.set(0)
+                    self._metrics.stream_full.set(0)
                 return 0
             try:
                 sent = await self._publish_batch(self._on_leader, self._on_leader)
