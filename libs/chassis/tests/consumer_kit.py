@@ -10,6 +10,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
 from shopmesh_chassis.consumer import Event, EventConsumer
@@ -82,6 +83,19 @@ async def until_applied(db: Database, expected: Counter[str]) -> None:
         return await applied(db) == expected
 
     await eventually(reached, f"effects {dict(expected)} applied")
+
+
+async def until_durable(client: Client, stream: str = "THINGS", durable: str = "tester") -> None:
+    """Until the consumer has connected and made its durable `durable` on `stream`."""
+
+    async def made() -> bool:
+        try:
+            await client.jetstream().consumer_info(stream, durable)
+        except NotFoundError:
+            return False
+        return True
+
+    await eventually(made, f"the consumer connected and subscribed as {durable} on {stream}")
 
 
 async def record(session: DbConnection, event: Event) -> None:

@@ -15,7 +15,6 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RawStreamMsg
-from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 
 from shopmesh.orders.v1 import events_pb2
@@ -47,7 +46,7 @@ from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import NatsServer
 
-from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
+from .consumer_kit import applied, client, consumer, db, publish, record, until_applied, until_durable
 from .nats_kit import deadletters_cli
 
 __all__ = ["client", "db"]  # fixtures, used by name
@@ -629,15 +628,7 @@ async def test_consumers_with_other_duplicate_windows_leave_the_dead_letter_stre
         started = consumer(db, nats_srv.url, record, duplicate_window_seconds=own)
         started.start()
         try:
-
-            async def subscribed() -> bool:
-                try:
-                    await js.consumer_info(REPLAY_STREAM, replay_durable("tester"))
-                except NotFoundError:
-                    return False
-                return True
-
-            await eventually(subscribed, "the consumer reading its replays")
+            await until_durable(client, REPLAY_STREAM, replay_durable("tester"))
             seen.append(await dead_letter_windows(js))
         finally:
             await started.stop()

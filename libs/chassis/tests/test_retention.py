@@ -29,7 +29,7 @@ from shopmesh_chassis.tables import outbox_events, processed_events
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
-from .consumer_kit import consumer, record, scratch, until_applied
+from .consumer_kit import consumer, record, scratch, until_applied, until_durable
 from .nats_kit import a_month_publisher
 
 DAY = 86400.0
@@ -137,7 +137,7 @@ async def test_a_consumer_forgets_only_its_own_event_ids_past_its_retention(
     assert await running.purge_processed() == 0
     running.start()
     try:
-        await _subscribed(client)
+        await until_durable(client)
 
         # Its purge runs once it has connected (in batches of two here).
         async def purged() -> bool:
@@ -164,7 +164,7 @@ async def test_a_running_consumer_keeps_ids_by_a_max_age_raised_since_it_connect
     running = consumer(either_db, nats_srv.url, record, processed_retention_seconds=8 * DAY, on_purge=purged)
     running.start()
     try:
-        await _subscribed(client)
+        await until_durable(client)
         # The purge run once connected (its next an hour away) first: late, under load, it would purge the ids
         # below itself, and read the max age before the raise, or after it and leave the test's purge nothing.
         await eventually(lambda: cutoffs, "the purge run at connection")
@@ -174,19 +174,6 @@ async def test_a_running_consumer_keeps_ids_by_a_max_age_raised_since_it_connect
         assert await remembered(either_db) == {("tester", "kept")}, "its event may still be on the 10-day stream"
     finally:
         await running.stop()
-
-
-async def _subscribed(client: Client) -> None:
-    """Until the consumer has connected and made its durable."""
-
-    async def durable_made() -> bool:
-        try:
-            await client.jetstream().consumer_info("THINGS", "tester")
-        except NotFoundError:
-            return False
-        return True
-
-    await eventually(durable_made, "the consumer connected and subscribed")
 
 
 async def test_a_running_relay_and_consumer_purge_on_their_own(tmp_path: Path, nats_srv: NatsServer) -> None:
@@ -374,7 +361,7 @@ async def test_a_starting_consumer_purges_once_it_has_read_the_streams_max_age_n
     running = consumer(either_db, nats_srv.url, record, processed_retention_seconds=8 * DAY)  # interval 3600 s
     running.start()
     try:
-        await _subscribed(client)
+        await until_durable(client)
 
         async def purged() -> bool:
             return await remembered(either_db) == {("tester", "recent")}

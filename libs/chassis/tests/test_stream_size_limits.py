@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import ServiceUnavailableError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
@@ -25,7 +25,7 @@ from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
 
-from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
+from .consumer_kit import applied, client, consumer, db, publish, record, until_applied, until_durable
 from .nats_kit import a_month_publisher
 
 __all__ = ["client", "db"]  # fixtures
@@ -50,15 +50,7 @@ async def durable_created_then_stopped(db: Database, nats_srv: NatsServer) -> No
     stopped.start()
     client = await nats.connect(nats_srv.url)
     try:
-
-        async def durable_exists() -> bool:
-            try:
-                await client.jetstream().consumer_info("THINGS", "tester")
-            except NotFoundError:
-                return False
-            return True
-
-        await eventually(durable_exists, "the consumer's durable")
+        await until_durable(client)
     finally:
         await client.close()
         await stopped.stop()
