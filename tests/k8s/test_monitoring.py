@@ -20,7 +20,7 @@ import grpc
 import promql_parser
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -28,7 +28,7 @@ from prometheus_client.samples import Sample
 from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.consumer import EventConsumer
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, ServerMetrics
+from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, OutboxMetrics, ServerMetrics
 from shopmesh_gateway.metrics import GatewayMetrics
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
@@ -1218,14 +1218,19 @@ SET_ASIDE_AT = 300
 SET_ASIDE_CLEARED_AT = 1200
 
 
-def set_aside_scenario(name: str, counts: list[Callable[[int], int]], expected: Expected) -> Scenario:
+def set_aside_scenario(
+    name: str,
+    counts: list[Callable[[int], int]],
+    expected: Expected,
+    gauge: Callable[[OutboxMetrics], Gauge] = lambda outbox: outbox.set_aside,
+) -> Scenario:
     """A replica per entry of `counts`, each with the real event metrics, its relay counting counts(t) events set
-    aside at second t (the lock's holder; a standby reports 0)."""
+    aside at second t (the lock's holder; a standby reports 0); or setting another of its gauges (`gauge`)."""
     metrics = [ServerMetrics(CollectorRegistry()) for _ in counts]
 
     def world(t: float) -> None:
         for count, metric in zip(counts, metrics, strict=True):
-            metric.outbox.set_aside.set(count(int(t)))
+            gauge(metric.outbox).set(count(int(t)))
 
     def scrape() -> list[Sample]:
         return [
@@ -1279,6 +1284,28 @@ def test_outbox_events_set_aside_stays_silent_while_nothing_is_set_aside(
 ) -> None:
     alert = alert_named(rendered, "orders", "ShopmeshOutboxEventsSetAside")
     scenario = set_aside_scenario("nothing set aside", [lambda t: 0, lambda t: 0], silent_between(0, SET_ASIDE_FOR))
+    assert_promtool_passes(alert, "orders", [scenario], tmp_path)
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["the stream refuses the leader as full", "it never does"])
+def test_outbox_stream_full_fires_while_the_stream_refuses_the_relay_and_resolves_once_it_takes_events(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, full: bool
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshOutboxStreamFull")
+    hold = seconds_of(alert["for"])
+    expected = (
+        (
+            silent_between(0, SET_ASIDE_AT + hold)
+            | firing_between(fires_by(SET_ASIDE_AT, hold), SET_ASIDE_CLEARED_AT)
+            | silent_between(SET_ASIDE_CLEARED_AT + SCRAPE_INTERVAL + EVALUATION_INTERVAL, SET_ASIDE_FOR)
+        )
+        if full
+        else silent_between(0, SET_ASIDE_FOR)
+    )
+    leader = counting_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT, 1) if full else lambda t: 0
+    scenario = set_aside_scenario(
+        "stream full" if full else "never full", [leader, lambda t: 0], expected, lambda outbox: outbox.stream_full
+    )
     assert_promtool_passes(alert, "orders", [scenario], tmp_path)
 
 
