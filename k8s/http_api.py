@@ -5,7 +5,8 @@
 
 - `http-api.json`: the Envoy configuration of the `http-api` container in the gateway's pod, from the same
   `shopmesh_platform.http_api.bootstrap` that `make run` uses: listening on all addresses at 8080, the gateway
-  on loopback, the admin interface on loopback only, its Prometheus metrics (only those) at 9465. No spans.
+  on loopback, the admin interface on loopback only (`ADMIN_PORT`: why not a Unix socket as `make run`'s), its
+  Prometheus metrics (only those) at 9465. No spans.
 - `http-api-traced.json`: the same, with a span per request (the edge's, which the gateway's join) sent to the
   `traces` cluster, which it leaves out: the chart adds it when Envoy starts (`--config-yaml`), where
   `global.otel` says, with the sampling ratio (Envoy has no environment variables in its configuration).
@@ -43,6 +44,9 @@ TRACED_CONFIG = "http-api-traced.json"
 # Where the chart mounts its ConfigMap in the container (helm/shopmesh-lib, _deployment.tpl).
 MOUNT = Path("/etc/shopmesh/http-api")
 PORT = 8080
+# The admin interface stays a TCP port on loopback here, unlike `make run`'s Unix socket (mode 0600): a pod's
+# loopback is its own containers' alone, not every user's of a machine, and a socket would need a writable
+# emptyDir mounted for it (the root file system is read-only) for no one else kept out.
 ADMIN_PORT = 9901
 # Envoy's Prometheus metrics for the ServiceMonitor (the admin interface stays on loopback).
 METRICS_PORT = 9465

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from shopmesh_platform.topology import (
     LOCAL_HOST,
-    LOCAL_HTTP_ADMIN_PORT,
+    LOCAL_HTTP_METRICS_PORT,
     LOCAL_HTTP_PORT,
     LOCAL_NATS_MONITOR_PORT,
     LOCAL_NATS_PORT,
@@ -45,7 +45,7 @@ def test_nats_the_sinks_and_the_http_edge_are_listed_on_the_launchers_ports() ->
     assert rows["nats-server"] == (f"{LOCAL_HOST}:{LOCAL_NATS_PORT}", f":{LOCAL_NATS_MONITOR_PORT}")
     assert rows["SMTP"][0] == f"{LOCAL_HOST}:{LOCAL_SMTP_PORT}"
     assert rows["trace"][0] == f"{LOCAL_HOST}:{LOCAL_TRACES_PORT}"
-    assert rows["http-api"] == (f"http://{LOCAL_HOST}:{LOCAL_HTTP_PORT}", f":{LOCAL_HTTP_ADMIN_PORT}")
+    assert rows["http-api"] == (f"http://{LOCAL_HOST}:{LOCAL_HTTP_PORT}", f":{LOCAL_HTTP_METRICS_PORT}")
 
 
 def test_the_table_lists_nothing_else() -> None:

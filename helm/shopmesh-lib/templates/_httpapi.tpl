@@ -68,8 +68,9 @@ binaryData:
     - name: http
       containerPort: {{ $c.httpApi.port }}
       protocol: TCP
-    # Envoy's Prometheus metrics, and only those of its admin interface (which stays on loopback), and the
-    # probes' /healthz: a listener outside the cap on the public port's connections.
+    # Envoy's Prometheus metrics, and only those of its admin interface (which stays on the pod's loopback, its
+    # containers' alone: no Unix socket as `make run`'s, which would need a writable volume; k8s/http_api.py),
+    # and the probes' /healthz: a listener outside the cap on the public port's connections.
     - name: http-metrics
       containerPort: {{ $c.httpApi.metricsPort }}
       protocol: TCP

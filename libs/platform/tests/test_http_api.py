@@ -50,7 +50,8 @@ def test_in_the_mesh_the_edge_calls_the_gateways_sidecar_on_a_socket_of_its_own_
 def test_only_the_public_service_is_routed_to_the_gateway(tmp_path: Path) -> None:
     stack = Stack(tmp_path, ports=PortPlan.free(http=True), services=["gateway"])
     config = json.loads(stack.write_http_api().read_text())
-    [listener] = config["static_resources"]["listeners"]
+    # Beside it, the metrics listener (its admin interface's `/stats/prometheus`, `/healthz`).
+    [listener] = [item for item in config["static_resources"]["listeners"] if item["name"] == "http-api"]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     [host] = manager["route_config"]["virtual_hosts"]
     # ShopService's methods each by its path, through the buffer filter.

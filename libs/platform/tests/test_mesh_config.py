@@ -587,7 +587,7 @@ def test_every_sidecar_traces_each_call_into_the_stacks_trace_sink(
 def test_the_local_mesh_ports_are_all_distinct_and_follow_the_documented_scheme() -> None:
     plan = PortPlan.local(mesh=True)
     assert plan.mesh is not None
-    ports = [plan.nats, plan.nats_monitor, plan.smtp, plan.traces, plan.http, plan.http_admin]
+    ports = [plan.nats, plan.nats_monitor, plan.smtp, plan.traces, plan.http, plan.http_metrics]
     for name in SERVICES:
         ports += [plan.ports_of(name).grpc, plan.ports_of(name).metrics]
         sidecar = plan.sidecar_of(name)

@@ -12,12 +12,10 @@ import json
 import re
 import stat
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
@@ -26,8 +24,9 @@ from shopmesh_platform.mesh.envoy import HEAP_MONITOR, heap_monitor_of
 from shopmesh_platform.mesh.faults import Fault, current_fault, set_fault
 from shopmesh_platform.ports import PortPlan
 from shopmesh_platform.probes import unix_http_ok
-from shopmesh_platform.stack import Stack, envoy_binary
+from shopmesh_platform.stack import Stack
 
+from .envoy_admin_kit import ADMIN_REQUESTS, RunningEnvoy, http_status, start_envoy
 from .run_kit import stop_launcher
 
 SERVICE = "gateway"
@@ -36,25 +35,12 @@ DELAY_2S = {"fault.http.delay.fixed_delay_percent": 100, "fault.http.delay.fixed
 ABORT_ALL = {"fault.http.abort.abort_percent": 100, "fault.http.abort.grpc_status": 14}
 
 
-@dataclass
-class RunningSidecar:
-    stack: Stack
-    process: asyncio.subprocess.Process
-    log: Path
-
+class RunningSidecar(RunningEnvoy):
     @property
     def admin(self) -> Path:
         admin = self.stack.sidecar_admin_socket(SERVICE)
         assert admin is not None
         return admin
-
-    def tcp_ports(self) -> list[int]:
-        """Every TCP port the sidecar's Envoy listens on."""
-        connections = psutil.Process(self.process.pid).net_connections(kind="tcp")
-        return sorted({c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN})
-
-    def running(self) -> bool:
-        return self.process.returncode is None
 
 
 Edit = Callable[[dict[str, Any]], None]
@@ -78,15 +64,7 @@ async def sidecar_of_the_edge(directory: Path, edit: Edit | None = None) -> Asyn
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         server.add_insecure_port(f"unix:{stack.app_socket(SERVICE)}")
         await server.start()
-        log = directory / "sidecar.log"
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                str(envoy_binary()),
-                *("--config-path", str(path), "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"),
-                *("--base-id-path", str(directory / "base-id")),
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+        process, log = await start_envoy(path, directory)
         running = RunningSidecar(stack, process, log)
         await eventually(lambda: ready(running), f"the sidecar ready (its output: {log})", timeout=30)
         yield running
@@ -100,21 +78,6 @@ async def sidecar_of_the_edge(directory: Path, edit: Edit | None = None) -> Asyn
 async def ready(sidecar: RunningSidecar) -> bool:
     assert sidecar.running(), sidecar.log.read_text()
     return await unix_http_ok(sidecar.admin, "/ready")
-
-
-def http_status(port: int, method: str, path: str) -> int | None:
-    """The status of an HTTP/1.1 request to 127.0.0.1:port; None when nothing HTTP/1.1 answers (a listener of
-    HTTP/2 or TLS only hangs up on it)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request(method, path)
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        connection.close()
 
 
 def runtime(values: dict[str, int]) -> Edit:
@@ -135,17 +98,6 @@ async def health_check(sidecar: RunningSidecar) -> grpc.aio.AioRpcError | None:
             return error
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
     return None
-
-
-# What an Envoy admin interface would do for anyone who reaches it: read its keys' paths and its whole
-# configuration, set a fault on every call, stop it (last: it works at once).
-ADMIN_REQUESTS = [
-    ("GET", "/config_dump"),
-    ("GET", "/certs"),
-    ("GET", "/stats"),
-    ("POST", "/runtime_modify?fault.http.abort.abort_percent=100"),
-    ("POST", "/quitquitquit"),
-]
 
 
 async def test_no_tcp_port_of_a_sidecar_serves_its_admin_interface(tmp_path: Path) -> None:

@@ -123,9 +123,13 @@ def test_under_the_mesh_only_the_gateways_sidecar_takes_clients_on_the_public_ho
     public = {where for where, address in bound.items() if address not in {"127.0.0.1", "unix"}}
     assert public == {("gateway", "inbound")}, bound
     assert bound[("gateway", "inbound")] == "0.0.0.0"
-    [api] = edge["static_resources"]["listeners"]
-    assert api["address"]["socket_address"]["address"] == "0.0.0.0"
-    assert edge["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    listeners = {
+        item["name"]: item["address"]["socket_address"]["address"] for item in edge["static_resources"]["listeners"]
+    }
+    # Its metrics (`/stats/prometheus`, `/healthz`) on loopback, where its admin port was; the admin interface
+    # itself on its Unix socket.
+    assert listeners == {"http-api": "0.0.0.0", "metrics": "127.0.0.1"}
+    assert edge["admin"]["address"] == {"pipe": {"path": str(stack.http_admin_socket), "mode": 0o600}}
     # Clients find the gateway's sidecar on loopback too (0.0.0.0 is no destination); the edge calls it on the
     # socket of its own, whatever the host: through the published listener every HTTP client was one address.
     assert stack.ports.address("gateway").startswith("127.0.0.1:")

@@ -13,7 +13,7 @@ from shopmesh_chassis.testing import free_ports
 from .processes import StackError
 from .topology import (
     LOCAL_HOST,
-    LOCAL_HTTP_ADMIN_PORT,
+    LOCAL_HTTP_METRICS_PORT,
     LOCAL_HTTP_PORT,
     LOCAL_NATS_MONITOR_PORT,
     LOCAL_NATS_PORT,
@@ -68,10 +68,11 @@ class PortPlan:
     # The local mesh (`make run MESH=envoy`): each service's sidecar, whose inbound listener takes the
     # service's gRPC port while the service itself listens on a Unix socket (`Stack.app_socket`). None: no mesh.
     mesh: Mapping[str, SidecarPorts] | None = None
-    # The HTTP/JSON and gRPC-Web edge in front of the gateway (`http_api`): its listener and its admin
-    # interface; None: none (started only with the gateway).
+    # The HTTP/JSON and gRPC-Web edge in front of the gateway (`http_api`): its listener and its metrics listener
+    # (`/stats/prometheus` and `/healthz`; its admin interface is a Unix socket); None: none (started only with
+    # the gateway).
     http: int | None = None
-    http_admin: int | None = None
+    http_metrics: int | None = None
     # The IP address the edge connects to the gateway from (`make run`: LOCAL_EDGE_SOURCE, which the gateway
     # trusts as its proxy); None: the one the OS picks, the plan's host, as any local client's.
     edge_source: str | None = None
@@ -101,7 +102,7 @@ class PortPlan:
             traces=LOCAL_TRACES_PORT,
             mesh=sidecars,
             http=LOCAL_HTTP_PORT,
-            http_admin=LOCAL_HTTP_ADMIN_PORT,
+            http_metrics=LOCAL_HTTP_METRICS_PORT,
         )
 
     @classmethod
@@ -132,7 +133,7 @@ class PortPlan:
         sidecar_count = sum(1 + len(callees[name]) for name in wanted) if mesh else 0
         # Never one of `make run`'s fixed ports: a stack on free ports runs beside one on those.
         ports = iter(free_ports(6 + len(wanted) * (2 if metrics else 1) + sidecar_count, host))
-        nats, monitor, smtp, otlp, http_port, http_admin = (next(ports) for _ in range(6))
+        nats, monitor, smtp, otlp, http_port, http_metrics = (next(ports) for _ in range(6))
         services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
         sidecars = (
             {
@@ -151,7 +152,7 @@ class PortPlan:
             traces=otlp if traces else None,
             mesh=sidecars,
             http=http_port if http else None,
-            http_admin=http_admin if http else None,
+            http_metrics=http_metrics if http else None,
         )
 
     def ports_of(self, name: str) -> ServicePorts:

@@ -267,7 +267,7 @@ def port_plan(
     if host != plan.host:
         plan = dataclasses.replace(plan, public_host=host)
     if http_port == 0:
-        plan = dataclasses.replace(plan, http=None, http_admin=None)
+        plan = dataclasses.replace(plan, http=None, http_metrics=None)
     elif not free:
         plan = dataclasses.replace(plan, http=http_port)
     # Under the mesh the edge calls the gateway's sidecar, and only the sidecar reaches the gateway (`unix`).
@@ -464,7 +464,7 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     present = set(existing_services())
     if stack.http_url is not None:
         # Envoy's own Prometheus metrics: requests by HTTP status, transcoding errors, upstream latency.
-        metrics = f"{stack.http_admin_url()}/stats/prometheus"
+        metrics = stack.http_metrics_url() or "-"
         rows.append((HTTP_API, stack.http_url, metrics, "ready", str(stack.pid(HTTP_API))))
     for name, service in SERVICES.items():
         if name in stack.services:

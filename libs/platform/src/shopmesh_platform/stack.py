@@ -710,29 +710,32 @@ class Stack:
     def _sidecar_child(self, service: str) -> _Child:
         argv = _envoy_argv(self._bootstrap_path(service))
         name = sidecar_name(service)
-        ready = (self._sockets / admin_socket_file(service), "/ready")
+        ready = (self._sockets / admin_socket_file(sidecar_name(service)), "/ready")
         return _Child(name, argv, dict(os.environ), None, self.ports.address(service), ready)
 
     def _http_api_child(self) -> _Child:
         assert self.ports.http is not None
-        assert self.ports.http_admin is not None
         argv = _envoy_argv(self._http_api_bootstrap)
         address = f"{self.ports.public_reach}:{self.ports.http}"
-        return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.ports.http_admin, "/ready"))
+        return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.http_admin_socket, "/ready"))
 
     @property
     def _http_api_bootstrap(self) -> Path:
         return self.data_dir / f"{HTTP_API}.json"
 
     def write_http_api(self) -> Path:
-        """The HTTP/JSON edge's Envoy configuration (done by `start`)."""
+        """The HTTP/JSON edge's Envoy configuration (done by `start`), and the sockets' folder its admin socket is in
+        when the mesh's start has not made it."""
         assert self.ports.http is not None
-        assert self.ports.http_admin is not None
+        if self._sockets_made is None:
+            self._make_sockets_folder()
+        assert self.ports.http_metrics is not None
         api = HttpApi(
             host=self.ports.public_bind,
             port=self.ports.http,
-            admin_host=self.ports.host,
-            admin_port=self.ports.http_admin,
+            admin_socket=self.http_admin_socket,
+            metrics_host=self.ports.host,
+            metrics_port=self.ports.http_metrics,
             # In the mesh: the gateway's sidecar, which takes plaintext from clients as an ingress would.
             gateway=self.ports.address("gateway"),
             descriptor=descriptor_set(),
@@ -776,7 +779,7 @@ class Stack:
                 track="stable" if name == service else "canary",
                 splits={callee: split for callee, split in splits.items() if callee in outbound},
                 app_socket=self._sockets / f"{name}.sock",
-                admin_socket=self._sockets / admin_socket_file(name),
+                admin_socket=self._sockets / admin_socket_file(sidecar_name(name)),
                 edge_socket=self.edge_socket if is_edge(name) else None,
             )
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
@@ -784,14 +787,17 @@ class Stack:
 
     def _make_sockets_folder(self) -> None:
         """The services' sockets' folder of this start: a new private folder (only this user can open it, so no
-        other user on the machine reaches a service past its sidecar), linked from `<mesh_dir>/sockets`; the
+        other user on the machine reaches a service past its sidecar, nor an Envoy's admin interface: the edge's
+        without the mesh too), linked from `<mesh_dir>/sockets`; the
         services are told their socket in it (short and absolute, whatever the data directory's depth)."""
         self.remove_sockets()  # this stack's own, of an earlier start
         link = self.sockets_link
         remove_stale_sockets(link)
         names = [*self._sidecars, *([HTTP_API] if self._http_api is not None else [])]
-        # Each sidecar's admin interface too (`<name>-sidecar-admin.sock`).
-        names += [admin_socket_file(name).removesuffix(".sock") for name in self._sidecars]
+        # Each Envoy's admin interface too (`<name>-sidecar-admin.sock`, `http-api-admin.sock`).
+        names += [admin_socket_file(sidecar_name(name)).removesuffix(".sock") for name in self._sidecars]
+        if self._http_api is not None:
+            names.append(admin_socket_file(HTTP_API).removesuffix(".sock"))
         base = sockets_base(names)
         folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir=base))
         self._sockets_made = folder
@@ -810,6 +816,8 @@ class Stack:
                 f"{', '.join(too_long)}: longer than a Unix socket's path may be ({UNIX_SOCKET_PATH_MAX_BYTES} "
                 f"bytes), even in {base}: a shorter service name"
             )
+        # Without the mesh (the edge's admin socket alone) nothing has made the mesh's folder yet.
+        link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(folder, target_is_directory=True)
         self._sockets = folder
         for name, child in self._children.items():
@@ -818,7 +826,9 @@ class Stack:
                 child.env["GRPC_UNIX_SOCKET"] = str(socket_path)
                 child.address = f"unix:{socket_path}"
         for name, child in self._sidecars.items():
-            child.ready_url = (folder / admin_socket_file(name), "/ready")
+            child.ready_url = (folder / admin_socket_file(sidecar_name(name)), "/ready")
+        if self._http_api is not None:
+            self._http_api.ready_url = (self.http_admin_socket, "/ready")
 
     def remove_sockets(self) -> None:
         """Remove the services' sockets' folder this stack made, and its link (`stop` does, and an exit
@@ -965,7 +975,7 @@ class Stack:
         if self._http_api is not None:
             planned += [
                 (HTTP_API, EDGE_LABEL, plan.public_bind, plan.http),
-                (HTTP_API, f"{EDGE_LABEL}'s admin", host, plan.http_admin),
+                (HTTP_API, f"{EDGE_LABEL}'s metrics", host, plan.http_metrics),
             ]
         for spec in self.specs:
             metrics = self._metrics_port(spec.name)
@@ -1019,7 +1029,7 @@ class Stack:
         sockets' folder, as `app_socket`); None without a mesh."""
         if self.ports.mesh is None:
             return None
-        return self._sockets / admin_socket_file(name)
+        return self._sockets / admin_socket_file(sidecar_name(name))
 
     def sidecar_metrics_url(self, name: str) -> str | None:
         """Where a service's sidecar serves its Prometheus metrics (`/stats/prometheus`, nothing else of its admin
@@ -1033,11 +1043,18 @@ class Stack:
         """Base URL of the public API over HTTP/JSON (`GET {http_url}/v1/products`); None: not run."""
         return None if self._http_api is None else f"http://{self._http_api.address}"
 
-    def http_admin_url(self) -> str | None:
-        """Envoy's admin interface of the HTTP/JSON edge; None: not run."""
-        if self._http_api is None or self.ports.http_admin is None:
+    @property
+    def http_admin_socket(self) -> Path:
+        """The Unix socket of Envoy's admin interface of the HTTP/JSON edge (`http-api-admin.sock` in the sockets'
+        folder, as `sidecar_admin_socket`)."""
+        return self._sockets / admin_socket_file(HTTP_API)
+
+    def http_metrics_url(self) -> str | None:
+        """Where the HTTP/JSON edge serves its Prometheus metrics (`/stats/prometheus`, nothing else of its admin
+        interface); None: not run."""
+        if self._http_api is None or self.ports.http_metrics is None:
             return None
-        return f"http://{self.ports.host}:{self.ports.http_admin}"
+        return f"http://{self.ports.host}:{self.ports.http_metrics}{METRICS_PATH}"
 
     @property
     def smtp_dir(self) -> Path:

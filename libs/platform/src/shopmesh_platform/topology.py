@@ -202,9 +202,10 @@ LOCAL_SMTP_PORT = 8025
 LOCAL_TRACES_PORT = 14317
 
 # The public API over HTTP/JSON and gRPC-Web (`http_api`: an Envoy in front of the gateway), at 8080 as the
-# OpenTelemetry demo's frontend proxy; its admin interface at 15500, beside the sidecars'.
+# OpenTelemetry demo's frontend proxy; its Prometheus metrics (`/stats/prometheus` and `/healthz` alone: its
+# admin interface is on a Unix socket, as the sidecars') at 15500, beside the sidecars'.
 LOCAL_HTTP_PORT = 8080
-LOCAL_HTTP_ADMIN_PORT = 15500
+LOCAL_HTTP_METRICS_PORT = 15500
 # Where that edge connects to the gateway from, without the mesh: a loopback address no other local client
 # comes from (they come from LOCAL_HOST; Linux routes all of 127.0.0.0/8 to loopback), so that the gateway
 # trusts the edge's X-Forwarded-For and trace decisions, and not a client calling it directly.

@@ -16,6 +16,7 @@ from ..mesh.envoy import (
     MAX_DOWNSTREAM_CONNECTIONS,
     TRACES_CLUSTER,
     access_log,
+    admin_pipe,
     cluster,
     listener,
     overload_manager,
@@ -89,7 +90,7 @@ _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_man
 METRICS_MAX_CONNECTIONS = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HttpApi:
     """Everything the edge's configuration depends on, besides the API itself: its paths come from the
     OpenAPI document in the contracts package (`api_paths()`), wherever Envoy finds its files."""
@@ -97,9 +98,13 @@ class HttpApi:
     # Where it listens for HTTP clients.
     host: str
     port: int
-    # Envoy's admin interface (readiness: /ready, /stats): never on a public address.
-    admin_host: str
-    admin_port: int
+    # Envoy's admin interface (readiness: /ready, /stats; also /quitquitquit, /config_dump): never on a public
+    # address. On admin_host:admin_port (Kubernetes: loopback in the pod, which only the pod's own containers
+    # share), or on `admin_socket`, a Unix socket only its owner may connect to (`make run`: on a loopback port
+    # any user of the machine could stop the edge or read its configuration); exactly one of the two.
+    admin_host: str | None = None
+    admin_port: int | None = None
+    admin_socket: Path | None = None
     # host:port of the gateway's gRPC server (plaintext HTTP/2).
     gateway: str
     # The API's descriptor set, as Envoy will find it on its file system.
@@ -111,9 +116,11 @@ class HttpApi:
     traces_cluster_at_start: bool = False
     # A listener (on `host`) serving only Envoy's Prometheus metrics from the admin interface, for a scraper
     # that cannot reach loopback, and HEALTH_PATH, for the kubelet's probes (Kubernetes), outside the cap on
-    # connections (`max_connections`); None: none (`make run` reads the admin interface directly, and its
-    # clients probe the public listener).
+    # connections (`max_connections`); None: none.
     metrics_port: int | None = None
+    # Where the metrics listener is bound; None: `host`. (`make run`: loopback, as its admin port was, whatever
+    # `host` publishes the edge on.)
+    metrics_host: str | None = None
     # The OpenAPI document, as Envoy will find it on its file system, served at OPENAPI_PATH; None: not.
     openapi: Path | None = None
     # The folder holding STOREFRONT_FILES, as Envoy will find it on its file system; None: no storefront.
@@ -145,6 +152,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     """The edge's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
     if api.traces is not None and api.traces_cluster_at_start:
         raise ValueError("traces names the spans' receiver here; traces_cluster_at_start leaves it to Envoy's start")
+    admin, admin_cluster = _admin(api)
     gateway_host, gateway_port = api.gateway.rsplit(":", 1)
     if api.gateway_socket is not None and api.gateway_source is not None:
         raise ValueError("gateway_source is an IP address to connect from; gateway_socket is no IP connection")
@@ -328,7 +336,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     runtime = [{"name": "regex", "static_layer": {"re2.max_program_size.error_level": MAX_REGEX_PROGRAM_SIZE}}]
     if api.metrics_port is not None:
         metrics = prometheus_listener(
-            api.host,
+            api.host if api.metrics_host is None else api.metrics_host,
             api.metrics_port,
             reuse_port=api.reuse_port,
             # HEALTH_PATH too, as the public listener answers it: the kubelet's probes ask it here.
@@ -349,17 +357,29 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             }
         )
         listeners.append(metrics)
-        # The admin interface speaks HTTP/1.1.
-        clusters.append(cluster(ADMIN_CLUSTER, api.admin_host, api.admin_port, http2=False))
+        clusters.append(admin_cluster)
     return {
         "node": {"id": api.name, "cluster": api.name},
-        "admin": {"address": socket_address(api.admin_host, api.admin_port)},
+        "admin": admin,
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "overload_manager": overload_manager(
             api.max_heap_bytes, heap_monitor=not api.heap_bound_at_start, max_connections=api.max_connections
         ),
         "layered_runtime": {"layers": runtime},
     }
+
+
+def _admin(api: HttpApi) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bootstrap's `admin`, on its Unix socket or its loopback port, and the cluster the metrics listener
+    reaches it by (ADMIN_CLUSTER: the admin interface speaks HTTP/1.1)."""
+    if api.admin_socket is not None:
+        if api.admin_host is not None or api.admin_port is not None:
+            raise ValueError("admin_socket is the admin interface's address; admin_host and admin_port are another")
+        return admin_pipe(api.admin_socket), cluster(ADMIN_CLUSTER, "", 0, http2=False, pipe=api.admin_socket)
+    if api.admin_host is None or api.admin_port is None:
+        raise ValueError("the admin interface needs an address: admin_socket, or admin_host and admin_port")
+    admin = {"address": socket_address(api.admin_host, api.admin_port)}
+    return admin, cluster(ADMIN_CLUSTER, api.admin_host, api.admin_port, http2=False)
 
 
 def write_bootstrap(api: HttpApi, path: Path) -> Path:

@@ -195,7 +195,7 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
         clusters.append(cluster(TRACES_CLUSTER, sink_host, int(sink_port)))
     return {
         "node": {"id": sidecar.name, "cluster": sidecar.service},
-        "admin": {"address": {"pipe": {"path": str(sidecar.admin_socket), "mode": ADMIN_SOCKET_MODE}}},
+        "admin": admin_pipe(sidecar.admin_socket),
         "static_resources": {"listeners": listeners, "clusters": clusters},
         # Faults (and a canary's weight) are set at run time through the admin interface (`mesh.faults`).
         "layered_runtime": {"layers": [{"name": "faults", "admin_layer": {}}]},
@@ -701,10 +701,17 @@ def _outbound_name(callee: str, track: str = "stable") -> str:
     return f"outbound-{callee}" if track == "stable" else f"outbound-{callee}-{track}"
 
 
-def admin_socket_file(name: str) -> str:
-    """The file name of the admin socket of `name`'s sidecar (a service, or `<service>-canary`), in the stack's
-    sockets' folder."""
-    return f"{name}-sidecar-admin.sock"
+def admin_socket_file(process: str) -> str:
+    """The file name of the admin socket of the Envoy process named `process` (a sidecar, `catalog-sidecar`,
+    `catalog-canary-sidecar`; the HTTP edge, `http-api`), in the stack's sockets' folder."""
+    return f"{process}-admin.sock"
+
+
+def admin_pipe(path: Path) -> dict[str, Any]:
+    """Envoy's admin interface on the Unix socket `path`, which only its owner may connect to
+    (ADMIN_SOCKET_MODE): on a loopback port any local user could stop Envoy (`/quitquitquit`), change its
+    runtime or read its configuration."""
+    return {"address": {"pipe": {"path": str(path), "mode": ADMIN_SOCKET_MODE}}}
 
 
 def socket_address(host: str, port: int) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from tabulate import tabulate
 from shopmesh_chassis.interrupts import exit_status_on_interrupt
 from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack_or_say_default
 
-from ..stack import MESH, SOCKETS_FOLDER
+from ..stack import MESH, SOCKETS_FOLDER, sidecar_name
 from ..topology import CANARY_SUFFIX, SERVICES, canary_name, is_edge
 from .envoy import admin_socket_file
 
@@ -161,7 +161,7 @@ LOCAL_SOCKETS = DEFAULT_DATA_DIR / MESH / SOCKETS_FOLDER
 def local_admin_socket(name: str) -> Path:
     """The admin socket of the sidecar of `name` (a service, or `<service>-canary`) of `make run MESH=envoy` on
     the default data directory, through its link to the sockets' folder."""
-    return LOCAL_SOCKETS / admin_socket_file(name)
+    return LOCAL_SOCKETS / admin_socket_file(sidecar_name(name))
 
 
 class SidecarAdmins:
@@ -173,7 +173,7 @@ class SidecarAdmins:
         self.stack = running_stack_or_say_default(
             err,
             "sidecars",
-            str(LOCAL_SOCKETS / admin_socket_file("<service>")),
+            str(LOCAL_SOCKETS / admin_socket_file(sidecar_name("<service>"))),
             without="make run MESH=envoy's admin sockets",
         )
         if self.stack is not None:
