@@ -7,6 +7,7 @@ import asyncio
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -24,7 +25,7 @@ from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_chassis.testing import free_port
 from shopmesh_platform import stack as stack_module
 from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_COUNT, MAX_REQUEST_HEADERS_KIB
-from shopmesh_platform.mesh.envoy import ADMIN_CLUSTER, OUTBOUND_RETRY_ON, Sidecar, bootstrap
+from shopmesh_platform.mesh.envoy import ADMIN_CLUSTER, MAX_FAULT_DELAY_MS, OUTBOUND_RETRY_ON, Sidecar, bootstrap
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
 from shopmesh_platform.ports import Canary, PortInUse, PortPlan
 from shopmesh_platform.processes import StackError
@@ -479,13 +480,27 @@ def test_no_sidecar_cuts_a_call_for_waiting_and_each_counts_its_outbound_calls_b
     for service, config in configs.items():
         for item in calls_listeners(config):
             manager = item["filter_chains"][0]["filters"][0]["typed_config"]
-            assert manager["stream_idle_timeout"] == "0s", (service, item["name"])
+            if (service, item["name"]) != ("gateway", "inbound"):
+                assert manager["stream_idle_timeout"] == "0s", (service, item["name"])
             [log] = manager["access_log"]
             assert log["typed_config"]["log_format"]["json_format"]["time"] == "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%"
             if item["name"].startswith("outbound-"):
                 [stats, _] = manager["http_filters"]
                 assert stats["name"] == "envoy.filters.http.grpc_stats", (service, item["name"])
                 assert stats["typed_config"]["stats_for_all_methods"] is False
+
+
+def test_outside_clients_cannot_hold_a_stream_of_the_published_listener_for_ever_yet_a_fault_delay_still_holds(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    """The gateway's sidecar's inbound listener takes calls from anyone `make run HOST=` lets in, with or
+    without a deadline: with the mesh's 0s (off) a client held its streams open for ever. It has a finite stream
+    idle timeout, past the longest delay `mesh.faults` sets (that delay is no "stream timeout")."""
+    _, configs = configurations
+    manager = _listener(configs["gateway"], "inbound")["filter_chains"][0]["filters"][0]["typed_config"]
+    timeout = manager["stream_idle_timeout"]
+    assert re.fullmatch(r"\d+s", timeout), timeout
+    assert int(timeout.removesuffix("s")) * 1000 > MAX_FAULT_DELAY_MS
 
 
 def test_every_sidecar_cluster_lets_each_open_call_have_its_retry_under_way(

@@ -155,8 +155,9 @@ async def _serving(sidecar: RunningSidecar) -> bool:
 
 
 def _idle_timers_at_their_least(config: dict[str, Any]) -> None:
-    """Envoy's overload manager with a heap bound it is always past: every stream idle timer scaled down to
-    half a second, so that one a sidecar has (Envoy's default is 5 minutes) fires within a test."""
+    """Envoy's overload manager with a heap bound it is always past: every stream idle timer scaled down to a
+    thousandth, so that Envoy's default (5 minutes) fires within a test (0.3 s), while one past the longest
+    fault delay (the published listener's, PUBLISHED_STREAM_IDLE_TIMEOUT) still outlasts a 2 s delay."""
     config["overload_manager"] = {
         "refresh_interval": "0.1s",
         "resource_monitors": [heap_monitor_of(1)],
@@ -166,7 +167,7 @@ def _idle_timers_at_their_least(config: dict[str, Any]) -> None:
                 "triggers": [{"name": HEAP_MONITOR, "threshold": {"value": 0.5}}],
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
-                    "timer_scale_factors": [{"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_timeout": "0.5s"}],
+                    "timer_scale_factors": [{"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_scale": {"value": 0.1}}],
                 },
             }
         ],
@@ -178,8 +179,9 @@ async def test_a_call_that_waits_longer_than_any_stream_idle_timeout_is_not_cut_
 ) -> None:
     """Envoy's default stream idle timeout cut every call silent for 5 minutes with UNAVAILABLE "stream timeout"
     (which callers retry for idempotent methods): a fault's delay (mesh.faults takes up to an hour), a slow
-    call. The sidecars have none; the call's own deadline bounds it. Shown on the sidecar's own configuration
-    with any idle timer it has scaled down to half a second (the overload manager), and a delay of 2 s."""
+    call. The sidecars have none, but for the published listener's, past the longest fault delay; the call's own
+    deadline bounds it. Shown on the edge's sidecar's own configuration with any idle timer it has scaled down
+    to a thousandth (the overload manager), and a delay of 2 s."""
 
     def edit(config: dict[str, Any]) -> None:
         _idle_timers_at_their_least(config)

@@ -322,6 +322,10 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, spans: dict[
         # Envoy's rule; the gateway believes the header only from TRUSTED_PROXIES), and Envoy's internal
         # headers from outside are dropped.
         settings["use_remote_address"] = True
+        # Its clients are anyone `make run HOST=` lets in, who may send no deadline: off (0s), as on the mesh's
+        # own listeners, a client could hold its streams open for ever. Whatever the host (loopback too), so
+        # that the published listener's configuration is the one the tests run.
+        settings["stream_idle_timeout"] = PUBLISHED_STREAM_IDLE_TIMEOUT
     manager = _to_app(sidecar, filters, spans, **settings)
     # The traffic direction is also the kind of the sidecar's spans: server here, client outbound.
     inbound_host = sidecar.inbound_host or sidecar.host
@@ -669,8 +673,14 @@ def _faults() -> dict[str, Any]:
 # No route timeout of Envoy's own (15 s by default): the caller's gRPC deadline, sent as `grpc-timeout`,
 # bounds the call at every hop.
 GRPC_TIMEOUTS: dict[str, Any] = {"timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
-# Off (0s) on every sidecar's connection manager: see _http_manager.
+# Off (0s) on every sidecar's connection manager but the edge's published one: see _http_manager.
 STREAM_IDLE_TIMEOUT = "0s"
+# The longest delay a fault may hold a call (`mesh.faults --delay`): longer than any caller waits (a call's
+# deadline ends it first), short enough that a typo (`--delay 3000s` for 3000ms) is refused rather than set.
+MAX_FAULT_DELAY_MS = 60 * 60 * 1000
+# The edge's published inbound listener (outside clients'): finite, yet past the longest fault delay, so that
+# a delay set on the gateway's sidecar holds the call as long as it says rather than ending in "stream timeout".
+PUBLISHED_STREAM_IDLE_TIMEOUT = f"{MAX_FAULT_DELAY_MS // 1000 + 60}s"
 # The admin interface's Unix socket: its owner alone may connect (the folder is 0700 besides).
 ADMIN_SOCKET_MODE = 0o600
 

@@ -42,7 +42,7 @@ from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack_or_say_
 
 from ..stack import MESH, SOCKETS_FOLDER, sidecar_name
 from ..topology import CANARY_SUFFIX, SERVICES, canary_name, is_edge
-from .envoy import admin_socket_file
+from .envoy import MAX_FAULT_DELAY_MS, admin_socket_file
 
 # The fault filter's runtime keys (Envoy's defaults for the filter, which the sidecars use).
 DELAY_PERCENT = "fault.http.delay.fixed_delay_percent"
@@ -217,20 +217,15 @@ def running(url: Path) -> bool:
     return True
 
 
-# The longest delay a fault may hold a call: longer than any caller waits (a call's deadline ends it first),
-# short enough that a typo (`--delay 3000s` for 3000ms) is refused rather than set.
-MAX_DELAY_MS = 60 * 60 * 1000
-
-
 def duration_ms(value: str) -> int:
-    """`3s`, `250ms`, `1.5s` → milliseconds, at most MAX_DELAY_MS."""
+    """`3s`, `250ms`, `1.5s` → milliseconds, at most MAX_FAULT_DELAY_MS."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", value.strip())
     if match is None or float(match.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"{value!r}: want a duration like 3s or 250ms")
     number, unit = float(match.group(1)), match.group(2)
     milliseconds = max(1, round(number * (1000 if unit == "s" else 1)))
-    if milliseconds > MAX_DELAY_MS:
-        raise argparse.ArgumentTypeError(f"{value!r}: want a delay of at most 1 hour ({MAX_DELAY_MS // 1000}s)")
+    if milliseconds > MAX_FAULT_DELAY_MS:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a delay of at most 1 hour ({MAX_FAULT_DELAY_MS // 1000}s)")
     return milliseconds
 
 
