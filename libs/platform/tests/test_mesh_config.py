@@ -503,6 +503,21 @@ def test_outside_clients_cannot_hold_a_stream_of_the_published_listener_for_ever
     assert int(timeout.removesuffix("s")) * 1000 > MAX_FAULT_DELAY_MS
 
 
+def test_a_scrapers_connections_to_a_sidecar_neither_count_against_its_cap_nor_stay_idle_for_an_hour(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    """The sidecars' Prometheus listeners had the edge's metrics listener's exemptions neither: a scraper's
+    connections took places under max_active_downstream_connections, and an idle one stayed Envoy's hour."""
+    _, configs = configurations
+    for service, config in configs.items():
+        metrics = _listener(config, "metrics")
+        assert metrics.get("ignore_global_conn_limit") is True, service
+        manager = metrics["filter_chains"][0]["filters"][0]["typed_config"]
+        idle = manager.get("common_http_protocol_options", {}).get("idle_timeout", "3600s")
+        assert re.fullmatch(r"\d+s", idle), idle
+        assert 0 < int(idle.removesuffix("s")) <= 5 * 60, (service, idle)
+
+
 def test_every_sidecar_cluster_lets_each_open_call_have_its_retry_under_way(
     configurations: tuple[Stack, dict[str, dict[str, Any]]],
 ) -> None:

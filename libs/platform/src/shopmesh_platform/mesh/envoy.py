@@ -61,6 +61,10 @@ _STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.Std
 _GRPC_STATS = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
 # What the Prometheus listeners (a sidecar's, the HTTP edge's) serve of the admin interface, and only that.
 METRICS_PATH = "/stats/prometheus"
+# How long a Prometheus listener keeps a connection nobody uses (Envoy's default: an hour): past a scrape
+# interval (Prometheus' default is a minute), so that a scraper keeps its connection between scrapes, and no
+# longer, so that a gone scraper's do not pile up.
+METRICS_IDLE_TIMEOUT = "75s"
 # The cluster of a sidecar's own admin interface (its Unix socket), for its Prometheus listener.
 ADMIN_CLUSTER = "admin"
 # The runtime key prefix of an outbound route's split to a canary: `<prefix>.<cluster>` is that track's weight
@@ -619,12 +623,14 @@ def prometheus_listener(
     reuse_port: bool = False,
     routes: Sequence[dict[str, Any]] = (),
     filters: Sequence[dict[str, Any]] = (),
-    idle_timeout: str | None = None,
+    idle_timeout: str = METRICS_IDLE_TIMEOUT,
 ) -> dict[str, Any]:
     """A listener on host:port serving `GET /stats/prometheus` from the admin interface (ADMIN_CLUSTER) and
     nothing else of it, as Istio's proxies serve 15090: the admin interface can also stop Envoy, change its
     runtime or dump its configuration. `routes` and `filters` go before the metrics route and the router (the
-    HTTP edge answers its kubelet probes there too); `idle_timeout` lets an idle connection go."""
+    HTTP edge answers its kubelet probes there too); `idle_timeout` lets an idle connection go. Outside the cap
+    on downstream connections (overload_manager): a scraper's connections took places of the calls', and a flood
+    of calls at the cap left the scraper (and the edge's kubelet probes) refused exactly when wanted."""
     manager: dict[str, Any] = {
         "@type": _HCM,
         "stat_prefix": "metrics",
@@ -650,9 +656,10 @@ def prometheus_listener(
         },
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
     }
-    if idle_timeout is not None:
-        manager["common_http_protocol_options"] = {"idle_timeout": idle_timeout}
-    return listener("metrics", host, port, "INBOUND", manager, reuse_port=reuse_port)
+    manager["common_http_protocol_options"] = {"idle_timeout": idle_timeout}
+    metrics = listener("metrics", host, port, "INBOUND", manager, reuse_port=reuse_port)
+    metrics["ignore_global_conn_limit"] = True
+    return metrics
 
 
 def _faults() -> dict[str, Any]:
