@@ -52,7 +52,8 @@ from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.testing.postgres import postgres_bin, postgres_server
 from shopmesh_platform.mesh.identity import channel_as
-from shopmesh_platform.stack import Stack, postgres_env, sidecar_name
+from shopmesh_platform.mesh.layout import sidecar_name
+from shopmesh_platform.stack import Stack, postgres_env
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import host_ticks, machine, process_cpu_seconds, write_section

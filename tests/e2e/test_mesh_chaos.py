@@ -17,7 +17,8 @@ from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_platform.mesh.identity import channel_as
-from shopmesh_platform.stack import Stack, sidecar_name
+from shopmesh_platform.mesh.layout import sidecar_name
+from shopmesh_platform.stack import Stack
 
 from .shop import CHECKOUT_SERVICES, FAST_RECOVERY, eventually, place_request, shop_client
 

@@ -34,8 +34,9 @@ from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform.mesh.faults import Fault, current_fault, set_fault
 from shopmesh_platform.mesh.faults import main as faults_main
 from shopmesh_platform.mesh.identity import bundle_file, channel_as, issue
+from shopmesh_platform.mesh.layout import sidecar_name
 from shopmesh_platform.mesh.protoset import methods_of
-from shopmesh_platform.stack import Stack, sidecar_name
+from shopmesh_platform.stack import Stack
 from shopmesh_platform.topology import SERVICES, is_edge, methods_called, service_callers
 from shopmesh_platform.traces import load
 

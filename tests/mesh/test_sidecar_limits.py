@@ -24,7 +24,8 @@ from shopmesh_chassis.testing import eventually
 from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_COUNT
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRIES
 from shopmesh_platform.mesh.identity import channel_as
-from shopmesh_platform.stack import Stack, sidecar_name
+from shopmesh_platform.mesh.layout import sidecar_name
+from shopmesh_platform.stack import Stack
 
 from .envoykit import handled, sidecar_stats
 

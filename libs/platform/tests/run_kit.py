@@ -20,7 +20,7 @@ from pathlib import Path
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.postgres import postgres_bin
 from shopmesh_platform import run
-from shopmesh_platform.stack import sidecar_name
+from shopmesh_platform.mesh.layout import sidecar_name
 from shopmesh_platform.topology import SERVICES
 
 REPOSITORY = Path(__file__).resolve().parents[3]

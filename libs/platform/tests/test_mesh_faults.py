@@ -82,6 +82,20 @@ def test_the_local_admin_sockets_are_the_sidecars_of_make_run_through_the_data_d
     assert local_admin_socket("catalog-canary") == Path(".data/mesh/sockets/catalog-canary-sidecar-admin.sock")
 
 
+@pytest.mark.parametrize("tool", ["shopmesh_platform.mesh.faults", "shopmesh_platform.mesh.split"])
+def test_the_mesh_tools_find_the_sockets_without_loading_the_launcher(tool: str) -> None:
+    """They named the sockets' folder by importing the whole launcher (stack.py: the HTTP edge's configuration,
+    PostgreSQL's test server...) for two of its constants; the layout is mesh.layout's, which the launcher uses."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, {tool}; print('shopmesh_platform.stack' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert loaded.stdout.strip() == "False", loaded.stderr
+
+
 def test_no_sidecar_at_an_admin_socket_given_by_hand_is_said_in_one_line_without_make_run_advice(
     tmp_path: Path,
 ) -> None:

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from .stack import MESH, SOCKETS_FOLDER, DataDirHeld, SocketsFolderHeld, hold_folder, remove_left_sockets_folder
+from .mesh.layout import sockets_link
+from .stack import DataDirHeld, SocketsFolderHeld, hold_folder, remove_left_sockets_folder
 
 # Told apart from a failure to run at all (a broken virtualenv), after which `make clean` still deletes.
 HELD = 3
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
 
 
 def _remove_left_sockets_folder(data_dir: Path, out: TextIO, err: TextIO) -> int:
-    link = data_dir / MESH / SOCKETS_FOLDER
+    link = sockets_link(data_dir)
     try:
         removed = remove_left_sockets_folder(link)
     except SocketsFolderHeld as held:

@@ -62,6 +62,7 @@ from . import console
 from .arguments import seconds
 from .console import say
 from .mesh.identity import bundle_file, dns_name, svid_files
+from .mesh.layout import sidecar_name, sockets_link
 from .mesh.protoset import PROTOSET_FILE, methods_of
 from .ports import Canary, PortInUse, PortPlan, bind_error
 from .processes import Crashed, NotReady, StackError, crash_at_stop, exited, has_exited, signal_child, spawn
@@ -69,10 +70,8 @@ from .stack import (
     DEFAULT_STARTUP_TIMEOUT,
     EDGE_LABEL,
     HTTP_API,
-    MESH,
     NATS,
     SMTP,
-    SOCKETS_FOLDER,
     TRACES,
     TRACES_FOLDER,
     Stack,
@@ -83,7 +82,6 @@ from .stack import (
     not_a_data_directory,
     postgres_env,
     remove_stale_sockets,
-    sidecar_name,
     topology_specs,
     undone_on_failure,
 )
@@ -306,7 +304,7 @@ def reset_data_dir(data_dir: Path) -> str:
     if not entries:
         return f"--reset: {data_dir} is empty; nothing to delete"
     # A killed launcher's sockets' folder lies outside the data directory, behind the link to it.
-    remove_stale_sockets(target / MESH / SOCKETS_FOLDER)
+    remove_stale_sockets(sockets_link(target))
     for entry in entries:
         path = target / entry
         if path.is_dir() and not path.is_symlink():

@@ -64,6 +64,7 @@ from .http_api import write_bootstrap as write_http_api_bootstrap
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
 from .mesh.envoy import METRICS_PATH, Sidecar, admin_socket_file, write_bootstrap
+from .mesh.layout import MESH, SIDECAR_SUFFIX, mesh_dir, sidecar_name, sockets_link
 from .mesh.protoset import PROTOSET_FILE, write_protoset
 from .ports import Canary, PortInUse, PortPlan, bind_error
 from .probes import accepts, http_ok, listening, unix_http_ok, unix_listening
@@ -90,24 +91,17 @@ from .topology import (
 NATS = "nats"
 SMTP = "smtp"
 TRACES = "traces"
-MESH = "mesh"
 # The public API over HTTP/JSON and gRPC-Web, in front of the gateway (`http_api`).
 HTTP_API = "http-api"
 # The HTTP/JSON edge, as `Stack.planned_ports` labels its port.
 EDGE_LABEL = "the HTTP/JSON edge"
-# A sidecar's process name: `<service>-sidecar`.
-SIDECAR_SUFFIX = "-sidecar"
 # Folders of the data directory: the SMTP sink's e-mails, the trace sink's spans, tests' process logs.
 MAIL_FOLDER = "mail"
 TRACES_FOLDER = "traces"
 LOGS_FOLDER = "logs"
-# In the mesh's folder: a symlink to the folder of the services' Unix sockets (`<service>.sock`, behind their
-# sidecars). The sockets themselves are not in the data directory: a Unix socket's path is at most
-# UNIX_SOCKET_PATH_MAX_BYTES, which `<data dir>/mesh/sockets/notifications.sock` passes in a deep checkout (or
-# a test's tmp_path). They are in a short private folder made per start (`tempfile.mkdtemp`: 0700 whatever the
-# umask), `$XDG_RUNTIME_DIR/shopmesh-sockets-XXXXXXXX` or `/tmp/shopmesh-sockets-XXXXXXXX`; the link keeps the
-# path people type, `.data/mesh/sockets/<service>.sock`, working from the repository (relative, it is short).
-SOCKETS_FOLDER = "sockets"
+# The services' sockets' folder (behind the mesh's link to it, mesh.layout.SOCKETS_FOLDER) is made per start
+# (`tempfile.mkdtemp`: 0700 whatever the umask), `$XDG_RUNTIME_DIR/shopmesh-sockets-XXXXXXXX` or
+# `/tmp/shopmesh-sockets-XXXXXXXX`.
 SOCKETS_PREFIX = "shopmesh-sockets-"
 # /tmp by name, not $TMPDIR (tempfile's default), which may itself be too deep for a socket (macOS', CI's).
 SOCKETS_FALLBACK_BASE = Path("/tmp")
@@ -473,10 +467,6 @@ def _envoy_argv(config: Path) -> tuple[str, ...]:
         *("--concurrency", "1"),
         *("--log-level", "warn"),
     )
-
-
-def sidecar_name(service: str) -> str:
-    return f"{service}{SIDECAR_SUFFIX}"
 
 
 @dataclass
@@ -942,12 +932,12 @@ class Stack:
     def mesh_dir(self) -> Path:
         """Where the mesh's authority (`ca.pem`), the SVIDs (`<service>.pem`, `<service>-key.pem`) and the
         sidecars' Envoy configurations are."""
-        return self.data_dir / MESH
+        return mesh_dir(self.data_dir)
 
     @property
     def sockets_link(self) -> Path:
         """The data directory's link to the services' sockets' folder, `<mesh_dir>/sockets`."""
-        return self.mesh_dir / SOCKETS_FOLDER
+        return sockets_link(self.data_dir)
 
     def served_socket(self) -> tuple[str, Path] | None:
         """The first service whose socket, where the data directory's link points, a server accepts on, and

@@ -40,9 +40,9 @@ from tabulate import tabulate
 from shopmesh_chassis.interrupts import exit_status_on_interrupt
 from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack_or_say_default
 
-from ..stack import MESH, SOCKETS_FOLDER, sidecar_name
 from ..topology import CANARY_SUFFIX, SERVICES, canary_name, is_edge
 from .envoy import MAX_FAULT_DELAY_MS, admin_socket_file
+from .layout import sidecar_name, sockets_link
 
 # The fault filter's runtime keys (Envoy's defaults for the filter, which the sidecars use).
 DELAY_PERCENT = "fault.http.delay.fixed_delay_percent"
@@ -154,8 +154,8 @@ def admin_request(admin: Path, path: str, method: str = "GET") -> str:
 TARGETS = [*SERVICES, *(canary_name(name) for name in SERVICES if not is_edge(name))]
 
 
-# The default data directory's link to the sockets' folder of the stack running on it (stack.Stack.sockets_link).
-LOCAL_SOCKETS = DEFAULT_DATA_DIR / MESH / SOCKETS_FOLDER
+# The default data directory's link to the sockets' folder of the stack running on it.
+LOCAL_SOCKETS = sockets_link(DEFAULT_DATA_DIR)
 
 
 def local_admin_socket(name: str) -> Path:
