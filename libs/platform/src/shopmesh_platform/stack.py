@@ -699,9 +699,8 @@ class Stack:
 
     def _sidecar_child(self, service: str) -> _Child:
         argv = _envoy_argv(self._bootstrap_path(service))
-        name = sidecar_name(service)
-        ready = (self._sockets / admin_socket_file(sidecar_name(service)), "/ready")
-        return _Child(name, argv, dict(os.environ), None, self.ports.address(service), ready)
+        # Ready: 200 from /ready on its admin socket, in the sockets' folder a start makes (_make_sockets_folder).
+        return _Child(sidecar_name(service), argv, dict(os.environ), None, self.ports.address(service))
 
     def _http_api_child(self) -> _Child:
         assert self.ports.http is not None
