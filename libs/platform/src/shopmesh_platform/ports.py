@@ -42,6 +42,16 @@ class Canary:
     service: str
     weight: int = 10
 
+    def __post_init__(self) -> None:
+        """What no local mesh can honour, refused here once for every way a canary is asked for (`--canary`, the
+        launcher, `mesh.split`); ValueError, which argparse turns into a usage error."""
+        if is_edge(self.service):
+            raise ValueError(
+                f"not of {self.service}: its callers are clients outside the mesh, whose calls no sidecar splits"
+            )
+        if not 0 <= self.weight <= 100:
+            raise ValueError(f"the weight is a percentage (0-100), not {self.weight}")
+
 
 @dataclass(frozen=True)
 class ServicePorts:

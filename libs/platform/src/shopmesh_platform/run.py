@@ -231,22 +231,19 @@ class _Once(argparse.Action):
 
 
 def parse_canary(value: str) -> Canary:
-    """SERVICE or SERVICE:WEIGHT, refused here what the stack would refuse (Stack._canary_spec) only after
-    --postgres had started its server and run initdb."""
+    """SERVICE or SERVICE:WEIGHT, refused here what the stack would refuse (Stack._canary_spec; Canary itself
+    refuses the gateway and a weight outside 0-100) only after --postgres had started its server and run initdb."""
     service, colon, weight = (part.strip() for part in value.partition(":"))
     if service not in SERVICES:
         raise argparse.ArgumentTypeError(f"{value!r}: {service!r} is not a service ({', '.join(SERVICES)})")
-    if is_edge(service):
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: not of {service}: its callers are clients outside the mesh, whose calls no sidecar splits"
-        )
     try:
-        canary = Canary(service, int(weight) if colon else Canary.weight)
+        share = int(weight) if colon else Canary.weight
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE or SERVICE:WEIGHT (a percentage)") from None
-    if not 0 <= canary.weight <= 100:
-        raise argparse.ArgumentTypeError(f"{value!r}: the weight is a percentage (0-100), not {canary.weight}")
-    return canary
+    try:
+        return Canary(service, share)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
 
 
 def port_plan(

@@ -658,12 +658,6 @@ class Stack:
             raise StackError("a canary needs the mesh (--mesh envoy): only the callers' sidecars split the calls")
         if spec is None or service is None:
             raise StackError(f"a canary of {canary.service!r}: not a service this stack runs")
-        if is_edge(canary.service):
-            raise StackError(
-                f"a canary of {canary.service}: its callers are clients outside the mesh, whose calls no sidecar splits"
-            )
-        if not 0 <= canary.weight <= 100:
-            raise StackError(f"a canary's weight is a percentage (0-100), not {canary.weight}")
         if service.has_database and "DATABASE_URL" not in env.get(canary.service, {}):
             raise StackError(
                 f"a canary of {canary.service} runs on its database beside it: that takes PostgreSQL (--postgres); "
