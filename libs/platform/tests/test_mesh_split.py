@@ -1,16 +1,28 @@
-"""The command that changes a canary's share while the stack runs: its arguments, and what it says when there is
-no canary to split to (the split itself, on real sidecars: tests/mesh/test_local_canary.py)."""
+"""The command that changes a canary's share while the stack runs: its arguments, what it says when there is
+no canary to split to, and that every caller gets the split or none does, against stand-ins of the sidecars'
+admin interfaces (the split itself, on real sidecars: tests/mesh/test_local_canary.py)."""
 
 from __future__ import annotations
 
+import http.server
 import io
+import json
 import os
+import socketserver
+import threading
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
+from shopmesh_platform.mesh.envoy import admin_socket_file, split_runtime_keys
+from shopmesh_platform.mesh.layout import sockets_link
 from shopmesh_platform.mesh.split import main
+
+STABLE, CANARY = split_runtime_keys("catalog")
 
 
 @pytest.mark.parametrize(
@@ -42,3 +54,131 @@ def test_without_a_canary_running_it_says_how_to_start_one(tmp_path: Path, monke
         f'error: no catalog-canary runs in {stack.said()}: start the stack with one, make run MESH=envoy RUN_ARGS="'
         '--postgres --canary catalog"'
     )
+
+
+class FakeAdmin(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """An Envoy admin interface's runtime on a Unix socket, as much as mesh.split uses: GET /runtime?format=json,
+    POST /runtime_modify (an empty value removes its key); `refuse`: 503 to every change."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path, runtime: dict[str, str] | None = None, *, refuse: bool = False) -> None:
+        self.runtime = dict(runtime or {})
+        self.refuse = refuse
+        super().__init__(str(path), _AdminHandler)
+
+
+class _AdminHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeAdmin
+
+    def do_GET(self) -> None:
+        entries = {key: {"final_value": value} for key, value in self.server.runtime.items()}
+        self._answer(200, json.dumps({"entries": entries}))
+
+    def do_POST(self) -> None:
+        if self.server.refuse:
+            self._answer(503, "refused")
+            return
+        for key, [value] in urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query, True).items():
+            if value:
+                self.server.runtime[key] = value
+            else:
+                self.server.runtime.pop(key, None)
+        self._answer(200, "OK")
+
+    def _answer(self, status: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def admins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeAdmin]]:
+    """Stand-ins of sidecars' admin sockets where `make run MESH=envoy` has them (.data/mesh/sockets, relative:
+    short), started by `start`; stopped after."""
+    monkeypatch.chdir(tmp_path)
+    sockets_link(Path(".data")).mkdir(parents=True)
+    started: dict[str, FakeAdmin] = {}
+    yield started
+    for server in started.values():
+        server.shutdown()
+        server.server_close()
+
+
+def start(admins: dict[str, FakeAdmin], name: str, runtime: dict[str, str] | None = None, **kw: bool) -> FakeAdmin:
+    server = FakeAdmin(sockets_link(Path(".data")) / admin_socket_file(name), runtime, **kw)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    admins[name] = server
+    return server
+
+
+def listing(names: list[str]) -> None:
+    """.data/stack.json of a running stack (this process) whose sidecars are `names`."""
+    sockets = sockets_link(Path(".data"))
+    admin = {name: str(sockets / admin_socket_file(name)) for name in names}
+    write_stack_file(
+        LocalStack(path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1", sidecar_admin=admin)
+    )
+
+
+def test_a_caller_the_stack_lists_whose_sidecar_does_not_answer_fails_the_split_and_changes_no_caller(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    """It was passed over: the callers that answered sent the canary the new share, that one the old, and the
+    command said it had split the calls."""
+    start(admins, "catalog-canary")
+    gateway, orders = start(admins, "gateway"), start(admins, "orders")
+    listing(["gateway", "orders", "recommendations", "catalog", "catalog-canary"])
+    err = io.StringIO()
+    assert main(["catalog", "30"], io.StringIO(), err) == 1
+    assert err.getvalue().splitlines()[-1].startswith("error: recommendations's sidecar does not answer at "), (
+        err.getvalue()
+    )
+    assert gateway.runtime == orders.runtime == {}
+
+
+def test_a_caller_that_refuses_part_way_has_those_already_changed_put_back_as_they_were(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    start(admins, "catalog-canary")
+    earlier = {STABLE: "70", CANARY: "30"}
+    gateway = start(admins, "gateway", earlier)
+    orders = start(admins, "orders")
+    start(admins, "recommendations", refuse=True)
+    listing(["gateway", "orders", "recommendations", "catalog", "catalog-canary"])
+    err = io.StringIO()
+    assert main(["catalog", "100"], io.StringIO(), err) == 1
+    assert "put back as it was: gateway, orders" in err.getvalue(), err.getvalue()
+    assert gateway.runtime == earlier
+    assert orders.runtime == {}, "the key it had not is gone again: the weight it started with"
+
+
+def test_without_a_running_stacks_file_a_canary_whose_sidecar_does_not_answer_is_no_success(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    """Its socket's path was taken for a running canary: the callers' sidecars were sent to split to nothing,
+    and the command said it had."""
+    gateway = start(admins, "gateway")
+    err = io.StringIO()
+    assert main(["catalog", "30"], io.StringIO(), err) == 1
+    assert err.getvalue().splitlines()[-1].startswith("error: catalog-canary's sidecar does not answer at "), (
+        err.getvalue()
+    )
+    assert gateway.runtime == {}
+
+
+def test_without_a_running_stacks_file_every_caller_that_answers_gets_the_split(admins: dict[str, FakeAdmin]) -> None:
+    start(admins, "catalog-canary")
+    gateway, orders = start(admins, "gateway"), start(admins, "orders")
+    out = io.StringIO()
+    assert main(["catalog", "30"], out, io.StringIO()) == 0
+    assert gateway.runtime == orders.runtime == {STABLE: "70", CANARY: "30"}
+    assert out.getvalue().splitlines() == [
+        "gateway: 30 % of its calls to catalog to catalog-canary",
+        "orders: 30 % of its calls to catalog to catalog-canary",
+    ]

@@ -104,13 +104,22 @@ class Fault:
 
 def set_fault(admin: Path, fault: Fault) -> None:
     """Set (or, with Fault(delay_ms=0, abort=None), clear) a sidecar's fault; `admin`: its admin socket."""
-    query = urllib.parse.urlencode(fault.runtime())
-    admin_request(admin, f"/runtime_modify?{query}", method="POST")
+    modify_runtime(admin, fault.runtime())
 
 
 def current_fault(admin: Path) -> Fault:
+    return Fault.from_runtime(runtime_values(admin, KEYS))
+
+
+def modify_runtime(admin: Path, values: Mapping[str, str]) -> None:
+    """Set runtime keys of the sidecar whose admin socket is `admin`; an empty value removes its key."""
+    admin_request(admin, f"/runtime_modify?{urllib.parse.urlencode(values)}", method="POST")
+
+
+def runtime_values(admin: Path, keys: Sequence[str]) -> dict[str, str]:
+    """The values the sidecar whose admin socket is `admin` has of `keys` (a key it has not: left out)."""
     entries = json.loads(admin_request(admin, "/runtime?format=json"))["entries"]
-    return Fault.from_runtime({key: entries[key]["final_value"] for key in KEYS if key in entries})
+    return {key: entries[key]["final_value"] for key in keys if key in entries}
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -7,23 +7,25 @@
 Each caller's sidecar splits its calls to the service by two runtime keys (envoy.split_runtime_keys), which this
 sets through the sidecar's admin interface as `mesh.faults` sets faults: on the next call, nothing restarts,
 and a restarted stack starts at `--canary`'s weight again. The sidecars are the running local stack's, found as
-`mesh.faults` finds them.
+`mesh.faults` finds them. Every caller gets the split or none does: a caller the stack lists whose sidecar does
+not answer fails it before any change, and one that refuses it part-way has the callers already changed put back
+as they were (callers on different splits would send the service two shares at once).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 from shopmesh_chassis.interrupts import exit_status_on_interrupt
 
+from ..ports import Canary
 from ..topology import SERVICES, canary_name, is_edge, service_callers
 from .envoy import split_runtime_keys
-from .faults import FaultError, SidecarAdmins, admin_request, running
+from .faults import FaultError, NoSidecar, SidecarAdmins, modify_runtime, running, runtime_values
 
 
 def set_split(admin: Path, service: str, weight: int | None) -> None:
@@ -32,17 +34,55 @@ def set_split(admin: Path, service: str, weight: int | None) -> None:
     stable, canary = split_runtime_keys(service)
     # An empty value removes the key: the route's own weights.
     values = {stable: "", canary: ""} if weight is None else {stable: str(100 - weight), canary: str(weight)}
-    admin_request(admin, f"/runtime_modify?{urllib.parse.urlencode(values)}", method="POST")
+    modify_runtime(admin, values)
 
 
 def share(value: str) -> int:
     try:
-        number = int(value)
+        return int(value)
     except ValueError:
-        number = -1
-    if not 0 <= number <= 100:
-        raise argparse.ArgumentTypeError(f"{value!r}: want a whole percentage from 0 to 100")
-    return number
+        raise argparse.ArgumentTypeError(f"{value!r}: want a whole percentage from 0 to 100") from None
+
+
+def callers_to_split(admins: SidecarAdmins, service: str) -> list[tuple[str, Path]]:
+    """The sidecars of `service`'s callers that split its calls. The running stack's: every caller it lists,
+    each of which must answer (NoSidecar). Else those of `make run MESH=envoy` that answer: which callers it
+    runs no file says (a --services subset)."""
+    callers = [(caller, admin) for caller in service_callers(service) if (admin := admins.url(caller)) is not None]
+    if admins.stack is None:
+        callers = [(caller, admin) for caller, admin in callers if running(admin)]
+    else:
+        for caller, admin in callers:
+            if not running(admin):
+                raise NoSidecar(f"{caller}'s sidecar does not answer at {admin}: no caller's split was changed")
+    if not callers:
+        raise FaultError(f"no caller of {service} runs: nothing splits its calls")
+    return callers
+
+
+def split_all(callers: Sequence[tuple[str, Path]], service: str, weight: int | None, out: TextIO) -> None:
+    """Every caller's split set, or (FaultError) none: those changed before a refusal are put back as they were."""
+    keys = split_runtime_keys(service)
+    changed: list[tuple[str, Path, dict[str, str]]] = []
+    said = "the weight it started with" if weight is None else f"{weight} %"
+    try:
+        for caller, admin in callers:
+            # As it was: a key it had not is removed again (empty).
+            before = {**dict.fromkeys(keys, ""), **runtime_values(admin, keys)}
+            set_split(admin, service, weight)
+            changed.append((caller, admin, before))
+            print(f"{caller}: {said} of its calls to {service} to {canary_name(service)}", file=out)
+    except FaultError as exc:
+        undone, left = [], []
+        for caller, admin, before in changed:
+            try:
+                modify_runtime(admin, before)
+                undone.append(caller)
+            except FaultError:
+                left.append(caller)
+        what = f"; put back as it was: {', '.join(undone)}" if undone else ""
+        what += f"; LEFT CHANGED (could not put back): {', '.join(left)}" if left else ""
+        raise FaultError(f"{exc}{what}") from None
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -53,20 +93,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     args = parser.parse_args(argv)
     if (args.weight is None) != args.reset:
         parser.error("give the canary's share (0-100), or --reset")
+    if args.weight is not None:
+        try:
+            Canary(args.service, args.weight)
+        except ValueError as exc:
+            parser.error(f"argument weight: {exc}")
     try:
         admins = SidecarAdmins(err)
-        admins.required(canary_name(args.service))  # says how to start one when none runs
-        callers = [
-            (caller, admin)
-            for caller in service_callers(args.service)
-            if (admin := admins.url(caller)) is not None and running(admin)
-        ]
-        if not callers:
-            raise FaultError(f"no caller of {args.service} runs: nothing splits its calls")
-        for caller, admin in callers:
-            set_split(admin, args.service, args.weight)
-            said = "the weight it started with" if args.weight is None else f"{args.weight} %"
-            print(f"{caller}: {said} of its calls to {args.service} to {canary_name(args.service)}", file=out)
+        canary = canary_name(args.service)
+        canary_admin = admins.required(canary)  # says how to start one when none runs
+        if not running(canary_admin):
+            raise NoSidecar(f"{canary}'s sidecar does not answer at {canary_admin}: nothing to split to")
+        split_all(callers_to_split(admins, args.service), args.service, args.weight, out)
         return 0
     except FaultError as exc:
         print(f"error: {exc}", file=err)
