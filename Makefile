@@ -151,6 +151,11 @@ FAULT_ARGS ?= --show
 fault: setup ## Faults at the sidecars of `make run MESH=envoy` (FAULT_ARGS="recommendations --delay 3s", "catalog --clear"; default --show)
 	$(VENV_BIN)/python -m shopmesh_platform.mesh.faults $(FAULT_ARGS)
 
+.PHONY: split
+SPLIT_ARGS ?=
+split: setup ## A canary's share of its callers' calls while `make run MESH=envoy RUN_ARGS="--postgres --canary catalog"` runs (SPLIT_ARGS="catalog 30", "catalog --reset")
+	$(VENV_BIN)/python -m shopmesh_platform.mesh.split $(SPLIT_ARGS)
+
 .PHONY: shoppers
 SHOPPERS_ARGS ?=
 shoppers: setup ## Simulated shoppers against the local gateway for a minute (SHOPPERS_ARGS="--shoppers 20 --duration 300 --target HOST:PORT", "--http" or "--http URL")

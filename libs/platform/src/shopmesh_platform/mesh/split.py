@@ -4,6 +4,8 @@
     python -m shopmesh_platform.mesh.split catalog 0          nothing to the canary (an abort), 100: everything
     python -m shopmesh_platform.mesh.split catalog --reset    back to the weight `--canary` started it with
 
+(`make split SPLIT_ARGS="catalog 30"`.)
+
 Each caller's sidecar splits its calls to the service by two runtime keys (envoy.split_runtime_keys), which this
 sets through the sidecar's admin interface as `mesh.faults` sets faults: on the next call, nothing restarts,
 and a restarted stack starts at `--canary`'s weight again. The sidecars are the running local stack's, found as
