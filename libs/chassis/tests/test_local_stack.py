@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from shopmesh_chassis.local_stack import (
+    USING_MAKE_RUNS,
     LocalStack,
     local_address,
     process_start,
@@ -131,7 +132,7 @@ def test_a_default_taken_past_an_ignored_file_does_not_say_there_is_no_file(
     found = local_address(err, "the edge", lambda s: s.http_url, "http://default", runs_no="edge", without="make run's")
     assert (found.address, found.file_ignored) == ("http://default", True)
     assert err.getvalue().splitlines() == [
-        f"ignoring .data/stack.json: its launcher (pid {pid}) is gone; using the local ports",
+        f"ignoring .data/stack.json: its launcher (pid {pid}) is gone; {USING_MAKE_RUNS}",
         "the edge at http://default: make run's, as no local stack runs: .data/stack.json here names no launcher of "
         "this directory that still runs (ignored: see above)",
     ]
@@ -149,7 +150,7 @@ def test_a_file_whose_launcher_is_gone_is_ignored_in_one_line(tmp_path: Path) ->
     err = io.StringIO()
     assert running_stack(tmp_path, err) is None
     path = tmp_path / "stack.json"
-    assert err.getvalue() == f"ignoring {path}: its launcher (pid {pid}) is gone; using the local ports\n"
+    assert err.getvalue() == f"ignoring {path}: its launcher (pid {pid}) is gone; {USING_MAKE_RUNS}\n"
 
 
 async def test_a_launcher_that_exited_unreaped_is_gone_too(tmp_path: Path) -> None:
@@ -203,7 +204,7 @@ def test_a_copy_of_a_running_launchers_file_in_another_directory_is_not_that_dir
     err = io.StringIO()
     assert running_stack(copy, err) is None
     assert err.getvalue() == (
-        f"ignoring {copy / 'stack.json'}: it was written for {original}, not this directory; using the local ports\n"
+        f"ignoring {copy / 'stack.json'}: it was written for {original}, not this directory; {USING_MAKE_RUNS}\n"
     )
 
 

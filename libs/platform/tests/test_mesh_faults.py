@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
+from shopmesh_chassis.local_stack import USING_MAKE_RUNS, LocalStack, stack_file, write_stack_file
 from shopmesh_platform.mesh import faults
 from shopmesh_platform.mesh.faults import (
     ABORT_PERCENT,
@@ -196,7 +196,7 @@ def test_without_a_running_stack_the_default_sidecars_are_said_to_be_make_runs_a
         killed = subprocess.Popen([sys.executable, "-c", "pass"])
         killed.wait()  # exited and reaped: its pid names no launcher
         write_stack_file(LocalStack(path=stack_file(Path(".data")), pid=killed.pid, nats_url="nats://127.0.0.1:1"))
-        ignored = [f"ignoring .data/stack.json: its launcher (pid {killed.pid}) is gone; using the local ports"]
+        ignored = [f"ignoring .data/stack.json: its launcher (pid {killed.pid}) is gone; {USING_MAKE_RUNS}"]
     why = {
         "none": "no launcher's .data/stack.json is here",
         "of a killed launcher": ".data/stack.json here names no launcher of this directory that still runs (ignored: "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from shopmesh_chassis.local_stack import USING_MAKE_RUNS
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform import run
 
@@ -63,7 +64,7 @@ async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) 
     assert json.loads((tmp_path / ".data" / "stack.json").read_text())["pid"] == process.pid
     code, out, err = await run_tool(tmp_path, "-m", "shopmesh_platform.traces")
     assert (code, out) == (0, "no traces yet (`make run` records them; call a service first)\n")
-    assert err == f"ignoring .data/stack.json: its launcher (pid {process.pid}) is gone; using the local ports\n"
+    assert err == f"ignoring .data/stack.json: its launcher (pid {process.pid}) is gone; {USING_MAKE_RUNS}\n"
     # It is the stack's own: --reset takes it with the rest.
     run.reset_data_dir(tmp_path / ".data")
     assert list((tmp_path / ".data").iterdir()) == []

@@ -126,6 +126,11 @@ class _Read:
     ignored: bool = False
 
 
+# What a tool takes instead of an ignored file's: `make run`'s fixed ports, and its sidecars' sockets under the
+# default data directory (`make fault`, `mesh.split`).
+USING_MAKE_RUNS = "using make run's own ports and sockets"
+
+
 def _read(data_dir: Path, err: TextIO | None) -> _Read:
     path = stack_file(data_dir)
     try:
@@ -148,12 +153,12 @@ def _read(data_dir: Path, err: TextIO | None) -> _Read:
         _say(err, f"ignoring {path}: not a stack file the launcher wrote ({type(exc).__name__}: {exc})")
         return _Read(None, ignored=True)
     if not _same_process(stack.pid, started):
-        _say(err, f"ignoring {path}: its launcher (pid {stack.pid}) is gone; using the local ports")
+        _say(err, f"ignoring {path}: its launcher (pid {stack.pid}) is gone; {USING_MAKE_RUNS}")
         return _Read(None, ignored=True)
     if written_in is not None and not _same_directory(str(written_in), data_dir):
         # A copy (a checkout copied with its .data while a stack ran): its live pid is another directory's
         # stack, and a tool run here would act on that one.
-        _say(err, f"ignoring {path}: it was written for {written_in}, not this directory; using the local ports")
+        _say(err, f"ignoring {path}: it was written for {written_in}, not this directory; {USING_MAKE_RUNS}")
         return _Read(None, ignored=True)
     return _Read(stack)
 
