@@ -346,10 +346,10 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             # Its own bound on connections is small: one left idle is let go as the public listener's are.
             idle_timeout=IDLE_TIMEOUT,
         )
-        # Outside the cap on connections: a client that reopens the public port's connections as fast as they
-        # are shed takes the freed ones, so the kubelet's liveness probe, competing with it there, failed
-        # and restarted a healthy edge (every client dropped) exactly under the flood. Its own bound instead.
-        metrics["ignore_global_conn_limit"] = True
+        # prometheus_listener's is outside the cap on connections: a client that reopens the public port's
+        # connections as fast as they are shed takes the freed ones, so the kubelet's liveness probe, competing
+        # with it there, failed and restarted a healthy edge (every client dropped) exactly under the flood.
+        # Its own bound instead.
         runtime.append(
             {
                 "name": "metrics-listener",
