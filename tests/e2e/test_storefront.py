@@ -351,7 +351,8 @@ async def test_the_country_is_picked_from_the_codes_orders_accepts_named_in_the_
     stack: Stack, browser: Browser, tab: Tab, http: httpx.AsyncClient
 ) -> None:
     """Typed as text, the country was refused unless the shopper knew its ISO code ("UK" is not one: "GB" is).
-    The picker offers exactly the codes orders accepts, each under its name in the browser's language."""
+    The picker offers exactly the codes orders accepts, each under its name in the browser's language, and the
+    order's page names the country it ships to the same way (it showed "…, GB")."""
     page = tab.page
     await tab.register("Ada")
     await tab.add_to_cart("prod_chef_knife")
@@ -366,6 +367,7 @@ async def test_the_country_is_picked_from_the_codes_orders_accepts_named_in_the_
     assert await page.evaluate(IN_COLLATION_ORDER, [name for _, name in offered])
     await tab.check_out(**{"Country": "United Kingdom"})
     await tab.placed()
+    await expect(page.get_by_text("Ships to")).to_have_text(re.compile(r", United Kingdom$"))
     [placed] = await orders_of(http, await tab.token())
     assert placed["shippingAddress"]["country"] == "GB"
 
@@ -377,6 +379,9 @@ async def test_the_country_is_picked_from_the_codes_orders_accepts_named_in_the_
         await expect(country.locator("option[value=GB]")).to_have_text("Vereinigtes Königreich")
         [_, *offered] = await country.evaluate(OPTIONS)
         assert await german.page.evaluate(IN_COLLATION_ORDER, [name for _, name in offered])
+        await german.check_out(**{"Country": "Vereinigtes Königreich"})
+        await german.placed()
+        await expect(german.page.get_by_text("Ships to")).to_have_text(re.compile(r", Vereinigtes Königreich$"))
 
 
 async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(

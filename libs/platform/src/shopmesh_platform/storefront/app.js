@@ -879,12 +879,17 @@ function cartView() {
   ];
 }
 
+// A country as the page names it wherever it shows one (the checkout's picker, an order's address): in the
+// browser's language, or by its code where the browser has no name for it. The order page showed the code
+// ("…, GB") beside a picker that had offered the name.
+const COUNTRY_NAMES = new Intl.DisplayNames(undefined, { type: "region", fallback: "code" });
+const countryName = (code) => COUNTRY_NAMES.of(code);
+
 // The countries orders ships to (countries.js: its own list of ISO 3166-1 codes), as [code, name] in the order
-// of their names: each named in the browser's language, or by its code where the browser has no name for it.
-// Typed as text, the country was refused unless the shopper knew its code ("UK" is not the United Kingdom's).
+// of their names. Typed as text, the country was refused unless the shopper knew its code ("UK" is not the
+// United Kingdom's).
 function countryOptions() {
-  const names = new Intl.DisplayNames(undefined, { type: "region", fallback: "code" });
-  return COUNTRIES.map((code) => [code, names.of(code)]).sort(([, one], [, other]) => one.localeCompare(other));
+  return COUNTRIES.map((code) => [code, countryName(code)]).sort(([, one], [, other]) => one.localeCompare(other));
 }
 
 function checkoutForm(currency, session, showPrices) {
@@ -1185,7 +1190,13 @@ async function orderView(orderId) {
         "p",
         {},
         "Ships to ",
-        [address.fullName, address.street, address.city, address.postalCode, address.country]
+        [
+          address.fullName,
+          address.street,
+          address.city,
+          address.postalCode,
+          address.country && countryName(address.country),
+        ]
           .filter(Boolean)
           .flatMap((part, index) => [index ? ", " : "", isolated(part)]),
       ),
