@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
@@ -569,8 +570,22 @@ class CatalogAway(FakeCatalog):
         return await super().price(product_ids, fresh=fresh)
 
 
+CANNOT_CONFIRM = "catalog cannot confirm the prices: PlaceOrder is refused on the remembered ones"
+
+
+def cannot_confirm_logged(caplog: pytest.LogCaptureFixture) -> int:
+    """How many times orders said it refused on remembered prices, catalog being away (at INFO: no fault)."""
+    return sum(
+        (r.name, r.levelno, r.getMessage()) == ("shopmesh.orders", logging.INFO, CANNOT_CONFIRM) for r in caplog.records
+    )
+
+
 async def test_a_total_that_differs_while_catalog_is_away_is_refused_on_the_remembered_prices_not_unavailable(
-    settings: OrdersSettings, database: Database, inventory: FakeInventory, payments: FakePayments
+    settings: OrdersSettings,
+    database: Database,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Checkouts go on while catalog restarts, on the prices orders remembers. A total that differs from them
     cannot be confirmed with catalog then: PRICE_CHANGED naming the remembered total (nothing is stored yet),
@@ -579,8 +594,9 @@ async def test_a_total_that_differs_while_catalog_is_away_is_refused_on_the_reme
     async with orders_remembering_prices(settings, database, catalog, inventory, payments) as stub:
         await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-warm"))  # 12.50 remembered
         catalog.away = True
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
+        with caplog.at_level(logging.INFO, logger="shopmesh.orders"), pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.PlaceOrder(expecting(1300), metadata=idempotency_metadata("k-away"))
+        assert cannot_confirm_logged(caplog) == 1
         details = details_of(caught.value)
         assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PRICE_CHANGED")
         assert details.error_info is not None
@@ -592,7 +608,11 @@ async def test_a_total_that_differs_while_catalog_is_away_is_refused_on_the_reme
 
 
 async def test_a_price_catalog_has_corrected_is_not_refused_for_the_invalid_one_orders_remembers(
-    settings: OrdersSettings, database: Database, inventory: FakeInventory, payments: FakePayments
+    settings: OrdersSettings,
+    database: Database,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A product catalog priced at 0 is refused PRODUCT_PRICE_INVALID; the price remembered (CachedCatalog, 30 s
     by default, up to an hour) kept refusing it after catalog corrected it. A remembered price that is no
@@ -604,8 +624,9 @@ async def test_a_price_catalog_has_corrected_is_not_refused_for_the_invalid_one_
         assert details_of(caught.value).reason == "PRODUCT_PRICE_INVALID"
 
         catalog.away = True
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
+        with caplog.at_level(logging.INFO, logger="shopmesh.orders"), pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.PlaceOrder(request(), metadata=idempotency_metadata("k-zero-away"))
+        assert cannot_confirm_logged(caplog) == 1
         details = details_of(caught.value)
         assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PRODUCT_PRICE_INVALID")
 

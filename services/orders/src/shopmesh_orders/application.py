@@ -291,10 +291,9 @@ class OrdersApplication:
             # customer may have seen catalog's newer ones: only catalog's own answer can refuse the order.
             # With catalog away (a restart), the remembered prices refuse it: nothing is stored yet, and the
             # total they name is one the order can then be placed at, as checkouts go on while catalog restarts.
-            try:
-                lines = await self._price(command, fresh=True)
-            except errors.Unavailable:
-                log.info("catalog cannot confirm the prices: PlaceOrder is refused on the remembered ones")
+            confirmed = await self._confirmed_prices(command)
+            if confirmed is not None:
+                lines = confirmed
             check_expected_total(lines, command.expected_total)
         now = self._clock()
         order = Order(
@@ -343,6 +342,15 @@ class OrdersApplication:
             raise key_reused({"order_id": order.id})
         return order
 
+    async def _confirmed_prices(self, command: PlaceOrder) -> tuple[OrderLine, ...] | None:
+        """Catalog's own prices for the command, asked when the remembered ones would refuse it; None while
+        catalog is away, and the remembered ones then decide (nothing is stored yet)."""
+        try:
+            return await self._price(command, fresh=True)
+        except errors.Unavailable:
+            log.info("catalog cannot confirm the prices: PlaceOrder is refused on the remembered ones")
+            return None
+
     async def _price(self, command: PlaceOrder, *, fresh: bool = False) -> tuple[OrderLine, ...]:
         priced = await self._catalog.price([item.product_id for item in command.items], fresh=fresh)
         # Before the currencies are compared: a currency that is no code at all is catalog's fault, not a
@@ -356,10 +364,9 @@ class OrdersApplication:
             # Remembered prices (CachedCatalog, up to its TTL): one catalog has corrected since would refuse the
             # product until it is forgotten. Only catalog's own answer refuses it, or the remembered one while
             # catalog is away (nothing is stored yet), as for PRICE_CHANGED in place_order.
-            try:
-                return await self._price(command, fresh=True)
-            except errors.Unavailable:
-                log.info("catalog cannot confirm the prices: PlaceOrder is refused on the remembered ones")
+            confirmed = await self._confirmed_prices(command)
+            if confirmed is not None:
+                return confirmed
         if unsellable:
             # Our data, not the customer's request: a warning naming each product and its price, for whoever
             # corrects the catalog. The answer, FAILED_PRECONDITION, is no server error to any alert.
