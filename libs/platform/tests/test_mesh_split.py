@@ -19,7 +19,7 @@ import pytest
 
 from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_platform.mesh.envoy import admin_socket_file, split_runtime_keys
-from shopmesh_platform.mesh.layout import sockets_link
+from shopmesh_platform.mesh.layout import sidecar_name, sockets_link
 from shopmesh_platform.mesh.split import main
 
 STABLE, CANARY = split_runtime_keys("catalog")
@@ -111,7 +111,7 @@ def admins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
 
 
 def start(admins: dict[str, FakeAdmin], name: str, runtime: dict[str, str] | None = None, **kw: bool) -> FakeAdmin:
-    server = FakeAdmin(sockets_link(Path(".data")) / admin_socket_file(name), runtime, **kw)
+    server = FakeAdmin(sockets_link(Path(".data")) / admin_socket_file(sidecar_name(name)), runtime, **kw)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     admins[name] = server
     return server
@@ -120,7 +120,7 @@ def start(admins: dict[str, FakeAdmin], name: str, runtime: dict[str, str] | Non
 def listing(names: list[str]) -> None:
     """.data/stack.json of a running stack (this process) whose sidecars are `names`."""
     sockets = sockets_link(Path(".data"))
-    admin = {name: str(sockets / admin_socket_file(name)) for name in names}
+    admin = {name: str(sockets / admin_socket_file(sidecar_name(name))) for name in names}
     write_stack_file(
         LocalStack(path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1", sidecar_admin=admin)
     )
