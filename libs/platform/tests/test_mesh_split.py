@@ -58,13 +58,17 @@ def test_without_a_canary_running_it_says_how_to_start_one(tmp_path: Path, monke
 
 class FakeAdmin(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """An Envoy admin interface's runtime on a Unix socket, as much as mesh.split uses: GET /runtime?format=json,
-    POST /runtime_modify (an empty value removes its key); `refuse`: 503 to every change."""
+    POST /runtime_modify (an empty value removes its key); `refuse`: 503 to every change; `lose_reply`: the
+    first change is made, and the connection closed without an answer."""
 
     daemon_threads = True
 
-    def __init__(self, path: Path, runtime: dict[str, str] | None = None, *, refuse: bool = False) -> None:
+    def __init__(
+        self, path: Path, runtime: dict[str, str] | None = None, *, refuse: bool = False, lose_reply: bool = False
+    ) -> None:
         self.runtime = dict(runtime or {})
         self.refuse = refuse
+        self.lose_reply = lose_reply
         super().__init__(str(path), _AdminHandler)
 
 
@@ -84,6 +88,10 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
                 self.server.runtime[key] = value
             else:
                 self.server.runtime.pop(key, None)
+        if self.server.lose_reply:
+            self.server.lose_reply = False
+            self.close_connection = True
+            return
         self._answer(200, "OK")
 
     def _answer(self, status: int, body: str) -> None:
@@ -182,3 +190,47 @@ def test_without_a_running_stacks_file_every_caller_that_answers_gets_the_split(
         "gateway: 30 % of its calls to catalog to catalog-canary",
         "orders: 30 % of its calls to catalog to catalog-canary",
     ]
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["without-a-stacks-file", "the-running-stacks"])
+def test_all_calls_are_moved_off_a_canary_whose_sidecar_does_not_answer(
+    admins: dict[str, FakeAdmin], listed: bool
+) -> None:
+    """Share 0, the abort an operator reaches for when the canary is down, was refused: its sidecar had to
+    answer whatever the share, as if 0 % were sent there."""
+    gateway, orders, recommendations = (start(admins, name) for name in ("gateway", "orders", "recommendations"))
+    if listed:
+        listing(["gateway", "orders", "recommendations", "catalog", "catalog-canary"])
+    err = io.StringIO()
+    assert main(["catalog", "0"], io.StringIO(), err) == 0, err.getvalue()
+    assert gateway.runtime == orders.runtime == recommendations.runtime == {STABLE: "100", CANARY: "0"}
+
+
+def test_a_canary_the_running_stack_lists_whose_sidecar_does_not_answer_is_sent_no_share(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    gateway = start(admins, "gateway")
+    start(admins, "orders"), start(admins, "recommendations")
+    listing(["gateway", "orders", "recommendations", "catalog", "catalog-canary"])
+    err = io.StringIO()
+    assert main(["catalog", "30"], io.StringIO(), err) == 1
+    assert err.getvalue().splitlines()[-1].startswith("error: catalog-canary's sidecar does not answer at "), (
+        err.getvalue()
+    )
+    assert gateway.runtime == {}
+
+
+def test_a_caller_that_made_the_change_but_whose_answer_was_lost_is_put_back_too(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    """It was neither put back nor named: only a caller that had answered counted as changed, so it sent the
+    canary the new share while the others were back on the old one."""
+    start(admins, "catalog-canary")
+    gateway = start(admins, "gateway")
+    orders = start(admins, "orders", lose_reply=True)
+    start(admins, "recommendations")
+    listing(["gateway", "orders", "recommendations", "catalog", "catalog-canary"])
+    err = io.StringIO()
+    assert main(["catalog", "30"], io.StringIO(), err) == 1
+    assert "put back as it was: gateway, orders" in err.getvalue(), err.getvalue()
+    assert gateway.runtime == orders.runtime == {}

@@ -8,10 +8,12 @@
 
 Each caller's sidecar splits its calls to the service by two runtime keys (envoy.split_runtime_keys), which this
 sets through the sidecar's admin interface as `mesh.faults` sets faults: on the next call, nothing restarts,
-and a restarted stack starts at `--canary`'s weight again. The sidecars are the running local stack's, found as
+and a restarted stack starts at `--canary`'s weight again (the launcher restarts no sidecar alone: one that exits
+stops the whole stack). The sidecars are the running local stack's, found as
 `mesh.faults` finds them. Every caller gets the split or none does: a caller the stack lists whose sidecar does
-not answer fails it before any change, and one that refuses it part-way has the callers already changed put back
-as they were (callers on different splits would send the service two shares at once).
+not answer fails it before any change, and one that refuses it part-way (or whose answer is lost) has the callers
+already changed put back as they were (callers on different splits would send the service two shares at once).
+The canary's sidecar must answer for any share but 0: 0 moves every call off a canary that is down.
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ def split_all(callers: Sequence[tuple[str, Path]], service: str, weight: int | N
         for caller, admin in callers:
             # As it was: a key it had not is removed again (empty).
             before = {**dict.fromkeys(keys, ""), **runtime_values(admin, keys)}
-            set_split(admin, service, weight)
+            # Before the change is asked for: one made whose answer was lost is put back too (writing `before`
+            # back to a caller the change never reached changes nothing).
             changed.append((caller, admin, before))
+            set_split(admin, service, weight)
             print(f"{caller}: {said} of its calls to {service} to {canary_name(service)}", file=out)
     except FaultError as exc:
         undone, left = [], []
@@ -83,7 +87,7 @@ def split_all(callers: Sequence[tuple[str, Path]], service: str, weight: int | N
             except FaultError:
                 left.append(caller)
         what = f"; put back as it was: {', '.join(undone)}" if undone else ""
-        what += f"; LEFT CHANGED (could not put back): {', '.join(left)}" if left else ""
+        what += f"; NOT PUT BACK (each may have the new share or the old one): {', '.join(left)}" if left else ""
         raise FaultError(f"{exc}{what}") from None
 
 
@@ -104,7 +108,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         admins = SidecarAdmins(err)
         canary = canary_name(args.service)
         canary_admin = admins.required(canary)  # says how to start one when none runs
-        if not running(canary_admin):
+        # Share 0 sends it nothing: the abort, which a canary that is down is the very case of.
+        if args.weight != 0 and not running(canary_admin):
             raise NoSidecar(f"{canary}'s sidecar does not answer at {canary_admin}: nothing to split to")
         split_all(callers_to_split(admins, args.service), args.service, args.weight, out)
         return 0
