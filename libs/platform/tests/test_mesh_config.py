@@ -92,7 +92,8 @@ def test_every_sidecar_admits_exactly_the_services_that_call_it_in_the_call_grap
         # Fault injection is there on every sidecar, and off until `mesh.faults` switches it on.
         [faults] = [f["typed_config"] for f in _http_filters(inbound) if f["name"] == "envoy.filters.http.fault"]
         assert faults["delay"]["percentage"]["numerator"] == faults["abort"]["percentage"]["numerator"] == 0
-        assert config["layered_runtime"]["layers"] == [{"name": "faults", "admin_layer": {}}]
+        # The admin layer last: what `mesh.faults` sets wins over every static layer.
+        assert config["layered_runtime"]["layers"][-1] == {"name": "faults", "admin_layer": {}}
         if is_edge(service):
             # The edge: plaintext from any client, as behind an ingress gateway.
             assert "transport_socket" not in inbound["filter_chains"][0]
@@ -503,19 +504,31 @@ def test_outside_clients_cannot_hold_a_stream_of_the_published_listener_for_ever
     assert int(timeout.removesuffix("s")) * 1000 > MAX_FAULT_DELAY_MS
 
 
-def test_a_scrapers_connections_to_a_sidecar_neither_count_against_its_cap_nor_stay_idle_for_an_hour(
-    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+def test_a_scrapers_connections_neither_count_against_an_envoys_cap_nor_go_unbounded_nor_stay_idle_for_an_hour(
+    tmp_path: Path, configurations: tuple[Stack, dict[str, dict[str, Any]]]
 ) -> None:
     """The sidecars' Prometheus listeners had the edge's metrics listener's exemptions neither: a scraper's
-    connections took places under max_active_downstream_connections, and an idle one stayed Envoy's hour."""
+    connections took places under max_active_downstream_connections, and an idle one stayed Envoy's hour. Then,
+    outside the cap, they had no bound at all (the edge alone had one of its own): any local user could open as
+    many connections to a sidecar's loopback metrics port as they liked."""
     _, configs = configurations
-    for service, config in configs.items():
+    edge = Stack(tmp_path, ports=PortPlan.free(list(SERVICES), http=True))
+    envoys = {**configs, "http-api": json.loads(edge.write_http_api().read_text())}
+    for name, config in envoys.items():
         metrics = _listener(config, "metrics")
-        assert metrics.get("ignore_global_conn_limit") is True, service
+        assert metrics.get("ignore_global_conn_limit") is True, name
+        key = f"envoy.resource_limits.listener.{metrics['name']}.connection_limit"
+        limits = [
+            layer["static_layer"][key]
+            for layer in config["layered_runtime"]["layers"]
+            if key in layer.get("static_layer", {})
+        ]
+        [limit] = limits
+        assert 0 < limit <= 256, (name, limit)
         manager = metrics["filter_chains"][0]["filters"][0]["typed_config"]
         idle = manager.get("common_http_protocol_options", {}).get("idle_timeout", "3600s")
         assert re.fullmatch(r"\d+s", idle), idle
-        assert 0 < int(idle.removesuffix("s")) <= 5 * 60, (service, idle)
+        assert 0 < int(idle.removesuffix("s")) <= 5 * 60, (name, idle)
 
 
 def test_every_sidecar_cluster_lets_each_open_call_have_its_retry_under_way(

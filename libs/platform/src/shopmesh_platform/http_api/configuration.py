@@ -84,11 +84,6 @@ from .served_files import MAX_DOCUMENT_BYTES, openapi_routes, storefront_routes
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
-# The metrics listener's own bound on its connections (Envoy's runtime limit of one listener), in place of the
-# cap on the public one's, which it is outside of: a scraper's connection or two, and the kubelet's probes, a
-# connection each.
-METRICS_MAX_CONNECTIONS = 64
-
 
 @dataclass(frozen=True, kw_only=True)
 class HttpApi:
@@ -346,17 +341,12 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             # Its own bound on connections is small: one left idle is let go as the public listener's are.
             idle_timeout=IDLE_TIMEOUT,
         )
-        # prometheus_listener's is outside the cap on connections: a client that reopens the public port's
-        # connections as fast as they are shed takes the freed ones, so the kubelet's liveness probe, competing
-        # with it there, failed and restarted a healthy edge (every client dropped) exactly under the flood.
-        # Its own bound instead.
-        runtime.append(
-            {
-                "name": "metrics-listener",
-                "static_layer": {"envoy.resource_limits.listener.metrics.connection_limit": METRICS_MAX_CONNECTIONS},
-            }
-        )
-        listeners.append(metrics)
+        # prometheus_listener's is outside the cap on connections, with its own bound: a client that reopens the
+        # public port's connections as fast as they are shed takes the freed ones, so the kubelet's liveness
+        # probe, competing with it there, failed and restarted a healthy edge (every client dropped) exactly
+        # under the flood.
+        runtime.append(metrics.runtime_layer)
+        listeners.append(metrics.listener)
         clusters.append(admin_cluster)
     return {
         "node": {"id": api.name, "cluster": api.name},

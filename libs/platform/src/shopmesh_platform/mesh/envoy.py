@@ -34,7 +34,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shopmesh_chassis.local_stack import make_private_folder, write_private_file
 from shopmesh_chassis.server import MAX_METADATA_BYTES
@@ -65,6 +65,11 @@ METRICS_PATH = "/stats/prometheus"
 # interval (Prometheus' default is a minute), so that a scraper keeps its connection between scrapes, and no
 # longer, so that a gone scraper's do not pile up.
 METRICS_IDLE_TIMEOUT = "75s"
+# A Prometheus listener's own bound on its connections (Envoy's runtime limit of one listener), in place of the
+# cap on the calls' (or the edge's public) connections, which it is outside of: a scraper's connection or two,
+# and the edge's kubelet probes, a connection each. Past it they count in its `downstream_cx_overflow`.
+METRICS_MAX_CONNECTIONS = 64
+_METRICS_LISTENER = "metrics"
 # The cluster of a sidecar's own admin interface (its Unix socket), for its Prometheus listener.
 ADMIN_CLUSTER = "admin"
 # The runtime key prefix of an outbound route's split to a canary: `<prefix>.<cluster>` is that track's weight
@@ -186,7 +191,8 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
     listeners = [_inbound_listener(sidecar, identities, spans)]
     if sidecar.edge_socket is not None:
         listeners.append(_edge_listener(sidecar, spans))
-    listeners.append(prometheus_listener(sidecar.host, sidecar.ports.prometheus))
+    metrics = prometheus_listener(sidecar.host, sidecar.ports.prometheus)
+    listeners.append(metrics.listener)
     clusters = [_app_cluster(sidecar), cluster(ADMIN_CLUSTER, sidecar.host, 0, http2=False, pipe=sidecar.admin_socket)]
     for callee, port in sidecar.ports.outbound.items():
         listeners.append(_outbound_listener(sidecar, callee, port, spans))
@@ -201,8 +207,9 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
         "node": {"id": sidecar.name, "cluster": sidecar.service},
         "admin": admin_pipe(sidecar.admin_socket),
         "static_resources": {"listeners": listeners, "clusters": clusters},
-        # Faults (and a canary's weight) are set at run time through the admin interface (`mesh.faults`).
-        "layered_runtime": {"layers": [{"name": "faults", "admin_layer": {}}]},
+        # Faults (and a canary's weight) are set at run time through the admin interface (`mesh.faults`): its
+        # layer last, so that what it sets wins.
+        "layered_runtime": {"layers": [metrics.runtime_layer, {"name": "faults", "admin_layer": {}}]},
         "overload_manager": overload_manager(),
     }
 
@@ -616,6 +623,13 @@ def _grpc_stats() -> dict[str, Any]:
     }
 
 
+class PrometheusListener(NamedTuple):
+    """A Prometheus listener and the runtime layer with its bound on connections: the bootstrap needs both."""
+
+    listener: dict[str, Any]
+    runtime_layer: dict[str, Any]
+
+
 def prometheus_listener(
     host: str,
     port: int,
@@ -624,22 +638,24 @@ def prometheus_listener(
     routes: Sequence[dict[str, Any]] = (),
     filters: Sequence[dict[str, Any]] = (),
     idle_timeout: str = METRICS_IDLE_TIMEOUT,
-) -> dict[str, Any]:
+) -> PrometheusListener:
     """A listener on host:port serving `GET /stats/prometheus` from the admin interface (ADMIN_CLUSTER) and
     nothing else of it, as Istio's proxies serve 15090: the admin interface can also stop Envoy, change its
     runtime or dump its configuration. `routes` and `filters` go before the metrics route and the router (the
     HTTP edge answers its kubelet probes there too); `idle_timeout` lets an idle connection go. Outside the cap
     on downstream connections (overload_manager): a scraper's connections took places of the calls', and a flood
-    of calls at the cap left the scraper (and the edge's kubelet probes) refused exactly when wanted."""
+    of calls at the cap left the scraper (and the edge's kubelet probes) refused exactly when wanted. So with
+    its own bound (METRICS_MAX_CONNECTIONS), in the runtime layer that goes with it: exempt and unbounded, a
+    sidecar's loopback port let any local user open connections without end."""
     manager: dict[str, Any] = {
         "@type": _HCM,
-        "stat_prefix": "metrics",
+        "stat_prefix": _METRICS_LISTENER,
         "codec_type": "AUTO",
         "route_config": {
-            "name": "metrics",
+            "name": _METRICS_LISTENER,
             "virtual_hosts": [
                 {
-                    "name": "metrics",
+                    "name": _METRICS_LISTENER,
                     "domains": ["*"],
                     "routes": [
                         *routes,
@@ -657,9 +673,10 @@ def prometheus_listener(
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
     }
     manager["common_http_protocol_options"] = {"idle_timeout": idle_timeout}
-    metrics = listener("metrics", host, port, "INBOUND", manager, reuse_port=reuse_port)
+    metrics = listener(_METRICS_LISTENER, host, port, "INBOUND", manager, reuse_port=reuse_port)
     metrics["ignore_global_conn_limit"] = True
-    return metrics
+    limit = f"envoy.resource_limits.listener.{_METRICS_LISTENER}.connection_limit"
+    return PrometheusListener(metrics, {"name": "metrics-listener", "static_layer": {limit: METRICS_MAX_CONNECTIONS}})
 
 
 def _faults() -> dict[str, Any]:
