@@ -35,6 +35,14 @@ def test_a_share_that_is_no_percentage_or_none_at_all_is_refused_by_the_parser(a
     assert refused.value.code == 2
 
 
+def test_no_arguments_at_all_say_what_to_give(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bare `make split` ended in argparse's "the following arguments are required: service"."""
+    with pytest.raises(SystemExit) as refused:
+        main([], io.StringIO(), io.StringIO())
+    assert refused.value.code == 2
+    assert 'make split SPLIT_ARGS="catalog 30"' in capsys.readouterr().err
+
+
 def test_the_gateway_has_no_canary_to_split_to() -> None:
     with pytest.raises(SystemExit) as refused:
         main(["gateway", "30"], io.StringIO(), io.StringIO())

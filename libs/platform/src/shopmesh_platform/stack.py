@@ -700,7 +700,8 @@ class Stack:
         assert self.ports.http is not None
         argv = _envoy_argv(self._http_api_bootstrap)
         address = f"{self.ports.public_reach}:{self.ports.http}"
-        return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.http_admin_socket, "/ready"))
+        # Ready: 200 from /ready on its admin socket, in the sockets' folder a start makes (_make_sockets_folder).
+        return _Child(HTTP_API, argv, dict(os.environ), None, address)
 
     @property
     def _http_api_bootstrap(self) -> Path:

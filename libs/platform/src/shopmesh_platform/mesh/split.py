@@ -93,10 +93,16 @@ def split_all(callers: Sequence[tuple[str, Path]], service: str, weight: int | N
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     parser = argparse.ArgumentParser(prog="python -m shopmesh_platform.mesh.split", description=__doc__.splitlines()[0])
-    parser.add_argument("service", choices=[name for name in SERVICES if not is_edge(name)])
+    # Optional to argparse, so that none at all (a bare `make split`) gets the usage line below, not its own.
+    parser.add_argument("service", nargs="?", choices=[name for name in SERVICES if not is_edge(name)])
     parser.add_argument("weight", nargs="?", type=share, help="the canary's share of the calls, 0 to 100")
     parser.add_argument("--reset", action="store_true", help="back to the weight the stack was started with")
     args = parser.parse_args(argv)
+    if args.service is None:
+        parser.error(
+            "name the service and its canary's share, e.g. catalog 30, or catalog --reset "
+            '(make split SPLIT_ARGS="catalog 30")'
+        )
     if (args.weight is None) != args.reset:
         parser.error("give the canary's share (0-100), or --reset")
     if args.weight is not None:
