@@ -308,7 +308,7 @@ however many were served. */ -}}
     "expr" "time() - max(shopmesh_outbox_relay_pass_timestamp_seconds{__selector__}) > 120"
     "for" "3m" "severity" "critical"
     "summary" (printf "%s: no outbox relay completes a pass" $c.name)
-    "description" "No replica's outbox relay has completed a pass for {{ $value | humanizeDuration }} (a healthy one passes every few seconds): nothing leaves the outbox, and the oldest-unpublished age (ShopmeshOutboxStuck) is that old, 0 if its last pass had sent everything. The relay lock's holder hangs, or every pass fails (its log: outbox relay pass failed). Nothing is lost.") -}}
+    "description" "No replica's outbox relay has completed a pass for {{ $value | humanizeDuration }} (a healthy one passes every few seconds): nothing leaves the outbox, and the oldest-unpublished age (ShopmeshOutboxStuck) is that old, 0 if its last pass had sent everything. The relay lock's holder hangs, or every pass fails (its log: outbox relay pass failed on every pass, or, for a full stream, one ERROR: the NATS stream is full (ShopmeshOutboxStreamFull)). Nothing is lost.") -}}
 {{- $rules = append $rules (dict
     "alert" "ShopmeshOutboxEventsSetAside"
     "expr" "max(shopmesh_outbox_set_aside_events{__selector__}) > 0"
