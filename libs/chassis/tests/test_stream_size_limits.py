@@ -7,12 +7,14 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import nats
 import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
-from nats.js.api import DiscardPolicy
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, StreamConfig, StreamInfo
 from nats.js.errors import ServiceUnavailableError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
@@ -125,6 +127,46 @@ async def test_a_size_limit_set_on_the_running_stream_under_discard_old_is_made_
     said = [r.getMessage() for r in caplog.records if r.name == "shopmesh.events" and r.levelno == logging.WARNING]
     assert len(said) == 1, said
     assert "NATS stream THINGS: discard policy changed from old to new" in said[0]
+
+
+class EditedAfterFirstRead:
+    """A JetStream context on which the operator's `edit` lands just after the first stream info returns: between
+    the publisher's read of the configuration and its write."""
+
+    def __init__(self, js: JetStreamContext, edit: Callable[[], Awaitable[None]]) -> None:
+        self._js = js
+        self._edit: Callable[[], Awaitable[None]] | None = edit
+
+    async def stream_info(self, name: str) -> StreamInfo:
+        info = await self._js.stream_info(name)
+        if self._edit is not None:
+            edit, self._edit = self._edit, None
+            await edit()
+        return info
+
+    async def update_stream(self, config: StreamConfig) -> StreamInfo:
+        return await self._js.update_stream(config)
+
+
+async def test_the_publishers_discard_check_leaves_an_edit_made_since_its_read_for_its_next_check(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check read the whole configuration and wrote it back: an operator's edit landing in between (here the
+    limit raised from 3 to 10) was reverted without a word."""
+    caplog.set_level(logging.INFO, logger="shopmesh.events")
+    await set_max_msgs(client, 3)
+    js = client.jetstream()
+    meanwhile = EditedAfterFirstRead(js, lambda: set_max_msgs(client, 10))
+
+    assert not await events.keep_unread_messages(meanwhile, "THINGS")  # type: ignore[arg-type]
+    assert (await js.stream_info("THINGS")).config.max_msgs == 10, "the operator's edit is kept"
+
+    assert await events.keep_unread_messages(js, "THINGS"), "the next check makes it discard new"
+    config = (await js.stream_info("THINGS")).config
+    assert (config.max_msgs, config.discard) == (10, DiscardPolicy.NEW)
+    said = [r.getMessage() for r in caplog.records if r.name == "shopmesh.events"]
+    assert any("changed since it was read" in line for line in said), said
+    assert any("wrote" in line and "'max_msgs': 10" in line for line in said), "what was written is said"
 
 
 async def test_a_consumer_counts_and_says_the_events_its_stream_deleted_before_it_acknowledged_them(

@@ -283,12 +283,21 @@ async def ensure_stream(
 async def keep_unread_messages(js: JetStreamContext, name: str) -> bool:
     """Give the stream, as it is now, the discard policy `keeping_unread_messages` says, saying so; whether it
     changed. For a size limit set on a running stream (`nats stream edit --max-msgs N` keeps discard old),
-    which no declaration sees until the publisher declares the stream again."""
+    which no declaration sees until the publisher declares the stream again. JetStream has no conditional
+    update: the whole configuration read is written back, so it is read again just before, and an edit made
+    since waits for the next check rather than being reverted (a far narrower window, not none)."""
     found = (await js.stream_info(name)).config
     wanted = keeping_unread_messages(found)
     if wanted == found:
         return False
+    if (await js.stream_info(name)).config != found:
+        log.info(
+            "NATS stream %s: its configuration changed since it was read; its discard policy is checked next time", name
+        )
+        return False
     await js.update_stream(wanted)
+    # Said in full: should it have overwritten an edit made in the last instant, the operator sees what to redo.
+    log.info("NATS stream %s: wrote its configuration %s", name, wanted.as_dict())
     _say_discard_changed(found)
     return True
 
