@@ -356,7 +356,7 @@ as ShopmeshEventsDropped is. */ -}}
     "expr" (printf "sum by (consumer) (%s) > 0" (include "shopmesh-lib.counted" (dict "series" "shopmesh_events_lost_total{__selector__}" "window" "15m")))
     "for" "0m" "severity" "critical"
     "summary" (printf "%s: a stream deleted events a consumer had not applied" $c.name)
-    "description" "The stream of consumer {{ $labels.consumer }} deleted {{ $value | humanize }} message(s) in the last 15 minutes before the consumer acknowledged them: a size limit under discard old (set live, before the publisher made it discard new) or the stream's max age removed them, and they are never applied (no e-mail, no recommendation). The consumer's ERROR log (`lost ... event(s) of stream`) names the stream and the sequences. Make the stream discard new, then have the events published again from their service's data (docs/operations.md, ShopmeshEventsLost).") -}}
+    "description" "The stream of consumer {{ $labels.consumer }} deleted {{ $value | humanize }} message(s) in the last 15 minutes before the consumer acknowledged them: a size limit under discard old (set live, before the publisher made it discard new) or the stream's max age removed them, and they are never applied (no e-mail, no recommendation). The consumer's ERROR log (`lost ... event(s) of stream`) names the stream and the sequences. Make the stream discard new, then have the events published again from their service's data (docs/operations.md, ShopmeshEventsLost). Blind spot: a consumer of some of the stream's subjects whose service was down past the max age counts nothing (its deleted messages cannot be told from the others').") -}}
 {{- end -}}
 {{- if $c.httpApi.enabled -}}
 {{- $edge := `envoy_http_conn_manager_prefix="http_api"` -}}

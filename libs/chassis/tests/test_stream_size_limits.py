@@ -194,6 +194,41 @@ async def test_a_consumer_counts_and_says_the_events_its_stream_deleted_before_i
     assert "consumer tester lost 2 event(s) of stream THINGS: sequences 1 to 2" in said
 
 
+async def test_a_caught_up_consumer_does_not_count_as_its_own_the_deleted_messages_of_a_subject_its_stream_gained(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer judged whether its filter covered the whole stream by the subjects it was configured with,
+    not the stream's own: a subject the stream gained since (a newer publisher, an operator's edit) looked
+    covered, and its messages, which the consumer never reads, counted as its loss when deleted, and paged."""
+    before = consumer(db, nats_srv.url, record, subjects=("things.v1.>",))
+    before.start()
+    try:
+        await publish(client, "e1")
+        await until_applied(db, Counter({"e1": 1}))
+    finally:
+        await before.stop()
+    js = client.jetstream()
+    found = (await js.stream_info("THINGS")).config
+    await js.update_stream(dataclasses.replace(found, subjects=["things.v1.>", "things.v2.>"], max_msgs=3))
+    for _ in range(5):
+        await js.publish("things.v2.happened", b"x")  # seqs 2..6: the stream keeps 4..6
+
+    registry = CollectorRegistry()
+    running = consumer(db, nats_srv.url, record, subjects=("things.v1.>",), metrics=EventMetrics(registry))
+    running.start()
+    try:
+
+        async def pulling() -> bool:  # past its look for lost messages, which comes before its first fetch
+            return (await js.consumer_info("THINGS", "tester")).num_waiting > 0
+
+        await eventually(pulling, "the consumer pulling")
+    finally:
+        await running.stop()
+    lost = registry.get_sample_value("shopmesh_events_lost_total", {"stream": "THINGS", "consumer": "tester"})
+    assert lost == 0, "seqs 2 and 3 were things.v2 events, which this consumer never reads"
+    assert not [r for r in caplog.records if r.name == "shopmesh.consumer" and r.levelno == logging.ERROR]
+
+
 async def test_a_stream_full_of_acknowledged_messages_is_said_and_shown_apart_from_other_relay_failures(
     db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:

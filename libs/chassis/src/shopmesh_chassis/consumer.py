@@ -601,26 +601,33 @@ class EventConsumer:
         """Count and say the messages the stream deleted before the durable acknowledged them: its first sequence
         past the durable's ack floor + 1. Under discard old a full stream deletes its oldest messages, read or
         not (a limit set live, until the publisher makes it discard new), and max age deletes them at any rate;
-        nothing else sees it (the relay marked them published). `state`: the durable's, just read."""
+        nothing else sees it (the relay marked them published). `state`: the durable's, just read.
+
+        Blind spot: a durable that filters some of the stream's subjects cannot tell its deleted messages from
+        the others' (JetStream keeps no trace of a deleted message's subject), so its loss is counted only while
+        it is behind; one whose service was down past the max age finds nothing pending and counts nothing."""
         try:
             if state is None:
                 state = await js.consumer_info(self._stream, self._durable)
-            stream = (await js.stream_info(self._stream)).state
+            info = await js.stream_info(self._stream)
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("consumer %s: could not look for events its stream deleted unread: %s", self._durable, exc)
             return
+        stream = info.state
         if self._lost_through > stream.last_seq:
             self._lost_through = 0  # the stream was created anew
         behind = (state.num_pending or 0) + (state.num_ack_pending or 0) > 0
         # A durable that filters some of the stream's subjects does not move its ack floor past the others'
-        # messages, so a gap while it is caught up is theirs.
+        # messages, so a gap while it is caught up is theirs. The stream's subjects as they are: a newer
+        # publisher, or an operator, may have added some this consumer was not configured with.
         durable_filter = filter_of(state.config)
-        whole = not durable_filter or all(any(covers(f, s) for f in durable_filter) for s in self._stream_subjects)
+        subjects = info.config.subjects or []
+        whole = not durable_filter or all(any(covers(f, s) for f in durable_filter) for s in subjects)
         floor = (state.ack_floor.stream_seq or 0) if state.ack_floor is not None else 0
         deleted_through = (stream.first_seq or 1) - 1
         since = max(floor, self._lost_through)
-        if deleted_through > since and (whole or behind or self._was_behind):
-            lost = deleted_through - since
+        lost = deleted_through - since
+        if lost > 0 and (whole or behind or self._was_behind):
             log.error(
                 "consumer %s lost %d event(s) of stream %s: sequences %d to %d were deleted before it acknowledged "
                 "them (a full stream under discard old, or its max age), and are never applied. Make the stream "

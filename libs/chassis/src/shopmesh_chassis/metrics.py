@@ -244,7 +244,9 @@ class EventMetrics:
             "or its max age), so never applied: the stream's first sequence past the durable's ack floor. Seen "
             "when a replica starts consuming and at each read of its backlog; each replica counts what it sees, so "
             "two may count the same. With a durable that filters some of the stream's subjects, counted only "
-            "while it is behind, and then the deleted messages of the other subjects count too. One series per "
+            "while it is behind, and then the deleted messages of the other subjects count too; not at all when its "
+            "service was down past the max age (nothing pending at its start, and JetStream keeps no trace of a "
+            "deleted message's subject). One series per "
             "consumer, at 0 from its start, so that increase() sees the first.",
             ("stream", "consumer"),
             registry=registry,
