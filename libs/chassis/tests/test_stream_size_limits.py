@@ -194,6 +194,38 @@ async def test_a_consumer_counts_and_says_the_events_its_stream_deleted_before_i
     assert "consumer tester lost 2 event(s) of stream THINGS: sequences 1 to 2" in said
 
 
+async def test_a_message_being_handled_when_its_stream_deletes_it_is_not_counted_lost(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backlog poll read the durable's state, then the max age deleted e1..e3 while e1 was in its handler's
+    hands (delivered, not acknowledged): e1 was counted lost with the others, and paged, though its handler
+    acknowledged it."""
+    await durable_created_then_stopped(db, nats_srv)
+    for i in range(1, 4):
+        await publish(client, f"e{i}")
+    js = client.jetstream()
+    handler = await js.pull_subscribe_bind("tester", "THINGS")
+    [in_hand] = await handler.fetch(1)
+    read_before = await js.consumer_info("THINGS", "tester")  # what the poll read, just before the deletion
+    found = (await js.stream_info("THINGS")).config
+    await js.update_stream(dataclasses.replace(found, max_age=1.0, duplicate_window=1.0))
+
+    async def all_deleted() -> bool:
+        return (await js.stream_info("THINGS")).state.first_seq == 4
+
+    await eventually(all_deleted, "e1..e3 past the max age")
+    registry = CollectorRegistry()
+    polling = consumer(db, nats_srv.url, record, metrics=EventMetrics(registry))
+    await polling._look_for_lost(js, read_before)
+    await in_hand.ack()
+
+    lost = registry.get_sample_value("shopmesh_events_lost_total", {"stream": "THINGS", "consumer": "tester"})
+    assert lost == 2, "e2 and e3, never delivered; not e1, being handled"
+    [said] = [r.getMessage() for r in caplog.records if r.name == "shopmesh.consumer" and r.levelno == logging.ERROR]
+    assert "consumer tester lost 2 event(s) of stream THINGS: sequences 1 to 3" in said
+    assert "(1 of them, delivered and being handled, not counted)" in said
+
+
 async def test_a_caught_up_consumer_does_not_count_as_its_own_the_deleted_messages_of_a_subject_its_stream_gained(
     db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:

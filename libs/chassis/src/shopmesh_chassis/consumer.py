@@ -626,11 +626,17 @@ class EventConsumer:
         floor = (state.ack_floor.stream_seq or 0) if state.ack_floor is not None else 0
         deleted_through = (stream.first_seq or 1) - 1
         since = max(floor, self._lost_through)
-        lost = deleted_through - since
+        # A message delivered and not acknowledged yet when `state` was read may be among the deleted ones, its
+        # handler about to acknowledge it: not lost. Such messages lie between the ack floor and the last
+        # delivered sequence; JetStream says how many are pending, not which, so that many are left out of the
+        # count (a handler that died with one, deleted meanwhile, goes uncounted: the server drops it too).
+        delivered = (state.delivered.stream_seq or 0) if state.delivered is not None else 0
+        in_hand = min(state.num_ack_pending or 0, max(0, min(delivered, deleted_through) - since))
+        lost = deleted_through - since - in_hand
         if lost > 0 and (whole or behind or self._was_behind):
             log.error(
                 "consumer %s lost %d event(s) of stream %s: sequences %d to %d were deleted before it acknowledged "
-                "them (a full stream under discard old, or its max age), and are never applied. Make the stream "
+                "them (a full stream under discard old, or its max age), and are never applied%s. Make the stream "
                 "discard new (`nats stream edit --discard new %s`), and have the events published again from their "
                 "service's data (docs/operations.md, ShopmeshEventsLost)",
                 self._durable,
@@ -638,6 +644,7 @@ class EventConsumer:
                 self._stream,
                 since + 1,
                 deleted_through,
+                f" ({in_hand} of them, delivered and being handled, not counted)" if in_hand else "",
                 self._stream,
                 extra={"consumer": self._durable, "stream": self._stream},
             )
