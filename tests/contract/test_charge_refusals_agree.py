@@ -1,7 +1,7 @@
 """What payments answers a charge it refuses as a request is what orders' PaymentsClient reads: the real payments
 service (its validation and idempotency, on SQLite, over real gRPC) and orders' own client, which the saga tests
 drive against stand-ins of the contract. A request payments refuses for a field of orders' (an amount of 0, the
-charge's key reused with another request and no capture held) cancels the order as the shop's fault,
+charge's key reused with another request and nothing of the order's held) cancels the order as the shop's fault,
 PAYMENT_REQUEST_REJECTED; only a refusal of the card itself is told to the customer as a declined (or expired)
 card."""
 
@@ -63,20 +63,56 @@ async def test_a_charge_of_an_amount_payments_refuses_is_no_declined_card(tmp_pa
         assert await _refusal(client, 100, Card("4000000000000002", 12, 2030, "123")) is CancelCode.CARD_DECLINED
 
 
-async def test_a_charge_key_payments_saw_with_another_request_and_no_capture_is_no_declined_card(
-    tmp_path: Path,
-) -> None:
+async def test_a_charge_key_payments_saw_with_another_order_is_no_declined_card(tmp_path: Path) -> None:
+    async with _payments(tmp_path) as client:
+        await client.charge("ord_2", 100, "USD", GOOD, "ord_1:charge")
+        assert (await _refusal(client, 100, GOOD)).value == "PAYMENT_REQUEST_REJECTED"
+
+
+async def test_a_charge_whose_first_request_under_its_key_was_declined_is_the_cards_refusal(tmp_path: Path) -> None:
+    """The first charge's answer lost (the card declined), its retry sent otherwise: payments refuses it
+    IDEMPOTENCY_KEY_REUSED, and the order is cancelled for the card, not as a request of ours at fault."""
     async with _payments(tmp_path) as client:
         assert await _refusal(client, 100, Card("4000000000000002", 12, 2030, "123")) is CancelCode.CARD_DECLINED
-        assert (await _refusal(client, 200, GOOD)).value == "PAYMENT_REQUEST_REJECTED"
+        with pytest.raises(PaymentRefused) as caught:
+            await client.charge("ord_1", 200, "USD", GOOD, "ord_1:charge")
+        assert caught.value.code is CancelCode.CARD_DECLINED
+        assert caught.value.payment_id
 
 
-async def test_a_charge_key_payments_saw_with_another_request_that_captured_is_the_orders_charge(
+async def test_a_charge_key_payments_saw_with_another_request_that_captured_the_total_is_the_orders_charge(
     tmp_path: Path,
 ) -> None:
-    """The first charge's answer lost, its retry sent otherwise (another release, a price re-read): payments
-    refuses it IDEMPOTENCY_KEY_REUSED, and its capture is the order's charge. Cancelled "nothing was charged",
-    as it was, the order's stock was released and the money kept."""
+    """The first charge's answer lost, its retry sent otherwise (another card of the customer's): payments
+    refuses it IDEMPOTENCY_KEY_REUSED, and its capture of the order's total is the order's charge. Cancelled
+    "nothing was charged", the order's stock would be released and the money kept."""
     async with _payments(tmp_path) as client:
         first = await client.charge("ord_1", 100, "USD", GOOD, "ord_1:charge")
-        assert await client.charge("ord_1", 200, "USD", GOOD, "ord_1:charge") == first
+        other_card = Card("5555555555554444", 11, 2031, "456")
+        assert await client.charge("ord_1", 100, "USD", other_card, "ord_1:charge") == first
+
+
+async def test_a_capture_of_another_amount_under_the_charge_key_is_no_charge_of_the_order(tmp_path: Path) -> None:
+    """A capture of 100 is no charge of an order of 200: the order is refused as our request at fault, naming
+    the capture, which compensation refunds."""
+    async with _payments(tmp_path) as client:
+        first = await client.charge("ord_1", 100, "USD", GOOD, "ord_1:charge")
+        with pytest.raises(PaymentRefused) as caught:
+            await client.charge("ord_1", 200, "USD", GOOD, "ord_1:charge")
+        assert (caught.value.code, caught.value.payment_id) == (CancelCode.PAYMENT_REQUEST_REJECTED, first)
+        with pytest.raises(PaymentRefused) as caught:
+            await client.charge("ord_1", 100, "EUR", GOOD, "ord_1:charge")
+        assert (caught.value.code, caught.value.payment_id) == (CancelCode.PAYMENT_REQUEST_REJECTED, first)
+
+
+async def test_a_capture_of_another_amount_found_past_the_keys_retention_is_no_charge_of_the_order(
+    tmp_path: Path,
+) -> None:
+    """ORDER_ALREADY_CHARGED (the key's outcome purged) names the order's capture: of another amount, it is no
+    charge of the order either."""
+    async with _payments(tmp_path) as client:
+        first = await client.charge("ord_1", 100, "USD", GOOD, "ord_1:charge-before")
+        with pytest.raises(PaymentRefused) as caught:
+            await client.charge("ord_1", 200, "USD", GOOD, "ord_1:charge")
+        assert (caught.value.code, caught.value.payment_id) == (CancelCode.PAYMENT_REQUEST_REJECTED, first)
+        assert await client.charge("ord_1", 100, "USD", GOOD, "ord_1:charge-again") == first

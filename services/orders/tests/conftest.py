@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -139,9 +139,11 @@ class FakePayments:
         payment_id = f"pay_{len(self.payments) + 1}"
         self.order_of[payment_id] = order_id
         if card.number == "4000000000000002":
-            self.payments[payment_id] = PaymentRecord(payment_id, False, CancelCode.CARD_DECLINED, False)
+            self.payments[payment_id] = PaymentRecord(
+                payment_id, False, CancelCode.CARD_DECLINED, False, amount_minor, currency
+            )
             raise PaymentRefused(CancelCode.CARD_DECLINED, payment_id)
-        self.payments[payment_id] = PaymentRecord(payment_id, True, None, False)
+        self.payments[payment_id] = PaymentRecord(payment_id, True, None, False, amount_minor, currency)
         self.by_key[idempotency_key] = payment_id
         return payment_id
 
@@ -161,7 +163,7 @@ class FakePayments:
         if self.down:
             raise DependencyDown("payments down")
         if self.payments[payment_id].captured:
-            self.payments[payment_id] = PaymentRecord(payment_id, False, None, True)
+            self.payments[payment_id] = replace(self.payments[payment_id], captured=False, refunded=True)
             self.refunds.append(payment_id)
 
     def captured(self) -> int:

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.common.v1 import money_pb2
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
@@ -221,7 +222,8 @@ class ChargedBefore(payments_pb2_grpc.PaymentsServiceServicer):
         )
 
     async def ListPayments(self, request: payments_pb2.ListPaymentsRequest, context: Any) -> Any:
-        earlier = payments_pb2.Payment(id="pay_1", order_id=request.order_id, state=self._state)
+        amount = money_pb2.Money(amount_minor=100, currency="USD")
+        earlier = payments_pb2.Payment(id="pay_1", order_id=request.order_id, amount=amount, state=self._state)
         return payments_pb2.ListPaymentsResponse(payments=[earlier])
 
 
@@ -254,10 +256,10 @@ async def test_an_order_whose_earlier_capture_was_refunded_cannot_be_paid_and_is
 @pytest.mark.parametrize(
     ("state", "record"),
     [
-        (payments_pb2.PAYMENT_STATE_CAPTURED, PaymentRecord("pay_1", captured=True, declined=None, refunded=False)),
+        (payments_pb2.PAYMENT_STATE_CAPTURED, PaymentRecord("pay_1", True, None, False, 100, "USD")),
         # An earlier refund of the order's capture (its answer lost, or its saver gone): compensation counts
         # it as the order's refund.
-        (payments_pb2.PAYMENT_STATE_REFUNDED, PaymentRecord("pay_1", captured=False, declined=None, refunded=True)),
+        (payments_pb2.PAYMENT_STATE_REFUNDED, PaymentRecord("pay_1", False, None, True, 100, "USD")),
     ],
 )
 async def test_the_payments_of_an_order_say_which_are_captured_and_which_refunded(

@@ -327,6 +327,37 @@ def _refused_request(order_id: str, details: ErrorDetails) -> CancelCode:
     return CancelCode.PAYMENT_REQUEST_REJECTED
 
 
+def _the_charge(
+    order_id: str, records: Sequence[PaymentRecord], amount_minor: int, currency: str, holder: str
+) -> str | None:
+    """The order's capture that is this charge (`holder` first if it is one), found when payments answered the
+    charge with an earlier request's outcome; None when payments holds no capture of the order.
+
+    A capture of another amount or currency is not the order's charge (an earlier request built otherwise: a
+    price read anew, another release): kept, the customer pays what they were not shown. Payments captures an
+    order at most once, so the order cannot be paid: refused as our request at fault, with the capture named,
+    which compensation refunds (the customer is told so)."""
+    captured = sorted((r for r in records if r.captured), key=lambda r: r.payment_id != holder)
+    if not captured:
+        return None
+    capture = captured[0]
+    if (capture.amount_minor, capture.currency) == (amount_minor, currency):
+        return capture.payment_id
+    log.error(
+        "payments holds capture %s of order %s for %d %s, not the order's %d %s: it is refunded and the order "
+        "cancelled %s",
+        capture.payment_id,
+        order_id,
+        capture.amount_minor,
+        capture.currency,
+        amount_minor,
+        currency,
+        CancelCode.PAYMENT_REQUEST_REJECTED.value,
+        extra={"order_id": order_id, "payment_id": capture.payment_id},
+    )
+    raise PaymentRefused(CancelCode.PAYMENT_REQUEST_REJECTED, capture.payment_id)
+
+
 class PaymentsClient:
     def __init__(self, channel: grpc.aio.Channel, timeout: float, *, unknown_state_wait: float) -> None:
         """`unknown_state_wait`: as InventoryClient's, for a payment state a newer payments stored."""
@@ -354,44 +385,39 @@ class PaymentsClient:
                 raise PaymentRefused(refusal, payment_id) from None
             if details.reason == "ORDER_ALREADY_CHARGED":
                 # Payments no longer keeps this key's outcome (a retry past its retention), but the order's
-                # charge went through then: that payment is the charge.
-                return await self._earlier_capture(order_id, payment_id)
+                # charge went through then: that payment is the charge, if still captured and of this amount.
+                # Payments captures an order at most once, so one refunded since leaves the order unpayable:
+                # refused, and compensation finds nothing to refund.
+                records = await self.payments_for(order_id)
+                charge = _the_charge(order_id, records, amount_minor, currency, payment_id)
+                if charge is None:
+                    raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, payment_id) from None
+                return charge
             if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 if details.reason == "IDEMPOTENCY_KEY_REUSED":
                     # Payments holds an outcome under this order's charge key from another request (the first
                     # answer lost, and the retry's request built otherwise: another release, a price re-read).
-                    # That outcome may be a capture: it is the order's charge, as for ORDER_ALREADY_CHARGED
-                    # (cancelled "nothing was charged", the stock would be released with the money kept).
-                    captured = await self._captured(order_id, "")
-                    if captured is not None:
+                    # That outcome is the order's: its capture is the charge, as for ORDER_ALREADY_CHARGED, and
+                    # its decline is the card's (the request at fault would page for a card refused).
+                    records = await self.payments_for(order_id)
+                    charge = _the_charge(order_id, records, amount_minor, currency, "")
+                    if charge is not None:
                         log.warning(
                             "payments refused the charge of order %s as another request under its key; its "
                             "capture %s is the charge",
                             order_id,
-                            captured,
-                            extra={"order_id": order_id, "payment_id": captured},
+                            charge,
+                            extra={"order_id": order_id, "payment_id": charge},
                         )
-                        return captured
+                        return charge
+                    declined = next((r for r in records if r.declined is not None), None)
+                    if declined is not None and declined.declined is not None:
+                        raise PaymentRefused(declined.declined, declined.payment_id) from None
                 raise PaymentRefused(_refused_request(order_id, details), "") from None
             raise _unexpected("payments", error) from None
         return response.payment.id
-
-    async def _earlier_capture(self, order_id: str, holder: str) -> str:
-        """The payment that holds the order, if it is still captured. Payments captures an order at most once,
-        so one refunded since leaves the order unpayable: refused, and compensation finds nothing to refund."""
-        captured = await self._captured(order_id, holder)
-        if captured is None:
-            raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, holder)
-        return captured
-
-    async def _captured(self, order_id: str, holder: str) -> str | None:
-        """The order's captured payment, `holder` if it is one; None when payments holds no capture of it."""
-        captured = [r.payment_id for r in await self.payments_for(order_id) if r.captured]
-        if holder in captured:
-            return holder
-        return captured[0] if captured else None
 
     async def payments_for(self, order_id: str) -> list[PaymentRecord]:
         try:
@@ -424,6 +450,8 @@ class PaymentsClient:
                     captured=payment.state == payments_pb2.PAYMENT_STATE_CAPTURED,
                     declined=declined,
                     refunded=payment.state == payments_pb2.PAYMENT_STATE_REFUNDED,
+                    amount_minor=payment.amount.amount_minor,
+                    currency=payment.amount.currency,
                 )
             )
         return records

@@ -81,6 +81,9 @@ class PaymentRecord:
     # Captured, then refunded in full. Payments refunds only when orders asks (`<order_id>:refund`), and lists
     # only this order's payments: the refund was the order's own, perhaps one whose answer was lost.
     refunded: bool
+    # What was charged (or attempted, when declined): a capture is the order's charge only for its total.
+    amount_minor: int
+    currency: str
 
 
 class Catalog(Protocol):
