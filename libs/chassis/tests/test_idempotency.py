@@ -276,6 +276,35 @@ async def test_duplicate_while_the_first_runs_is_aborted(store: IdempotencyStore
     assert await first == "slow"
 
 
+async def test_another_request_while_the_first_runs_is_in_use_and_reused_only_once_its_outcome_is_stored(
+    store: IdempotencyStore,
+) -> None:
+    """Answered REUSED while the first still ran, orders read "nothing captured under the key" and cancelled
+    "nothing was charged"; the first Charge then captured, refunded late. IN_USE sends it back to ask again."""
+    await store._claim("-|-|Charge", "k1", FINGERPRINT(request("a")), "first")
+    with pytest.raises(errors.Aborted) as caught:
+        await run(store, "k1", request("b"), effect())
+    assert caught.value.reason == "IDEMPOTENCY_KEY_IN_USE"
+    await run(store, "k2", request("a"), effect())
+    with pytest.raises(errors.InvalidArgument) as reused:
+        await run(store, "k2", request("b"), effect())
+    assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_another_request_takes_over_a_claim_whose_lease_ran_out_and_its_retry_replays(
+    store: IdempotencyStore, db: Database, clock: Clock
+) -> None:
+    # The first request's process died: nothing was stored under the key, so no outcome was reused.
+    await store._claim("-|-|Charge", "k1", FINGERPRINT(request("a")), "dead")
+    clock.now += timedelta(seconds=31)
+    assert await run(store, "k1", request("b"), effect("second")) == "second"
+    assert await run(store, "k1", request("b"), effect("again")) == "second"
+    with pytest.raises(errors.InvalidArgument) as reused:
+        await run(store, "k1", request("a"), effect())
+    assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert await count_effects(db) == 1
+
+
 async def test_domain_errors_are_stored_and_replayed(store: IdempotencyStore, db: Database) -> None:
     calls = 0
 

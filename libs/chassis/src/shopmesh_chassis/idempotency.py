@@ -1,8 +1,8 @@
 """Idempotency keys with Stripe's semantics, for any unary RPC whose effect lives in the service's database.
 
 - same key + same request   → the stored outcome is replayed (response or error), the operation does not run;
-- same key + other request  → INVALID_ARGUMENT, reason IDEMPOTENCY_KEY_REUSED;
-- same key while the first request still runs → ABORTED, reason IDEMPOTENCY_KEY_IN_USE;
+- same key + other request  → INVALID_ARGUMENT, reason IDEMPOTENCY_KEY_REUSED, once the first's outcome is stored;
+- same key while the first request still runs → ABORTED, reason IDEMPOTENCY_KEY_IN_USE, whatever the request;
 - keys are scoped per caller and method and kept at least `retention` (default 48 h);
 - a request's own rules (`check`) are applied only when there is no outcome to replay, before the key is
   claimed and without the write lock: a retry of a request a release with looser rules accepted replays its
@@ -137,7 +137,7 @@ def scope_for(method: str) -> str:
 def _written_out_scope(method: str) -> str:
     inbound = call_context.current()
     caller = (inbound.caller if inbound else None) or "-"
-    user = (inbound.user_id if inbound else None) or "-"
+    user = call_context.acting_for() or "-"
     return f"{caller}|{user}|{method}"
 
 
@@ -359,7 +359,10 @@ class IdempotencyStore:
                 # waited for it): its process died, or has not begun the operation and will find the
                 # claim no longer its own.
                 log.warning("taking over an idempotency key whose lease ran out", extra={"scope": scope})
-                await session.execute(_UPDATE, {**this_key, "locked_until": now + self._lease, "claim_token": token})
+                await session.execute(
+                    _UPDATE,
+                    {**this_key, "request_hash": fingerprint, "locked_until": now + self._lease, "claim_token": token},
+                )
                 return None
         except IntegrityError:
             # Another request inserted the same key between our read and our insert (PostgreSQL).
@@ -379,17 +382,17 @@ class IdempotencyStore:
         whose lease ran out."""
         if row is None or as_utc(row.created_at) < now - self._retention:
             return False
-        self._check_same_request(row, fingerprint)
-        if row.state == COMPLETED:
-            return True
-        if as_utc(row.locked_until) > now:
-            raise _in_use()
-        return False
-
-    @staticmethod
-    def _check_same_request(row: Any, fingerprint: str) -> None:
+        if row.state != COMPLETED:
+            # Running, the first request's outcome is not known yet: another request under its key is told to
+            # come back (IN_USE, retryable), not that the key is spent. REUSED then let orders cancel "nothing
+            # was charged" while the first Charge went on to capture. A claim whose lease ran out stored
+            # nothing: the key is taken over by whichever request comes.
+            if as_utc(row.locked_until) > now:
+                raise _in_use()
+            return False
         if row.request_hash != fingerprint:
             raise key_reused()
+        return True
 
     @staticmethod
     async def _hold(session: DbConnection, scope: str, key: str, token: str) -> None:
