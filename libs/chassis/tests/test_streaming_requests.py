@@ -5,6 +5,7 @@ took a name with a NUL for one it does not serve, which Check refused."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,10 +26,21 @@ WATCH = "/grpc.health.v1.Health/Watch"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 # A client-streaming method of this test's own (shopmesh's contracts have none).
 COLLECT = "/shopmesh.test.Streams/Collect"
+# A server-streaming one that writes once more after its caller has gone (a Watch whose update was on its way).
+TICK = "/shopmesh.test.Streams/Tick"
 
 
 async def _collect(requests: AsyncIterator[sample_pb2.EchoRequest], context: Any) -> sample_pb2.EchoResponse:
     return sample_pb2.EchoResponse(message=",".join([request.message async for request in requests]))
+
+
+async def _tick(request: sample_pb2.EchoRequest, context: Any) -> None:
+    await context.write(sample_pb2.EchoResponse(message="first"))
+    try:
+        await asyncio.sleep(30)  # until its caller cancels it (the test does at once)
+    except asyncio.CancelledError:
+        await context.write(sample_pb2.EchoResponse(message="after the caller left"))
+        raise
 
 
 def _register_with_collect(servicer: Any, server: grpc.aio.Server) -> None:
@@ -38,8 +50,13 @@ def _register_with_collect(servicer: Any, server: grpc.aio.Server) -> None:
         request_deserializer=sample_pb2.EchoRequest.FromString,
         response_serializer=sample_pb2.EchoResponse.SerializeToString,
     )
+    tick = grpc.unary_stream_rpc_method_handler(
+        _tick,
+        request_deserializer=sample_pb2.EchoRequest.FromString,
+        response_serializer=sample_pb2.EchoResponse.SerializeToString,
+    )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("shopmesh.test.Streams", {"Collect": collect}),)
+        (grpc.method_handlers_generic_handler("shopmesh.test.Streams", {"Collect": collect, "Tick": tick}),)
     )
 
 
@@ -145,3 +162,28 @@ async def test_a_refused_message_after_streamed_responses_ends_the_stream_with_t
             await responses.read()
     refusal = details_of(caught.value)
     assert (refusal.code, refusal.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+
+
+async def test_a_stream_whose_write_fails_because_its_caller_has_gone_is_counted_cancelled_not_unknown(
+    streams: ChassisServer,
+) -> None:
+    """A write to a caller that has gone raises in the handler: counted UNKNOWN, a server error, each client that
+    stopped a Watch counted against ShopmeshServerErrors. Its caller ended it: CANCELLED, as when it ends no
+    write."""
+    tick = {"grpc_type": "server_stream", "grpc_service": "shopmesh.test.Streams", "grpc_method": "Tick"}
+
+    def handled(code: str) -> float:
+        return sample(streams, "grpc_server_handled_total", tick, grpc_code=code)
+
+    async with grpc.aio.insecure_channel(streams.address) as channel:
+        call = channel.unary_stream(
+            TICK,
+            request_serializer=sample_pb2.EchoRequest.SerializeToString,
+            response_deserializer=sample_pb2.EchoResponse.FromString,
+        )(sample_pb2.EchoRequest(message="go"), timeout=30)
+        assert (await call.read()).message == "first"
+        call.cancel()
+        await eventually(
+            lambda: handled("CANCELLED") + handled("UNKNOWN") == 1, "the Tick its caller cancelled counted handled"
+        )
+    assert (handled("CANCELLED"), handled("UNKNOWN")) == (1, 0)

@@ -323,8 +323,12 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_of(context)
                 raise
             except BaseException:
-                # grpcio answers an exception escaping a handler UNKNOWN.
-                code = grpc.StatusCode.UNKNOWN
+                # grpcio answers an exception escaping a handler UNKNOWN; but one raised because the caller has
+                # gone (a write to a stream it cancelled: ExecuteBatchError) is its ending, not a server error, as
+                # for a unary call. The call's own cancellation may not be in the context yet; the task's is.
+                task = asyncio.current_task()
+                ended = context.cancelled() or context.done() or (task is not None and task.cancelling() > 0)
+                code = grpc.StatusCode.CANCELLED if ended else grpc.StatusCode.UNKNOWN
                 raise
             finally:
                 # Once the handler has returned, its ending included (a reset stream's too): the bound on
