@@ -395,6 +395,20 @@ def test_every_dashboard_query_names_exported_metrics_of_the_chosen_services(
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("name", SERVICES)
+def test_the_server_error_panels_divide_as_the_alert_does(rendered: dict[tuple[str, str], Docs], name: str) -> None:
+    """The panels divided by the calls that ended alone, while ShopmeshServerErrors counts the streams held too:
+    a shed Watch among many held read 100 % on the dashboard and a few percent in the alert."""
+    [alert] = [a for a in alerts_of(rendered[MONITORING, name], name) if a["alert"] == "ShopmeshServerErrors"]
+    ratio, _, _ = alert["expr"].rpartition(" > ")
+    selector = re.search(r"grpc_server_handled_total\{([^}]*), grpc_code=~", ratio)
+    assert selector is not None, ratio
+    assert ratio == dashboards.server_error_ratio("grpc_service, grpc_method", selector.group(1))
+    queries = dashboards.queries()
+    for by in ("job", "job, shopmesh_io_track"):
+        assert dashboards.server_error_ratio(by) in queries
+
+
 @pytest.fixture(scope="module")
 def meshed_and_monitored(helm_dir: Path) -> dict[tuple[str, str], Docs]:
     """(mesh, chart) -> the objects of every service chart under each mesh, with monitoring on."""
