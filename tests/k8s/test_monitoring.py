@@ -1656,6 +1656,30 @@ def test_one_password_that_the_estimate_raises_on_pages_nobody(
     assert_promtool_passes(raising, "users", [password_strength_scenario("four errors", four, ticket)], tmp_path)
 
 
+def test_password_strength_errors_warn_at_three_in_ten_minutes_and_never_at_two(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """The edge of "more than 2", pinned: 3 errors within 10 minutes warn, for as long as the window holds them,
+    and 2 never do. Each count lands between two scrapes, so the window holds all of it or none, and promtool
+    evaluates on the scrapes' instants: the rise reads exactly 2 or 3. Prometheus evaluates between scrapes, where
+    increase() extrapolates a rise to the window's ends (up to 600/585 at a 15 s scrape, once the counter is off
+    0: hence the earlier error), 2 read as 2.05: the threshold is 2.5, which neither reading crosses wrongly."""
+    raising = alert_named(rendered, "users", "ShopmeshPasswordStrengthErrors")
+
+    def errors_at_1200(count: int) -> Callable[[int], list[EstimateFailure]]:
+        # One at second 30 first, long out of the window by 1200: the counter is no longer at 0 there.
+        return lambda t: ["error"] if t == 30 else ["error"] * count if t == 1200 else []
+
+    quiet = silent_between(0, PASSWORD_STRENGTH_FOR)
+    assert_promtool_passes(
+        raising, "users", [password_strength_scenario("two errors", errors_at_1200(2), quiet)], tmp_path
+    )
+    ticket = silent_between(0, 1200) | firing_between(1230, 1770) | silent_between(1860, PASSWORD_STRENGTH_FOR)
+    assert_promtool_passes(
+        raising, "users", [password_strength_scenario("three errors", errors_at_1200(3), ticket)], tmp_path
+    )
+
+
 def started_at(start: int, scenario: Scenario) -> Scenario:
     """`scenario` with its pod started at second `start`: scraped from then on, its metrics at 0 until then."""
     now = [0.0]
