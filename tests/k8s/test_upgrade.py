@@ -349,7 +349,7 @@ CONFIGMAP_LIMIT = 1024 * 1024
 def test_every_configmap_fits_what_the_api_server_takes(rendered: dict[tuple[str, str], Docs]) -> None:
     """The gateway's http-api ConfigMap carries the edge's two Envoy configurations, the descriptor set, the
     OpenAPI document and the storefront, and grows with the API: past 1 MiB the upgrade that brings it is
-    refused (and so is an install). Its size now: under two fifths of it."""
+    refused (and so is an install). Its size now: under half of it."""
     largest = 0
     for (value_set, chart), docs in rendered.items():
         for doc in (d for d in docs if d["kind"] == "ConfigMap"):

@@ -3,10 +3,12 @@ traceback; the shoppers still print the tally of what they were answered until t
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +19,16 @@ from .run_kit import launched, table_rows, tool_env
 
 
 @contextmanager
-def silent_server() -> Iterator[socket.socket]:
-    """A TCP port that accepts and never answers: a tool calling it waits inside its main for as long as its
-    own timeout, the moment to press Ctrl-C in."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
+def silent_server(unix_path: Path | None = None) -> Iterator[socket.socket]:
+    """A TCP port (or, given `unix_path`, a Unix socket there) that accepts and never answers: a tool calling it
+    waits inside its main for as long as its own timeout, the moment to press Ctrl-C in."""
+    if unix_path is None:
+        server = socket.create_server(("127.0.0.1", 0))
+    else:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(unix_path))
+        server.listen()
+    with server:
         server.settimeout(60)
         yield server
 
@@ -82,9 +90,13 @@ def test_ctrl_c_ends_make_deadletters_with_130_and_no_traceback(tmp_path: Path) 
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_ends_make_fault_with_130_and_no_traceback(tmp_path: Path) -> None:
-    with silent_server() as admin:
-        port = admin.getsockname()[1]
-        process = tool(tmp_path, "-m", "shopmesh_platform.mesh.faults", "--show", "--admin", f"http://127.0.0.1:{port}")
-        _, err = ctrl_c_once_it_called(process, admin)
+    # A sidecar's admin interface is a Unix socket (mesh.faults refuses a URL).
+    socket_path = Path(tempfile.mkdtemp(prefix="ctrlc-", dir="/tmp")) / "admin.sock"  # short: a socket path's limit
+    try:
+        with silent_server(socket_path) as admin:
+            process = tool(tmp_path, "-m", "shopmesh_platform.mesh.faults", "--show", "--admin", str(socket_path))
+            _, err = ctrl_c_once_it_called(process, admin)
+    finally:
+        shutil.rmtree(socket_path.parent)
     assert "Traceback" not in err, err
     assert process.returncode == 130, err
