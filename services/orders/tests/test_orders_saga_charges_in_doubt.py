@@ -75,6 +75,26 @@ async def test_resume_at_the_pivot_asks_payments_what_happened(
     assert payments.captured() == 1
 
 
+async def test_resume_at_the_pivot_refunds_a_capture_of_another_amount_than_the_orders_total(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    """docs/architecture.md: a capture of another amount or currency is no charge of the order, whichever path
+    finds it. Here the saga resumed without the card finds a capture of 1000 USD for an order of 2500 USD (an
+    earlier release that priced it otherwise): not confirmed as paid, but refunded and cancelled
+    PAYMENT_REQUEST_REJECTED, as PlaceOrder's own charge would have been."""
+    order_id = await _left_at_the_pivot(app, database, inventory, datetime.now(UTC) - timedelta(seconds=60))
+    payment_id = await payments.charge(order_id, 1000, "USD", GOOD, charge_key(order_id))
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code, order.payment_id) == (
+        OrderState.CANCELLED,
+        CancelCode.PAYMENT_REQUEST_REJECTED,
+        payment_id,
+    )
+    assert order.refunded
+    assert (payments.refunds, inventory.reserved("prod_a")) == ([payment_id], 0)
+
+
 @dataclass
 class ChargeInDoubt:
     app: OrdersApplication

@@ -16,6 +16,7 @@ from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, ErrorDetails, dependency_unavailable, details_of
+from shopmesh_orders.domain.charges import CaptureOfAnotherAmount, earlier_charge
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
     Catalog,
@@ -327,37 +328,6 @@ def _refused_request(order_id: str, details: ErrorDetails) -> CancelCode:
     return CancelCode.PAYMENT_REQUEST_REJECTED
 
 
-def _the_charge(
-    order_id: str, records: Sequence[PaymentRecord], amount_minor: int, currency: str, holder: str
-) -> str | None:
-    """The order's capture that is this charge (`holder` first if it is one), found when payments answered the
-    charge with an earlier request's outcome; None when payments holds no capture of the order.
-
-    A capture of another amount or currency is not the order's charge (an earlier request built otherwise: a
-    price read anew, another release): kept, the customer pays what they were not shown. Payments captures an
-    order at most once, so the order cannot be paid: refused as our request at fault, with the capture named,
-    which compensation refunds (the customer is told so)."""
-    captured = sorted((r for r in records if r.captured), key=lambda r: r.payment_id != holder)
-    if not captured:
-        return None
-    capture = captured[0]
-    if (capture.amount_minor, capture.currency) == (amount_minor, currency):
-        return capture.payment_id
-    log.error(
-        "payments holds capture %s of order %s for %d %s, not the order's %d %s: it is refunded and the order "
-        "cancelled %s",
-        capture.payment_id,
-        order_id,
-        capture.amount_minor,
-        capture.currency,
-        amount_minor,
-        currency,
-        CancelCode.PAYMENT_REQUEST_REJECTED.value,
-        extra={"order_id": order_id, "payment_id": capture.payment_id},
-    )
-    raise PaymentRefused(CancelCode.PAYMENT_REQUEST_REJECTED, capture.payment_id)
-
-
 class PaymentsClient:
     def __init__(self, channel: grpc.aio.Channel, timeout: float, *, unknown_state_wait: float) -> None:
         """`unknown_state_wait`: as InventoryClient's, for a payment state a newer payments stored."""
@@ -388,11 +358,12 @@ class PaymentsClient:
                 # charge went through then: that payment is the charge, if still captured and of this amount.
                 # Payments captures an order at most once, so one refunded since leaves the order unpayable:
                 # refused, and compensation finds nothing to refund.
-                records = await self.payments_for(order_id)
-                charge = _the_charge(order_id, records, amount_minor, currency, payment_id)
-                if charge is None:
-                    raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, payment_id) from None
-                return charge
+                found = earlier_charge(await self.payments_for(order_id), amount_minor, currency, holder=payment_id)
+                if isinstance(found, str):
+                    return found
+                if isinstance(found, CaptureOfAnotherAmount):
+                    raise found from None
+                raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, payment_id) from None
             if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -401,20 +372,18 @@ class PaymentsClient:
                     # answer lost, and the retry's request built otherwise: another release, a price re-read).
                     # That outcome is the order's: its capture is the charge, as for ORDER_ALREADY_CHARGED, and
                     # its decline is the card's (the request at fault would page for a card refused).
-                    records = await self.payments_for(order_id)
-                    charge = _the_charge(order_id, records, amount_minor, currency, "")
-                    if charge is not None:
+                    found = earlier_charge(await self.payments_for(order_id), amount_minor, currency)
+                    if isinstance(found, str):
                         log.warning(
                             "payments refused the charge of order %s as another request under its key; its "
                             "capture %s is the charge",
                             order_id,
-                            charge,
-                            extra={"order_id": order_id, "payment_id": charge},
+                            found,
+                            extra={"order_id": order_id, "payment_id": found},
                         )
-                        return charge
-                    declined = next((r for r in records if r.declined is not None), None)
-                    if declined is not None and declined.declined is not None:
-                        raise PaymentRefused(declined.declined, declined.payment_id) from None
+                        return found
+                    if found is not None:
+                        raise found from None
                 raise PaymentRefused(_refused_request(order_id, details), "") from None
             raise _unexpected("payments", error) from None
         return response.payment.id

@@ -45,6 +45,7 @@ from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
 from shopmesh_chassis.outbox import add_event, new_event_id
 from shopmesh_orders import codec
+from shopmesh_orders.domain.charges import CaptureOfAnotherAmount, earlier_charge
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.domain.ports import (
     DependencyDown,
@@ -518,9 +519,7 @@ class SagaDriver:
                         order.id, order.total_minor, order.currency, card, charge_key(order.id)
                     )
                 except PaymentRefused as refused:
-                    return await self._transition(
-                        owner, order.failed_before_pivot(refused.code, self._clock(), refused.payment_id)
-                    )
+                    return await self._charge_refused(order, owner, refused)
                 return await self._transition(owner, order.charged(payment_id, self._clock()))
 
             case SagaStep.COMMIT:
@@ -546,20 +545,34 @@ class SagaDriver:
             now = self._clock()
             if now < settled_at:
                 raise _charge_in_doubt(order, settled_at - now)
-        records = await self._payments.payments_for(order.id)
-        captured = [r for r in records if r.captured]
-        if captured:
-            return await self._transition(owner, order.charged(captured[0].payment_id, self._clock()))
-        refused = next((r for r in records if r.declined is not None), None)
-        if refused is not None and refused.declined is not None:
-            return await self._transition(
-                owner, order.failed_before_pivot(refused.declined, self._clock(), refused.payment_id)
-            )
+        found = earlier_charge(await self._payments.payments_for(order.id), order.total_minor, order.currency)
+        if isinstance(found, str):
+            return await self._transition(owner, order.charged(found, self._clock()))
+        if found is not None:
+            return await self._charge_refused(order, owner, found)
         # Never charged, and nobody can charge it now: give the stock back. What is known is that the driver
         # with the card is gone without an answer of its own (one that saw payments fail cancelled the order
         # itself, PAYMENT_UNAVAILABLE): the checkout was interrupted. The charge mark says nothing more: it is
         # written with the reservation, before the charge call, so orders dying between the two leaves it too.
         return await self._transition(owner, order.failed_before_pivot(CancelCode.CHECKOUT_INTERRUPTED, self._clock()))
+
+    async def _charge_refused(self, order: Order, owner: str, refused: PaymentRefused) -> Order:
+        """Cancel the order at the charge step for payments' refusal; compensation refunds a capture it names."""
+        if isinstance(refused, CaptureOfAnotherAmount):
+            # Not the customer's doing: a release that prices the order otherwise. Whoever is on call hears of it.
+            log.error(
+                "payments holds capture %s of order %s for %d %s, not the order's %d %s: it is refunded and the "
+                "order cancelled %s",
+                refused.payment_id,
+                order.id,
+                refused.capture.amount_minor,
+                refused.capture.currency,
+                refused.amount_minor,
+                refused.currency,
+                refused.code.value,
+                extra={"order_id": order.id, "payment_id": refused.payment_id},
+            )
+        return await self._transition(owner, order.failed_before_pivot(refused.code, self._clock(), refused.payment_id))
 
     async def _compensate(self, order: Order, owner: str) -> Order:
         """Undo what went through: refund, then give the stock back. Up to four remote calls with no step
