@@ -384,6 +384,37 @@ async def test_the_country_is_picked_from_the_codes_orders_accepts_named_in_the_
         await expect(german.page.get_by_text("Ships to")).to_have_text(re.compile(r", Vereinigtes Königreich$"))
 
 
+async def test_a_country_the_browser_cannot_name_is_shown_by_its_code(tab: Tab) -> None:
+    """The country's name is the browser's (Intl.DisplayNames): a code it rejects as malformed (RangeError) lost
+    the order's page, and a browser without Intl.DisplayNames lost the whole script. Either way the page is shown,
+    the country by its code. Orders accepts no malformed code: its answer is given one on its way."""
+    page = tab.page
+    await tab.register("Grace")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.check_out(**{"Country": "United Kingdom"})
+    await tab.placed()
+
+    async def malformed(route: Route) -> None:
+        answer = await route.fetch()
+        body = await answer.json()
+        body["order"]["shippingAddress"]["country"] = "G!"
+        await route.fulfill(response=answer, json=body)
+
+    await page.route(re.compile(r"/v1/orders/ord_\w+$"), malformed)
+    await page.reload()
+    await tab.shown()
+    await expect(page.get_by_text("Ships to")).to_have_text(re.compile(r", G!$"))
+    await page.unroute(re.compile(r"/v1/orders/ord_\w+$"))
+
+    await page.add_init_script("delete Intl.DisplayNames")
+    await page.reload()
+    await tab.shown()
+    await expect(page.get_by_text("Ships to")).to_have_text(re.compile(r", GB$"))
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.open("#/cart")
+    await expect(page.get_by_label("Country", exact=True).locator("option[value=GB]")).to_have_text("GB")
+
+
 async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(
     stack: Stack, tab: Tab, http: httpx.AsyncClient
 ) -> None:

@@ -881,9 +881,18 @@ function cartView() {
 
 // A country as the page names it wherever it shows one (the checkout's picker, an order's address): in the
 // browser's language, or by its code where the browser has no name for it. The order page showed the code
-// ("…, GB") beside a picker that had offered the name.
-const COUNTRY_NAMES = new Intl.DisplayNames(undefined, { type: "region", fallback: "code" });
-const countryName = (code) => COUNTRY_NAMES.of(code);
+// ("…, GB") beside a picker that had offered the name. Made on first use and never allowed to throw: made at
+// the script's top, a browser without Intl.DisplayNames lost the whole page, and a code it rejects as
+// malformed (RangeError) would lose the order's page; either way the code itself names the country.
+let countryNames;
+function countryName(code) {
+  try {
+    countryNames ??= new Intl.DisplayNames(undefined, { type: "region", fallback: "code" });
+    return countryNames.of(code);
+  } catch {
+    return code;
+  }
+}
 
 // The countries orders ships to (countries.js: its own list of ISO 3166-1 codes), as [code, name] in the order
 // of their names. Typed as text, the country was refused unless the shopper knew its code ("UK" is not the
