@@ -283,23 +283,43 @@ async def ensure_stream(
 async def keep_unread_messages(js: JetStreamContext, name: str) -> bool:
     """Give the stream, as it is now, the discard policy `keeping_unread_messages` says, saying so; whether it
     changed. For a size limit set on a running stream (`nats stream edit --max-msgs N` keeps discard old),
-    which no declaration sees until the publisher declares the stream again. JetStream has no conditional
-    update: the whole configuration read is written back, so it is read again just before, and an edit made
-    since waits for the next check rather than being reverted (a far narrower window, not none)."""
+    which no declaration sees until the publisher declares the stream again.
+
+    JetStream has no conditional update: the whole configuration read is written back, so an operator's edit
+    landing between the read and the write (one round trip) is overwritten, and nothing can tell. Reading
+    again just before the write would only move that window, not narrow it. What can be seen is said: the
+    configuration written, at INFO, and a WARNING naming the fields, other than the discard policy, in which
+    the configuration the server answers with differs from the one read (an edit landing with the write)."""
     found = (await js.stream_info(name)).config
     wanted = keeping_unread_messages(found)
     if wanted == found:
         return False
-    if (await js.stream_info(name)).config != found:
-        log.info(
-            "NATS stream %s: its configuration changed since it was read; its discard policy is checked next time", name
-        )
-        return False
-    await js.update_stream(wanted)
-    # Said in full: should it have overwritten an edit made in the last instant, the operator sees what to redo.
+    written = (await js.update_stream(wanted)).config
+    # Said in full: should it have overwritten an edit made meanwhile, the operator sees what to redo.
     log.info("NATS stream %s: wrote its configuration %s", name, wanted.as_dict())
+    if changed := _changed_fields(found, written, apart_from=_DISCARD_FIELDS):
+        log.warning(
+            "NATS stream %s: the configuration it has after the publisher set its discard policy differs from "
+            "the one read just before in %s: an operator's edit landed at the same time, and may have been "
+            "overwritten. Check it (`nats stream info %s`) and re-apply the edit if it is missing",
+            name,
+            ", ".join(changed),
+            name,
+        )
     _say_discard_changed(found)
     return True
+
+
+# What keeping_unread_messages changes.
+_DISCARD_FIELDS = frozenset({"discard", "discard_new_per_subject"})
+
+
+def _changed_fields(before: StreamConfig, after: StreamConfig, *, apart_from: frozenset[str]) -> list[str]:
+    return [
+        field.name
+        for field in dataclasses.fields(before)
+        if field.name not in apart_from and getattr(before, field.name) != getattr(after, field.name)
+    ]
 
 
 def _size_limited(config: StreamConfig) -> bool:
