@@ -63,13 +63,18 @@ async def applied(db: Database) -> Counter[str]:
 
 
 def consumer(
-    db: Database, url: str, handler: object, subjects: tuple[str, ...] = ("things.v1.happened",), **kwargs: object
+    db: Database,
+    url: str,
+    handler: object,
+    subjects: tuple[str, ...] = ("things.v1.happened",),
+    stream: str = "THINGS",
+    **kwargs: object,
 ) -> EventConsumer:
     return EventConsumer(
         db,
         url,
         durable="tester",
-        stream="THINGS",
+        stream=stream,
         stream_subjects=["things.v1.>"],
         subjects=list(subjects),
         handler=handler,  # type: ignore[arg-type]

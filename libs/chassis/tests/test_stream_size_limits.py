@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StreamConfig, StreamInfo
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StreamConfig, StreamInfo, StreamSource
 from nats.js.errors import ServiceUnavailableError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
@@ -190,19 +190,32 @@ async def test_a_consumer_counts_and_says_the_events_its_stream_deleted_before_i
     assert "consumer tester lost 2 event(s) of stream THINGS: sequences 1 to 2" in said
 
 
-async def test_a_message_being_handled_when_its_stream_deletes_it_is_not_counted_lost(
+async def test_a_message_this_replica_handles_when_its_stream_deletes_it_is_not_counted_lost_one_awaiting_redelivery_is(
     db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The backlog poll read the durable's state, then the max age deleted e1..e3 while e1 was in its handler's
-    hands (delivered, not acknowledged): e1 was counted lost with the others, and paged, though its handler
-    acknowledged it."""
+    """The backlog poll read the durable's state, then the max age deleted e1..e3 while e2 was in this replica's
+    handler's hands (delivered, not acknowledged): e2 is not lost. e1 was handed back (a NAK) and waits for a
+    redelivery that will never come: lost. The count left out as many deleted messages as the durable had
+    pending, e1 among them, and so hid its loss, for good."""
     await durable_created_then_stopped(db, nats_srv)
+    js = client.jetstream()
+
+    async def no_pull_left() -> bool:  # the stopped consumer's last pull request would take a message, unread
+        return (await js.consumer_info("THINGS", "tester")).num_waiting == 0
+
+    await eventually(no_pull_left, "the stopped consumer's pull request expired")
     for i in range(1, 4):
         await publish(client, f"e{i}")
-    js = client.jetstream()
     handler = await js.pull_subscribe_bind("tester", "THINGS")
+    [handed_back] = await handler.fetch(1)
+    await handed_back.nak(delay=600)
     [in_hand] = await handler.fetch(1)
+    assert in_hand.metadata.sequence.stream == 2
+    registry = CollectorRegistry()
+    polling = consumer(db, nats_srv.url, record, metrics=EventMetrics(registry))
+    polling._hold_sequences([in_hand])
     read_before = await js.consumer_info("THINGS", "tester")  # what the poll read, just before the deletion
+    assert read_before.num_ack_pending == 2
     found = (await js.stream_info("THINGS")).config
     await js.update_stream(dataclasses.replace(found, max_age=1.0, duplicate_window=1.0))
 
@@ -210,16 +223,45 @@ async def test_a_message_being_handled_when_its_stream_deletes_it_is_not_counted
         return (await js.stream_info("THINGS")).state.first_seq == 4
 
     await eventually(all_deleted, "e1..e3 past the max age")
-    registry = CollectorRegistry()
-    polling = consumer(db, nats_srv.url, record, metrics=EventMetrics(registry))
     await polling._look_for_lost(js, read_before)
     await in_hand.ack()
 
     lost = registry.get_sample_value("shopmesh_events_lost_total", {"stream": "THINGS", "consumer": "tester"})
-    assert lost == 2, "e2 and e3, never delivered; not e1, being handled"
+    assert lost == 2, "e1, awaiting a redelivery, and e3, never delivered; not e2, being handled"
     [said] = [r.getMessage() for r in caplog.records if r.name == "shopmesh.consumer" and r.levelno == logging.ERROR]
     assert "consumer tester lost 2 event(s) of stream THINGS: sequences 1 to 3" in said
     assert "(1 of them, delivered and being handled, not counted)" in said
+
+
+async def test_a_caught_up_consumer_of_a_stream_listing_no_subjects_does_not_count_others_deleted_messages(
+    db: Database, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mirror lists no subjects: its durable's filter looked to cover all of them (every one of none), so
+    while caught up the deleted messages of the subjects it does not read counted as its loss, and paged."""
+    js = client.jetstream()
+    await js.add_stream(StreamConfig(name="MIRROR", mirror=StreamSource(name="THINGS")))
+    await publish(client, "e1")
+    for _ in range(2):
+        await js.publish("things.v1.other", b"x")
+
+    async def mirrored() -> bool:
+        return (await js.stream_info("MIRROR")).state.last_seq == 3
+
+    await eventually(mirrored, "the mirror holding seqs 1..3")
+    reading = ConsumerConfig(durable_name="tester", ack_policy=AckPolicy.EXPLICIT, filter_subject="things.v1.happened")
+    await js.add_consumer("MIRROR", reading)
+    [e1] = await (await js.pull_subscribe_bind("tester", "MIRROR")).fetch(1)
+    await e1.ack_sync()
+    found = (await js.stream_info("MIRROR")).config
+    await js.update_stream(dataclasses.replace(found, max_msgs=1))  # discard old: deletes seqs 1 and 2
+
+    registry = CollectorRegistry()
+    looking = consumer(db, "nats://unused", record, stream="MIRROR", metrics=EventMetrics(registry))
+    await looking._look_for_lost(js)
+
+    lost = registry.get_sample_value("shopmesh_events_lost_total", {"stream": "MIRROR", "consumer": "tester"})
+    assert not lost, "seq 2 was a things.v1.other message, which this durable never reads"
+    assert not [r for r in caplog.records if r.name == "shopmesh.consumer" and r.levelno == logging.ERROR]
 
 
 async def test_a_caught_up_consumer_does_not_count_as_its_own_the_deleted_messages_of_a_subject_its_stream_gained(

@@ -374,6 +374,11 @@ class EventConsumer:
         # (see _look_for_lost), and whether the durable had messages it had not applied at the last look.
         self._lost_through = 0
         self._was_behind = False
+        # Stream sequences of the messages this replica's batches hold (fetched, not yet all settled), and of
+        # those let go since the durable's state was last read (acknowledged after that read, most likely): not
+        # lost when the stream deletes them (see _look_for_lost).
+        self._in_hand: set[int] = set()
+        self._let_go: set[int] = set()
         # Replaced when the server closed it for good: _run's next _consume connects anew.
         self._connection = NatsConnection(nats_url, name=durable)
         self._tasks: list[asyncio.Task[None]] = []
@@ -552,6 +557,7 @@ class EventConsumer:
             if not messages:
                 continue
             settled = 0  # messages of the batch acknowledged, handed back or parked
+            held = self._hold_sequences(messages)
             try:
                 for message in messages:
                     delivered = await self._deliver(message, replayed=replayed)
@@ -572,6 +578,22 @@ class EventConsumer:
                     with contextlib.suppress(Exception):
                         await unsettled.nak()
                 raise
+            finally:
+                self._in_hand -= held
+                self._let_go |= held
+
+    def _hold_sequences(self, messages: list[Msg]) -> set[int]:
+        """Remember the stream sequences of this batch's messages of the consumed stream (not replays) as in
+        this replica's hands; they are."""
+        held = {
+            message.metadata.sequence.stream
+            for message in messages
+            if message.metadata is not None
+            and message.metadata.stream == self._stream
+            and message.metadata.sequence.stream is not None
+        }
+        self._in_hand |= held
+        return held
 
     async def _read_gauges(self, js: JetStreamContext, metrics: EventMetrics) -> None:
         """Keep the backlog and parked-message gauges current from what NATS knows: other replicas share
@@ -579,6 +601,7 @@ class EventConsumer:
         mine = parked_subject(self._durable, ">")
         while True:
             try:
+                self._let_go.clear()
                 state = await js.consumer_info(self._stream, self._durable)
                 self._slots_read[(self._stream, self._durable)] = (time.monotonic(), state.num_ack_pending or 0)
                 backlog = (state.num_pending or 0) + (state.num_ack_pending or 0)
@@ -608,6 +631,7 @@ class EventConsumer:
         it is behind; one whose service was down past the max age finds nothing pending and counts nothing."""
         try:
             if state is None:
+                self._let_go.clear()
                 state = await js.consumer_info(self._stream, self._durable)
             info = await js.stream_info(self._stream)
         except (nats.errors.Error, TimeoutError) as exc:
@@ -621,17 +645,21 @@ class EventConsumer:
         # messages, so a gap while it is caught up is theirs. The stream's subjects as they are: a newer
         # publisher, or an operator, may have added some this consumer was not configured with.
         durable_filter = filter_of(state.config)
+        # A stream that reports no subjects (a mirror, or one fed only by sources) takes messages of subjects
+        # it does not list: the filter cannot be known to cover them, so the durable counts as filtering.
         subjects = info.config.subjects or []
-        whole = not durable_filter or all(any(covers(f, s) for f in durable_filter) for s in subjects)
+        whole = not durable_filter or (
+            bool(subjects) and all(any(covers(f, s) for f in durable_filter) for s in subjects)
+        )
         floor = (state.ack_floor.stream_seq or 0) if state.ack_floor is not None else 0
         deleted_through = (stream.first_seq or 1) - 1
         since = max(floor, self._lost_through)
-        # A message delivered and not acknowledged yet when `state` was read may be among the deleted ones, its
-        # handler about to acknowledge it: not lost. Such messages lie between the ack floor and the last
-        # delivered sequence; JetStream says how many are pending, not which, so that many are left out of the
-        # count (a handler that died with one, deleted meanwhile, goes uncounted: the server drops it too).
-        delivered = (state.delivered.stream_seq or 0) if state.delivered is not None else 0
-        in_hand = min(state.num_ack_pending or 0, max(0, min(delivered, deleted_through) - since))
+        # A deleted message this replica holds is its handler's to acknowledge, one let go since `state` was read
+        # most likely acknowledged since: not lost.
+        # Only its own, by sequence: the durable's pending count also covers messages waiting for a redelivery
+        # that will never come, which are lost. Another replica's in-hand messages are counted (one page too
+        # many, rather than a loss hidden).
+        in_hand = sum(1 for seq in self._in_hand | self._let_go if since < seq <= deleted_through)
         lost = deleted_through - since - in_hand
         if lost > 0 and (whole or behind or self._was_behind):
             log.error(

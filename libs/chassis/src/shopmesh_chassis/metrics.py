@@ -246,8 +246,8 @@ class EventMetrics:
             "two may count the same. With a durable that filters some of the stream's subjects, counted only "
             "while it is behind, and then the deleted messages of the other subjects count too; not at all when its "
             "service was down past the max age (nothing pending at its start, and JetStream keeps no trace of a "
-            "deleted message's subject). Messages delivered and not acknowledged yet are left out (as many as the "
-            "durable has pending): their handler may still acknowledge them. One series per "
+            "deleted message's subject), nor when its stream lists none (a mirror) and it is caught up. Messages "
+            "this replica's handlers hold are left out: they settle them. One series per "
             "consumer, at 0 from its start, so that increase() sees the first.",
             ("stream", "consumer"),
             registry=registry,
