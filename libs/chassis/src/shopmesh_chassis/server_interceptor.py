@@ -311,7 +311,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 response = await answered(
                     lambda: inner(each_checked(received) if streams_in else checked(received), context), context
                 )
-                code = _ended_with(context)
+                code = _code_of(context, grpc.StatusCode.OK)
                 return response
             except asyncio.CancelledError:
                 # Its caller ended it, by a cancel or at its deadline: a stream lasts until its caller stops it
@@ -676,17 +676,12 @@ def _reason_of(status: status_pb2.Status) -> str | None:
     return None
 
 
-def _ended_with(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
-    """The code of a call whose handler returned: the one it set, OK if none."""
+def _code_of(
+    context: grpc.aio.ServicerContext[Any, Any], default: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+) -> grpc.StatusCode:
+    """The code the handler set on `context`; `default` if it set none (OK for a handler that returned)."""
     code = context.code()
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
-
-
-def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    return grpc.StatusCode.UNKNOWN
+    return code if isinstance(code, grpc.StatusCode) else default
 
 
 def _response_type(method: str) -> type[Message] | None:
