@@ -33,9 +33,22 @@ def silent_server(unix_path: Path | None = None) -> Iterator[socket.socket]:
         yield server
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A process started with SIGINT ignored keeps it ignored, and Python then installs no KeyboardInterrupt: a
+    # pytest worker may run with it ignored (the tool then waited out its 5 s and ended 0). A shell's Ctrl-C
+    # reaches a tool with the default disposition, as here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tool(cwd: Path, *argv: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, *argv], cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, *argv],
+        cwd=cwd,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
 
 
