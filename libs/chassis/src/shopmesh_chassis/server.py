@@ -110,6 +110,12 @@ class _HealthServicer(HealthServicer):
         self._ending.set()
 
 
+def port_taken(bind: str) -> str:
+    """What a server whose TCP port (host:port) another process holds says as it exits: the local launcher
+    starts it again when it reads this and finds the port free (shopmesh_platform.stack)."""
+    return f"cannot listen on {bind} (GRPC_HOST / GRPC_PORT): is another process using it?"
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """One servicer and how to add it: `register` is the generated `add_XServicer_to_server`."""
@@ -211,7 +217,7 @@ class ChassisServer:
                 raise StartupFailed(
                     f"cannot listen on {bind} (GRPC_UNIX_SOCKET): does its folder exist, writable by this user?"
                 )
-            raise StartupFailed(f"cannot listen on {bind} (GRPC_HOST / GRPC_PORT): is another process using it?")
+            raise StartupFailed(port_taken(bind))
         # No TCP port on a Unix socket (grpcio answers 1 there).
         self.port = 0 if self.settings.grpc_unix_socket else bound
         if self.settings.metrics_port >= 0:
