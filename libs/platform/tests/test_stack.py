@@ -447,6 +447,41 @@ async def test_a_restart_that_moves_the_metrics_port_is_started_again_once_a_con
         assert await health_status(stack.address("alpha"), timeout=HEALTH_CALL_SECONDS) == SERVING
 
 
+@pytest.mark.timeout(300)
+async def test_a_child_whose_port_another_process_binds_as_it_starts_is_started_again_when_the_port_is_free(
+    tmp_path: Path,
+) -> None:
+    # Free ports are picked before the child binds them: another process on the machine (a test picking its own
+    # free port) may bind one in between and be gone by the time the launcher looks. No connection holds the port
+    # then, nothing listens there, yet the child died on the chassis' "cannot listen on": a README walkthrough
+    # lost a service so, with no second start.
+    plan = PortPlan.free(["alpha"])
+    port = plan.services["alpha"].grpc
+    lines: list[tuple[str, str]] = []
+    # No SO_REUSEADDR / SO_REUSEPORT: the child's bind fails, as against a port another process has bound.
+    holder = socket.socket()
+
+    def sink(who: str, line: str) -> None:
+        lines.append((who, line))
+        # That process lets the port go as the child gives up: the launcher finds it free.
+        if who == "alpha" and "cannot listen on" in line:
+            holder.close()
+
+    stack = Stack(tmp_path / "data", ports=plan, specs=sample_specs()[:1], log_sink=sink)
+    try:
+        async with stack:
+            await stack.kill_service("alpha")
+            holder.bind((plan.host, port))
+            await asyncio.wait_for(stack.start_service("alpha"), STARTUP_SECONDS)
+            assert await health_status(stack.address("alpha"), timeout=HEALTH_CALL_SECONDS) == SERVING
+    finally:
+        holder.close()
+    said = [line for who, line in lines if who == "launcher"]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"alpha could not listen: another process had port(s) {port} as it started; "), said
+    assert said[0].endswith("starting it again (2 of 3)"), said
+
+
 async def test_a_child_that_fails_with_its_port_free_is_not_started_again(tmp_path: Path) -> None:
     starts: list[str] = []
     failing = (sys.executable, "-c", "import sys; print('started'); sys.exit(3)")

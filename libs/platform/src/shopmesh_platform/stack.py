@@ -49,10 +49,11 @@ from typing import Any, Literal
 
 from grpc_health.v1 import health_pb2
 
-from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, UNIX_SOCKET_PATH_MAX_BYTES
+from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, UNIX_SOCKET_PATH_MAX_BYTES, host_port
 from shopmesh_chassis.db import sqlite_url
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
 from shopmesh_chassis.local_stack import STACK_FILE, make_private_folder, running_stack
+from shopmesh_chassis.server import port_taken
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
@@ -126,7 +127,8 @@ _POLL_SECONDS = 0.1
 PORT_RELEASE_SECONDS = 65.0
 # Starts of a child that exits because a client connection took one of its ports after the check (any
 # outgoing connection, the launcher's own readiness probes included, may get one of `make run`'s fixed
-# ports as its ephemeral local port): each waits for the port to be free first.
+# ports as its ephemeral local port): each waits for the port to be free first. Also starts of a service that
+# exits because another process bound one of its ports and has let it go since (one picking a free port).
 PORT_RACE_STARTS = 3
 # Inherited variables that would make every child the same service or share one database.
 _PER_SERVICE_VARIABLES = (
@@ -489,6 +491,8 @@ class _Child:
     # Set when the launcher sends it SIGKILL: a death by SIGKILL is then not a crash.
     killed: bool = False
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=_RECENT_LINES))
+    # Lines it printed, across restarts: which of `recent` are the current start's.
+    printed: int = 0
 
     @property
     def running(self) -> bool:
@@ -1356,8 +1360,22 @@ class Stack:
                 told = True
             await asyncio.sleep(_POLL_SECONDS * 5)
 
+    def _taken_then_let_go(self, child: _Child, printed: int) -> list[tuple[str, int]]:
+        """The ports of `child` its start (which printed the lines after its first `printed`) could not bind
+        because another process had them (the chassis' `port_taken`) and that nothing listens on now: that
+        process bound one between the plan and the start, then let it go (as one picking a free port does)."""
+        said = list(child.recent)[-(child.printed - printed) :] if child.printed > printed else []
+        return [
+            (child.name, port)
+            for owner, _, bound, port in self._listeners()
+            if owner == child.name
+            and any(port_taken(host_port(bound, port)) in line for line in said)
+            and not listening(self.ports.reachable(bound), port)
+        ]
+
     async def _start_child(self, child: _Child) -> None:
         for start in range(1, PORT_RACE_STARTS + 1):
+            printed = child.printed
             await self._launch(child)
             try:
                 await self._wait_ready(child, self.startup_timeout)
@@ -1371,14 +1389,19 @@ class Stack:
                 if not (isinstance(failure, StackError) and exited and start < PORT_RACE_STARTS):
                     raise
                 held = self._held_by_connections(child)
-                if not held:
+                # Or another process bound one (picking its own free port) and let it go before this look.
+                let_go = [] if held else self._taken_then_let_go(child, printed)
+                if not (held or let_go):
                     raise
                 with contextlib.suppress(Exception):
-                    ports = ", ".join(str(port) for _, port in held)
+                    ports = ", ".join(str(port) for _, port in held or let_go)
+                    why = (
+                        f"a client connection took port(s) {ports} as it started; starting it again once free"
+                        if held
+                        else f"another process had port(s) {ports} as it started; starting it again"
+                    )
                     self._log_sink(
-                        "launcher",
-                        f"{child.name} could not listen: a client connection took port(s) {ports} as it started; "
-                        f"starting it again once free ({start + 1} of {PORT_RACE_STARTS})",
+                        "launcher", f"{child.name} could not listen: {why} ({start + 1} of {PORT_RACE_STARTS})"
                     )
                 await self._wait_for_closing_connections(functools.partial(self._held_by_connections, child), told=True)
 
@@ -1413,6 +1436,7 @@ class Stack:
 
     def _emit(self, child: _Child, line: str) -> None:
         child.recent.append(line)
+        child.printed += 1
         # A failing sink (stdout closed by `| head`, a full disk) must not stop the draining of the pipe:
         # a child whose pipe is full blocks on its next log line.
         with contextlib.suppress(Exception):
