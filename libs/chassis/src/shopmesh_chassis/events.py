@@ -267,17 +267,16 @@ async def ensure_stream(
         # Taken: the stream exists with another configuration (else stream_info says it is missing).
         if not update:
             return
-    found = (await js.stream_info(name)).config
-    owned = dataclasses.replace(found, subjects=subjects, duplicate_window=duplicate_window, max_age=max_age)
-    wanted = keeping_unread_messages(owned)
-    if wanted == found:
-        return
-    try:
-        await js.update_stream(wanted)
-    except BadRequestError as exc:
-        raise StreamUpdateRefused(name, exc.description or str(exc)) from exc
-    if wanted != owned:
-        _say_discard_changed(found)
+    written = await _write_keeping_unread_messages(
+        js,
+        name,
+        own=lambda found: dataclasses.replace(
+            found, subjects=subjects, duplicate_window=duplicate_window, max_age=max_age
+        ),
+        refused=lambda exc: StreamUpdateRefused(name, exc.description or str(exc)),
+    )
+    if written is not None and written.discard_changed:
+        _say_discard_changed(written.found)
 
 
 async def keep_unread_messages(js: JetStreamContext, name: str) -> bool:
@@ -290,14 +289,12 @@ async def keep_unread_messages(js: JetStreamContext, name: str) -> bool:
     again just before the write would only move that window, not narrow it. What can be seen is said: the
     configuration written, at INFO, and a WARNING naming the fields, other than the discard policy, in which
     the configuration the server answers with differs from the one read (an edit landing with the write)."""
-    found = (await js.stream_info(name)).config
-    wanted = keeping_unread_messages(found)
-    if wanted == found:
+    written = await _write_keeping_unread_messages(js, name)
+    if written is None:
         return False
-    written = (await js.update_stream(wanted)).config
     # Said in full: should it have overwritten an edit made meanwhile, the operator sees what to redo.
-    log.info("NATS stream %s: wrote its configuration %s", name, wanted.as_dict())
-    if changed := _changed_fields(found, written, apart_from=_DISCARD_FIELDS):
+    log.info("NATS stream %s: wrote its configuration %s", name, written.wanted.as_dict())
+    if changed := _changed_fields(written.found, written.answered, apart_from=_DISCARD_FIELDS):
         log.warning(
             "NATS stream %s: the configuration it has after the publisher set its discard policy differs from "
             "the one read just before in %s: an operator's edit landed at the same time, and may have been "
@@ -306,12 +303,48 @@ async def keep_unread_messages(js: JetStreamContext, name: str) -> bool:
             ", ".join(changed),
             name,
         )
-    _say_discard_changed(found)
+    _say_discard_changed(written.found)
     return True
 
 
 # What keeping_unread_messages changes.
 _DISCARD_FIELDS = frozenset({"discard", "discard_new_per_subject"})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Written:
+    found: StreamConfig  # read just before the write
+    wanted: StreamConfig  # written
+    answered: StreamConfig  # what the server answered the write with
+
+    @property
+    def discard_changed(self) -> bool:
+        # Changed by keeping_unread_messages (these are all it changes), not by `own`: what _say_discard_changed says.
+        return any(getattr(self.found, field) != getattr(self.wanted, field) for field in _DISCARD_FIELDS)
+
+
+async def _write_keeping_unread_messages(
+    js: JetStreamContext,
+    name: str,
+    *,
+    own: Callable[[StreamConfig], StreamConfig] = lambda found: found,
+    refused: Callable[[BadRequestError], Exception] | None = None,
+) -> _Written | None:
+    """Read the stream's configuration, make it `own`'s and `keeping_unread_messages`', and write it back unless
+    it is so already; what was read and written, None when nothing was. What a refused update means is the
+    caller's to say: `refused` makes the exception raised instead of JetStream's BadRequestError (ensure_stream's
+    StreamUpdateRefused); without it, BadRequestError propagates."""
+    found = (await js.stream_info(name)).config
+    wanted = keeping_unread_messages(own(found))
+    if wanted == found:
+        return None
+    try:
+        answered = (await js.update_stream(wanted)).config
+    except BadRequestError as exc:
+        if refused is None:
+            raise
+        raise refused(exc) from exc
+    return _Written(found, wanted, answered)
 
 
 def _changed_fields(before: StreamConfig, after: StreamConfig, *, apart_from: frozenset[str]) -> list[str]:
