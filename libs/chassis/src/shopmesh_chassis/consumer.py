@@ -601,8 +601,7 @@ class EventConsumer:
         mine = parked_subject(self._durable, ">")
         while True:
             try:
-                self._let_go.clear()
-                state = await js.consumer_info(self._stream, self._durable)
+                state = await self._read_durable(js)
                 self._slots_read[(self._stream, self._durable)] = (time.monotonic(), state.num_ack_pending or 0)
                 backlog = (state.num_pending or 0) + (state.num_ack_pending or 0)
                 metrics.consumer_backlog.labels(self._durable).set(backlog)
@@ -620,6 +619,13 @@ class EventConsumer:
                 await asyncio.wait_for(self._parked.wait(), self._gauge_poll)
             stop_if_cancelled()
 
+    async def _read_durable(self, js: JetStreamContext) -> ConsumerInfo:
+        """The durable's state as NATS says now. What this replica let go before the read shows in it (as
+        acknowledged, most likely): _let_go starts over, for _look_for_lost to discount only what comes after."""
+        self._let_go.clear()
+        state: ConsumerInfo = await js.consumer_info(self._stream, self._durable)
+        return state
+
     async def _look_for_lost(self, js: JetStreamContext, state: ConsumerInfo | None = None) -> None:
         """Count and say the messages the stream deleted before the durable acknowledged them: its first sequence
         past the durable's ack floor + 1. Under discard old a full stream deletes its oldest messages, read or
@@ -631,8 +637,7 @@ class EventConsumer:
         it is behind; one whose service was down past the max age finds nothing pending and counts nothing."""
         try:
             if state is None:
-                self._let_go.clear()
-                state = await js.consumer_info(self._stream, self._durable)
+                state = await self._read_durable(js)
             info = await js.stream_info(self._stream)
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("consumer %s: could not look for events its stream deleted unread: %s", self._durable, exc)
