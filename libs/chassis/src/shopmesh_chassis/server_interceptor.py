@@ -325,16 +325,14 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             except BaseException:
                 # grpcio answers an exception escaping a handler UNKNOWN; but one raised because the caller has
                 # gone (a write to a stream it cancelled: ExecuteBatchError) is its ending, not a server error, as
-                # for a unary call. The call's own cancellation may not be in the context yet; the task's is.
-                task = asyncio.current_task()
-                ended = context.cancelled() or context.done() or (task is not None and task.cancelling() > 0)
+                # for a unary call.
+                ended = _caller_ended(context) or context.done()
                 code = grpc.StatusCode.CANCELLED if ended else grpc.StatusCode.UNKNOWN
                 raise
             finally:
                 # Once the handler has returned, its ending included (a reset stream's too): the bound on
                 # handlers a rapid reset leaves running holds for streams as for unary calls.
-                self._release(stream=True)
-                metrics.handled(code).inc()
+                self._ended(metrics, code, held=True, stream=True)
 
         return rebuilt(wrapped, response_serializer=serialize)
 
@@ -399,8 +397,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_of(context)
                 raise
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not context.cancelled() and (task is None or not task.cancelling()):
+                if not _caller_ended(context):
                     # Not the call's cancellation: the handler awaited something another party cancelled (a call on
                     # a channel being closed at shutdown, a shared task stopped). Re-raised, grpc.aio would take it
                     # for the caller's and send no status: the caller would wait until its deadline, or for ever.
@@ -463,13 +460,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             # Straight to grpcio, not through _abort: it is what failed to build or send the first answer.
             await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
-            if limited and admitted:
-                self._release(stream=False)
             metrics.in_flight.dec()
             metrics.handling.observe(time.perf_counter() - start)
-            metrics.handled(code).inc()
-            if shed:
-                metrics.shed.inc()
+            self._ended(metrics, code, held=limited and admitted, stream=False, shed=shed)
             call_context.leave(token)
             if span.is_recording():
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -493,6 +486,17 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         self._in_flight -= 1
         self._streams -= stream
 
+    def _ended(
+        self, metrics: MethodMetrics, code: grpc.StatusCode, *, held: bool, stream: bool, shed: bool = False
+    ) -> None:
+        """Count a call, unary or streaming, handled under the code it ended with (and shed: refused for load,
+        which ShopmeshServerErrors reads apart), and give back the in-flight slot it `held`."""
+        if held:
+            self._release(stream=stream)
+        metrics.handled(code).inc()
+        if shed:
+            metrics.shed.inc()
+
     def _overloaded(self, *, stream: bool) -> errors.Overloaded:
         """The refusal of a call `_admit` did not admit, naming the limit it met."""
         if stream and self._max_streams is not None and self._streams >= self._max_streams:
@@ -510,8 +514,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         RESOURCE_EXHAUSTED and shed (ShopmeshServerErrors reads a method's shed calls against its handled ones
         and the streams it holds)."""
         metrics.started.inc()
-        metrics.handled(grpc.StatusCode.RESOURCE_EXHAUSTED).inc()
-        metrics.shed.inc()
+        self._ended(metrics, grpc.StatusCode.RESOURCE_EXHAUSTED, held=False, stream=True, shed=True)
         status = to_grpc_status(to_rpc_status(self._overloaded(stream=True), self._domain))
         try:
             await self._abort(context, status, shed=True)
@@ -660,6 +663,13 @@ def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[
 def _a_retry(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
     """Whether the call is a retry attempt of its caller's channel (gRPC sends PREVIOUS_ATTEMPTS with each)."""
     return any(key == PREVIOUS_ATTEMPTS for key, _ in context.invocation_metadata() or ())
+
+
+def _caller_ended(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """Whether the call itself is ending, by its caller's cancel or at its deadline: its cancellation may not be
+    in the context yet when the handler sees it, but the handler's task is being cancelled by then."""
+    task = asyncio.current_task()
+    return context.cancelled() or (task is not None and task.cancelling() > 0)
 
 
 def _reason_of(status: status_pb2.Status) -> str | None:
