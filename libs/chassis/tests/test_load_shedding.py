@@ -391,6 +391,35 @@ async def test_streams_past_their_share_of_the_limit_are_shed_as_unary_calls_are
     )
 
 
+async def test_a_shed_calls_message_names_the_limit_it_met_the_streams_share_first_for_a_stream(
+    limited: ChassisServer, holding: Holding
+) -> None:
+    """The whole limit for a unary call, and for a stream while the streams hold less than their share; the
+    streams' share for a stream once they hold it, whether or not the whole limit is met as well."""
+    calls = f"the server is handling its limit of {LIMIT} calls; retry shortly"
+    streams = f"the server is handling its limit of {STREAMS} streaming calls; retry shortly"
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        busy = await held_in_handlers(limited, stub, LIMIT)
+        assert (await refusal_of(health.Watch(health_pb2.HealthCheckRequest(), timeout=10))).details() == calls
+        holding.release.set()
+        await asyncio.wait_for(asyncio.gather(*busy), timeout=60)
+
+        watches = [await open_watch(health) for _ in range(STREAMS)]
+        assert (await refusal_of(health.Watch(health_pb2.HealthCheckRequest(), timeout=10))).details() == streams
+        holding.release.clear()
+        busy = await held_in_handlers(limited, stub, LIMIT - STREAMS)
+        assert (await refusal_of(health.Watch(health_pb2.HealthCheckRequest(), timeout=10))).details() == streams
+        with pytest.raises(grpc.aio.AioRpcError) as one_more:
+            await stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
+        assert one_more.value.details() == calls
+        holding.release.set()
+        await asyncio.wait_for(asyncio.gather(*busy), timeout=60)
+        for watch in watches:
+            watch.cancel()
+
+
 def _watch_taken(health: Any) -> Any:
     async def taken() -> bool:
         watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
