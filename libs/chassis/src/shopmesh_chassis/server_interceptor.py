@@ -16,6 +16,7 @@ span records.
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 import time
@@ -129,6 +130,13 @@ STREAMS_SHARE = 10
 
 # go-grpc-prometheus' grpc_type of each kind of streaming method.
 _SERVER_STREAM, _CLIENT_STREAM, _BIDI_STREAM = "server_stream", "client_stream", "bidi_stream"
+
+
+class _Limit(enum.Enum):
+    """A limit a call met and was shed at, by how its refusal names what it counts."""
+
+    CALLS = "calls"
+    STREAMS = "streaming calls"
 
 
 class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
@@ -298,8 +306,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         metrics = self._metrics.for_method(method, rpc_type)
 
         async def wrapped(received: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if not self._admit(stream=True):
-                return await self._shed_stream(metrics, context)
+            met = self._admit(stream=True)
+            if met is not None:
+                return await self._shed_stream(metrics, context, met)
             # Counted started and handled as a unary call is: with the shed ones alone counted, one shed Watch
             # was all of its method's calls to ShopmeshServerErrors. Not timed: a Watch lives for hours, and the
             # latency histogram (ShopmeshSlowCalls, the SLO) is about unary calls.
@@ -354,7 +363,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         metrics.in_flight.inc()
         code = grpc.StatusCode.OK
         start = time.perf_counter()
-        admitted = not limited or self._admit(stream=False)
+        met = self._admit(stream=False) if limited else None
         # Shed: here, by the handler (an errors.Overloaded), or by a dependency whose answer is
         # relayed (a ReplayedError `shed=True`: it came marked SHED_ANSWER or, unmarked, RESOURCE_EXHAUSTED
         # SERVER_OVERLOADED, a release before the marker: grpc_errors' `_shed`): the server's failure, under a
@@ -364,8 +373,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         shed_reason = ""
         try:
             try:
-                if not admitted:
-                    raise self._overloaded(stream=False)
+                if met is not None:
+                    raise self._overloaded(met)
                 if parse is not None:
                     request = _parsed(parse, request)
                 check_no_nul(request)
@@ -462,7 +471,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         finally:
             metrics.in_flight.dec()
             metrics.handling.observe(time.perf_counter() - start)
-            self._ended(metrics, code, held=limited and admitted, stream=False, shed=shed)
+            self._ended(metrics, code, held=limited and met is None, stream=False, shed=shed)
             call_context.leave(token)
             if span.is_recording():
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -471,16 +480,17 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 elif shed:
                     span.set_status(trace.StatusCode.ERROR, shed_reason)
 
-    def _admit(self, *, stream: bool) -> bool:
-        """Take a slot of the in-flight limit (a stream: of the streams' share of it too), or say there is none
-        (the loop is one thread: no lock)."""
-        if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
-            return False
+    def _admit(self, *, stream: bool) -> _Limit | None:
+        """Take a slot of the in-flight limit (a stream: of the streams' share of it too), or name the limit met
+        (the loop is one thread: no lock). A stream that meets both is told of the streams' share: it would
+        still meet that one with the whole limit free."""
         if stream and self._max_streams is not None and self._streams >= self._max_streams:
-            return False
+            return _Limit.STREAMS
+        if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
+            return _Limit.CALLS
         self._in_flight += 1
         self._streams += stream
-        return True
+        return None
 
     def _release(self, *, stream: bool) -> None:
         self._in_flight -= 1
@@ -497,25 +507,24 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         if shed:
             metrics.shed.inc()
 
-    def _overloaded(self, *, stream: bool) -> errors.Overloaded:
-        """The refusal of a call `_admit` did not admit, naming the limit it met."""
-        if stream and self._max_streams is not None and self._streams >= self._max_streams:
-            limit = f"its limit of {self._max_streams} streaming calls"
-        else:
-            limit = f"its limit of {self._max_in_flight} calls"
+    def _overloaded(self, met: _Limit) -> errors.Overloaded:
+        """The refusal of a call `_admit` did not admit, naming the limit it `met`."""
+        size = self._max_streams if met is _Limit.STREAMS else self._max_in_flight
         return errors.Overloaded(
-            f"the server is handling {limit}; retry shortly",
+            f"the server is handling its limit of {size} {met.value}; retry shortly",
             reason=errors.SERVER_OVERLOADED,
             retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
         )
 
-    async def _shed_stream(self, metrics: MethodMetrics, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _shed_stream(
+        self, metrics: MethodMetrics, context: grpc.aio.ServicerContext[Any, Any], met: _Limit
+    ) -> None:
         """Refuse a streaming call as a unary one is shed: the same answer, counted started, handled
         RESOURCE_EXHAUSTED and shed (ShopmeshServerErrors reads a method's shed calls against its handled ones
         and the streams it holds)."""
         metrics.started.inc()
         self._ended(metrics, grpc.StatusCode.RESOURCE_EXHAUSTED, held=False, stream=True, shed=True)
-        status = to_grpc_status(to_rpc_status(self._overloaded(stream=True), self._domain))
+        status = to_grpc_status(to_rpc_status(self._overloaded(met), self._domain))
         try:
             await self._abort(context, status, shed=True)
         except _Unsent as unsent:
