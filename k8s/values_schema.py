@@ -197,9 +197,21 @@ DATABASE_POOL: Schema = strict(
 # The old pods a rolling update may have draining at once, each holding its pool (_config.tpl counts them).
 DRAINING_PODS: Schema = {"type": "integer", "minimum": 0}
 ROUTE: Schema = strict(parentRefs=list_of(OBJECT), hostnames=list_of(STRING))
+# A first-event alert's counter, which shopmesh-lib.alert (_monitoring.tpl) turns into the alert's expression.
+COUNTED: Schema = {**strict(series=STRING, window=STRING, by=STRING), "required": ["series", "window"]}
 ALERT: Schema = {
-    **strict(alert=STRING, expr=STRING, severity=STRING, summary=STRING, description=STRING, **{"for": STRING}),
-    "required": ["alert", "expr"],
+    **strict(
+        alert=STRING,
+        expr=STRING,
+        counted=COUNTED,
+        severity=STRING,
+        summary=STRING,
+        description=STRING,
+        **{"for": STRING},
+    ),
+    "required": ["alert"],
+    # Its expression written out, or built from its counter: one of the two.
+    "oneOf": [{"required": ["expr"]}, {"required": ["counted"]}],
 }
 # One of the pods' spread constraints (per node, per zone), key by key over the chart's (maxSkew 1, ScheduleAnyway).
 SPREAD: Schema = strict(

@@ -348,6 +348,38 @@ def test_the_checks_see_a_misspelled_metric_and_a_missing_selector() -> None:
         promql_parser.parse("sum(rate(up[5m])")
 
 
+def test_a_charts_own_alert_given_a_counter_fires_on_its_first_event_in_the_counted_form(helm_dir: Path) -> None:
+    """An alert on a counter's first event takes the counter (`counted:`), and the library writes the form that
+    sees a new pod's first event too (shopmesh-lib.counted), per the labels it is given or summed whole."""
+    own = {"for": "0m", "severity": "warning", "summary": "s", "description": "d"}
+    values = render.merged_values(
+        render.values_for(MONITORING, helm_dir),
+        {
+            "alerts": [
+                {
+                    **own,
+                    "alert": "Whole",
+                    "counted": {"series": 'widgets_total{__selector__, kind="x"}', "window": "10m"},
+                },
+                {
+                    **own,
+                    "alert": "PerKind",
+                    "counted": {"series": "widgets_total{__selector__}", "window": "5m", "by": "kind"},
+                },
+            ]
+        },
+    )
+    docs = objects_of(helm_dir, "catalog", values)
+    selector = f'job="catalog", namespace="{find(docs, "PrometheusRule", "catalog")["metadata"]["namespace"]}"'
+    exprs = {a["alert"]: a["expr"] for a in alerts_of(docs, "catalog")}
+    whole = f'widgets_total{{{selector}, kind="x"}}'
+    per_kind = f"widgets_total{{{selector}}}"
+    assert exprs["Whole"] == f"sum(increase({whole}[10m]) > 0 or ({whole} > 0 unless {whole} offset 10m)) > 0"
+    assert exprs["PerKind"] == (
+        f"sum by (kind) (increase({per_kind}[5m]) > 0 or ({per_kind} > 0 unless {per_kind} offset 5m)) > 0"
+    )
+
+
 def test_monitoring_objects_validate_against_the_prometheus_operator_schemas(
     rendered: dict[tuple[str, str], Docs],
 ) -> None:

@@ -110,6 +110,25 @@ def test_a_value_the_api_server_refuses_is_refused_by_the_schema_naming_the_key(
     assert refused in refusal(helm_dir, "catalog", values)
 
 
+@pytest.mark.parametrize(
+    ("expression", "refused"),
+    [
+        # Both: the template would build it from the counter, dropping the expression written out unseen.
+        (
+            {"expr": "up == 0", "counted": {"series": "x_total{__selector__}", "window": "5m"}},
+            "- at '/alerts/0': 'oneOf' failed, subschemas 0, 1 matched",
+        ),
+        ({}, "  - at '/alerts/0': missing property 'counted'"),
+        ({"counted": {"series": "x_total{__selector__}"}}, "- at '/alerts/0/counted': missing property 'window'"),
+    ],
+)
+def test_an_alert_needs_either_its_expression_or_its_counter(
+    helm_dir: Path, expression: dict[str, Any], refused: str
+) -> None:
+    alert = {"alert": "A", "for": "0m", "severity": "warning", "summary": "s", "description": "d", **expression}
+    assert refused in refusal(helm_dir, "catalog", {"alerts": [alert]})
+
+
 @pytest.mark.parametrize("chart", SERVICES)
 def test_every_service_chart_has_the_schema(helm_dir: Path, chart: str) -> None:
     assert f"{chart}:\n- at '': additional properties 'replica' not allowed" in refusal(helm_dir, chart, {"replica": 2})

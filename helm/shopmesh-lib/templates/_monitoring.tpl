@@ -86,11 +86,23 @@ spec:
       interval: {{ $c.monitoring.interval }}
 {{- end -}}
 
+{{/*
+One alert of the PrometheusRule. Its expression is .rule.expr, or, for one that fires on the first event a
+counter counts, .rule.counted: {series, window, by (optional: the labels it fires per)}, which is
+`sum by (<by>) (<shopmesh-lib.counted of series over window>) > 0` (without by, `sum(...) > 0`): the number
+counted over the window. k8s/values_schema.py has a chart's own alert give one of the two.
+*/}}
 {{- define "shopmesh-lib.alert" -}}
 {{- $c := .c -}}
 {{- $selector := printf "job=%q, namespace=%q" $c.name $c.namespace -}}
+{{- $expr := .rule.expr -}}
+{{- with .rule.counted -}}
+{{- $sum := "sum" -}}
+{{- with .by }}{{ $sum = printf "sum by (%s) " . }}{{ end -}}
+{{- $expr = printf "%s(%s) > 0" $sum (include "shopmesh-lib.counted" .) -}}
+{{- end -}}
 - alert: {{ .rule.alert }}
-  expr: {{ .rule.expr | replace "__selector__" $selector | quote }}
+  expr: {{ $expr | replace "__selector__" $selector | quote }}
   for: {{ .rule.for }}
   labels:
     severity: {{ .rule.severity }}
@@ -260,7 +272,7 @@ already, and increase() reads only a rise between two samples. A restarted conta
 and increase() counts its value after the reset. `or` matches series without their metric name, so a new
 series that has risen too counts once, by its increase(). A target unscraped for over 5 minutes reads as new
 for a window after: its whole value counts again (a pod that never counted anything stays at 0, silent).
-helm/orders, helm/notifications and helm/users write this form out in their own alerts.
+An alert takes it as `counted:` (shopmesh-lib.alert), a service chart's own alerts too.
 */}}
 {{- define "shopmesh-lib.counted" -}}
 {{- printf "increase(%s[%s]) > 0 or (%s > 0 unless %s offset %s)" .series .window .series .series .window -}}
@@ -345,7 +357,7 @@ however many were served. */ -}}
 long enough to be seen, then it resolves. */ -}}
 {{- $rules = append $rules (dict
     "alert" "ShopmeshEventsDropped"
-    "expr" (printf "sum by (consumer) (%s) > 0" (include "shopmesh-lib.counted" (dict "series" "shopmesh_events_dropped_total{__selector__}" "window" "15m")))
+    "counted" (dict "series" "shopmesh_events_dropped_total{__selector__}" "window" "15m" "by" "consumer")
     "for" "0m" "severity" "critical"
     "summary" (printf "%s: a consumer lost events it could not park" $c.name)
     "description" "Consumer {{ $labels.consumer }} dropped {{ $value | humanize }} event(s) in the last 15 minutes: after its last attempt NATS refused even a dead letter without the payload (DEADLETTER's max message size, or the letter's headers over max_payload), so each was acknowledged unapplied and is on no dead-letter stream. Each is logged at ERROR (`dropped event`) with its event id, subject, stream and sequence: fetch it from its stream before that stream's max age removes it, fix the limit, and have it applied (docs/operations.md, ShopmeshEventsDropped).") -}}
@@ -353,7 +365,7 @@ long enough to be seen, then it resolves. */ -}}
 as ShopmeshEventsDropped is. */ -}}
 {{- $rules = append $rules (dict
     "alert" "ShopmeshEventsLost"
-    "expr" (printf "sum by (consumer) (%s) > 0" (include "shopmesh-lib.counted" (dict "series" "shopmesh_events_lost_total{__selector__}" "window" "15m")))
+    "counted" (dict "series" "shopmesh_events_lost_total{__selector__}" "window" "15m" "by" "consumer")
     "for" "0m" "severity" "critical"
     "summary" (printf "%s: a stream deleted events a consumer had not applied" $c.name)
     "description" "The stream of consumer {{ $labels.consumer }} deleted {{ $value | humanize }} message(s) in the last 15 minutes before the consumer acknowledged them: a size limit under discard old (set live, before the publisher made it discard new) or the stream's max age removed them, and they are never applied (no e-mail, no recommendation). The consumer's ERROR log (`lost ... event(s) of stream`) names the stream and the sequences. Make the stream discard new, then have the events published again from their service's data (docs/operations.md, ShopmeshEventsLost). Blind spot: a consumer of some of the stream's subjects whose service was down past the max age counts nothing (its deleted messages cannot be told from the others').") -}}
