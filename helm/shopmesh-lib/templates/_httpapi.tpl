@@ -6,11 +6,25 @@ document it serves at /openapi.json and the storefront it serves at / are the se
 (written by k8s/http_api.py from the code `make run` uses), shipped in a ConfigMap.
 */}}
 
+{{/*
+The storefront's assets, which its page loads from /assets/<name>: each its file's name (files/<name>) and
+what its Content-Type starts with. The ConfigMap ships them, and `helm test` fetches each and checks its type
+(_tests.tpl): an asset added here is both shipped and checked.
+*/}}
+{{- define "shopmesh-lib.httpApi-storefrontAssets" -}}
+- [app.js, text/javascript]
+- [countries.js, text/javascript]
+- [app.css, text/css]
+{{- end -}}
+
 {{- define "shopmesh-lib.httpApi-configmap" -}}
 {{- $c := .c -}}
 {{- $files := .root.Files -}}
 {{- /* Text files go in data (as the edge reads them), the descriptor set in binaryData. */ -}}
-{{- $text := list "http-api.json" "http-api-traced.json" "shop.openapi.json" "index.html" "app.js" "countries.js" "app.css" -}}
+{{- $text := list "http-api.json" "http-api-traced.json" "shop.openapi.json" "index.html" -}}
+{{- range include "shopmesh-lib.httpApi-storefrontAssets" . | fromYamlArray -}}
+{{- $text = append $text (first .) -}}
+{{- end -}}
 {{- $contents := dict -}}
 {{- $missing := list -}}
 {{- range $name := append $text "shop.binpb" -}}

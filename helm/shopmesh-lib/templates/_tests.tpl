@@ -77,7 +77,10 @@ if http:
     code, body, kind = get(f"{http}/")
     ok = code == 200 and kind.startswith("text/html") and b'src="/assets/app.js"' in body
     report(ok, "GET / (the storefront)", f"{code} {kind} {body[:40]!r}", where=http)
-    for asset, expected in (("app.js", "text/javascript"), ("countries.js", "text/javascript"), ("app.css", "text/css")):
+    for asset, expected in (
+        {{- range $i, $asset := include "shopmesh-lib.httpApi-storefrontAssets" . | fromYamlArray }}
+        {{- if $i }}, {{ end }}({{ index $asset 0 | quote }}, {{ index $asset 1 | quote }})
+        {{- end }}):
         code, body, kind = get(f"{http}/assets/{asset}")
         ok = code == 200 and kind.startswith(expected) and len(body) > 0
         report(ok, f"GET /assets/{asset}", f"{code} {kind} {len(body)} bytes", where=http)
