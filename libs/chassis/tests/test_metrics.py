@@ -7,6 +7,7 @@ import contextlib
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,7 @@ from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.testing import eventually, serve_in_process
-from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
 
 from .conftest import ECHO, Holding, sample_settings
 
@@ -59,6 +60,39 @@ async def test_metrics_endpoint_counts_requests_by_method_and_code() -> None:
         'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="Fail",'
         'grpc_service="shopmesh.sample.v1.SampleService",grpc_type="unary"} 1.0'
     ) in text
+
+
+class SettingItsCode(SampleServicer):
+    """Echo answers with a code set on the context and a response returned, as grpc.aio lets a handler do."""
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details("no such echo")
+        return sample_pb2.EchoResponse()
+
+
+async def test_a_unary_call_whose_handler_set_its_code_and_returned_is_counted_under_that_code() -> None:
+    async with (
+        serve_in_process(sample_settings(metrics_port=0), [binding(SettingItsCode())]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Echo(sample_pb2.EchoRequest(message="m"))
+        assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+        assert server.metrics_port
+        metrics_port = server.metrics_port
+
+        async def counted() -> str | None:
+            text = await asyncio.to_thread(scrape, metrics_port)
+            handled = [line for line in text.splitlines() if line.startswith("grpc_server_handled_total{")]
+            return text if any('grpc_method="Echo"' in line for line in handled) else None
+
+        text = await eventually(counted, "the call counted")
+
+    labels = 'grpc_method="Echo",grpc_service="shopmesh.sample.v1.SampleService",grpc_type="unary"'
+    assert f'grpc_server_handled_total{{grpc_code="NOT_FOUND",{labels}}} 1.0' in text
+    assert f'grpc_server_handled_total{{grpc_code="OK",{labels}}}' not in text
 
 
 async def test_the_server_and_its_metrics_listen_on_an_ipv6_address() -> None:

@@ -383,6 +383,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                     # grpcio's serializer would fail on it after this counted OK: the caller got UNKNOWN
                     # naming the exception, while the metrics and the span said OK.
                     raise TypeError(f"{method} returned {type(response).__name__}, not {response_type.__name__}")
+                # A handler may set its code and return (grpc.aio sends that code): counted as it was answered.
+                code = _code_of(context, grpc.StatusCode.OK)
                 return response
             except errors.ReplayedError as exc:
                 stored = status_pb2.Status.FromString(exc.status)
