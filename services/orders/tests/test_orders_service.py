@@ -636,6 +636,38 @@ async def test_a_price_catalog_has_corrected_is_not_refused_for_the_invalid_one_
         assert (placed.order.state, placed.order.total.amount_minor) == (orders_pb2.ORDER_STATE_CONFIRMED, 1250)
 
 
+class CountingCatalog(FakeCatalog):
+    """Catalog counting the price reads orders makes of it (past its price memory, CachedCatalog)."""
+
+    reads: int = 0
+
+    async def price(self, product_ids: Sequence[str], *, fresh: bool = False) -> dict[str, PricedProduct]:
+        self.reads += 1
+        return await super().price(product_ids, fresh=fresh)
+
+
+async def test_a_checkout_asks_catalog_for_its_own_prices_at_most_once(
+    settings: OrdersSettings, database: Database, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    """A remembered price that is no sellable one asks catalog for its own; when catalog's total then differs
+    from the customer's, that same answer refuses the order PRICE_CHANGED. Catalog was asked a second time for
+    the prices it had just given, one more call on the checkout path for nothing."""
+    catalog = CountingCatalog({"prod_a": PricedProduct("prod_a", "Product A", 0, "USD")})
+    async with orders_remembering_prices(settings, database, catalog, inventory, payments) as stub:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.PlaceOrder(request(), metadata=idempotency_metadata("k-zero"))  # 0 remembered
+        catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1300, "USD")
+        catalog.reads = 0
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-corrected"))
+        details = details_of(caught.value)
+        assert details.reason == "PRICE_CHANGED"
+        assert details.error_info is not None
+        assert details.error_info.metadata["current_total_minor"] == "1300"
+        assert catalog.reads == 1
+
+
 async def test_one_place_order_sent_at_once_to_two_replicas_on_one_postgresql_places_and_charges_once(
     settings: OrdersSettings,
     postgres: PostgresServer,

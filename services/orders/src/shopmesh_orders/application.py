@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import partial
+from typing import NamedTuple
 
 from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
@@ -231,6 +232,14 @@ def _from_newer_release(order_id: str, message: str) -> errors.Unavailable:
     )
 
 
+class _Priced(NamedTuple):
+    """An order's lines as priced, and whether at catalog's own prices (`confirmed`: asked of catalog itself,
+    past the ones remembered) or at ones that may be remembered (CachedCatalog)."""
+
+    lines: tuple[OrderLine, ...]
+    confirmed: bool
+
+
 def new_order_id() -> str:
     return f"ord_{uuid.uuid4().hex}"
 
@@ -285,15 +294,18 @@ class OrdersApplication:
         if existing is not None:
             return await self._settle(existing.id, command.card, None)
         command = validate_place_order(command, self._clock().date())
-        lines = await self._price(command)
+        lines, confirmed = await self._price(command)
         if not matches_expected_total(lines, command.expected_total):
-            # The prices may be ones remembered from catalog a little while ago (CachedCatalog), and the
-            # customer may have seen catalog's newer ones: only catalog's own answer can refuse the order.
-            # With catalog away (a restart), the remembered prices refuse it: nothing is stored yet, and the
-            # total they name is one the order can then be placed at, as checkouts go on while catalog restarts.
-            confirmed = await self._confirmed_prices(command)
-            if confirmed is not None:
-                lines = confirmed
+            if not confirmed:
+                # The prices may be ones remembered from catalog a little while ago (CachedCatalog), and the
+                # customer may have seen catalog's newer ones: only catalog's own answer can refuse the order.
+                # With catalog away (a restart), the remembered prices refuse it: nothing is stored yet, and the
+                # total they name is one the order can then be placed at, as checkouts go on while catalog
+                # restarts. Not asked again when pricing asked already (an unsellable price remembered): the
+                # answer would be the one just given, one more call on the checkout path.
+                catalogs = await self._confirmed_prices(command)
+                if catalogs is not None:
+                    lines = catalogs
             check_expected_total(lines, command.expected_total)
         now = self._clock()
         order = Order(
@@ -346,12 +358,12 @@ class OrdersApplication:
         """Catalog's own prices for the command, asked when the remembered ones would refuse it; None while
         catalog is away, and the remembered ones then decide (nothing is stored yet)."""
         try:
-            return await self._price(command, fresh=True)
+            return (await self._price(command, fresh=True)).lines
         except errors.Unavailable:
             log.info("catalog cannot confirm the prices: PlaceOrder is refused on the remembered ones")
             return None
 
-    async def _price(self, command: PlaceOrder, *, fresh: bool = False) -> tuple[OrderLine, ...]:
+    async def _price(self, command: PlaceOrder, *, fresh: bool = False) -> _Priced:
         priced = await self._catalog.price([item.product_id for item in command.items], fresh=fresh)
         # Before the currencies are compared: a currency that is no code at all is catalog's fault, not a
         # mismatch the customer's request could fix.
@@ -366,7 +378,7 @@ class OrdersApplication:
             # catalog is away (nothing is stored yet), as for PRICE_CHANGED in place_order.
             confirmed = await self._confirmed_prices(command)
             if confirmed is not None:
-                return confirmed
+                return _Priced(confirmed, confirmed=True)
         if unsellable:
             # Our data, not the customer's request: a warning naming each product and its price, for whoever
             # corrects the catalog. The answer, FAILED_PRECONDITION, is no server error to any alert.
@@ -391,14 +403,11 @@ class OrdersApplication:
                 ],
                 reason="CURRENCY_MISMATCH",
             )
-        return validate_totals(
-            tuple(
-                OrderLine(
-                    item.product_id, priced[item.product_id].name, item.quantity, priced[item.product_id].price_minor
-                )
-                for item in command.items
-            )
+        lines = tuple(
+            OrderLine(item.product_id, priced[item.product_id].name, item.quantity, priced[item.product_id].price_minor)
+            for item in command.items
         )
+        return _Priced(validate_totals(lines), confirmed=fresh)
 
     async def _settle(
         self, order_id: str, card: Card | None, owner: str | None, recorded: Order | None = None
