@@ -16,7 +16,7 @@ from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, ErrorDetails, dependency_unavailable, details_of
-from shopmesh_orders.domain.charges import CaptureOfAnotherAmount, earlier_charge
+from shopmesh_orders.domain.charges import earlier_charge
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
     Catalog,
@@ -359,10 +359,10 @@ class PaymentsClient:
                 # Payments captures an order at most once, so one refunded since leaves the order unpayable:
                 # refused, and compensation finds nothing to refund.
                 found = earlier_charge(await self.payments_for(order_id), amount_minor, currency, holder=payment_id)
-                if isinstance(found, str):
-                    return found
-                if isinstance(found, CaptureOfAnotherAmount):
-                    raise found from None
+                if found.charge_id is not None:
+                    return found.charge_id
+                if found.another_amount is not None:
+                    raise found.another_amount from None
                 raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, payment_id) from None
             if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
@@ -373,17 +373,17 @@ class PaymentsClient:
                     # That outcome is the order's: its capture is the charge, as for ORDER_ALREADY_CHARGED, and
                     # its decline is the card's (the request at fault would page for a card refused).
                     found = earlier_charge(await self.payments_for(order_id), amount_minor, currency)
-                    if isinstance(found, str):
+                    if found.charge_id is not None:
                         log.warning(
                             "payments refused the charge of order %s as another request under its key; its "
                             "capture %s is the charge",
                             order_id,
-                            found,
-                            extra={"order_id": order_id, "payment_id": found},
+                            found.charge_id,
+                            extra={"order_id": order_id, "payment_id": found.charge_id},
                         )
-                        return found
-                    if found is not None:
-                        raise found from None
+                        return found.charge_id
+                    if found.refusal is not None:
+                        raise found.refusal from None
                 raise PaymentRefused(_refused_request(order_id, details), "") from None
             raise _unexpected("payments", error) from None
         return response.payment.id

@@ -546,10 +546,10 @@ class SagaDriver:
             if now < settled_at:
                 raise _charge_in_doubt(order, settled_at - now)
         found = earlier_charge(await self._payments.payments_for(order.id), order.total_minor, order.currency)
-        if isinstance(found, str):
-            return await self._transition(owner, order.charged(found, self._clock()))
-        if found is not None:
-            return await self._charge_refused(order, owner, found)
+        if found.charge_id is not None:
+            return await self._transition(owner, order.charged(found.charge_id, self._clock()))
+        if found.refusal is not None:
+            return await self._charge_refused(order, owner, found.refusal)
         # Never charged, and nobody can charge it now: give the stock back. What is known is that the driver
         # with the card is gone without an answer of its own (one that saw payments fail cancelled the order
         # itself, PAYMENT_UNAVAILABLE): the checkout was interrupted. The charge mark says nothing more: it is

@@ -6,6 +6,7 @@ three, so an order never reads as paid on one path and refunded on another."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import PaymentRecord, PaymentRefused
@@ -30,19 +31,37 @@ class CaptureOfAnotherAmount(PaymentRefused):
         )
 
 
+@dataclass(frozen=True)
+class EarlierCharge:
+    """What `earlier_charge` found: at most one of its fields set, none when payments holds neither a capture
+    nor a decline of the order. Its callers differ on a decline (the card's refusal for one, no answer at all
+    where payments said the order was charged), hence the two refusals apart, with `refusal` for either."""
+
+    # The payment id of the capture that is the order's charge.
+    charge_id: str | None = None
+    # A capture of the order that cannot be its charge: for another amount or currency.
+    another_amount: CaptureOfAnotherAmount | None = None
+    # The card's decline, the declined payment named.
+    decline: PaymentRefused | None = None
+
+    @property
+    def refusal(self) -> PaymentRefused | None:
+        """The refusal that ends the order, either one."""
+        return self.another_amount if self.another_amount is not None else self.decline
+
+
 def earlier_charge(
     records: Sequence[PaymentRecord], amount_minor: int, currency: str, *, holder: str = ""
-) -> str | PaymentRefused | None:
+) -> EarlierCharge:
     """The order's charge among its payment `records`, for an order whose total is `amount_minor` `currency`:
-    the payment id of its capture (`holder` first if it is one); or the refusal that ends the order, the card's
-    decline (with the declined payment) or a CaptureOfAnotherAmount; or None when payments holds neither."""
+    its capture (`holder` first if it is one), or a capture of another amount, or else the card's decline."""
     captured = sorted((r for r in records if r.captured), key=lambda r: r.payment_id != holder)
     if captured:
         capture = captured[0]
         if (capture.amount_minor, capture.currency) == (amount_minor, currency):
-            return capture.payment_id
-        return CaptureOfAnotherAmount(capture, amount_minor, currency)
+            return EarlierCharge(charge_id=capture.payment_id)
+        return EarlierCharge(another_amount=CaptureOfAnotherAmount(capture, amount_minor, currency))
     for record in records:
         if record.declined is not None:
-            return PaymentRefused(record.declined, record.payment_id)
-    return None
+            return EarlierCharge(decline=PaymentRefused(record.declined, record.payment_id))
+    return EarlierCharge()
