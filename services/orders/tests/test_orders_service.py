@@ -470,6 +470,16 @@ def expecting(amount_minor: int, currency: str = "USD") -> orders_pb2.PlaceOrder
     return sent
 
 
+async def price_changed_total(stub: orders_pb2_grpc.OrdersServiceStub, expected_minor: int, key: str) -> str:
+    """The current total named by the PRICE_CHANGED that PlaceOrder at `expected_minor` is refused with."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(expecting(expected_minor), metadata=idempotency_metadata(key))
+    details = details_of(caught.value)
+    assert details.reason == "PRICE_CHANGED"
+    assert details.error_info is not None
+    return details.error_info.metadata["current_total_minor"]
+
+
 async def test_a_price_changed_since_the_customer_saw_the_total_is_refused_before_anything_is_reserved_or_charged(
     stub: orders_pb2_grpc.OrdersServiceStub, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments
 ) -> None:
@@ -537,12 +547,7 @@ async def test_a_customer_who_saw_catalogs_new_price_is_not_refused_for_the_pric
 
         # A refusal names catalog's total, not the remembered one (13.00 now): the one to confirm.
         catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1400, "USD")
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-old-price"))
-        details = details_of(caught.value)
-        assert details.reason == "PRICE_CHANGED"
-        assert details.error_info is not None
-        assert details.error_info.metadata["current_total_minor"] == "1400"
+        assert await price_changed_total(stub, 1250, "k-old-price") == "1400"
 
 
 @contextlib.asynccontextmanager
@@ -658,13 +663,7 @@ async def test_a_checkout_asks_catalog_for_its_own_prices_at_most_once(
             await stub.PlaceOrder(request(), metadata=idempotency_metadata("k-zero"))  # 0 remembered
         catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1300, "USD")
         catalog.reads = 0
-
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-corrected"))
-        details = details_of(caught.value)
-        assert details.reason == "PRICE_CHANGED"
-        assert details.error_info is not None
-        assert details.error_info.metadata["current_total_minor"] == "1300"
+        assert await price_changed_total(stub, 1250, "k-corrected") == "1300"
         assert catalog.reads == 1
 
 
