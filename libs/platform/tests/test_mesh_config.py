@@ -628,6 +628,55 @@ def test_every_sidecar_traces_each_call_into_the_stacks_trace_sink(
             assert tracer["grpc_service"]["envoy_grpc"]["cluster_name"] == "traces"
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "address"),
+    [
+        # An IP address: one static endpoint, as the trace sink's.
+        # A path is ignored, as the services' exporter ignores it (gRPC has none).
+        ("http://127.0.0.1:4317/v1", {"socket_address": {"address": "127.0.0.1", "port_value": 4317}}),
+        # A bare host:port, as the services' exporter takes it (plaintext).
+        ("[::1]:4317", {"socket_address": {"address": "::1", "port_value": 4317}}),
+        # A name (a container's, `localhost`): resolved by DNS; Envoy refuses a name in a static cluster.
+        ("http://localhost:4317", {"socket_address": {"address": "localhost", "port_value": 4317}}),
+        # gRPC's Unix socket form: Envoy's pipe.
+        ("unix:///run/otel/collector.sock", {"pipe": {"path": "/run/otel/collector.sock"}}),
+    ],
+)
+async def test_with_your_collector_every_envoy_exports_its_spans_where_the_services_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, address: dict[str, Any]
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    # No trace sink in the plan: the launcher leaves it out when the variable names a collector.
+    stack = Stack(tmp_path, ports=PortPlan.free(list(SERVICES), mesh=True, http=True))
+    paths = [*stack.write_mesh().values(), stack.write_http_api()]
+    for path in paths:
+        config = json.loads(path.read_text())
+        [collector] = [c for c in config["static_resources"]["clusters"] if c["name"] == "traces"]
+        assert collector["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == address
+        assert (collector["type"] == "STRICT_DNS") == (endpoint == "http://localhost:4317"), path.name
+    for path in (stack.write_http_api(), stack.mesh_dir / "gateway-sidecar.json"):
+        await envoy_validates(path)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "refusal"),
+    [
+        ("https://collector.example:4317", "export in plaintext only"),
+        ("http://localhost", "name the collector's host and port"),
+        ("localhost:otlp", "name the collector's host and port"),
+        ("grpc://localhost:4317", "not an OTLP/gRPC endpoint"),
+        ("unix:", "names its socket's path"),
+    ],
+)
+def test_an_endpoint_the_envoys_could_not_export_to_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, refusal: str
+) -> None:
+    # Otherwise the services' spans reached the collector and the edge's were dropped without a word.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    with pytest.raises(StackError, match=rf"^OTEL_EXPORTER_OTLP_ENDPOINT={re.escape(endpoint)}: .*{refusal}"):
+        Stack(tmp_path, ports=PortPlan.free(list(SERVICES), mesh=True, http=True))
+
+
 def test_the_local_mesh_ports_are_all_distinct_and_follow_the_documented_scheme() -> None:
     plan = PortPlan.local(mesh=True)
     assert plan.mesh is not None

@@ -11,9 +11,9 @@ Says which wave of services it starts and when that wave is SERVING, then prints
 stops: shopmesh_chassis.local_stack),
 grpcurl and curl commands to try; each process's output is prefixed with its name. Every service exports its
 spans to the local trace sink (`make traces` shows them), unless OTEL_EXPORTER_OTLP_ENDPOINT names a collector
-of your own. Ctrl-C (or SIGTERM, or the terminal closing)
-stops the services callers first, then NATS (then the PostgreSQL server), and exits 0; a second Ctrl-C
-kills whatever the stack still runs. The same while the stack starts: what had started is stopped, and it
+of your own, where the HTTP edge's Envoy and the sidecars then send theirs too. Ctrl-C (or SIGTERM, or the
+terminal closing) stops the services callers first, then NATS (then the PostgreSQL server), and exits 0; a
+second Ctrl-C kills whatever the stack still runs. The same while the stack starts: what had started is stopped, and it
 exits 0 with one line, "stopped while starting ...". Exit status 1 when the stack cannot start, or when one
 of its processes (NATS, a sink, a service, a sidecar, the edge's Envoy, the PostgreSQL server) exits on its
 own while it runs (or while Ctrl-C stops the rest, before its turn): the launcher then stops the rest as
@@ -271,7 +271,8 @@ def port_plan(
     if plan.http is not None and plan.mesh is None and bind_error(LOCAL_EDGE_SOURCE, 0) is None:
         plan = dataclasses.replace(plan, edge_source=LOCAL_EDGE_SOURCE)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        # Your collector gets the spans (the services read the variable); no local sink.
+        # Your collector gets the spans, the services' (they read the variable) and the Envoys' (the stack gives them
+        # its address: Stack._spans_receiver); no local sink.
         plan = dataclasses.replace(plan, traces=None)
     return plan
 

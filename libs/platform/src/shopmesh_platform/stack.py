@@ -15,12 +15,13 @@ callers, concurrently within a wave, each once the previous wave is SERVING; the
 NATS starts first and stops last. The sinks start after NATS and stop before it: the SMTP sink
 (`smtp_sink`) when a service sends e-mail, the e-mails landing in `stack.smtp_dir`; the trace sink
 (`trace_sink`) when the port plan has a port for it (`make run`), every service then exporting its spans
-there over OTLP, into `stack.traces_dir`. With a mesh in the port plan (`PortPlan.local(mesh=True)`,
-`make run MESH=envoy`) every service runs behind its own Envoy sidecar (`<service>-sidecar`; `mesh/`,
-docs/mesh.md), started before any service and stopped after all of them. POSIX only: children run in their own
-process groups (so a terminal's Ctrl-C reaches the launcher alone, which then stops them in order) and are
-stopped with signals; on Linux the kernel also sends them SIGTERM should the launcher die without stopping
-them (set through util-linux's `setpriv`, where it is installed: `spawn`).
+there over OTLP, into `stack.traces_dir`, and so does every Envoy (the HTTP edge, the sidecars); without it they
+export to the collector OTEL_EXPORTER_OTLP_ENDPOINT names, if any, as the services do. With a mesh in the port
+plan (`PortPlan.local(mesh=True)`, `make run MESH=envoy`) every service runs behind its own Envoy sidecar
+(`<service>-sidecar`; `mesh/`, docs/mesh.md), started before any service and stopped after all of them. POSIX
+only: children run in their own process groups (so a terminal's Ctrl-C reaches the launcher alone, which then
+stops them in order) and are stopped with signals; on Linux the kernel also sends them SIGTERM should the
+launcher die without stopping them (set through util-linux's `setpriv`, where it is installed: `spawn`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from .http_api import HttpApi, descriptor_set, openapi_document, storefront_fold
 from .http_api import write_bootstrap as write_http_api_bootstrap
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
-from .mesh.envoy import METRICS_PATH, Sidecar, admin_socket_file, write_bootstrap
+from .mesh.envoy import METRICS_PATH, Sidecar, admin_socket_file, otlp_receiver, write_bootstrap
 from .mesh.layout import MESH, SIDECAR_SUFFIX, mesh_dir, sidecar_name, sockets_link
 from .mesh.protoset import PROTOSET_FILE, write_protoset
 from .ports import Canary, PortInUse, PortPlan, bind_error
@@ -99,6 +100,8 @@ EDGE_LABEL = "the HTTP/JSON edge"
 # Folders of the data directory: the SMTP sink's e-mails, the trace sink's spans, tests' process logs.
 MAIL_FOLDER = "mail"
 TRACES_FOLDER = "traces"
+# Where the services export their spans (shopmesh_chassis.config); the Envoys follow it (`_spans_receiver`).
+OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 LOGS_FOLDER = "logs"
 # The services' sockets' folder (behind the mesh's link to it, mesh.layout.SOCKETS_FOLDER) is made per start
 # (`tempfile.mkdtemp`: 0700 whatever the umask), `$XDG_RUNTIME_DIR/shopmesh-sockets-XXXXXXXX` or
@@ -548,6 +551,8 @@ class Stack:
         # Its flock while it exists (`hold_folder`).
         self._sockets_held: int | None = None
         self.ports = ports if ports is not None else PortPlan.local()
+        # Where the Envoys (the HTTP edge, the sidecars) send their spans; refused before anything starts.
+        self._envoy_traces = self._spans_receiver(shared_env or {})
         if specs is None:
             selected = topology_specs(services)
         else:
@@ -729,7 +734,7 @@ class Stack:
             descriptor=descriptor_set(),
             openapi=openapi_document(),
             storefront=storefront_folder(),
-            traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
+            traces=self._envoy_traces,
             gateway_source=self.ports.edge_source,
             gateway_socket=self.edge_socket,
         )
@@ -763,7 +768,7 @@ class Stack:
                 ports=self.ports.sidecar_of(name),
                 upstreams={callee: self.ports.address(callee) for callee in outbound},
                 allowed_callers=self._allowed_callers(service),
-                traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
+                traces=self._envoy_traces,
                 track="stable" if name == service else "canary",
                 splits={callee: split for callee, split in splits.items() if callee in outbound},
                 app_socket=self._sockets / f"{name}.sock",
@@ -845,6 +850,21 @@ class Stack:
         # health alone, as the charts render a service no caller is listed for.
         return {}
 
+    def _spans_receiver(self, shared: Mapping[str, str]) -> str | None:
+        """Where the services' spans go (`_service_child`), for the Envoys: the trace sink, unless a collector of
+        the caller's own (OTEL_EXPORTER_OTLP_ENDPOINT) took its place; None: nowhere. Without the Envoys' spans
+        an HTTP call's trace lost its root (the edge's span) and the mesh's hops."""
+        endpoint = shared.get(OTLP_ENDPOINT)
+        if endpoint is None and self.ports.traces is not None:
+            return f"{self.ports.host}:{self.ports.traces}"
+        endpoint = endpoint if endpoint is not None else os.environ.get(OTLP_ENDPOINT)
+        if not endpoint:
+            return None
+        try:
+            return otlp_receiver(endpoint)
+        except ValueError as exc:
+            raise StackError(f"{OTLP_ENDPOINT}={endpoint}: {exc}") from None
+
     def _sink_child(self, name: str, module: str, port: int, directory: Path) -> _Child:
         host = self.ports.host
         argv = (sys.executable, "-m", module, "--host", host, "--port", str(port), "--dir", str(directory))
@@ -883,7 +903,7 @@ class Stack:
         if self.ports.smtp is not None:
             env.update(SMTP_HOST=self.ports.host, SMTP_PORT=str(self.ports.smtp))
         if self.ports.traces is not None:
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.ports.host}:{self.ports.traces}"
+            env[OTLP_ENDPOINT] = f"http://{self.ports.host}:{self.ports.traces}"
         env["METRICS_PORT"] = str(ports.metrics)
         env.update(shared)
         env.update(spec.env)

@@ -14,7 +14,6 @@ from shopmesh_chassis.local_stack import write_private_file
 from ..mesh.envoy import (
     ADMIN_CLUSTER,
     MAX_DOWNSTREAM_CONNECTIONS,
-    TRACES_CLUSTER,
     access_log,
     admin_pipe,
     cluster,
@@ -22,6 +21,7 @@ from ..mesh.envoy import (
     overload_manager,
     prometheus_listener,
     socket_address,
+    traces_cluster,
     tracing,
 )
 from .challenges import bearer_challenge
@@ -104,7 +104,7 @@ class HttpApi:
     gateway: str
     # The API's descriptor set, as Envoy will find it on its file system.
     descriptor: Path
-    # host:port of an OTLP/gRPC receiver for the edge's spans; None: none.
+    # An OTLP/gRPC receiver for the edge's spans (host:port, or unix:<path>: `traces_cluster`); None: none.
     traces: str | None = None
     # Spans, sent to a TRACES_CLUSTER this configuration leaves out: whoever starts Envoy adds it (on
     # Kubernetes the chart, with --config-yaml, where global.otel says). With `traces` None only.
@@ -154,8 +154,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     clusters = [cluster("gateway", gateway_host, int(gateway_port), source=api.gateway_source, pipe=api.gateway_socket)]
     span_config = None
     if api.traces is not None:
-        sink_host, sink_port = api.traces.rsplit(":", 1)
-        clusters.append(cluster(TRACES_CLUSTER, sink_host, int(sink_port)))
+        clusters.append(traces_cluster(api.traces))
     if api.traces is not None or api.traces_cluster_at_start:
         # The sampling ratio decides alone: a client's x-client-trace-id would force a trace past it.
         span_config = {

@@ -30,11 +30,13 @@ transport security and policy, not a second retry budget for what the service al
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from shopmesh_chassis.local_stack import make_private_folder, write_private_file
 from shopmesh_chassis.server import MAX_METADATA_BYTES
@@ -162,7 +164,8 @@ class Sidecar:
     # The sidecar's admin interface (faults, /ready, /stats, /config_dump, /quitquitquit): a Unix socket of mode
     # 0600 in that same folder, so that only the user who runs the stack reaches it.
     admin_socket: Path
-    # host:port of an OTLP/gRPC receiver (the local trace sink) for the sidecar's own spans; None: none.
+    # An OTLP/gRPC receiver for the sidecar's own spans (the local trace sink, or your collector: host:port, or
+    # unix:<path>, `traces_cluster`); None: none.
     traces: str | None = None
     # Where the inbound listener is bound; None: `host`, as the sidecar's other listeners.
     # The edge's sidecar takes clients' calls, and `make run HOST=` publishes it alone.
@@ -201,8 +204,7 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
             canary_address, _ = sidecar.splits[callee]
             clusters.append(_outbound_cluster(sidecar, callee, canary_address, identities, track="canary"))
     if sidecar.traces is not None:
-        sink_host, sink_port = sidecar.traces.rsplit(":", 1)
-        clusters.append(cluster(TRACES_CLUSTER, sink_host, int(sink_port)))
+        clusters.append(traces_cluster(sidecar.traces))
     return {
         "node": {"id": sidecar.name, "cluster": sidecar.service},
         "admin": admin_pipe(sidecar.admin_socket),
@@ -722,6 +724,53 @@ def tracing(name: str) -> dict[str, Any]:
             },
         }
     }
+
+
+def traces_cluster(receiver: str) -> dict[str, Any]:
+    """TRACES_CLUSTER, to the OTLP/gRPC receiver at `receiver` (`otlp_receiver`): `host:port`, a name resolved
+    by DNS (a collector's usually is: `localhost`, a container's) or an IP address; or `unix:<path>`."""
+    if receiver.startswith(_UNIX):
+        return cluster(TRACES_CLUSTER, "", 0, pipe=Path(receiver.removeprefix(_UNIX)))
+    host, port = receiver.rsplit(":", 1)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return cluster(TRACES_CLUSTER, host, int(port), dns=True)
+    return cluster(TRACES_CLUSTER, host, int(port))
+
+
+_UNIX = "unix:"
+
+
+def otlp_receiver(endpoint: str) -> str:
+    """Where an Envoy sends its spans so that they go where the services' do, given their
+    OTEL_EXPORTER_OTLP_ENDPOINT: `host:port`, or `unix:<path>`, for `traces_cluster`. The services' OTLP/gRPC
+    exporter (shopmesh_chassis.tracing) connects to the endpoint's host and port, ignoring a path as gRPC has
+    none; in plaintext for `http://host:port` and a bare `host:port`, over TLS for `https://`; and a `unix:`
+    endpoint is gRPC's Unix socket. ValueError, saying why, for what Envoy would not send to as they do:
+    `https://` (Envoy's tracer would need the trust store, and the headers such a collector usually wants,
+    OTEL_EXPORTER_OTLP_HEADERS: its spans would be lost without a word), and an endpoint without a port
+    (gRPC's default, 443, is no collector's; OTLP/gRPC's is 4317)."""
+    if endpoint.startswith(_UNIX):
+        path = urlsplit(endpoint).path
+        if not path:
+            raise ValueError("a unix: endpoint names its socket's path (unix:///run/otel.sock)")
+        return f"{_UNIX}{path}"
+    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    if parts.scheme == "https":
+        raise ValueError(
+            "the local Envoys (the HTTP edge, the mesh's sidecars) export in plaintext only; point it at a "
+            "collector of yours over http:// (one that forwards over TLS)"
+        )
+    if parts.scheme not in ("", "http"):
+        raise ValueError("not an OTLP/gRPC endpoint: http://host:port, host:port or unix:<path>")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = None
+    if not parts.hostname or port is None:
+        raise ValueError("name the collector's host and port (OTLP/gRPC's is 4317): http://localhost:4317")
+    return f"{parts.hostname}:{port}"
 
 
 def split_runtime_keys(callee: str) -> tuple[str, str]:
