@@ -772,7 +772,7 @@ class Stack:
                 track="stable" if name == service else "canary",
                 splits={callee: split for callee, split in splits.items() if callee in outbound},
                 app_socket=self._sockets / f"{name}.sock",
-                admin_socket=self._sockets / admin_socket_file(sidecar_name(name)),
+                admin_socket=self._sidecar_admin_socket(name),
                 edge_socket=self.edge_socket if is_edge(name) else None,
             )
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
@@ -788,9 +788,9 @@ class Stack:
         remove_stale_sockets(link)
         names = [*self._sidecars, *([HTTP_API] if self._http_api is not None else [])]
         # Each Envoy's admin interface too (`<name>-sidecar-admin.sock`, `http-api-admin.sock`).
-        names += [admin_socket_file(sidecar_name(name)).removesuffix(".sock") for name in self._sidecars]
+        names += [self._sidecar_admin_socket(name).stem for name in self._sidecars]
         if self._http_api is not None:
-            names.append(admin_socket_file(HTTP_API).removesuffix(".sock"))
+            names.append(self.http_admin_socket.stem)
         base = sockets_base(names)
         folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir=base))
         self._sockets_made = folder
@@ -819,7 +819,7 @@ class Stack:
                 child.env["GRPC_UNIX_SOCKET"] = str(socket_path)
                 child.address = f"unix:{socket_path}"
         for name, child in self._sidecars.items():
-            child.ready_url = (folder / admin_socket_file(sidecar_name(name)), "/ready")
+            child.ready_url = (self._sidecar_admin_socket(name), "/ready")
         if self._http_api is not None:
             self._http_api.ready_url = (self.http_admin_socket, "/ready")
 
@@ -1037,6 +1037,10 @@ class Stack:
         sockets' folder, as `app_socket`); None without a mesh."""
         if self.ports.mesh is None:
             return None
+        return self._sidecar_admin_socket(name)
+
+    def _sidecar_admin_socket(self, name: str) -> Path:
+        """`sidecar_admin_socket` where a sidecar is sure to run (its configuration, its readiness probe)."""
         return self._sockets / admin_socket_file(sidecar_name(name))
 
     def sidecar_metrics_url(self, name: str) -> str | None:

@@ -182,7 +182,7 @@ class SidecarAdmins:
         self.stack = running_stack_or_say_default(
             err,
             "sidecars",
-            str(LOCAL_SOCKETS / admin_socket_file(sidecar_name("<service>"))),
+            str(local_admin_socket("<service>")),
             without="make run MESH=envoy's admin sockets",
         )
         if self.stack is not None:
