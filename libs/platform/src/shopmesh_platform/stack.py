@@ -717,11 +717,10 @@ class Stack:
         return self.data_dir / f"{HTTP_API}.json"
 
     def write_http_api(self) -> Path:
-        """The HTTP/JSON edge's Envoy configuration (done by `start`), and the sockets' folder its admin socket is in
-        when the mesh's start has not made it."""
+        """The HTTP/JSON edge's Envoy configuration (done by `start`); its admin socket is in the start's sockets'
+        folder (`_sockets_folder_for_writing`)."""
         assert self.ports.http is not None
-        if self._sockets_made is None:
-            self._make_sockets_folder()
+        self._sockets_folder_for_writing()
         assert self.ports.http_metrics is not None
         api = HttpApi(
             host=self.ports.public_bind,
@@ -750,7 +749,7 @@ class Stack:
         # grpcurl call as them.
         names = list(dict.fromkeys([*SERVICES, *map(self._base, self._sidecars)]))
         identities = identity.issue(self.mesh_dir, names)
-        self._make_sockets_folder()
+        self._sockets_folder_for_writing()
         # The contracts for grpcurl, which gets no reflection through a sidecar.
         write_protoset(self.mesh_dir / PROTOSET_FILE, [s for name in SERVICES for s in SERVICES[name].grpc_services])
         splits: dict[str, tuple[str, int]] = {}
@@ -777,6 +776,13 @@ class Stack:
             )
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
         return {name: self._bootstrap_path(name) for name in self._sidecars}
+
+    def _sockets_folder_for_writing(self) -> None:
+        """The sockets' folder the configurations name: the one `start` made, else (a writer called by itself, as
+        tests that only write the configurations do) one made now, which the next writer (the edge's after the
+        mesh's) shares."""
+        if self._sockets_made is None:
+            self._make_sockets_folder()
 
     def _make_sockets_folder(self) -> None:
         """The services' sockets' folder of this start: a new private folder (only this user can open it, so no
@@ -809,7 +815,8 @@ class Stack:
                 f"{', '.join(too_long)}: longer than a Unix socket's path may be ({UNIX_SOCKET_PATH_MAX_BYTES} "
                 f"bytes), even in {base}: a shorter service name"
             )
-        # Without the mesh (the edge's admin socket alone) nothing has made the mesh's folder yet.
+        # Made before the mesh's configuration (`identity.issue` makes it private then), or without the mesh at all
+        # (the edge's admin socket alone).
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(folder, target_is_directory=True)
         self._sockets = folder
@@ -1172,6 +1179,9 @@ class Stack:
         make_data_dir(self.data_dir)
         drop_storage_probes(self.data_dir / NATS)
         try:
+            if self._sidecars or self._http_api is not None:
+                # A new one each start (the previous start's is removed), shared by the mesh and the edge.
+                self._make_sockets_folder()
             if self._sidecars:
                 self.write_mesh()
             if self._http_api is not None:
