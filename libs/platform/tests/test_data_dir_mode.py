@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from shopmesh_platform.stack import hold_data_dir
+from shopmesh_platform.http_api import HttpApi, bootstrap, descriptor_set
+from shopmesh_platform.mesh.envoy import write_bootstrap
+from shopmesh_platform.ports import PortPlan
+from shopmesh_platform.stack import Stack, hold_data_dir
 
 
 def taken(data_dir: Path) -> list[str]:
@@ -79,4 +83,46 @@ def test_a_foreign_folder_only_its_owner_reads_is_left_as_it_is_without_a_warnin
     (mine / "notes.txt").write_text("mine")
     mine.chmod(0o711)
     assert taken(mine) == []
+    assert mode(mine) == 0o711
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The umask most accounts have (022), under which a folder made without a mode of its own is 0755."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("usual_umask")
+def test_a_folder_made_for_the_edges_configuration_is_private_like_the_meshs(tmp_path: Path) -> None:
+    """The edge's configuration names its admin socket: the folder its writer made for it was 0755, where the
+    mesh's sidecars' writer made theirs 0700. They share one writer now."""
+    api = HttpApi(
+        host="127.0.0.1",
+        port=8,
+        admin_socket=tmp_path / "http-api-admin.sock",
+        gateway="127.0.0.1:9",
+        descriptor=descriptor_set(),
+    )
+    config = write_bootstrap(bootstrap(api), tmp_path / "new" / "http-api.json")
+    assert mode(config.parent) == 0o700
+
+
+@pytest.mark.usefixtures("usual_umask")
+def test_writing_the_edges_configuration_leaves_a_foreign_data_directorys_mode_as_its_owner_set_it(
+    tmp_path: Path,
+) -> None:
+    """The edge's configuration is in the data directory itself, whose mode is make_data_dir's to decide: the
+    shared writer makes a folder private only when it makes it (the mesh's chmod'ed an existing one, which here
+    would take a user's folder private, or /tmp as root)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    mine.chmod(0o711)
+    stack = Stack(mine, ports=PortPlan.free(["gateway"], http=True), services=["gateway"])
+    try:
+        stack.write_http_api()
+    finally:
+        stack.remove_sockets()
     assert mode(mine) == 0o711

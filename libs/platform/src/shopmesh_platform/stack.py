@@ -62,10 +62,11 @@ from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 
 from . import console
 from .http_api import HttpApi, descriptor_set, openapi_document, storefront_folder
-from .http_api import write_bootstrap as write_http_api_bootstrap
+from .http_api import bootstrap as http_api_config
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
 from .mesh.envoy import METRICS_PATH, Sidecar, admin_socket_file, otlp_receiver, write_bootstrap
+from .mesh.envoy import bootstrap as sidecar_config
 from .mesh.layout import MESH, SIDECAR_SUFFIX, mesh_dir, sidecar_name, sockets_link
 from .mesh.protoset import PROTOSET_FILE, write_protoset
 from .ports import Canary, PortInUse, PortPlan, bind_error
@@ -737,7 +738,7 @@ class Stack:
             gateway_source=self.ports.edge_source,
             gateway_socket=self.edge_socket,
         )
-        return write_http_api_bootstrap(api, self._http_api_bootstrap)
+        return write_bootstrap(http_api_config(api), self._http_api_bootstrap)
 
     def _bootstrap_path(self, service: str) -> Path:
         return self.mesh_dir / f"{sidecar_name(service)}.json"
@@ -774,7 +775,7 @@ class Stack:
                 admin_socket=self._sidecar_admin_socket(name),
                 edge_socket=self.edge_socket if is_edge(name) else None,
             )
-            write_bootstrap(sidecar, identities, self._bootstrap_path(name))
+            write_bootstrap(sidecar_config(sidecar, identities), self._bootstrap_path(name))
         return {name: self._bootstrap_path(name) for name in self._sidecars}
 
     def _sockets_folder_for_writing(self) -> None:

@@ -56,7 +56,7 @@ from .challenges import (
     INVALID_TOKEN_REASONS,
     WWW_AUTHENTICATE,
 )
-from .configuration import HttpApi, bootstrap, write_bootstrap
+from .configuration import HttpApi, bootstrap
 from .contract import (
     DESCRIPTOR_FILE,
     DESCRIPTOR_PACKAGE,
@@ -230,5 +230,4 @@ __all__ = [
     "max_heap_bytes",
     "openapi_document",
     "storefront_folder",
-    "write_bootstrap",
 ]

@@ -4,12 +4,9 @@ the kubelet's probes too."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from shopmesh_chassis.local_stack import write_private_file
 
 from ..mesh.envoy import (
     ADMIN_CLUSTER,
@@ -369,9 +366,3 @@ def _admin(api: HttpApi) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError("the admin interface needs an address: admin_socket, or admin_host and admin_port")
     admin = {"address": socket_address(api.admin_host, api.admin_port)}
     return admin, cluster(ADMIN_CLUSTER, api.admin_host, api.admin_port, http2=False)
-
-
-def write_bootstrap(api: HttpApi, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_private_file(path, (json.dumps(bootstrap(api), indent=2) + "\n").encode())
-    return path

@@ -305,9 +305,14 @@ def heap_monitor_of(max_heap_bytes: int) -> dict[str, Any]:
     return {"name": HEAP_MONITOR, "typed_config": {"@type": _HEAP_CONFIG, "max_heap_size_bytes": max_heap_bytes}}
 
 
-def write_bootstrap(sidecar: Sidecar, identities: MeshIdentities, path: Path) -> Path:
-    make_private_folder(path.parent)
-    write_private_file(path, (json.dumps(bootstrap(sidecar, identities), indent=2) + "\n").encode())
+def write_bootstrap(config: Mapping[str, Any], path: Path) -> Path:
+    """Write an Envoy's bootstrap (a sidecar's, `bootstrap`; the HTTP edge's, `http_api.bootstrap`) to `path`,
+    private (it names the admin socket and the SVIDs' files). A folder made for it is private too; one that
+    exists keeps its mode: the data directory's is `stack.make_data_dir`'s to decide (one of the user's keeps
+    theirs), and the mesh's `identity.issue` made private."""
+    if not path.parent.is_dir():
+        make_private_folder(path.parent)
+    write_private_file(path, (json.dumps(config, indent=2) + "\n").encode())
     return path
 
 
