@@ -12,6 +12,7 @@ from ..mesh.envoy import (
     ADMIN_CLUSTER,
     MAX_DOWNSTREAM_CONNECTIONS,
     access_log,
+    admin_cluster,
     admin_pipe,
     cluster,
     listener,
@@ -361,7 +362,7 @@ def _admin(api: HttpApi) -> tuple[dict[str, Any], dict[str, Any]]:
     if api.admin_socket is not None:
         if api.admin_host is not None or api.admin_port is not None:
             raise ValueError("admin_socket is the admin interface's address; admin_host and admin_port are another")
-        return admin_pipe(api.admin_socket), cluster(ADMIN_CLUSTER, "", 0, http2=False, pipe=api.admin_socket)
+        return admin_pipe(api.admin_socket), admin_cluster(api.admin_socket)
     if api.admin_host is None or api.admin_port is None:
         raise ValueError("the admin interface needs an address: admin_socket, or admin_host and admin_port")
     admin = {"address": socket_address(api.admin_host, api.admin_port)}

@@ -196,7 +196,7 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
         listeners.append(_edge_listener(sidecar, spans))
     metrics = prometheus_listener(sidecar.host, sidecar.ports.prometheus)
     listeners.append(metrics.listener)
-    clusters = [_app_cluster(sidecar), cluster(ADMIN_CLUSTER, sidecar.host, 0, http2=False, pipe=sidecar.admin_socket)]
+    clusters = [_app_cluster(sidecar), admin_cluster(sidecar.admin_socket)]
     for callee, port in sidecar.ports.outbound.items():
         listeners.append(_outbound_listener(sidecar, callee, port, spans))
         clusters.append(_outbound_cluster(sidecar, callee, sidecar.upstreams[callee], identities))
@@ -800,6 +800,12 @@ def admin_pipe(path: Path) -> dict[str, Any]:
     (ADMIN_SOCKET_MODE): on a loopback port any local user could stop Envoy (`/quitquitquit`), change its
     runtime or read its configuration."""
     return {"address": {"pipe": {"path": str(path), "mode": ADMIN_SOCKET_MODE}}}
+
+
+def admin_cluster(pipe: Path) -> dict[str, Any]:
+    """The cluster (ADMIN_CLUSTER) by which a Prometheus listener reaches the admin interface on the Unix socket
+    `pipe` (`admin_pipe`), which speaks HTTP/1.1."""
+    return cluster(ADMIN_CLUSTER, "", 0, http2=False, pipe=pipe)
 
 
 def socket_address(host: str, port: int) -> dict[str, Any]:
