@@ -22,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from shopmesh_chassis.interrupts import exit_status_on_interrupt
 
@@ -48,44 +48,63 @@ def share(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r}: want a whole percentage from 0 to 100") from None
 
 
-def callers_to_split(admins: SidecarAdmins, service: str) -> list[tuple[str, Path]]:
-    """The sidecars of `service`'s callers that split its calls. The running stack's: every caller it lists,
-    each of which must answer (NoSidecar). Else those of `make run MESH=envoy` that answer: which callers it
-    runs no file says (a --services subset)."""
-    callers = [(caller, admin) for caller in service_callers(service) if (admin := admins.url(caller)) is not None]
-    if admins.stack is None:
-        callers = [(caller, admin) for caller, admin in callers if running(admin)]
-    else:
-        for caller, admin in callers:
-            if not running(admin):
-                raise NoSidecar(f"{caller}'s sidecar does not answer at {admin}: no caller's split was changed")
+class Caller(NamedTuple):
+    """A caller's sidecar that splits the service's calls, and its split as it was before any change (`before`: a
+    key it had not is empty, which removes it again)."""
+
+    name: str
+    admin: Path
+    before: dict[str, str]
+
+
+def _split_before(admin: Path, service: str) -> dict[str, str] | None:
+    """The split the sidecar whose admin socket is `admin` has of `service`'s calls; None when it does not answer
+    (`faults.running`)."""
+    keys = split_runtime_keys(service)
+    try:
+        return {**dict.fromkeys(keys, ""), **runtime_values(admin, keys)}
+    except FaultError:
+        return None
+
+
+def callers_to_split(admins: SidecarAdmins, service: str) -> list[Caller]:
+    """The sidecars of `service`'s callers that split its calls, each with its split as it was (one reading of
+    its runtime, which tells too whether it answers). The running stack's: every caller it lists, each of which
+    must answer (NoSidecar). Else those of `make run MESH=envoy` that answer: which callers it runs no file says
+    (a --services subset)."""
+    callers = []
+    for caller in service_callers(service):
+        if (admin := admins.url(caller)) is None:
+            continue
+        before = _split_before(admin, service)
+        if before is not None:
+            callers.append(Caller(caller, admin, before))
+        elif admins.stack is not None:
+            raise NoSidecar(f"{caller}'s sidecar does not answer at {admin}: no caller's split was changed")
     if not callers:
         raise FaultError(f"no caller of {service} runs: nothing splits its calls")
     return callers
 
 
-def split_all(callers: Sequence[tuple[str, Path]], service: str, weight: int | None, out: TextIO) -> None:
+def split_all(callers: Sequence[Caller], service: str, weight: int | None, out: TextIO) -> None:
     """Every caller's split set, or (FaultError) none: those changed before a refusal are put back as they were."""
-    keys = split_runtime_keys(service)
-    changed: list[tuple[str, Path, dict[str, str]]] = []
+    changed: list[Caller] = []
     said = "the weight it started with" if weight is None else f"{weight} %"
     try:
-        for caller, admin in callers:
-            # As it was: a key it had not is removed again (empty).
-            before = {**dict.fromkeys(keys, ""), **runtime_values(admin, keys)}
+        for caller in callers:
             # Before the change is asked for: one made whose answer was lost is put back too (writing `before`
             # back to a caller the change never reached changes nothing).
-            changed.append((caller, admin, before))
-            set_split(admin, service, weight)
-            print(f"{caller}: {said} of its calls to {service} to {canary_name(service)}", file=out)
+            changed.append(caller)
+            set_split(caller.admin, service, weight)
+            print(f"{caller.name}: {said} of its calls to {service} to {canary_name(service)}", file=out)
     except FaultError as exc:
         undone, left = [], []
-        for caller, admin, before in changed:
+        for caller in changed:
             try:
-                modify_runtime(admin, before)
-                undone.append(caller)
+                modify_runtime(caller.admin, caller.before)
+                undone.append(caller.name)
             except FaultError:
-                left.append(caller)
+                left.append(caller.name)
         what = f"; put back as it was: {', '.join(undone)}" if undone else ""
         what += f"; NOT PUT BACK (each may have the new share or the old one): {', '.join(left)}" if left else ""
         raise FaultError(f"{exc}{what}") from None
