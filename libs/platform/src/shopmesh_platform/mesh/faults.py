@@ -188,7 +188,7 @@ class SidecarAdmins:
         if self.stack is not None:
             print(f"sidecars of {self.stack.said()}", file=err)
 
-    def url(self, name: str) -> Path | None:
+    def admin_socket_of(self, name: str) -> Path | None:
         """The admin socket of `name`'s sidecar; None when the running stack has none (no mesh, not started)."""
         if self.stack is None:
             return local_admin_socket(name)
@@ -196,9 +196,9 @@ class SidecarAdmins:
         return None if admin is None else Path(admin)
 
     def required(self, name: str) -> Path:
-        url = self.url(name)
-        if url is not None:
-            return url
+        admin = self.admin_socket_of(name)
+        if admin is not None:
+            return admin
         assert self.stack is not None
         stack = self.stack.said()
         # A meshed stack that lacked only this sidecar (no canary started, a --services subset) was asked
@@ -217,10 +217,10 @@ class SidecarAdmins:
         raise FaultError(f"{name} is not running in {stack} (a --services subset?)")
 
 
-def running(url: Path) -> bool:
-    """Whether a sidecar answers on the admin socket `url`."""
+def running(admin: Path) -> bool:
+    """Whether a sidecar answers on the admin socket `admin`."""
     try:
-        current_fault(url)
+        current_fault(admin)
     except FaultError:
         return False
     return True
@@ -299,18 +299,24 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
                 targets = [(args.service or "(--admin)", args.admin)]
             else:
                 admins = SidecarAdmins(err)
-                targets = [(name, admins.url(name)) for name in ([args.service] if args.service else SERVICES)]
+                targets = [
+                    (name, admins.admin_socket_of(name)) for name in ([args.service] if args.service else SERVICES)
+                ]
                 # A canary's sidecar only while one runs (one row per service otherwise).
-                canaries = [] if args.service else [(name, admins.url(name)) for name in map(canary_name, SERVICES)]
-                targets += [(name, url) for name, url in canaries if url is not None and running(url)]
-            for name, url in targets:
-                if url is None:
+                canaries = (
+                    []
+                    if args.service
+                    else [(name, admins.admin_socket_of(name)) for name in map(canary_name, SERVICES)]
+                )
+                targets += [(name, admin) for name, admin in canaries if admin is not None and running(admin)]
+            for name, admin in targets:
+                if admin is None:
                     rows.append((name, "-", "(no sidecar running)"))
                     continue
                 try:
-                    rows.append((name, str(url), str(current_fault(url))))
+                    rows.append((name, str(admin), str(current_fault(admin))))
                 except FaultError:
-                    rows.append((name, str(url), "(no sidecar running)"))
+                    rows.append((name, str(admin), "(no sidecar running)"))
             print(tabulate(rows, headers=("SERVICE", "SIDECAR ADMIN", "FAULT"), tablefmt="plain"), file=out)
             return 0
         if args.service is None:
@@ -319,20 +325,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             parser.error("say what to inject (--delay, --abort) or --clear")
         fault = Fault() if args.clear else Fault(delay_ms=args.delay, abort=args.abort, percent=args.percent)
         if args.admin:
-            urls = {args.service: args.admin}
+            sockets = {args.service: args.admin}
         else:
             admins = SidecarAdmins(err)
             make_runs_ports = admins.stack is None
-            urls = {args.service: admins.required(args.service)}
+            sockets = {args.service: admins.required(args.service)}
         if not args.admin and args.service in SERVICES:
             canary = canary_name(args.service)
-            if (canary_url := admins.url(canary)) is not None and running(canary_url):
+            if (canary_admin := admins.admin_socket_of(canary)) is not None and running(canary_admin):
                 # The service's fault is its canary's too: every call to the service meets it, whichever
                 # track the caller's sidecar picks.
-                urls[canary] = canary_url
-        for name, url in urls.items():
-            set_fault(url, fault)
-            print(f"{name}: {current_fault(url)}", file=out)
+                sockets[canary] = canary_admin
+        for name, admin in sockets.items():
+            set_fault(admin, fault)
+            print(f"{name}: {current_fault(admin)}", file=out)
         return 0
     except NoSidecar as exc:
         hint = ": is `make run MESH=envoy` running?" if make_runs_ports else ""

@@ -74,7 +74,7 @@ def callers_to_split(admins: SidecarAdmins, service: str) -> list[Caller]:
     (a --services subset)."""
     callers = []
     for caller in service_callers(service):
-        if (admin := admins.url(caller)) is None:
+        if (admin := admins.admin_socket_of(caller)) is None:
             continue
         before = _split_before(admin, service)
         if before is not None:
