@@ -332,3 +332,23 @@ async def test_a_users_of_a_release_without_sign_out_makes_sign_out_unavailable_
         assert refused.retry_delay_seconds is not None
         assert fakes.users.cutoffs == {}, "nothing revoked"
         await notifications(shop, token)
+
+
+async def test_a_flood_of_a_revoked_token_is_charged_to_the_address_and_its_user_signed_in_again_is_served() -> None:
+    """Whoever holds a leaked token its user signed out must not keep the user, signed in again, at
+    RESOURCE_EXHAUSTED until it expires: a revoked token is a failed one, charged to the address as expired and
+    forged tokens are, and only a token that passes takes from its user's bucket."""
+    burst = 10
+    # Next to no refill: what each call takes shows, without a race with the clock.
+    async with fakes_serving() as fakes, gateway(fakes, rate_limit_burst=burst, rate_limit_per_second=0.01) as shop:
+        leaked = fakes.users.key.token("usr_ann")
+        await shop.SignOut(shop_pb2.SignOutRequest(), metadata=bearer(leaked))
+        later = int(fakes.users.cutoffs["usr_ann"]) + 1
+        fresh = fakes.users.key.token("usr_ann", iat=later, nbf=later)
+
+        reasons: list[str | None] = []
+        for _ in range(burst // 2 - 1):
+            for _ in range(burst):
+                reasons.append((await refusal(notifications(shop, leaked))).reason)
+            await notifications(shop, fresh)
+        assert set(reasons) == {TOKEN_REVOKED, "RATE_LIMITED"}, "refused as revoked, then the address is spent"

@@ -327,13 +327,24 @@ class Guard:
             # forgery costs is bounded instead, by MAX_TOKEN_CHARS (tokens.py).
             self.admit_anonymous(context)
             raise
-        user_id = token.subject
-        # The user's bucket before the cutoff is looked up: a flood of one user's revoked tokens costs users at
-        # most a read per TTL, and the user's calls what any calls of theirs cost.
-        self.limit(f"user:{user_id}")
+        user = f"user:{token.subject}"
         if self.cutoffs is not None:
-            await self.cutoffs.refuse_revoked(user_id, token.issued_at)
-        return user_id
+            # The cutoff before the user's bucket: a revoked token is a failed one, charged to the address as
+            # the others are. Charged to its user, a copy that leaked after the sign-out kept the user, signed in
+            # again, RESOURCE_EXHAUSTED until it expired. Looking first floods users with no GetTokenCutoff: one
+            # per user per TTL, coalesced, and none for the retry interval after a failure (TokenCutoffs).
+            try:
+                await self.cutoffs.refuse_revoked(token.subject, token.issued_at)
+            except errors.Unauthenticated:
+                self.admit_anonymous(context)
+                raise
+            except errors.Unavailable:
+                # Failing closed, users unable to say: no fault of the token's, so the user's own bucket, as
+                # before the cutoff came first, not the address's, which shoppers behind a NAT would spend.
+                self.limit(user)
+                raise
+        self.limit(user)
+        return token.subject
 
 
 class Guarded(Protocol):
