@@ -161,6 +161,17 @@ async def test_tokens_with_wrong_or_missing_claims_are_token_invalid(
     assert await reason_of(verifier, key.token(**claims)) == "TOKEN_INVALID"
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_a_time_claim_that_is_a_json_boolean_is_token_invalid_not_a_number(
+    verifier: TokenVerifier, key: SigningKey, claim: str
+) -> None:
+    """JSON true is a Python bool, an int: PyJWT read an exp of true as 1 and refused it TOKEN_EXPIRED."""
+    with pytest.raises(errors.Unauthenticated) as caught:
+        await verifier.subject(key.token(**{claim: True}))
+    assert caught.value.reason == "TOKEN_INVALID"
+    assert f"its {claim} is not a number" in str(caught.value)
+
+
 async def test_a_token_of_another_algorithm_is_token_invalid(verifier: TokenVerifier, key: SigningKey) -> None:
     hs256 = jwt.encode({"sub": "usr_alice"}, "s" * 32, algorithm="HS256", headers={"kid": key.kid})
     assert await reason_of(verifier, hs256) == "TOKEN_INVALID"

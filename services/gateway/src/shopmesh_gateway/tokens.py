@@ -277,21 +277,25 @@ class TokenVerifier:
                 issuer=self._rules.issuer,
                 audience=self._rules.audience,
                 leeway=self._rules.leeway_seconds,
-                # nbf and iat are checked below, with their own tolerance (PyJWT has one leeway for all three).
-                options={"require": REQUIRED_CLAIMS, "verify_nbf": False, "verify_iat": False},
+                # exp, nbf and iat are checked below: PyJWT has one leeway for all three, and takes whatever
+                # int() reads as a time: "9999999999", a string, was a valid exp, and true (a bool, an int) an
+                # exp of 1, refused TOKEN_EXPIRED rather than as no number.
+                options={"require": REQUIRED_CLAIMS, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise errors.Unauthenticated("the access token has expired", reason=TOKEN_EXPIRED) from None
         except jwt.InvalidTokenError as exc:
             raise _invalid(f"the access token is invalid: {exc}") from None
-        latest = time.time() + max(self._rules.leeway_seconds, NOT_BEFORE_LEEWAY_SECONDS)
+        now = time.time()
+        latest = now + max(self._rules.leeway_seconds, NOT_BEFORE_LEEWAY_SECONDS)
         for claim in ("exp", "nbf", "iat"):
             value = claims.get(claim)
             if value is None:
                 continue
-            # PyJWT takes whatever int() reads as its exp: "9999999999", a string, was a valid one.
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise _invalid(f"the access token is invalid: its {claim} is not a number")
-            if claim != "exp" and value > latest:
+            if claim == "exp":
+                # PyJWT's own rule: expired at exp, not after it.
+                if value <= now - self._rules.leeway_seconds:
+                    raise errors.Unauthenticated("the access token has expired", reason=TOKEN_EXPIRED)
+            elif value > latest:
                 raise _invalid(f"the access token is invalid: it is not yet valid ({claim})")
         return claims
