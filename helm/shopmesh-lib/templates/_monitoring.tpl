@@ -165,6 +165,20 @@ resolves minutes after the burn stops instead of an hour or days later. The fact
 30-day budget: the period is not a setting.
 A window without calls has no error ratio (not 0/0, NaN): nothing fires for a service nobody calls.
 */}}
+{{/*
+The matcher, after a comma, that leaves out slo.latency.excludedMethods (those slow by design: the password
+hashing of Login and Register), for the latency SLO and ShopmeshSlowCalls alike; nothing without them.
+*/}}
+{{- define "shopmesh-lib.latencyExcluded" -}}
+{{- with .monitoring.slo.latencyExcludedMethods -}}
+{{- $methods := list -}}
+{{- range . -}}
+{{- $methods = append $methods (regexQuoteMeta .) -}}
+{{- end -}}
+{{- printf ", grpc_method!~%q" (join "|" $methods) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "shopmesh-lib.slo" -}}
 {{- $c := .c -}}
 {{- $slo := $c.monitoring.slo -}}
@@ -176,14 +190,7 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
 {{- end -}}
 {{- $api = printf "__selector__, grpc_service=~%q" (join "|" $services) -}}
 {{- end -}}
-{{- $timedApi := $api -}}
-{{- with $slo.latencyExcludedMethods -}}
-{{- $methods := list -}}
-{{- range . -}}
-{{- $methods = append $methods (regexQuoteMeta .) -}}
-{{- end -}}
-{{- $timedApi = printf "%s, grpc_method!~%q" $api (join "|" $methods) -}}
-{{- end -}}
+{{- $timedApi := printf "%s%s" $api (include "shopmesh-lib.latencyExcluded" $c) -}}
 {{- $by := "sum by (job, namespace)" -}}
 {{- $record := "job:shopmesh_slo_errors:ratio_rate" -}}
 {{- $objectives := dict "availability" $slo.availability "latency" $slo.latency -}}
@@ -303,10 +310,10 @@ however many were served. */ -}}
     "description" (printf "More than %v%% of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} calls end in a server-side status (%s) or are shed (RESOURCE_EXHAUSTED: SERVER_OVERLOADED, this service or one it relays at its GRPC_MAX_CONCURRENT_RPCS; PASSWORD_HASHING_BUSY, users' hashing queue full) for 5 minutes; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) and rate limits do not count." (mulf $m.errorRatio 100) (replace "|" ", " $serverErrors)))
   (dict
     "alert" "ShopmeshSlowCalls"
-    "expr" (printf "histogram_quantile(0.99, sum by (le, grpc_service, grpc_method) (rate(grpc_server_handling_seconds_bucket{__selector__}[5m]))) > %v" $m.latencyP99Seconds)
+    "expr" (printf "histogram_quantile(0.99, sum by (le, grpc_service, grpc_method) (rate(grpc_server_handling_seconds_bucket{__selector__%s}[5m]))) > %v" (include "shopmesh-lib.latencyExcluded" $c) $m.latencyP99Seconds)
     "for" "10m" "severity" "warning"
     "summary" (printf "%s: p99 latency above %vs" $c.name $m.latencyP99Seconds)
-    "description" "The 99th percentile of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} has been {{ $value | humanizeDuration }} for 10 minutes.")
+    "description" "The 99th percentile of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} has been {{ $value | humanizeDuration }} for 10 minutes. The methods of slo.latency.excludedMethods (password hashing, ~0.5 s by design) are not watched.")
 -}}
 {{- if $c.nats.publishes -}}
 {{- $rules = append $rules (dict
