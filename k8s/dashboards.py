@@ -506,6 +506,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 ],
             ),
             (
+                "Spans lost",
+                "short",
+                "Spans per second each service failed to export to the tracing collector (global.otel.endpoint), "
+                "retries included: their traces are missing, the calls unaffected (alert "
+                "ShopmeshSpansNotExported).",
+                [
+                    (
+                        f"sum by (job) (rate(shopmesh_spans_export_failed_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}}",
+                    )
+                ],
+            ),
+            (
                 "E-mail delivery attempts",
                 "reqps",
                 "What each attempt to send an e-mail ended as: sent, retrying, failed (alert ShopmeshEmailsFailed). "

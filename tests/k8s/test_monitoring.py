@@ -20,7 +20,7 @@ import grpc
 import promql_parser
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -91,7 +91,7 @@ RE = promql_parser.MatchOp.Re
 
 def expected_alerts(name: str) -> set[str]:
     service = SERVICES[name]
-    alerts = {"ShopmeshServiceDown", "ShopmeshServerErrors", "ShopmeshSlowCalls"}
+    alerts = {"ShopmeshServiceDown", "ShopmeshServerErrors", "ShopmeshSlowCalls", "ShopmeshSpansNotExported"}
     if service.publishes:
         alerts |= {
             "ShopmeshOutboxStuck",
@@ -678,6 +678,49 @@ def test_slow_calls_ignores_the_password_hashing_methods_but_not_the_others(
         )
     )
     assert_promtool_passes(alert, service, scenarios, tmp_path)
+
+
+def span_export_scenario(name: str, failing: Callable[[float], bool], until: int, expected: Expected) -> Scenario:
+    """A service exporting a batch of 10 spans every 5 s, lost while `failing(t)` (the collector away)."""
+    registry = CollectorRegistry()
+    lost = Counter("shopmesh_spans_export_failed", "spans lost", registry=registry)
+
+    def world(t: float) -> None:
+        if t % 5 == 0 and failing(t):
+            lost.inc(10)
+
+    def scrape() -> list[Sample]:
+        return [s._replace(labels={**s.labels, "pod": "pod-0"}) for f in registry.collect() for s in f.samples]
+
+    return Scenario(name, world, scrape, until, expected)
+
+
+def test_spans_not_exported_fires_for_a_lasting_collector_outage_not_a_restart(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """The collector away for good: every batch is lost, and ShopmeshSpansNotExported fires after its `for`.
+    Away for a minute (a restart): a few batches lost, silent."""
+    alert = alert_named(rendered, "orders", "ShopmeshSpansNotExported")
+    hold, until, away = seconds_of(alert["for"]), 30 * 60, 5 * 60
+    assert_promtool_passes(
+        alert,
+        "orders",
+        [
+            span_export_scenario(
+                "the collector away from minute 5",
+                lambda t: t >= away,
+                until,
+                silent_between(0, away + hold) | firing_between(fires_by(away, hold), until),
+            ),
+            span_export_scenario(
+                "the collector restarting for a minute",
+                lambda t: away <= t < away + 60,
+                until,
+                silent_between(0, until),
+            ),
+        ],
+        tmp_path,
+    )
 
 
 BREAKER_LABELS = {"dependency": "recommendations", "method": "/shopmesh.x.v1.XService/Get"}

@@ -314,6 +314,12 @@ however many were served. */ -}}
     "for" "10m" "severity" "warning"
     "summary" (printf "%s: p99 latency above %vs" $c.name $m.latencyP99Seconds)
     "description" "The 99th percentile of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} has been {{ $value | humanizeDuration }} for 10 minutes. The methods of slo.latency.excludedMethods (password hashing, ~0.5 s by design) are not watched.")
+  (dict
+    "alert" "ShopmeshSpansNotExported"
+    "expr" "sum(rate(shopmesh_spans_export_failed_total{__selector__}[5m])) > 0"
+    "for" "10m" "severity" "warning"
+    "summary" (printf "%s: spans are not reaching the tracing collector" $c.name)
+    "description" "The service's OTLP exports to the collector (global.otel.endpoint) have been failing for 10 minutes: {{ $value | humanize }} spans a second are lost. Calls are not affected; their traces are missing. The exporter's log says why, once a minute (logger opentelemetry.exporter.otlp.proto.grpc.exporter).")
 -}}
 {{- if $c.nats.publishes -}}
 {{- $rules = append $rules (dict

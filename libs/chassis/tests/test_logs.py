@@ -21,8 +21,10 @@ from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import logs
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.logs import MAX_PENDING_LINES, RepeatLimitFilter, configure_logging, flush_logs
-from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.metrics import ServerMetrics
+from shopmesh_chassis.testing import free_port, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
+from shopmesh_chassis.tracing import configure_tracing, shutdown_tracing
 
 from .conftest import sample_settings
 
@@ -193,3 +195,34 @@ def test_a_repeat_limit_filter_counts_at_most_its_cap_of_templates_and_lets_the_
     assert not repeat_filter.filter(record("header 0")), "a template it counts is still held back"
     assert all(repeat_filter.filter(record("one more header")) for _ in range(3)), "past the cap: let through"
     assert len(repeat_filter._seen) == logs.MAX_REPEAT_KEYS
+
+
+def test_a_collector_away_is_counted_per_span_lost_and_logged_once_a_minute_not_per_export() -> None:
+    """A collector outage: every batch's export fails, each after a retry. The OTLP exporter logged a WARNING
+    (transient error, retrying) and an ERROR (failed to export) for every batch, every few seconds for the
+    outage's length, and nothing in /metrics said spans were being lost. Now its lines come once a minute per
+    template, and shopmesh_spans_export_failed_total counts the spans whose export failed."""
+    out = io.StringIO()
+    configure_logging("sample", stream=out)
+    metrics = ServerMetrics()
+    before = metrics.registry.get_sample_value("shopmesh_spans_export_failed_total")
+    assert before is not None, "the counter is exported before any failure, at 0 for a new process"
+    # Nobody listens there: each attempt is refused at once (UNAVAILABLE). Within 2 s the exporter retries
+    # once (backing off ~1 s) and gives up at the next, whose back-off outlasts its timeout.
+    provider = configure_tracing("sample", f"http://127.0.0.1:{free_port()}", export_timeout=2.0)
+    tracer = provider.get_tracer("test")
+    batches = 3
+    for _ in range(batches):
+        tracer.start_span("work").end()
+        provider.force_flush(timeout_millis=10_000)
+    shutdown_tracing(provider)
+    assert metrics.registry.get_sample_value("shopmesh_spans_export_failed_total") == before + batches
+    flush_logs()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    exporter = [line for line in lines if line["logger"] == "opentelemetry.exporter.otlp.proto.grpc.exporter"]
+    failed = [line for line in exporter if line["message"].startswith("Failed to export")]
+    retried = [line for line in exporter if line["message"].startswith("Transient error")]
+    # The batches take seconds: one window of 60, and the bound allows for a second rather than rely on it.
+    assert 1 <= len(failed) <= 2, failed
+    assert len(retried) <= 2, retried
+    assert {line["level"] for line in failed} == {"ERROR"}

@@ -36,6 +36,12 @@ FLUSH_SECONDS = 5.0
 # says it happens, and the count says how often. The baggage propagator's logger is held to the same rule,
 # though the chassis installs no baggage propagator today: one added later is covered from its first call.
 PROPAGATION_LOGGERS = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.baggage.propagation")
+# The OTLP exporter logs a WARNING for each retry (`Transient error StatusCode.UNAVAILABLE ... retrying`) and an
+# ERROR for each batch it gives up (`Failed to export traces ...`), and the batch processor a WARNING for each
+# span its full queue drops: with the collector away, lines every few seconds (per span, under load) from every
+# service for the outage's length. One line a minute per message says it lasts; shopmesh_spans_export_failed_total
+# (metrics.py) counts the spans lost to failed exports.
+EXPORT_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter", "opentelemetry.sdk._shared_internal")
 REPEAT_WINDOW_SECONDS = 60.0
 # Templates a RepeatLimitFilter keeps count of. OpenTelemetry's are a handful of fixed strings; a release that
 # formatted the caller's header into the message would make each header a key of its own, so past this many
@@ -178,7 +184,7 @@ def configure_logging(service_name: str, level: str = "INFO", fmt: str = "json",
     # (the gateway's HTTP edge takes trace context from the public): a log line per call, worded by a stranger.
     # The propagator drops such a tracestate all the same, and the call keeps its traceparent.
     logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
-    limit_repeats(*PROPAGATION_LOGGERS)
+    limit_repeats(*PROPAGATION_LOGGERS, *EXPORT_LOGGERS)
 
 
 def limit_repeats(*names: str, window: float = REPEAT_WINDOW_SECONDS) -> None:

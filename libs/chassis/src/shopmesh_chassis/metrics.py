@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shopmesh_chassis.breaker import BreakerState, CircuitBreaker
+from shopmesh_chassis.tracing import FAILED_EXPORTS
 
 # Buckets sized for RPCs: 0.5 ms up to 10 s. The charts' latency SLO reads its threshold's bucket, so the
 # library chart lists these bounds too (shopmesh-lib.latencyBuckets, which tests/k8s/test_slo.py keeps equal):
@@ -82,6 +83,7 @@ class ServerMetrics:
             labels,
             registry=self.registry,
         )
+        self.registry.register(SpanExportCollector())
         self._http: WSGIServer | None = None
         self._events: EventMetrics | None = None
         self._outbox: OutboxMetrics | None = None
@@ -274,6 +276,19 @@ class EventMetrics:
             "yet (shopmesh-deadletters); read from NATS every 30 s and after each park. Above 0: look.",
             ("consumer",),
             registry=registry,
+        )
+
+
+class SpanExportCollector(Collector):
+    """The process' spans lost to failed exports (tracing.FAILED_EXPORTS), read when Prometheus scrapes: at 0
+    from the start, so that the first failures make a rise an alert sees."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "shopmesh_spans_export_failed",
+            "Spans the OTLP exporter failed to send to the collector (OTEL_EXPORTER_OTLP_ENDPOINT), retries "
+            "included: lost. Not counted: spans dropped before an export, the batch queue being full.",
+            value=FAILED_EXPORTS.spans,
         )
 
 

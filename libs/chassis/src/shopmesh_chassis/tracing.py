@@ -17,8 +17,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     Decision,
@@ -108,7 +108,61 @@ def sampler(ratio: float) -> Sampler:
     return ParentBased(_LinkedDecision(ratio), remote_parent_sampled=_CallersDecision(ratio))
 
 
-def configure_tracing(service_name: str, endpoint: str | None, sampler_ratio: float = 1.0) -> TracerProvider:
+class _FailedExports:
+    """The spans whose export failed in this process, for shopmesh_spans_export_failed_total (metrics.py): one
+    count for the process, as its tracer provider is one, whichever server's registry shows it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the batch processor's worker and a flush may export at once
+        self._spans = 0
+
+    def add(self, spans: int) -> None:
+        with self._lock:
+            self._spans += spans
+
+    @property
+    def spans(self) -> int:
+        return self._spans
+
+
+FAILED_EXPORTS = _FailedExports()
+
+
+class CountingSpanExporter(SpanExporter):
+    """`exporter`, counting in FAILED_EXPORTS the spans of each batch it fails to export (FAILURE, or an
+    exception, re-raised): the exporter logs why, but a log line says nothing of how many spans are lost.
+    Only a failed batch costs anything more."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            FAILED_EXPORTS.add(len(spans))
+            raise
+        if result is not SpanExportResult.SUCCESS:
+            FAILED_EXPORTS.add(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
+# How long one batch's export may take, its retries with back-off included, before its spans are given up.
+EXPORT_TIMEOUT_SECONDS = 5.0
+
+
+def configure_tracing(
+    service_name: str,
+    endpoint: str | None,
+    sampler_ratio: float = 1.0,
+    export_timeout: float = EXPORT_TIMEOUT_SECONDS,
+) -> TracerProvider:
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: service_name}),
         sampler=sampler(sampler_ratio) if endpoint else ALWAYS_OFF,
@@ -117,7 +171,8 @@ def configure_tracing(service_name: str, endpoint: str | None, sampler_ratio: fl
         # Imported lazily: the exporter pulls in a second gRPC client stack we need only when used.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=5)))
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=export_timeout)
+        provider.add_span_processor(BatchSpanProcessor(CountingSpanExporter(exporter)))
         log.info("exporting spans over OTLP", extra={"endpoint": endpoint})
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator()]))
     # The first provider set wins for the process; tests that run several servers share it.
