@@ -137,6 +137,23 @@ async def test_the_create_send_and_consume_spans_of_an_event_name_it_alike(
     assert messaging(consume)["messaging.consumer.group.name"] == "tester"
 
 
+async def test_a_consume_span_carries_the_messaging_attributes_of_a_process_operation(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
+) -> None:
+    """OpenTelemetry's messaging conventions, as the create and send spans follow them: a backend groups and
+    names a delivery's span by its operation (type process: the handler applies a delivered message)."""
+    event_id, _ = await consumed_event(db, client, nats_srv)
+    [consume] = consume_spans(exporter)
+    assert messaging(consume) == {
+        "messaging.system": "nats",
+        "messaging.destination.name": SUBJECT,
+        "messaging.message.id": event_id,
+        "messaging.consumer.group.name": "tester",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "consume",
+    }
+
+
 async def test_the_relay_sends_each_event_in_a_trace_of_its_own_linked_to_its_create_span(
     db: Database, client: Client, exporter: InMemorySpanExporter
 ) -> None:

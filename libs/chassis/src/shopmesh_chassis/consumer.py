@@ -770,10 +770,10 @@ class EventConsumer:
             await self._not_handled(message, event, replayed=replayed)
             return True
         context = propagate.extract(event.headers)
-        # OpenTelemetry's messaging attributes, and the delivery's attempt (1: its first delivery) as the
-        # smtp spans say theirs; its outcome is set by _count, within this span.
+        # OpenTelemetry's messaging attributes (a delivery's handling is a process operation), and the delivery's
+        # attempt (1: its first delivery) as the smtp spans say theirs; its outcome is set by _count, within this span.
         attributes = {
-            **messaging_attributes(event.subject, event.event_id),
+            **messaging_attributes(event.subject, event.event_id, "process", "consume"),
             "messaging.consumer.group.name": self._durable,
             "shopmesh.attempt": event.attempt,
         }

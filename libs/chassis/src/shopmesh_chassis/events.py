@@ -48,10 +48,17 @@ DEFAULT_STREAM_MAX_AGE_SECONDS = 7 * 86400.0
 DISCARD_CHECK_SECONDS = 30.0
 
 
-def messaging_attributes(subject: str, event_id: str) -> dict[str, AttributeValue]:
-    """OpenTelemetry's messaging attributes that every span of an event has (its create, send and consume spans),
-    each span adding its own: what a trace shows of the event, and how a send trace is tied to its consumers'."""
-    return {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.message.id": event_id}
+def messaging_attributes(subject: str, event_id: str, operation: str, name: str = "") -> dict[str, AttributeValue]:
+    """OpenTelemetry's messaging attributes of an event's span (its create, send and consume spans), each span
+    adding its own: what a trace shows of the event, how a send trace is tied to its consumers', and which
+    `operation` type the span is (named `name`, the first word of the span's name; the type's own by default)."""
+    return {
+        "messaging.system": "nats",
+        "messaging.destination.name": subject,
+        "messaging.message.id": event_id,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": name or operation,
+    }
 
 
 class ConnectionLog:

@@ -41,7 +41,6 @@ from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind
-from opentelemetry.util.types import AttributeValue
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -83,20 +82,11 @@ def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
 
 
-def _messaging(subject: str, event_id: str, operation: str) -> dict[str, AttributeValue]:
-    """OpenTelemetry's messaging attributes of an event's create or send span."""
-    return {
-        **messaging_attributes(subject, event_id),
-        "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
-    }
-
-
 async def add_event(session: DbConnection, *, subject: str, message: Message, event_id: str) -> None:
     """Record `message` for publication; commits or rolls back with the caller's transaction."""
     headers: dict[str, str] = {"Content-Type": "application/protobuf", EVENT_TYPE: message.DESCRIPTOR.full_name}
     with tracer.start_as_current_span(
-        f"create {subject}", kind=SpanKind.PRODUCER, attributes=_messaging(subject, event_id, "create")
+        f"create {subject}", kind=SpanKind.PRODUCER, attributes=messaging_attributes(subject, event_id, "create")
     ):
         # This span's context, not the writer's: the event's creation context, which its consumers' spans
         # continue and its send span links to, whenever and by whichever replica it goes out.
@@ -140,7 +130,7 @@ def _send_span(subject: str, event_id: str, headers: dict[str, str], created_at:
     sibling of the publish), linked to that creation context, which the sampler follows (tracing.sampler).
     One span per event, not per pass: each publish is a request of its own that JetStream acknowledges."""
     created = trace.get_current_span(stored_context(headers)).get_span_context()
-    attributes = _messaging(subject, event_id, "send")
+    attributes = messaging_attributes(subject, event_id, "send")
     attributes["messaging.message.body.size"] = size
     # The outbox's part in the event's delay (a relay lagging, NATS away): shown on the span, where the
     # create span, in another trace, is not beside it.
