@@ -632,6 +632,11 @@ def alert_named(rendered: dict[tuple[str, str], Docs], service: str, name: str) 
     return alert
 
 
+def scraped(registry: CollectorRegistry, pod: str) -> list[Sample]:
+    """What a scrape of `registry` reads from the pod `pod`: its samples, each with the pod's label."""
+    return [s._replace(labels={**s.labels, "pod": pod}) for f in registry.collect() for s in f.samples]
+
+
 def latency_scenario(name: str, method: str, seconds: float, until: int, expected: Expected) -> Scenario:
     """The real server metrics of a service answering, every second, one product call in 50 ms and one call
     of `method` in `seconds`."""
@@ -643,16 +648,8 @@ def latency_scenario(name: str, method: str, seconds: float, until: int, expecte
         product.handling.observe(0.05)
         timed.handling.observe(seconds)
 
-    def scrape() -> list[Sample]:
-        return [
-            sample._replace(labels={**sample.labels, "pod": "pod-0"})
-            for family in metrics.registry.collect()
-            for sample in family.samples
-        ]
-
-    return Scenario(
-        name, world, scrape, until, expected, {"grpc_service": "shopmesh.x.v1.XService", "grpc_method": method}
-    )
+    labels = {"grpc_service": "shopmesh.x.v1.XService", "grpc_method": method}
+    return Scenario(name, world, lambda: scraped(metrics.registry, "pod-0"), until, expected, labels)
 
 
 @pytest.mark.parametrize("service", ["gateway", "users"])
@@ -689,10 +686,7 @@ def span_export_scenario(name: str, failing: Callable[[float], bool], until: int
         if t % 5 == 0 and failing(t):
             lost.inc(10)
 
-    def scrape() -> list[Sample]:
-        return [s._replace(labels={**s.labels, "pod": "pod-0"}) for f in registry.collect() for s in f.samples]
-
-    return Scenario(name, world, scrape, until, expected)
+    return Scenario(name, world, lambda: scraped(registry, "pod-0"), until, expected)
 
 
 def test_spans_not_exported_fires_for_a_lasting_collector_outage_not_a_restart(
