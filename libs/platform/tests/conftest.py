@@ -32,6 +32,10 @@ from shopmesh_platform.stack import envoy_binary
 MISSING = "ord_missing"
 # GetOrder of an id with this prefix answers the order with INTERNAL_TRAILERS in its trailers.
 MARKED = "ord_marked"
+# GetOrder of an id with this prefix answers the order with PROXY_HEADERS among its headers, as a proxy in front of
+# the gateway (its sidecar in the mesh) would add them.
+PROXIED = "ord_proxied"
+PROXY_HEADERS = (("server", "envoy"), ("x-envoy-upstream-service-time", "7"))
 # SearchProducts for a query of these answers the gateway's own error, whose Status (with a RetryInfo) the
 # edge must pass on as it is: UNAVAILABLE (a dependency away, 503) and RESOURCE_EXHAUSTED (rate limited, 429).
 COME_BACK_LATER = {
@@ -101,6 +105,8 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         if request.order_id.startswith(MARKED):
             # An answer with a body: its metadata goes in trailers, not in the headers of a trailers-only error.
             context.set_trailing_metadata(INTERNAL_TRAILERS)
+        if request.order_id.startswith(PROXIED):
+            context.send_initial_metadata(PROXY_HEADERS)
         return shop_pb2.GetOrderResponse()
 
     def ListOrders(

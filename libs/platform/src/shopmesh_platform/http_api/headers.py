@@ -37,6 +37,10 @@ INTERNAL_GRPC_HEADERS = ("grpc-internal-encoding-request",)
 # The services' markers among themselves (the chassis' `shopmesh-final-answer`, `shopmesh-shed`): the gateway
 # relays a dependency's error with them, and they are no part of the public API, whose clients read the status.
 INTERNAL_HEADER_NAME = r"shopmesh-.*"
+# A proxy's name and its own headers (its timing of what is behind it, x-envoy-upstream-service-time) on an answer
+# from the gateway's side: its sidecar adds none, but the edge does not count on every proxy between (docs/http-api.md
+# promises no answer names the proxy or times the gateway). Envoy's health-checked cluster header is among them.
+PROXY_HEADER_NAME = r"server|x-envoy-.*"
 # Response headers every answer of the edge carries unless it has its own (header_hygiene).
 ANSWER_DEFAULTS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 # The health check's answer names Envoy's node's cluster: nothing for a client.
@@ -66,7 +70,8 @@ def header_hygiene() -> dict[str, Any]:
     gateway as metadata its gRPC server refuses with INTERNAL instead of a client's error (a name gRPC does
     not allow, binary metadata that may not be base64, gRPC's headers of an answer, grpc-core's internal
     ones). And the services' internal markers dropped from every answer, its headers and its trailers,
-    whatever the client's protocol; ANSWER_DEFAULTS added to every answer that has none of its own."""
+    whatever the client's protocol, and a proxy's name and headers (PROXY_HEADER_NAME) from its headers;
+    ANSWER_DEFAULTS added to every answer that has none of its own."""
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
@@ -99,7 +104,7 @@ def header_hygiene() -> dict[str, Any]:
                         for key, value in ANSWER_DEFAULTS.items()
                     ),
                     _remove_matching(INTERNAL_HEADER_NAME),
-                    _NO_HEALTH_CHECKED_CLUSTER,
+                    _remove_matching(PROXY_HEADER_NAME),
                 ],
                 # A gRPC answer with a body has its metadata in trailers (the chassis' errors are trailers-only,
                 # in headers, but a relay's marker may come either way).
