@@ -451,9 +451,15 @@ def _http_manager(
         # mesh.faults' hour). The caller's `grpc-timeout` bounds every call (GRPC_TIMEOUTS), as docs/mesh.md
         # says; a caller without a deadline waits as long as it asked to, as it would without the mesh.
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
+        # No `server: envoy` of Envoy's own on an answer (the services send none, so none is passed through), and
+        # no x-envoy-upstream-service-time: the gateway's sidecar handed both to clients, through the HTTP edge and
+        # on its published port, timing users' password hash on Login to the millisecond (docs/http-api.md promises
+        # no answer names the proxy or times the gateway). Every sidecar alike: nothing in the mesh reads them, and
+        # a service relaying a callee's answer relays no proxy's headers either.
+        "server_header_transformation": "PASS_THROUGH",
         "http_filters": [
             *(http_filters or []),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True}},
         ],
         **settings,
     }
