@@ -547,3 +547,61 @@ async def test_a_rerun_after_a_failed_concurrent_build_replaces_the_invalid_inde
         assert index["definition"].endswith("USING btree (id)"), index["definition"]
     finally:
         await other.close()
+
+
+async def test_a_rerun_after_a_start_killed_once_the_concurrent_build_finished_keeps_the_valid_index(
+    pg_database: Database, tmp_path: Path
+) -> None:
+    """A start killed after the build finished but before Alembic recorded the migration (the startup probe)
+    left a VALID index: dropping it built it again from zero, minutes on a big table, and a start killed again
+    mid-build never got further."""
+    versions = release(tmp_path / "v1", ["widgets"])
+    await migrate(pg_database, versions)
+    dsn = pg_database.url.replace("postgresql+asyncpg", "postgresql")
+    other = await asyncpg.connect(dsn)
+    try:
+        # The interrupted start's build, finished: the index is valid, the migration not recorded.
+        await other.execute("CREATE INDEX CONCURRENTLY ix_widgets_id ON widgets (id)")
+        built = await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid")
+        (versions / "svc_0002.py").write_text(INDEX_WIDGETS)
+        await migrate(pg_database, versions)
+        assert await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid") == built, "the valid index was rebuilt"
+        assert await other.fetchval("SELECT version_num FROM alembic_version WHERE version_num LIKE 'svc_%'") == (
+            "svc_0002"
+        )
+    finally:
+        await other.close()
+
+
+async def test_an_invalid_index_in_the_schema_the_database_puts_the_tables_in_is_replaced(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """The chassis sets no schema: the tables go to the first schema of the role's or database's search_path.
+    An INVALID index there is the one the build's IF NOT EXISTS would keep, so it is the one dropped; an index
+    of the name in another schema (public, another application's) is left alone."""
+    url = postgres.create_database()
+    name = postgres.created[-1]
+    admin = await asyncpg.connect(postgres.url(name, driver="postgresql"))
+    try:
+        await admin.execute("CREATE SCHEMA shop")
+        await admin.execute(f"ALTER DATABASE {name} SET search_path = shop")
+        await admin.execute("CREATE TABLE public.widgets (id integer)")
+        await admin.execute("CREATE INDEX ix_widgets_id ON public.widgets (id)")
+        elsewhere = await admin.fetchval("SELECT 'public.ix_widgets_id'::regclass::oid")
+        database = Database(url)
+        try:
+            versions = release(tmp_path / "v1", ["widgets"])
+            await migrate(database, versions)
+            await admin.execute("INSERT INTO shop.widgets (id) VALUES (1), (3)")
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await admin.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_widgets_id ON shop.widgets ((id % 2))")
+            (versions / "svc_0002.py").write_text(INDEX_WIDGETS)
+            await migrate(database, versions)
+        finally:
+            await database.dispose()
+        assert await admin.fetchval(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = 'shop.ix_widgets_id'::regclass"
+        ), "the failed build's INVALID index was kept"
+        assert await admin.fetchval("SELECT 'public.ix_widgets_id'::regclass::oid") == elsewhere
+    finally:
+        await admin.close()

@@ -107,23 +107,38 @@ def branch_of(revision: str) -> str:
     return branch if branch and number.isdigit() else revision
 
 
+# The index named so in the table's schema: where CREATE INDEX puts it and its IF NOT EXISTS looks. The chassis
+# sets no schema: the table is the one the connection's search_path finds (the role's or the database's
+# setting, else public), and an index of the name in another schema of that path is none of this build's.
+_INDEX_BESIDE_TABLE = text(
+    "SELECT n.nspname, i.indisvalid FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_index i ON i.indexrelid = c.oid"
+    " WHERE c.relname = :name AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass(:table))"
+)
+
+
 def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, where: str | None = None) -> None:
     """For a migration: on PostgreSQL, build an index without holding writes to a busy table, outside the
     migration's transaction. Safe to run again: a build that failed half-way leaves an INVALID index under
-    the name, dropped first. It runs without migrate()'s lock timeout: a concurrent build blocks nobody, but
-    waits for every older snapshot in the database (a backup, a long report), and with the timeout such a
-    transaction would fail every start until it ended. Elsewhere (SQLite), a plain CREATE INDEX. `where`, SQL
-    both dialects read alike, makes it a partial index of the rows it holds for.
+    the name, dropped first; a VALID one (a start killed after its build finished, before Alembic recorded the
+    migration) is kept, not built again from zero, which on a big table takes longer than a start may. It
+    runs without migrate()'s lock timeout: a concurrent build blocks nobody, but waits for every older
+    snapshot in the database (a backup, a long report), and with the timeout such a transaction would fail
+    every start until it ended. Elsewhere (SQLite), a plain CREATE INDEX. `where`, SQL both dialects read
+    alike, makes it a partial index of the rows it holds for.
 
-    The build says IF NOT EXISTS though the drop before it already made sure: squawk (the migration linter,
-    tests/contract/test_migrations_safe.py) reads each statement outside a transaction on its own, and refuses
-    one that a rerun would fail on."""
+    The build says IF NOT EXISTS, which keeps the valid index, and is what squawk (the migration linter,
+    tests/contract/test_migrations_safe.py) asks for anyway: it reads each statement outside a transaction on
+    its own, and refuses one that a rerun would fail on."""
     if op.get_bind().dialect.name != "postgresql":
         op.create_index(name, table, list(columns), sqlite_where=text(where) if where is not None else None)
         return
     with op.get_context().autocommit_block():
         bind = op.get_bind()
-        bind.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        index = bind.execute(_INDEX_BESIDE_TABLE, {"name": name, "table": table}).one_or_none()
+        if index is not None and not index.indisvalid:
+            schema = bind.dialect.identifier_preparer.quote_schema(index.nspname)
+            bind.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {schema}.{name}"))
         timeout = bind.scalar(text("SHOW lock_timeout"))
         bind.execute(text("SET lock_timeout = 0"))
         try:
