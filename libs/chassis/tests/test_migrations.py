@@ -10,6 +10,7 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -520,6 +521,31 @@ def upgrade() -> None:
 '''
 
 
+@asynccontextmanager
+async def widgets_migrated(database: Database, tmp_path: Path) -> AsyncIterator[tuple[Path, asyncpg.Connection]]:
+    """A service's release of one table, `widgets`, migrated on `database` (PostgreSQL): its versions folder,
+    and a session of its own on the database, as another pod's or a person's."""
+    versions = release(tmp_path / "v1", ["widgets"])
+    await migrate(database, versions)
+    other = await asyncpg.connect(database.url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        yield versions, other
+    finally:
+        await other.close()
+
+
+async def leave_an_invalid_index(connection: asyncpg.Connection, table: str) -> None:
+    """A build of ix_widgets_id that fails half-way (here: on a duplicate) and leaves its INVALID index."""
+    await connection.execute(f"INSERT INTO {table} (id) VALUES (1), (3)")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await connection.execute(f"CREATE UNIQUE INDEX CONCURRENTLY ix_widgets_id ON {table} ((id % 2))")
+
+
+async def migrate_with_the_widgets_index(database: Database, versions: Path) -> None:
+    (versions / "svc_0002.py").write_text(INDEX_WIDGETS)
+    await migrate(database, versions)
+
+
 async def test_a_rerun_after_a_failed_concurrent_build_replaces_the_invalid_index_it_left(
     pg_database: Database, tmp_path: Path
 ) -> None:
@@ -527,17 +553,9 @@ async def test_a_rerun_after_a_failed_concurrent_build_replaces_the_invalid_inde
     the name behind, which PostgreSQL never uses for a query and keeps updating on every write. The build says
     IF NOT EXISTS (for squawk): without the DROP before it, the rerun would skip the build and keep that
     INVALID index for good, the migration recorded as done."""
-    versions = release(tmp_path / "v1", ["widgets"])
-    await migrate(pg_database, versions)
-    dsn = pg_database.url.replace("postgresql+asyncpg", "postgresql")
-    other = await asyncpg.connect(dsn)
-    try:
-        await other.execute("INSERT INTO widgets (id) VALUES (1), (3)")
-        # A build of the name that fails half-way (here: on a duplicate) and leaves its INVALID index.
-        with pytest.raises(asyncpg.UniqueViolationError):
-            await other.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_widgets_id ON widgets ((id % 2))")
-        (versions / "svc_0002.py").write_text(INDEX_WIDGETS)
-        await migrate(pg_database, versions)
+    async with widgets_migrated(pg_database, tmp_path) as (versions, other):
+        await leave_an_invalid_index(other, "widgets")
+        await migrate_with_the_widgets_index(pg_database, versions)
         index = await other.fetchrow(
             "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_index i"
             " WHERE i.indexrelid = 'ix_widgets_id'::regclass"
@@ -545,8 +563,6 @@ async def test_a_rerun_after_a_failed_concurrent_build_replaces_the_invalid_inde
         assert index is not None
         assert index["indisvalid"], "the failed build's INVALID index was kept"
         assert index["definition"].endswith("USING btree (id)"), index["definition"]
-    finally:
-        await other.close()
 
 
 async def test_a_rerun_after_a_start_killed_once_the_concurrent_build_finished_keeps_the_valid_index(
@@ -555,22 +571,15 @@ async def test_a_rerun_after_a_start_killed_once_the_concurrent_build_finished_k
     """A start killed after the build finished but before Alembic recorded the migration (the startup probe)
     left a VALID index: dropping it built it again from zero, minutes on a big table, and a start killed again
     mid-build never got further."""
-    versions = release(tmp_path / "v1", ["widgets"])
-    await migrate(pg_database, versions)
-    dsn = pg_database.url.replace("postgresql+asyncpg", "postgresql")
-    other = await asyncpg.connect(dsn)
-    try:
+    async with widgets_migrated(pg_database, tmp_path) as (versions, other):
         # The interrupted start's build, finished: the index is valid, the migration not recorded.
         await other.execute("CREATE INDEX CONCURRENTLY ix_widgets_id ON widgets (id)")
         built = await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid")
-        (versions / "svc_0002.py").write_text(INDEX_WIDGETS)
-        await migrate(pg_database, versions)
+        await migrate_with_the_widgets_index(pg_database, versions)
         assert await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid") == built, "the valid index was rebuilt"
         assert await other.fetchval("SELECT version_num FROM alembic_version WHERE version_num LIKE 'svc_%'") == (
             "svc_0002"
         )
-    finally:
-        await other.close()
 
 
 async def test_an_invalid_index_in_the_schema_the_database_puts_the_tables_in_is_replaced(
@@ -584,19 +593,16 @@ async def test_an_invalid_index_in_the_schema_the_database_puts_the_tables_in_is
     admin = await asyncpg.connect(postgres.url(name, driver="postgresql"))
     try:
         await admin.execute("CREATE SCHEMA shop")
+        # For the sessions that start after it: the service's, made below.
         await admin.execute(f"ALTER DATABASE {name} SET search_path = shop")
         await admin.execute("CREATE TABLE public.widgets (id integer)")
         await admin.execute("CREATE INDEX ix_widgets_id ON public.widgets (id)")
         elsewhere = await admin.fetchval("SELECT 'public.ix_widgets_id'::regclass::oid")
         database = Database(url)
         try:
-            versions = release(tmp_path / "v1", ["widgets"])
-            await migrate(database, versions)
-            await admin.execute("INSERT INTO shop.widgets (id) VALUES (1), (3)")
-            with pytest.raises(asyncpg.UniqueViolationError):
-                await admin.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_widgets_id ON shop.widgets ((id % 2))")
-            (versions / "svc_0002.py").write_text(INDEX_WIDGETS)
-            await migrate(database, versions)
+            async with widgets_migrated(database, tmp_path) as (versions, other):
+                await leave_an_invalid_index(other, "shop.widgets")
+                await migrate_with_the_widgets_index(database, versions)
         finally:
             await database.dispose()
         assert await admin.fetchval(
