@@ -75,9 +75,15 @@ class FileLogSink:
 
     def __call__(self, name: str, line: str) -> None:
         self.lines.setdefault(name, []).append(line)
-        # This user's alone, as the rest of the data directory (`make_private_folder`): logs name customers.
-        self.directory.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
-        # Opened per line: no handle outlives a test, and a restarted process appends to the same file.
-        fd = os.open(self.path(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
-        with open(fd, "a", encoding="utf-8") as file:
-            file.write(line + "\n")
+        append_private_line(self.path(name), line)
+
+
+def append_private_line(path: Path, line: str) -> None:
+    """Append `line` to the log file `path`, made (with its folder) this user's alone if it is not there."""
+    # This user's alone, as the rest of the data directory (`make_private_folder`): logs name customers.
+    path.parent.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
+    # Opened per line: no handle outlives a test, a restarted process appends to the same file, and one that
+    # `--reset` removed while it was written to is made again.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+    with open(fd, "a", encoding="utf-8") as file:
+        file.write(line + "\n")
