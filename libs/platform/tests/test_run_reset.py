@@ -91,3 +91,14 @@ def test_reset_refuses_a_directory_that_holds_more_than_the_stacks_data(
     with pytest.raises(StackError, match="refusing to --reset"):
         run.reset_data_dir(Path("docs"))
     assert (docs / "architecture.md").read_text() == "# the only copy\n"
+
+
+def test_reset_takes_the_postgresql_log_folder_for_the_stacks_and_deletes_it(tmp_path: Path) -> None:
+    """`make run --postgres` writes postgres/server.log: taken for someone else's, it made --reset refuse."""
+    data = tmp_path / "data"
+    (data / "postgres").mkdir(parents=True)
+    (data / "postgres" / "server.log").write_text("ERROR:  division by zero\n")
+
+    said = run.reset_data_dir(data)
+    assert list(data.iterdir()) == []
+    assert "postgres" in said

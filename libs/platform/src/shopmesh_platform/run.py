@@ -20,8 +20,9 @@ own while it runs (or while Ctrl-C stops the rest, before its turn): the launche
 Ctrl-C does and names that process with its last output lines (no restart: a crash is a bug to see, not to
 paper over). With --postgres every service that owns data gets a database of its own, named after it, on a
 throwaway PostgreSQL server started from the installed binaries (as in a cluster, one database per service),
-removed when the stack stops, its superuser's password random (each service has it in its DATABASE_URL, the
-banner names the file a psql reads it from, `-d <service>`); without it, SQLite files under the data directory.
+removed when the stack stops, its superuser's password
+random (each service has it in its DATABASE_URL, the banner names the file a psql reads it from, `-d <service>`),
+its output appended to <data dir>/postgres/server.log; without it, SQLite files under the data directory.
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
 call graph as policy (docs/mesh.md); --canary adds a second instance of one service that its callers'
 sidecars send a share of their calls.
@@ -61,6 +62,7 @@ from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server
 from . import console
 from .arguments import seconds
 from .console import say
+from .logsink import append_private_line
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.layout import sidecar_name, sockets_link
 from .mesh.protoset import PROTOSET_FILE, methods_of
@@ -71,6 +73,7 @@ from .stack import (
     EDGE_LABEL,
     HTTP_API,
     NATS,
+    POSTGRES_FOLDER,
     SMTP,
     TRACES,
     TRACES_FOLDER,
@@ -129,7 +132,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--postgres",
         action="store_true",
-        help="a database per service on a throwaway PostgreSQL server (installed binaries), removed on stop",
+        help="a database per service on a throwaway PostgreSQL server (installed binaries), removed on stop; its "
+        "log: <data dir>/postgres/server.log",
     )
     parser.add_argument(
         "--mesh",
@@ -497,9 +501,9 @@ def possessive(name: str) -> str:
     return f"{name}'" if name.endswith("s") else f"{name}'s"
 
 
-def database_lines(stack: Stack, database: PostgresServer) -> list[str]:
+def database_lines(stack: Stack, database: PostgresServer, log: Path | None = None) -> list[str]:
     """Where the services' databases are, each named after its service (`local_env`), and a psql that opens
-    one: one command, `-d` naming the service, rather than a long line per service."""
+    one: one command, `-d` naming the service, rather than a long line per service; and the server's `log`."""
     owners = [name for name in stack.services if name in SERVICES and SERVICES[name].has_database]
     if owners:
         canary = stack.canary
@@ -519,16 +523,23 @@ def database_lines(stack: Stack, database: PostgresServer) -> list[str]:
         f" password from a file ({how}):",
         # Not the password itself: the output ends up in terminals' scrollback and CI logs.
         f"  PGPASSFILE={shlex.quote(str(database.passfile))} {shlex.join(psql)}",
+        # Where a failed statement, a deadlock or a serialization failure of the services can be read.
+        *([] if log is None else [f"  {POSTGRES}'s log (errors, deadlocks; kept after the stop): {log}"]),
     ]
 
 
-def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServer | None = None) -> str:
+def banner(
+    stack: Stack,
+    selected: Sequence[str] | None,
+    database: PostgresServer | None = None,
+    database_log: Path | None = None,
+) -> str:
     canary = "" if stack.canary is None else f" (and a canary of {stack.canary.service})"
     count = len(stack.services) - (stack.canary is not None)
     lines = ["", f"shopmesh: {count} service(s){canary} and NATS, data in {stack.data_dir}", ""]
     lines.append(render_table(stack, selected))
     if database is not None:
-        lines += ["", *database_lines(stack, database)]
+        lines += ["", *database_lines(stack, database, database_log)]
     if stack.smtp_address is not None:
         lines += ["", f"E-mails are not delivered: the SMTP sink stores each one as a file in {stack.smtp_dir}"]
     if stack.traces_address is not None:
@@ -628,6 +639,8 @@ class ThrowawayPostgres:
     server: PostgresServer
     process: asyncio.subprocess.Process
     output: deque[str]
+    # Where its output goes, all of it (None: nowhere but `output`).
+    log: Path | None = None
     # Whether the server had exited on its own, looked at once, before the launcher first signalled it (by
     # `kill` or `stop`, whichever came first): a server the launcher killed has exited, but not on its own.
     _exited_on_its_own: bool | None = dataclasses.field(default=None, init=False)
@@ -670,13 +683,16 @@ class ThrowawayPostgres:
 async def throwaway_postgres(
     spawned: Callable[[ThrowawayPostgres], None] = lambda _: None,
     failed: Callable[[], None] = lambda: None,
+    log: Path | None = None,
 ) -> AsyncIterator[ThrowawayPostgres]:
     """A PostgreSQL server as the launcher's own child, like NATS: in the foreground (not pg_ctl's daemon),
     with a parent-death signal, so that a launcher killed (`kill -9`) or stopped half-way leaves none
     running. SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for its clients to leave). `spawned`
     gets the server as soon as it runs, before it accepts connections: a second Ctrl-C while it starts, or
     while its start is undone, kills it as one after the start does. `failed`
-    is called when the start (or what ran on the server) failed, before the server is stopped."""
+    is called when the start (or what ran on the server) failed, before the server is stopped. Its output is
+    appended to `log` (logging_collector is off: nothing else keeps it), and its last lines are kept for a
+    crash's message."""
     async with contextlib.AsyncExitStack() as resources:
         try:
             server = await _initialized(resources)
@@ -686,8 +702,8 @@ async def throwaway_postgres(
         process = await spawn(server_argv(server), os.environ, parent_death_signal="INT", user=user)
         output: deque[str] = deque(maxlen=20)
         # Read all along: a full pipe would block the server's logging, and so the server.
-        drain = asyncio.create_task(_keep_last_lines(process, output))
-        postgres = ThrowawayPostgres(server, process, output)
+        drain = asyncio.create_task(_keep_last_lines(process, output, log))
+        postgres = ThrowawayPostgres(server, process, output, log)
         spawned(postgres)
         async with undone_on_failure(lambda: _stop_and_drain(process, drain), failed):
             await _until_accepting(server, process, output)
@@ -702,10 +718,13 @@ async def _stop_and_drain(process: asyncio.subprocess.Process, drain: asyncio.Ta
         await cancel_and_wait(drain)
 
 
-async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str]) -> None:
+async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str], log: Path | None) -> None:
     assert process.stdout is not None
     async for raw in process.stdout:
-        lines.append(raw.decode(errors="replace").rstrip())
+        line = raw.decode(errors="replace").rstrip()
+        lines.append(line)
+        if log is not None:
+            append_private_line(log, line)
 
 
 async def _until_accepting(server: PostgresServer, process: asyncio.subprocess.Process, output: deque[str]) -> None:
@@ -835,7 +854,8 @@ async def run(args: argparse.Namespace) -> int:
             if not args.postgres:
                 return await run_stack(args, None, signals)
             say("starting a throwaway PostgreSQL server ...")
-            async with throwaway_postgres(spawned=signals.postgres_spawned, failed=signals.start_failed) as database:
+            log = args.data_dir / POSTGRES_FOLDER / "server.log"
+            async with throwaway_postgres(signals.postgres_spawned, signals.start_failed, log) as database:
                 return await run_stack(args, database, signals)
         except asyncio.CancelledError:
             # Only the first signal cancels, and only while starting: the start has undone itself by now.
@@ -909,7 +929,7 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
     # For the tools (make deadletters, traces, shoppers, fault): under --free-ports they could not know where.
     written = write_stack_file(local_stack(stack))
     try:
-        say(banner(stack, args.services, database))
+        say(banner(stack, args.services, database, None if postgres is None else postgres.log))
         return await _run_until_stopped(stack, postgres, signals)
     finally:
         # Whatever the outcome, nothing of the stack serves any more (a killed launcher leaves the file:

@@ -104,6 +104,8 @@ TRACES_FOLDER = "traces"
 # Where the services export their spans (shopmesh_chassis.config); the Envoys follow it (`_spans_receiver`).
 OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 LOGS_FOLDER = "logs"
+# The launcher's throwaway PostgreSQL server's log (`make run --postgres`), kept across stops as NATS' store is.
+POSTGRES_FOLDER = "postgres"
 # The services' sockets' folder (behind the mesh's link to it, mesh.layout.SOCKETS_FOLDER) is made per start
 # (`tempfile.mkdtemp`: 0700 whatever the umask), `$XDG_RUNTIME_DIR/shopmesh-sockets-XXXXXXXX` or
 # `/tmp/shopmesh-sockets-XXXXXXXX`.
@@ -242,10 +244,10 @@ def postgres_env(
 
 def written_by_stack(entry: str, services: Iterable[str] = SERVICES) -> bool:
     """Whether `entry`, a name in a data directory, is one that a stack of `services` writes there: NATS' store,
-    the sinks', the mesh's and the logs' folders, the HTTP/JSON edge's configuration, the launcher's
-    `stack.json` (shopmesh_chassis.local_stack), a service's SQLite file
+    the sinks', the mesh's and the logs' folders, the launcher's PostgreSQL's log folder, the HTTP/JSON edge's
+    configuration, the launcher's `stack.json` (shopmesh_chassis.local_stack), a service's SQLite file
     (with its journal) and its idempotency key (with that key's staging file)."""
-    if entry in {NATS, MAIL_FOLDER, TRACES_FOLDER, MESH, LOGS_FOLDER, f"{HTTP_API}.json", STACK_FILE}:
+    if entry in {NATS, MAIL_FOLDER, TRACES_FOLDER, MESH, LOGS_FOLDER, POSTGRES_FOLDER, f"{HTTP_API}.json", STACK_FILE}:
         return True
     if entry.startswith(f".{STACK_FILE}."):  # the launcher's write of it, cut short
         return True
