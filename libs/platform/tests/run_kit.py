@@ -173,6 +173,17 @@ def throwaway_folders(launcher: int) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"shopmesh-run-pg-{launcher}-*"))
 
 
+def kept_folders(launcher: int) -> list[Path]:
+    """The throwaway server's folder, kept by a launcher whose stack crashed."""
+    return list(Path(tempfile.gettempdir()).glob(f"shopmesh-kept-pg-{launcher}-*"))
+
+
+def remove_kept_folder(launcher: int) -> None:
+    """The throwaway server's folder that `launcher`, its stack stopped on a crash, kept: there, and then gone."""
+    [folder] = kept_folders(launcher)
+    shutil.rmtree(folder)
+
+
 def postmaster_of(launcher: int) -> int:
     """The process id of the launcher's throwaway PostgreSQL server, from the pid file it keeps in its folder."""
     [folder] = throwaway_folders(launcher)

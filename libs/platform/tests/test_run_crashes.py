@@ -22,6 +22,7 @@ from .run_kit import (
     launched,
     postmaster_of,
     read_until,
+    remove_kept_folder,
     stop_left_behind,
     table_rows,
     throwaway_folders,
@@ -114,6 +115,7 @@ async def test_a_postgresql_server_that_dies_while_the_stack_runs_ends_the_launc
     assert "PostgreSQL exited unexpectedly (killed by SIGKILL): stopping the services" in said
     assert "error: PostgreSQL exited unexpectedly (killed by SIGKILL); its last" in said
     assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"
+    remove_kept_folder(process.pid)
 
 
 async def test_a_postgresql_server_that_dies_while_ctrl_c_stops_the_rest_still_exits_1_naming_it(
@@ -147,3 +149,4 @@ async def test_a_postgresql_server_that_dies_while_ctrl_c_stops_the_rest_still_e
     assert "stopped cleanly" not in said, said
     assert "error: PostgreSQL exited unexpectedly (killed by SIGKILL); its last" in said
     assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"
+    remove_kept_folder(process.pid)

@@ -1,22 +1,26 @@
 """What the launcher's throwaway PostgreSQL (`make run --postgres`) leaves to look at: its log in the data
-directory.
+directory, and after a crash of the stack its folder.
 
 Its output was kept only as its last 20 lines, printed if it crashed: a deadlock or a failed statement left no
-trace anywhere.
+trace anywhere, and a crash of any process took the databases with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
+import signal
 import stat
 import subprocess
 from pathlib import Path
 
 from shopmesh_chassis.local_stack import PRIVATE_FILE_MODE
 from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.postgres import PASSFILE_NAME
 
-from .run_kit import ctrl_c, database_passfile, database_port, launched
+from .run_kit import ctrl_c, database_passfile, database_port, kept_folders, launched, stop_left_behind, table_rows
 
 POSTGRES_ONLY = ("--services", "", "--http-port", "0", "--postgres")
 
@@ -44,3 +48,43 @@ async def test_a_failed_statement_is_in_the_postgresql_log_file_the_banner_names
         assert stat.S_IMODE(log.stat().st_mode) == PRIVATE_FILE_MODE
         assert "stopped cleanly" in await ctrl_c(process)
     assert "division by zero" in log.read_text(), "the log went with the stop"
+    assert not kept_folders(process.pid), "a Ctrl-C kept the throwaway server's folder"
+
+
+async def test_a_child_killed_with_sigkill_leaves_the_database_folder_and_a_line_saying_how_to_start_it(
+    tmp_path: Path,
+) -> None:
+    async with launched(tmp_path / "data", *POSTGRES_ONLY, ready_within=120) as (process, lines):
+        port = database_port(lines)
+        try:
+            os.kill(int(table_rows(lines)["traces"]["pid"]), signal.SIGKILL)
+            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            await asyncio.to_thread(stop_left_behind, process.pid, port)
+    said = rest.decode()
+    assert process.returncode == 1, said
+    [folder] = kept_folders(process.pid)
+    try:
+        [line] = [line for line in said.splitlines() if str(folder) in line]
+        assert (folder / "PG_VERSION").exists(), "the kept folder holds no database"
+        start, remove = (shlex.split(command) for command in line.split("`")[1::2])
+        assert remove == ["rm", "-rf", str(folder)]
+        # In a group of its own, which a Ctrl-C signals as a terminal does its foreground group (runuser, run as
+        # root, passes no signal on).
+        server = await asyncio.create_subprocess_exec(
+            *start, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            psql = ["psql", "-w", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres"]
+            env = {**os.environ, "PGPASSFILE": str(folder / PASSFILE_NAME)}
+
+            def answers() -> bool:
+                query = [*psql, "-c", "SELECT 1"]
+                return subprocess.run(query, env=env, capture_output=True, text=True, timeout=30).stdout.strip() == "1"
+
+            await eventually(answers, "the kept server, started as the line says, answering psql", timeout=60)
+        finally:
+            os.killpg(server.pid, signal.SIGINT)
+            await asyncio.wait_for(server.wait(), 60)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -20,7 +20,7 @@ own while it runs (or while Ctrl-C stops the rest, before its turn): the launche
 Ctrl-C does and names that process with its last output lines (no restart: a crash is a bug to see, not to
 paper over). With --postgres every service that owns data gets a database of its own, named after it, on a
 throwaway PostgreSQL server started from the installed binaries (as in a cluster, one database per service),
-removed when the stack stops, its superuser's password
+removed when the stack stops (kept, in a line saying where, when it stops on a crash), its superuser's password
 random (each service has it in its DATABASE_URL, the banner names the file a psql reads it from, `-d <service>`),
 its output appended to <data dir>/postgres/server.log; without it, SQLite files under the data directory.
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
@@ -132,8 +132,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--postgres",
         action="store_true",
-        help="a database per service on a throwaway PostgreSQL server (installed binaries), removed on stop; its "
-        "log: <data dir>/postgres/server.log",
+        help="a database per service on a throwaway PostgreSQL server (installed binaries), removed on stop (kept "
+        "after a crash); its log: <data dir>/postgres/server.log",
     )
     parser.add_argument(
         "--mesh",
@@ -519,8 +519,8 @@ def database_lines(stack: Stack, database: PostgresServer, log: Path | None = No
     psql = ["psql", "-h", "127.0.0.1", "-p", str(database.port), "-U", "postgres", "-d", opened]
     return [
         f"Databases: {named}, on PostgreSQL at 127.0.0.1:{database.port} (user postgres, with a random password:"
-        " each service has it in its DATABASE_URL); a throwaway server, removed when this stops. psql reads the"
-        f" password from a file ({how}):",
+        " each service has it in its DATABASE_URL); a throwaway server, removed when this stops (kept after a"
+        f" crash). psql reads the password from a file ({how}):",
         # Not the password itself: the output ends up in terminals' scrollback and CI logs.
         f"  PGPASSFILE={shlex.quote(str(database.passfile))} {shlex.join(psql)}",
         # Where a failed statement, a deadlock or a serialization failure of the services can be read.
@@ -576,6 +576,8 @@ def banner(
 _POSTGRES_READY_SECONDS = 60.0
 # The throwaway PostgreSQL's folder: this, the launcher's process id, a dash, random characters.
 _DATA_DIR_PREFIX = "shopmesh-run-pg-"
+# The same folder, renamed when the stack stopped on a crash: left to the user, never an orphan to remove.
+_KEPT_DATA_DIR_PREFIX = "shopmesh-kept-pg-"
 _POSTGRES_STOP_SECONDS = 15.0
 
 
@@ -641,6 +643,8 @@ class ThrowawayPostgres:
     output: deque[str]
     # Where its output goes, all of it (None: nowhere but `output`).
     log: Path | None = None
+    # Set once the stack stopped on a crash, the server stopped too: its folder is kept for a look at the data.
+    keep_folder: bool = dataclasses.field(default=False, init=False)
     # Whether the server had exited on its own, looked at once, before the launcher first signalled it (by
     # `kill` or `stop`, whichever came first): a server the launcher killed has exited, but not on its own.
     _exited_on_its_own: bool | None = dataclasses.field(default=None, init=False)
@@ -692,7 +696,7 @@ async def throwaway_postgres(
     while its start is undone, kills it as one after the start does. `failed`
     is called when the start (or what ran on the server) failed, before the server is stopped. Its output is
     appended to `log` (logging_collector is off: nothing else keeps it), and its last lines are kept for a
-    crash's message."""
+    crash's message. Its folder is removed at the end, unless the stack stopped on a crash (`keep_folder`)."""
     async with contextlib.AsyncExitStack() as resources:
         try:
             server = await _initialized(resources)
@@ -705,10 +709,15 @@ async def throwaway_postgres(
         drain = asyncio.create_task(_keep_last_lines(process, output, log))
         postgres = ThrowawayPostgres(server, process, output, log)
         spawned(postgres)
-        async with undone_on_failure(lambda: _stop_and_drain(process, drain), failed):
-            await _until_accepting(server, process, output)
-            yield postgres
-        await _stop_and_drain(process, drain)
+        try:
+            async with undone_on_failure(lambda: _stop_and_drain(process, drain), failed):
+                await _until_accepting(server, process, output)
+                yield postgres
+            await _stop_and_drain(process, drain)
+        finally:
+            if postgres.keep_folder:
+                # Out of the way of the removal `initialized_server` does next, and of the next launcher's.
+                say(_kept(server))
 
 
 async def _stop_and_drain(process: asyncio.subprocess.Process, drain: asyncio.Task[None]) -> None:
@@ -725,6 +734,24 @@ async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str
         lines.append(line)
         if log is not None:
             append_private_line(log, line)
+
+
+def _kept(server: PostgresServer) -> str:
+    """Rename the stopped server's folder to one no launcher removes; the line that says where, and how to start
+    and remove it."""
+    kept = server.data_dir.with_name(_KEPT_DATA_DIR_PREFIX + server.data_dir.name.removeprefix(_DATA_DIR_PREFIX))
+    try:
+        server.data_dir.rename(kept)
+    except OSError as exc:  # not the crash's message to hide
+        return f"{POSTGRES}'s folder {server.data_dir} could not be kept ({exc.strerror}): it is removed"
+    start = server_argv(dataclasses.replace(server, data_dir=kept))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        start = ["runuser", "-u", "postgres", "--", *start]
+    psql = f"PGPASSFILE={shlex.quote(str(kept / server.passfile.name))} psql -h 127.0.0.1 -p {server.port} -U postgres"
+    return (
+        f"{POSTGRES}'s folder is kept for a look at the databases: {kept}; start the server with `{shlex.join(start)}`"
+        f" (Ctrl-C stops it; {psql} -d <service> opens one), remove it with `rm -rf {shlex.quote(str(kept))}`"
+    )
 
 
 async def _until_accepting(server: PostgresServer, process: asyncio.subprocess.Process, output: deque[str]) -> None:
@@ -1032,6 +1059,9 @@ async def _run_until_stopped(stack: Stack, postgres: ThrowawayPostgres | None, s
         # Ctrl-C in the moment a process died, or a process that died as the rest stopped: still a crash.
         crash = crashed_before_stopped[0]
     if crash is not None:
+        if postgres is not None:
+            # The data the crash may be about, to look at: a Ctrl-C's stop removes it, which is expected.
+            postgres.keep_folder = True
         raise crash
     failed = {name: code for name, code in codes.items() if code not in (0, None)}
     say("stopped" + (f"; exit statuses other than 0: {failed}" if failed else " cleanly"))
