@@ -13,7 +13,14 @@ from typing import Any, NoReturn
 import uvloop
 from opentelemetry.sdk.trace import TracerProvider
 
-from shopmesh_chassis.config import ConfigError, RuntimeSettings, ServiceSettings, StartupFailed, load_settings
+from shopmesh_chassis.config import (
+    ConfigError,
+    MigratedOnly,
+    RuntimeSettings,
+    ServiceSettings,
+    StartupFailed,
+    load_settings,
+)
 from shopmesh_chassis.interrupts import exit_status
 from shopmesh_chassis.logs import configure_logging
 from shopmesh_chassis.metrics import ServerMetrics
@@ -80,6 +87,11 @@ async def serve(
     """Serve `bindings` until SIGTERM/SIGINT, drain, run `on_shutdown` hooks in order within
     SHUTDOWN_HOOKS_BUDGET_SECONDS, export the last spans; raises ShutdownIncomplete when a hook was cut off.
     `metrics`: the service's own, when its relay or consumers record into it (else the server makes its own)."""
+    if settings.migrate_only:
+        # Reached only by a service that never called `migrate`: exiting 0 would pass for a migration done.
+        raise ConfigError(
+            f"invalid configuration: MIGRATE_ONLY is true but {settings.service_name} owns no database to migrate"
+        )
     server = ChassisServer(settings, bindings, tracer_provider=tracer_provider, metrics=metrics)
     # Before the port opens: the one full collection must not pause calls.
     frozen = freeze_startup_heap()
@@ -175,7 +187,8 @@ def run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
     """Run a service's async main on the configured event loop; bad configuration exits 2 with one line
-    on stderr, a start that failed for now (StartupFailed) exits 1 with one log line, shutdown hooks cut off
+    on stderr, a start that failed for now (StartupFailed) exits 1 with one log line, the end of the migrations
+    under MIGRATE_ONLY (MigratedOnly) exits 0 with one log line, shutdown hooks cut off
     at their budget exit 1 (EXIT_SHUTDOWN_INCOMPLETE), SIGTERM or SIGINT before the server took over its
     signals (`serve`, just before it starts the server: drain, exit 0) stops the start and exits 128 + the
     signal's number, as a shell reports it."""
@@ -190,6 +203,9 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
     except StartupFailed as exc:
         log.error("%s", exc)
         sys.exit(1)
+    except MigratedOnly as exc:
+        log.info("%s", exc)
+        sys.exit(0)
     except ShutdownIncomplete as exc:
         log.error("exiting with status %d: %s", EXIT_SHUTDOWN_INCOMPLETE, exc)
         sys.exit(EXIT_SHUTDOWN_INCOMPLETE)

@@ -29,6 +29,12 @@ class StartupFailed(Exception):
     one line saying why."""
 
 
+class MigratedOnly(Exception):
+    """Raised by `migrations.migrate` under MIGRATE_ONLY once the database is at its heads, so that every service
+    stops there, before it builds anything more or opens a port: `app.run` exits 0. One exception rather than a
+    branch in each service's wiring, which calls `migrate` first thing and goes on to serve."""
+
+
 # SHUTDOWN_HOOKS_BUDGET_SECONDS must be at least SHUTDOWN_GRACE_SECONDS and this much more. The first hook
 # (notifications' `sender.stop`, orders' `stop_background`) waits up to the grace for work in flight, but
 # gets only the budget less a reserve for each hook after it (app.HOOK_RESERVE_SECONDS, 1 s: the
@@ -77,6 +83,11 @@ class RuntimeSettings(BaseSettings):
     # checkout (docs/benchmarks.md). `asyncio` is the standard library's loop, for debugging a suspected
     # loop problem.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # true: migrate the database to its heads and exit 0, serving nothing. The Helm chart's `migrate` init container
+    # runs the image so, before the app container: no probe bounds an init container, so a long migration (an
+    # index built concurrently on millions of rows) runs to its end, where the app container's startup probe
+    # killed it and every retry started over (docs/operations.md, "Migrations and locks").
+    migrate_only: bool = False
 
 
 class ServiceSettings(RuntimeSettings):
