@@ -768,16 +768,19 @@ def test_a_canary_runs_its_own_image_beside_the_stable_pods(with_canary: tuple[s
     }
     assert pod_labels(docs, CANARY)["shopmesh.io/track"] == "stable"
     assert pod_labels(docs, f"{CANARY}-canary")["shopmesh.io/track"] == "canary"
-    images = [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in (stable, canary)]
-    assert images == [f"shopmesh-{CANARY}:0.1.0", f"shopmesh-{CANARY}:{CANARY_TAG}"]
+    # Its migrations too, in its `migrate` init container: the canary's release migrates the shared database.
+    for kind in ("containers", "initContainers"):
+        images = [d["spec"]["template"]["spec"][kind][0]["image"] for d in (stable, canary)]
+        assert images == [f"shopmesh-{CANARY}:0.1.0", f"shopmesh-{CANARY}:{CANARY_TAG}"], kind
     assert canary["spec"]["replicas"] == 1
     # Everything else about the pods is the same: configuration, probes, security, volumes.
     strip = {"image": None}
     pods = [d["spec"]["template"]["spec"] for d in (stable, canary)]
-    containers = [{**p["containers"][0], **strip} for p in pods]
-    assert containers[0] == containers[1]
-    assert {k: v for k, v in pods[0].items() if k != "containers"} == {
-        k: v for k, v in pods[1].items() if k != "containers"
+    for kind in ("containers", "initContainers"):
+        stable_first, canary_first = ({**p[kind][0], **strip} for p in pods)
+        assert stable_first == canary_first, kind
+    assert {k: v for k, v in pods[0].items() if k not in ("containers", "initContainers")} == {
+        k: v for k, v in pods[1].items() if k not in ("containers", "initContainers")
     }
     # Only the canary service has one.
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment" and "canary" in d["metadata"]["name"]] == [

@@ -100,7 +100,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- end -}}
 {{- $_ := set $c "drain" (dict "drainDelaySeconds" $drain "shutdownGraceSeconds" $grace "shutdownHooksBudgetSeconds" $hooks "terminationGracePeriodSeconds" $tgp) -}}
 
-{{- /* Probes (native gRPC against grpc.health.v1). The startup probe allows for migrations. Readiness: one
+{{- /* Probes (native gRPC against grpc.health.v1). The startup probe allows for the start after the `migrate` init container (_deployment.tpl), which runs the migrations unbounded. Readiness: one
      missed check is not a pod gone bad (a throttled CPU quota, a long GC pause, a busy event loop answer a
      2 s check late), and taking the pod out for it flaps its endpoint, moving its calls to the other pods,
      which may be as busy. Two misses in a row (about 4 s without an answer) take it out; the drain delay

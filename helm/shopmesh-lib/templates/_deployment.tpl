@@ -86,6 +86,10 @@ spec:
               {{- include "shopmesh-lib.selectorLabels" $c | nindent 14 }}
         {{- end }}
       {{- end }}
+      {{- if $c.database.enabled }}
+      initContainers:
+        {{- include "shopmesh-lib.migrate-container" (merge (dict "image" $image) .) | nindent 8 }}
+      {{- end }}
       containers:
         - name: {{ $c.name }}
           image: {{ $image | quote }}
@@ -97,9 +101,7 @@ spec:
             - name: metrics
               containerPort: {{ $c.metricsPort }}
               protocol: TCP
-          envFrom:
-            - configMapRef:
-                name: {{ $c.name }}
+          {{- include "shopmesh-lib.service-env" $c | nindent 10 }}
           # Native gRPC probes: the kubelet calls grpc.health.v1.Health/Check on the gRPC port.
           startupProbe:
             grpc:
@@ -125,20 +127,7 @@ spec:
             {{- toYaml $c.resources | nindent 12 }}
           securityContext:
             {{- include "shopmesh-lib.containerSecurityContext" . | nindent 12 }}
-          volumeMounts:
-            - name: tmp
-              mountPath: /tmp
-            {{- if and $c.database.enabled (eq $c.database.mode "sqlite") }}
-            - name: data
-              mountPath: /data
-            {{- end }}
-            {{- if include "shopmesh-lib.secretFiles" $c }}
-            # Secrets as files, one per variable, read by the chassis (SECRETS_DIR in the ConfigMap):
-            # never in the process environment, which children inherit and /proc shows.
-            - name: secrets
-              mountPath: {{ $c.secretsDir }}
-              readOnly: true
-            {{- end }}
+          {{- include "shopmesh-lib.service-mounts" $c | nindent 10 }}
         {{- if $c.httpApi.enabled }}
         {{- include "shopmesh-lib.httpApi-container" . | nindent 8 }}
         {{- end }}
@@ -166,6 +155,61 @@ spec:
         {{- end }}
 {{- end -}}
 
+
+{{/*
+The `migrate` init container of a service that owns a database: the service's own image with MIGRATE_ONLY=true
+(shopmesh_chassis: migrate to the heads, exit 0, serve nothing), given what the app container is given to reach
+the database (the ConfigMap, the Secrets' files, SQLite's /data), under the same security context and resources.
+
+Why before the app container rather than in it: the app migrated before its gRPC port opened, so its startup
+probe (periodSeconds 2 x probes.startupFailureThreshold) bounded every migration, and the kubelet killed a
+longer one (a concurrent index build on a table of millions of rows) and every retry started over: the
+rollout never completed. No probe bounds an init container; the pod shows Init:0/1 while it runs
+(`kubectl logs <pod> -c migrate`), and one that fails is restarted with a back-off (Init:Error,
+Init:CrashLoopBackOff), the old pods serving meanwhile. The app container's own migrate() then finds nothing
+to do. Meshed, the proxy is a native sidecar (shopmesh-lib.mesh.injection): an init container the injector puts
+before this one, started (and ready) first, so the migrations reach PostgreSQL through it as the app does.
+*/}}
+{{- define "shopmesh-lib.migrate-container" -}}
+{{- $c := .c -}}
+- name: migrate
+  image: {{ .image | quote }}
+  imagePullPolicy: {{ $c.imagePullPolicy }}
+  {{- include "shopmesh-lib.service-env" $c | nindent 2 }}
+  env:
+    - name: MIGRATE_ONLY
+      value: "true"
+  resources:
+    {{- toYaml $c.resources | nindent 4 }}
+  securityContext:
+    {{- include "shopmesh-lib.containerSecurityContext" . | nindent 4 }}
+  {{- include "shopmesh-lib.service-mounts" $c | nindent 2 }}
+{{- end -}}
+
+{{/* The service's settings as its containers read them (the app's and `migrate`): the ConfigMap. */}}
+{{- define "shopmesh-lib.service-env" -}}
+envFrom:
+  - configMapRef:
+      name: {{ .name }}
+{{- end -}}
+
+{{/* The volumes the service's containers (the app's and `migrate`) mount: /tmp, SQLite's /data, the Secrets. */}}
+{{- define "shopmesh-lib.service-mounts" -}}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+  {{- if and .database.enabled (eq .database.mode "sqlite") }}
+  - name: data
+    mountPath: /data
+  {{- end }}
+  {{- if include "shopmesh-lib.secretFiles" . }}
+  # Secrets as files, one per variable, read by the chassis (SECRETS_DIR in the ConfigMap):
+  # never in the process environment, which children inherit and /proc shows.
+  - name: secrets
+    mountPath: {{ .secretsDir }}
+    readOnly: true
+  {{- end }}
+{{- end -}}
 
 {{/*
 The pod template's labels: the chart's (never overridden: the Deployment selects by them), then podLabels,
