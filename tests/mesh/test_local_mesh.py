@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.testing import eventually, health_status
+from shopmesh_platform.mesh import faults, split
 from shopmesh_platform.mesh.faults import Fault, current_fault, set_fault
 from shopmesh_platform.mesh.faults import main as faults_main
 from shopmesh_platform.mesh.identity import bundle_file, channel_as, issue
@@ -369,3 +370,11 @@ async def test_the_series_docs_mesh_names_are_on_a_sidecars_prometheus_endpoint(
         f"docs/mesh.md names {missing}, which a sidecar's /stats/prometheus does not show; its RBAC series: "
         f"{sorted(name for name in exported if 'rbac' in name)}"
     )
+
+
+async def test_split_show_says_that_no_canary_runs(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make split SPLIT_ARGS=--show` on a stack without `--canary`: one line, and nothing is wrong."""
+    monkeypatch.setattr(faults, "local_admin_socket", stack.sidecar_admin_socket)
+    out = io.StringIO()
+    assert split.main(["--show"], out, io.StringIO()) == 0
+    assert out.getvalue().splitlines() == ["no canary runs: every caller sends each service all its calls"]

@@ -20,7 +20,7 @@ import pytest
 from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_platform.mesh.envoy import admin_socket_file, split_runtime_keys
 from shopmesh_platform.mesh.layout import sidecar_name, sockets_link
-from shopmesh_platform.mesh.split import main
+from shopmesh_platform.mesh.split import DISAGREE, main
 
 STABLE, CANARY = split_runtime_keys("catalog")
 
@@ -242,3 +242,35 @@ def test_a_caller_that_made_the_change_but_whose_answer_was_lost_is_put_back_too
     assert main(["catalog", "30"], io.StringIO(), err) == 1
     assert "put back as it was: gateway, orders" in err.getvalue(), err.getvalue()
     assert gateway.runtime == orders.runtime == {}
+
+
+def test_show_flags_a_caller_the_running_stack_lists_whose_sidecar_does_not_answer(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    """Its share is unknown, so the callers cannot be said to agree: the status says so too."""
+    start(admins, "catalog-canary")
+    start(admins, "gateway", {STABLE: "70", CANARY: "30"})
+    listing(["gateway", "recommendations", "catalog", "catalog-canary"])
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--show"], out, err) == DISAGREE
+    assert [line.split() for line in out.getvalue().splitlines()[1:]] == [
+        ["catalog", "gateway", "30", "%"],
+        ["catalog", "recommendations", "-", "DOES", "NOT", "ANSWER"],
+    ]
+    said = err.getvalue().splitlines()[-1]
+    assert said.startswith("error: catalog's callers: recommendations's sidecar does not answer at "), said
+
+
+def test_show_without_a_canary_running_says_so_in_one_line(admins: dict[str, FakeAdmin]) -> None:
+    start(admins, "gateway")
+    listing(["gateway", "recommendations", "catalog"])
+    out = io.StringIO()
+    assert main(["--show"], out, io.StringIO()) == 0
+    assert out.getvalue().splitlines() == ["no canary runs: every caller sends each service all its calls"]
+
+
+@pytest.mark.parametrize("argv", [["--show", "catalog", "30"], ["--show", "catalog", "--reset"]])
+def test_show_changes_nothing_so_takes_no_share(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(argv, io.StringIO(), io.StringIO())
+    assert refused.value.code == 2
