@@ -153,7 +153,7 @@ fault: setup ## Faults at the sidecars of `make run MESH=envoy` (FAULT_ARGS="rec
 
 .PHONY: split
 SPLIT_ARGS ?=
-split: setup ## A canary's share of its callers' calls while `make run MESH=envoy RUN_ARGS="--postgres --canary catalog"` runs (SPLIT_ARGS="catalog 30", "catalog --reset")
+split: setup ## A canary's share of its callers' calls while `make run MESH=envoy RUN_ARGS="--postgres --canary catalog"` runs (SPLIT_ARGS="catalog 30", "catalog --reset", "--show": each caller's share, exit 3 when they disagree)
 	$(VENV_BIN)/python -m shopmesh_platform.mesh.split $(SPLIT_ARGS)
 
 .PHONY: shoppers
