@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import (
     DATABASE_UNAVAILABLE,
     DatabaseUnreachable,
+    Duplicate,
     as_domain_error,
     database_unavailable,
+    duplicates_raised,
 )
 from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, Aborted, Unavailable
 from shopmesh_chassis.testing import free_port
@@ -99,3 +101,46 @@ async def test_an_oserror_of_the_callers_own_is_not_a_database_outage(blank_db: 
     assert not isinstance(caught.value, DatabaseUnreachable)
     assert as_domain_error(caught.value) is None
     assert not database_unavailable(caught.value)
+
+
+async def _two_unique_keys(database: Database) -> None:
+    async with database.transaction() as connection:
+        await connection.execute(
+            text("CREATE TABLE people (id TEXT PRIMARY KEY, email TEXT NOT NULL CONSTRAINT uq_people_email UNIQUE)")
+        )
+        await connection.execute(text("INSERT INTO people (id, email) VALUES ('p1', 'a@example.com')"))
+
+
+async def _insert(database: Database, person_id: str, email: str | None, key: str | None = None) -> None:
+    async with database.transaction() as connection:
+        with duplicates_raised(key):
+            await connection.execute(
+                text("INSERT INTO people (id, email) VALUES (:id, :email)"), {"id": person_id, "email": email}
+            )
+
+
+@pytest.mark.parametrize(
+    ("person_id", "email"),
+    [pytest.param("p1", "b@example.com", id="primary-key"), pytest.param("p2", "a@example.com", id="unique-column")],
+)
+async def test_an_insert_meeting_a_unique_key_raises_duplicate(blank_db: Database, person_id: str, email: str) -> None:
+    await _two_unique_keys(blank_db)
+    with pytest.raises(Duplicate) as caught:
+        await _insert(blank_db, person_id, email)
+    assert isinstance(caught.value.__cause__, IntegrityError)
+    # The key's value stays out of the message: the driver's DETAIL names it.
+    assert "example.com" not in str(caught.value)
+
+
+async def test_a_duplicate_of_another_key_than_the_one_named_stays_the_drivers_error(blank_db: Database) -> None:
+    await _two_unique_keys(blank_db)
+    with pytest.raises(Duplicate):
+        await _insert(blank_db, "p2", "a@example.com", key="email")
+    with pytest.raises(IntegrityError):
+        await _insert(blank_db, "p1", "b@example.com", key="email")
+
+
+async def test_an_integrity_error_other_than_a_unique_key_is_no_duplicate(blank_db: Database) -> None:
+    await _two_unique_keys(blank_db)
+    with pytest.raises(IntegrityError):
+        await _insert(blank_db, "p2", None)

@@ -2,15 +2,18 @@
 
 The server interceptor applies `as_domain_error` to every exception a handler lets through; the
 decorator does the same at a use case's boundary, for code that must react to it (retry, compensate).
+A store turns an insert's unique-key violation into `Duplicate` (`duplicates_raised`) and catches
+`DATABASE_ERRORS` where a failed write is best effort, so that its use cases import no driver's errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 from sqlalchemy import exc
@@ -46,6 +49,9 @@ _SQLITE_UNAVAILABLE_CODES = {
     sqlite3.SQLITE_CANTOPEN,
     sqlite3.SQLITE_PROTOCOL,
 }
+# PostgreSQL unique_violation; SQLite's UNIQUE and PRIMARY KEY constraints (extended result codes).
+_UNIQUE_VIOLATION_SQLSTATE = "23505"
+_SQLITE_UNIQUE_VIOLATION_CODES = {sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY}
 _RETRY_AFTER_SECONDS = 0.5
 # The ErrorInfo reason of an unreachable, locked or exhausted database.
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
@@ -55,6 +61,38 @@ class DatabaseUnreachable(ConnectionError):
     """Connecting to the database failed at the socket: refused, a host that does not resolve, a missing
     Unix socket file, a timeout. `Database` raises it in place of the driver's plain OSError, so that an
     OSError of a handler's own code (a file it cannot open) is not taken for a database outage."""
+
+
+class Duplicate(Exception):
+    """An insert met a row with the same unique key: most often a concurrent request that inserted it first,
+    whose row the use case then reads and answers with. Not a DomainError: one that no use case catches is a
+    broken invariant, INTERNAL as the driver's IntegrityError under it (its `__cause__`) would be."""
+
+
+@contextlib.contextmanager
+def duplicates_raised(key: str | None = None) -> Iterator[None]:
+    """Statements run inside raise `Duplicate` for a unique-key violation; any other integrity error (a
+    foreign key, a NOT NULL) stays the driver's. `key`: only a violation of the unique key on that column
+    (of a table with more than one) is a Duplicate, matched in the driver's message: SQLite names the column
+    ("UNIQUE constraint failed: users.email"), PostgreSQL the constraint (uq_<table>_<column>)."""
+    try:
+        yield
+    except exc.IntegrityError as error:
+        if _unique_violation(error) and (key is None or key in str(error.orig)):
+            # Not the driver's text: PostgreSQL's DETAIL carries the key's value (an e-mail address).
+            raise Duplicate("a row with the same unique key exists") from error
+        raise
+
+
+def _unique_violation(error: exc.IntegrityError) -> bool:
+    if isinstance(error.orig, sqlite3.Error):
+        return getattr(error.orig, "sqlite_errorcode", None) in _SQLITE_UNIQUE_VIOLATION_CODES
+    return str(getattr(error.orig, "sqlstate", None) or "") == _UNIQUE_VIOLATION_SQLSTATE
+
+
+# What a database write can fail with, for a best-effort one that must not fail its caller (logged by the
+# type only: a database error's text may carry the statement's parameters).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (exc.SQLAlchemyError, DatabaseUnreachable)
 
 
 def as_domain_error(error: BaseException) -> DomainError | None:
