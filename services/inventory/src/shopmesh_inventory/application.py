@@ -7,10 +7,8 @@ import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
-
 from shopmesh_chassis.db import Database, DbConnection
-from shopmesh_chassis.db_errors import database_errors_as_domain_errors
+from shopmesh_chassis.db_errors import Duplicate, database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted
 from shopmesh_chassis.periodic import in_batches
 from shopmesh_inventory.domain import reservations as rules
@@ -84,7 +82,7 @@ class Inventory:
         command = validation.reserve_command(order_id, items, ttl_seconds, ttl_well_formed=ttl_well_formed)
         try:
             return await self._reserve(command)
-        except IntegrityError:
+        except Duplicate:
             # PostgreSQL: a concurrent Reserve for the same order inserted its reservation first.
             async with self._db.read() as session:
                 existing = await ReservationRepository(session).get_by_order(command.order_id)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import BigInteger, bindparam, case, delete, exists, func, insert, literal_column, select, update
 
 from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing, stored_enum
+from shopmesh_chassis.db_errors import duplicates_raised
 from shopmesh_inventory.domain.models import (
     PurgedReservation,
     Reservation,
@@ -147,25 +148,26 @@ class ReservationRepository:
         return await self._one(_BY_ORDER, order_id)
 
     async def add(self, reservation: Reservation) -> None:
-        """Insert a new reservation; a second one for the same order raises IntegrityError."""
-        await self._session.execute(
-            _INSERT_RESERVATION,
-            {
-                "id": reservation.id,
-                "order_id": reservation.order_id,
-                "state": reservation.state.value,
-                "expires_at": reservation.expires_at,
-                "created_at": reservation.created_at,
-                "updated_at": reservation.updated_at,
-            },
-        )
-        await self._session.execute(
-            _INSERT_ITEMS,
-            [
-                {"reservation_id": reservation.id, "product_id": i.product_id, "quantity": i.quantity}
-                for i in reservation.items
-            ],
-        )
+        """Insert a new reservation; a second one for the same order raises Duplicate."""
+        with duplicates_raised():
+            await self._session.execute(
+                _INSERT_RESERVATION,
+                {
+                    "id": reservation.id,
+                    "order_id": reservation.order_id,
+                    "state": reservation.state.value,
+                    "expires_at": reservation.expires_at,
+                    "created_at": reservation.created_at,
+                    "updated_at": reservation.updated_at,
+                },
+            )
+            await self._session.execute(
+                _INSERT_ITEMS,
+                [
+                    {"reservation_id": reservation.id, "product_id": i.product_id, "quantity": i.quantity}
+                    for i in reservation.items
+                ],
+            )
 
     async def record(self, transition: Transition, changed: Reservation) -> bool:
         """Store `changed` if the reservation is still in the transition's source state.
