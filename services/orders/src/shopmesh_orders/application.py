@@ -14,11 +14,10 @@ from functools import partial
 from typing import NamedTuple
 
 from opentelemetry import trace
-from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import database_unavailable
+from shopmesh_chassis.db_errors import Duplicate, database_unavailable
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
@@ -327,7 +326,7 @@ class OrdersApplication:
                 await OrderRepository(session).add(
                     order, origin, owner, self._saga.lease_until(), trace_context=stored_trace_context()
                 )
-        except IntegrityError:
+        except Duplicate:
             # The same key arrived twice at once; the other request recorded the order first.
             existing = await self._by_origin(origin)
             if existing is None:

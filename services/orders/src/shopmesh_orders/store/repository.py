@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from shopmesh_chassis import errors
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
+from shopmesh_chassis.db_errors import duplicates_raised
 from shopmesh_chassis.tracing import stored_context_column, stored_context_from_column
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.store.tables import order_lines, orders
@@ -174,39 +175,41 @@ class OrderRepository:
     ) -> None:
         """Insert a new order, its saga lease already held by the driver that will run it, with the trace context
         of the call that placed it (`tracing.stored_trace_context`; what `unfinished` and `charges_to_recheck`
-        hand the recovery loop)."""
-        await self._session.execute(
-            _INSERT_ORDER,
-            {
-                "lease_owner": lease_owner,
-                "lease_until": lease_until,
-                "trace_context": stored_context_column(trace_context),
-                "id": order.id,
-                "user_id": order.user_id,
-                "email": order.email,
-                "currency": order.currency,
-                "address": json.dumps(asdict(order.address)),
-                "created_at": order.created_at,
-                "idempotency_scope": origin.scope,
-                "idempotency_key": origin.key,
-                "request_hash": origin.request_hash,
-                **_row_values(order),
-            },
-        )
-        await self._session.execute(
-            _INSERT_LINES,
-            [
+        hand the recovery loop). Raises Duplicate when an order with the same id or idempotency key exists (a
+        concurrent checkout with the same key recorded its order first)."""
+        with duplicates_raised():
+            await self._session.execute(
+                _INSERT_ORDER,
                 {
-                    "order_id": order.id,
-                    "position": position,
-                    "product_id": line.product_id,
-                    "product_name": line.product_name,
-                    "quantity": line.quantity,
-                    "unit_price_minor": line.unit_price_minor,
-                }
-                for position, line in enumerate(order.lines)
-            ],
-        )
+                    "lease_owner": lease_owner,
+                    "lease_until": lease_until,
+                    "trace_context": stored_context_column(trace_context),
+                    "id": order.id,
+                    "user_id": order.user_id,
+                    "email": order.email,
+                    "currency": order.currency,
+                    "address": json.dumps(asdict(order.address)),
+                    "created_at": order.created_at,
+                    "idempotency_scope": origin.scope,
+                    "idempotency_key": origin.key,
+                    "request_hash": origin.request_hash,
+                    **_row_values(order),
+                },
+            )
+            await self._session.execute(
+                _INSERT_LINES,
+                [
+                    {
+                        "order_id": order.id,
+                        "position": position,
+                        "product_id": line.product_id,
+                        "product_name": line.product_name,
+                        "quantity": line.quantity,
+                        "unit_price_minor": line.unit_price_minor,
+                    }
+                    for position, line in enumerate(order.lines)
+                ],
+            )
 
     async def save(self, order: Order, lease: Lease | None = None) -> Order:
         """Persist a transition of the order as loaded at `order.version`; ABORTED when someone else changed
