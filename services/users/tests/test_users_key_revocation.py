@@ -23,6 +23,7 @@ from shopmesh_users import wiring
 from shopmesh_users.application import KeysKeptChanging, UsersApplication
 from shopmesh_users.domain.keys import Rotation
 from shopmesh_users.migrations import VERSIONS
+from shopmesh_users.store.repository import SigningKeyRepository
 from shopmesh_users.store.tables import metadata
 from shopmesh_users.token_verifier import verify_access_token
 from shopmesh_users.wiring import Users
@@ -174,13 +175,13 @@ def test_revoke_keys_that_lost_every_race_to_rotations_is_one_error_line_and_exi
     async def keys_kept_changing(_application: UsersApplication) -> Rotation:
         raise KeysKeptChanging("signing keys kept changing under the revocation; nothing revoked, run it again")
 
-    async def one_key(_database: Database) -> int:
+    async def one_key(_repository: SigningKeyRepository) -> int:
         return 1
 
     (tmp_path / "users.db").touch()
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DATABASE_URL", "")
-    monkeypatch.setattr(wiring, "_stored_keys", one_key)
+    monkeypatch.setattr(SigningKeyRepository, "count", one_key)
     monkeypatch.setattr(UsersApplication, "revoke_keys", keys_kept_changing)
     with pytest.raises(SystemExit) as exited:
         wiring.main(["revoke-keys"])

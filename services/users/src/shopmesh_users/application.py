@@ -10,11 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
 from shopmesh_chassis import call_context
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import DatabaseUnreachable, database_errors_as_domain_errors
+from shopmesh_chassis.db_errors import DATABASE_ERRORS, Duplicate, database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted, ResourceExhausted
 from shopmesh_chassis.tasks import Detached
 from shopmesh_users.domain import keys as key_schedule
@@ -42,11 +40,13 @@ from shopmesh_users.store.repository import (
     LoginAttemptRepository,
     SigningKeyRepository,
     UserRepository,
-    is_duplicate_email,
     prune_login_attempts,
 )
 
 log = logging.getLogger("shopmesh.users")
+
+# What skips a password hash upgrade instead of refusing the login: a full hashing queue, the database.
+_HASH_UPGRADE_FAILURES: tuple[type[Exception], ...] = (ResourceExhausted, *DATABASE_ERRORS)
 
 Clock = Callable[[], datetime]
 # Whether to change the keys at all, given the stored ones and the time.
@@ -123,10 +123,8 @@ class UsersApplication:
         try:
             async with self._database.transaction() as session:
                 await UserRepository(session).add(user, password_hash)
-        except IntegrityError as error:
-            if is_duplicate_email(error):
-                raise email_already_registered(user.email) from None
-            raise
+        except Duplicate:
+            raise email_already_registered(user.email) from None
         log.info("user registered", extra={"user_id": user.id})
         return user
 
@@ -236,7 +234,7 @@ class UsersApplication:
                 stored = await attempts.locked(key)
                 if stored is not None:  # none: a success forgot it, or it was pruned; full either way
                     await attempts.replace(key, self._login_throttle.give_back(stored, self._clock()))
-        except (SQLAlchemyError, DatabaseUnreachable) as error:
+        except DATABASE_ERRORS as error:
             # The type only: a database error's text may carry the statement's parameters.
             log.warning("login attempt not given back (%s); it stays taken until it refills", type(error).__name__)
 
@@ -257,7 +255,7 @@ class UsersApplication:
         try:
             async with self._database.transaction() as session:
                 await LoginAttemptRepository(session).forget(key)
-        except (SQLAlchemyError, DatabaseUnreachable) as error:
+        except DATABASE_ERRORS as error:
             # The type only: a database error's text may carry the statement's parameters.
             log.warning("login attempts not forgotten (%s); they stay taken until they refill", type(error).__name__)
 
@@ -290,7 +288,7 @@ class UsersApplication:
             new_hash = await self._passwords.hash(password)
             async with self._database.transaction() as session:
                 await UserRepository(session).replace_password_hash(user_id, old_hash, new_hash)
-        except (ResourceExhausted, SQLAlchemyError, DatabaseUnreachable) as error:
+        except _HASH_UPGRADE_FAILURES as error:
             # The error's type only: a database error's text may carry the statement's parameters, the hashes.
             log.warning(
                 "password hash upgrade skipped (%s); the next login tries again",
@@ -418,7 +416,7 @@ class UsersApplication:
                 if rotation.replaced is not None:
                     await repository.retire(rotation.replaced.kid, rotation.new_key.activates_at)
                 await repository.delete(rotation.expired)
-        except IntegrityError:
+        except Duplicate:
             log.info("another replica added a signing key at the same moment; keeping theirs")
             return None
         new_key = rotation.new_key

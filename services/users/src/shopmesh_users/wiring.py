@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import func, inspect, make_url, select
+from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from shopmesh.users.v1 import users_pb2_grpc
@@ -33,7 +33,8 @@ from shopmesh_users.migrations import VERSIONS
 from shopmesh_users.password_strength import PasswordStrength
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.settings import UsersSettings
-from shopmesh_users.store.tables import metadata, signing_keys
+from shopmesh_users.store.repository import SigningKeyRepository
+from shopmesh_users.store.tables import metadata
 from shopmesh_users.transport import DESCRIPTOR, UsersServicer
 
 log = logging.getLogger("shopmesh.users")
@@ -206,14 +207,6 @@ def _revocation_target(url: str) -> Database:
     return Database(url)
 
 
-async def _stored_keys(database: Database) -> int | None:
-    """How many signing keys the database holds; None without the users schema."""
-    async with database.read() as connection:
-        if not await connection.run_sync(lambda sync: inspect(sync).has_table(signing_keys.name)):
-            return None
-        return await connection.scalar(select(func.count()).select_from(signing_keys)) or 0
-
-
 async def _revoke_keys() -> None:
     settings = load_settings(UsersSettings)
     url = settings.resolved_database_url
@@ -223,7 +216,8 @@ async def _revoke_keys() -> None:
     database = _revocation_target(url)
     hashing = passwords(settings)
     try:
-        stored = await _stored_keys(database)
+        async with database.read() as connection:
+            stored = await SigningKeyRepository(connection).count()
         if stored is None:
             raise RevocationRefused(f"{shown} has no users schema (check DATA_DIR or DATABASE_URL); nothing revoked")
         if stored == 0:

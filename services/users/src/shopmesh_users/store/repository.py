@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, func, insert, inspect, select, update
 
 from shopmesh_chassis.db import Database, DbConnection, as_utc, insert_skipping_existing
+from shopmesh_chassis.db_errors import duplicates_raised
 from shopmesh_chassis.periodic import delete_in_batches
 from shopmesh_users.domain.failed_logins import Attempts
 from shopmesh_users.domain.keys import SigningKey
@@ -31,12 +31,6 @@ _ATTEMPTS_REPLACE = (
     .values(tokens=bindparam("tokens"), updated_at=bindparam("updated_at"))
 )
 _ATTEMPTS_FORGET = delete(login_attempts).where(login_attempts.c.email_key == bindparam("key"))
-
-
-def is_duplicate_email(error: IntegrityError) -> bool:
-    """Whether an insert failed on `uq_users_email`. SQLite names the column ("UNIQUE constraint failed:
-    users.email"), PostgreSQL the constraint; user ids are random, so no other unique check can fail."""
-    return "email" in str(error.orig)
 
 
 def _cutoff(row: Any) -> datetime | None:
@@ -74,16 +68,18 @@ class UserRepository:
         self._session = session
 
     async def add(self, user: User, password_hash: str) -> None:
-        """Raises IntegrityError (see `is_duplicate_email`) when the e-mail is taken."""
-        await self._session.execute(
-            insert(users).values(
-                id=user.id,
-                email=user.email,
-                display_name=user.display_name,
-                password_hash=password_hash,
-                created_at=user.created_at,
+        """Raises Duplicate when the e-mail is taken (`uq_users_email`; user ids are random, so no other unique
+        check can fail: one that did would stay the driver's IntegrityError)."""
+        with duplicates_raised(key="email"):
+            await self._session.execute(
+                insert(users).values(
+                    id=user.id,
+                    email=user.email,
+                    display_name=user.display_name,
+                    password_hash=password_hash,
+                    created_at=user.created_at,
+                )
             )
-        )
 
     async def by_id(self, user_id: str) -> User | None:
         row = (await self._session.execute(select(users).where(users.c.id == user_id))).first()
@@ -124,24 +120,32 @@ class SigningKeyRepository:
     def __init__(self, session: DbConnection) -> None:
         self._session = session
 
+    async def count(self) -> int | None:
+        """How many signing keys the database holds; None without the users schema (a database that is not
+        this service's, or not migrated)."""
+        if not await self._session.run_sync(lambda sync: inspect(sync).has_table(signing_keys.name)):
+            return None
+        return await self._session.scalar(select(func.count()).select_from(signing_keys)) or 0
+
     async def all(self) -> list[SigningKey]:
         rows = await self._session.execute(select(signing_keys).order_by(signing_keys.c.generation))
         return [_signing_key(row) for row in rows]
 
     async def add(self, key: SigningKey) -> None:
-        """Raises IntegrityError when another key has the same generation (a concurrent rotation)."""
-        await self._session.execute(
-            insert(signing_keys).values(
-                kid=key.kid,
-                generation=key.generation,
-                private_key_pem=key.private_key_pem,
-                public_jwk=json.dumps(dict(key.public_jwk), sort_keys=True),
-                created_at=key.created_at,
-                activates_at=key.activates_at,
-                token_lifetime_seconds=_seconds(key.token_lifetime),
-                retired_at=key.retired_at,
+        """Raises Duplicate when another key has the same generation (a concurrent rotation)."""
+        with duplicates_raised():
+            await self._session.execute(
+                insert(signing_keys).values(
+                    kid=key.kid,
+                    generation=key.generation,
+                    private_key_pem=key.private_key_pem,
+                    public_jwk=json.dumps(dict(key.public_jwk), sort_keys=True),
+                    created_at=key.created_at,
+                    activates_at=key.activates_at,
+                    token_lifetime_seconds=_seconds(key.token_lifetime),
+                    retired_at=key.retired_at,
+                )
             )
-        )
 
     async def record_token_lifetime(self, kid: str, token_lifetime: timedelta) -> None:
         """Raise the key's recorded token lifetime to `token_lifetime`; never lowers it (another replica may
