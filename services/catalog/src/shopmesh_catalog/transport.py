@@ -4,27 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from shopmesh.common.v1 import money_pb2
 from shopmesh_catalog.application import CatalogApplication
 from shopmesh_catalog.domain.models import Category, Product
+from shopmesh_chassis.proto_values import to_money, to_timestamp
 
 DESCRIPTOR = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 
 
 def product_message(product: Product) -> catalog_pb2.Product:
-    created_at = Timestamp()
-    created_at.FromDatetime(product.created_at)
     return catalog_pb2.Product(
         id=product.id,
         name=product.name,
         description=product.description,
         category=product.category,
-        price=money_pb2.Money(amount_minor=product.price.amount_minor, currency=product.price.currency),
+        price=to_money(product.price.amount_minor, product.price.currency),
         image_url=product.image_url,
-        created_at=created_at,
+        created_at=to_timestamp(product.created_at),
     )
 
 

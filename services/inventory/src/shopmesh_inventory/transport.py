@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh_chassis.proto_values import to_timestamp
 from shopmesh_inventory.application import Inventory
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
 from shopmesh_inventory.domain.validation import is_duration
@@ -23,12 +21,6 @@ _STATES: dict[ReservationState, inventory_pb2.ReservationState.ValueType] = {
 }
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(value)
-    return timestamp
-
-
 def stock_level_pb(level: StockLevel) -> inventory_pb2.StockLevel:
     return inventory_pb2.StockLevel(
         product_id=level.product_id, available=level.available, reserved=level.reserved, on_hand=level.on_hand
@@ -41,9 +33,9 @@ def reservation_pb(reservation: Reservation) -> inventory_pb2.Reservation:
         order_id=reservation.order_id,
         items=[inventory_pb2.ReservationItem(product_id=i.product_id, quantity=i.quantity) for i in reservation.items],
         state=_STATES[reservation.state],
-        created_at=_timestamp(reservation.created_at),
-        expires_at=_timestamp(reservation.expires_at),
-        updated_at=_timestamp(reservation.updated_at),
+        created_at=to_timestamp(reservation.created_at),
+        expires_at=to_timestamp(reservation.expires_at),
+        updated_at=to_timestamp(reservation.updated_at),
     )
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis.consumer import Event, decode_event
+from shopmesh_chassis.proto_values import to_timestamp
 from shopmesh_notifications.domain.emails import CANCELLED_FOR_ANOTHER_REASON
 from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent
 from shopmesh_notifications.domain.model import Notification, customer_failure_reason
@@ -102,12 +99,6 @@ def order_event(event: Event) -> OrderEvent:
     )
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def notification_to_proto(notification: Notification) -> notifications_pb2.Notification:
     message = notifications_pb2.Notification(
         id=notification.id,
@@ -120,8 +111,8 @@ def notification_to_proto(notification: Notification) -> notifications_pb2.Notif
         kind=_KINDS[notification.kind],
         event_id=notification.event_id,
         failure_reason=customer_failure_reason(notification.failure_reason),
-        created_at=_timestamp(notification.created_at),
+        created_at=to_timestamp(notification.created_at),
     )
     if notification.sent_at is not None:
-        message.sent_at.CopyFrom(_timestamp(notification.sent_at))
+        message.sent_at.CopyFrom(to_timestamp(notification.sent_at))
     return message

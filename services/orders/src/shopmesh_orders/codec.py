@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from shopmesh.common.v1 import money_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh_chassis.proto_values import to_money, to_timestamp
 from shopmesh_orders.domain.model import CancelCode, Order
 
 _STATES = {
@@ -16,16 +14,6 @@ _STATES = {
     "CONFIRMED": orders_pb2.ORDER_STATE_CONFIRMED,
     "CANCELLED": orders_pb2.ORDER_STATE_CANCELLED,
 }
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _money(amount: int, currency: str) -> money_pb2.Money:
-    return money_pb2.Money(amount_minor=amount, currency=currency)
 
 
 def cancel_reason_code(code: CancelCode) -> orders_pb2.CancelReasonCode.ValueType:
@@ -38,8 +26,8 @@ def order_items(order: Order) -> list[orders_pb2.OrderItem]:
             product_id=line.product_id,
             product_name=line.product_name,
             quantity=line.quantity,
-            unit_price=_money(line.unit_price_minor, order.currency),
-            line_total=_money(line.total_minor, order.currency),
+            unit_price=to_money(line.unit_price_minor, order.currency),
+            line_total=to_money(line.total_minor, order.currency),
         )
         for line in order.lines
     ]
@@ -50,7 +38,7 @@ def order_to_proto(order: Order) -> orders_pb2.Order:
         id=order.id,
         user_id=order.user_id,
         items=order_items(order),
-        total=_money(order.total_minor, order.currency),
+        total=to_money(order.total_minor, order.currency),
         state=_STATES[order.state.value],
         payment_id=order.payment_id,
         reservation_id=order.reservation_id,
@@ -62,8 +50,8 @@ def order_to_proto(order: Order) -> orders_pb2.Order:
             postal_code=order.address.postal_code,
             country=order.address.country,
         ),
-        created_at=_timestamp(order.created_at),
-        updated_at=_timestamp(order.updated_at),
+        created_at=to_timestamp(order.created_at),
+        updated_at=to_timestamp(order.updated_at),
     )
     if order.state.value == "CANCELLED" and order.cancel_code is not None:
         message.cancel_reason.code = cancel_reason_code(order.cancel_code)
@@ -79,24 +67,24 @@ def order_to_proto(order: Order) -> orders_pb2.Order:
 def confirmed_event(order: Order, event_id: str, at: datetime) -> events_pb2.OrderConfirmed:
     return events_pb2.OrderConfirmed(
         event_id=event_id,
-        occurred_at=_timestamp(at),
+        occurred_at=to_timestamp(at),
         order_id=order.id,
         user_id=order.user_id,
         email=order.email,
         items=order_items(order),
-        total=_money(order.total_minor, order.currency),
+        total=to_money(order.total_minor, order.currency),
     )
 
 
 def cancelled_event(order: Order, event_id: str, at: datetime) -> events_pb2.OrderCancelled:
     event = events_pb2.OrderCancelled(
         event_id=event_id,
-        occurred_at=_timestamp(at),
+        occurred_at=to_timestamp(at),
         order_id=order.id,
         user_id=order.user_id,
         email=order.email,
         items=order_items(order),
-        total=_money(order.total_minor, order.currency),
+        total=to_money(order.total_minor, order.currency),
         refunded=order.refunded,
     )
     if order.cancel_code is not None:

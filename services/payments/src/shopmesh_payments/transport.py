@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from shopmesh.common.v1 import money_pb2
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_key_of
 from shopmesh_chassis.db import DbConnection
 from shopmesh_chassis.idempotency import IdempotencyStore
+from shopmesh_chassis.proto_values import to_money, to_timestamp
 from shopmesh_payments.application import PaymentsApplication
 from shopmesh_payments.domain.models import Card, Money, Payment, PaymentState
 from shopmesh_payments.domain.payments import charge_declined
@@ -28,25 +25,19 @@ _STATES = {
 }
 
 
-def _timestamp(instant: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(instant)
-    return stamp
-
-
 def payment_to_proto(payment: Payment) -> payments_pb2.Payment:
     message = payments_pb2.Payment(
         id=payment.id,
         order_id=payment.order_id,
-        amount=money_pb2.Money(amount_minor=payment.amount.amount_minor, currency=payment.amount.currency),
+        amount=to_money(payment.amount.amount_minor, payment.amount.currency),
         state=_STATES[payment.state],
         card_last4=payment.card_last4,
         decline_reason=payment.decline_reason,
         refund_reason=payment.refund_reason,
-        created_at=_timestamp(payment.created_at),
+        created_at=to_timestamp(payment.created_at),
     )
     if payment.refunded_at is not None:
-        message.refunded_at.CopyFrom(_timestamp(payment.refunded_at))
+        message.refunded_at.CopyFrom(to_timestamp(payment.refunded_at))
     return message
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
+from shopmesh_chassis.proto_values import to_timestamp
 from shopmesh_users.application import UsersApplication
 from shopmesh_users.domain.models import User
 from shopmesh_users.domain.tokens import TOKEN_TYPE
@@ -15,15 +13,9 @@ from shopmesh_users.domain.tokens import TOKEN_TYPE
 DESCRIPTOR = users_pb2.DESCRIPTOR.services_by_name["UsersService"]
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def user_message(user: User) -> users_pb2.User:
     return users_pb2.User(
-        id=user.id, email=user.email, display_name=user.display_name, created_at=_timestamp(user.created_at)
+        id=user.id, email=user.email, display_name=user.display_name, created_at=to_timestamp(user.created_at)
     )
 
 
@@ -40,7 +32,7 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         return users_pb2.LoginResponse(
             access_token=issued.access_token,
             token_type=TOKEN_TYPE,
-            expires_at=_timestamp(issued.expires_at),
+            expires_at=to_timestamp(issued.expires_at),
             user_id=issued.user_id,
         )
 
@@ -50,7 +42,7 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
 
     async def SignOut(self, request: users_pb2.SignOutRequest, context: Any) -> users_pb2.SignOutResponse:
         cutoff = await self._application.sign_out(request.user_id)
-        return users_pb2.SignOutResponse(tokens_valid_after=_timestamp(cutoff))
+        return users_pb2.SignOutResponse(tokens_valid_after=to_timestamp(cutoff))
 
     async def GetTokenCutoff(
         self, request: users_pb2.GetTokenCutoffRequest, context: Any
@@ -58,7 +50,7 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         cutoff = await self._application.token_cutoff(request.user_id)
         if cutoff is None:
             return users_pb2.GetTokenCutoffResponse()
-        return users_pb2.GetTokenCutoffResponse(tokens_valid_after=_timestamp(cutoff))
+        return users_pb2.GetTokenCutoffResponse(tokens_valid_after=to_timestamp(cutoff))
 
     async def GetJwks(self, request: users_pb2.GetJwksRequest, context: Any) -> users_pb2.GetJwksResponse:
         jwks = await self._application.published_jwks()
