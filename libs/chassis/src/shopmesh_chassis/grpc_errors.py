@@ -76,6 +76,18 @@ TRANSIENT_CODES: frozenset[grpc.StatusCode] = frozenset(
     }
 )
 
+# The statuses worth another try of a call that is safe to repeat (a read, or a step under an idempotency key):
+# TRANSIENT_CODES, and a lost race (ABORTED): the dependency answered about these records alone, and asked again
+# it is likely to settle. A call that is not safe to repeat must not retry ABORTED, whose work may be half done.
+IDEMPOTENT_RETRY_CODES: frozenset[grpc.StatusCode] = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
+
+
+def unexpected_status(call: str, error: grpc.aio.AioRpcError) -> RuntimeError:
+    """A status `call` ("catalog", "catalog GetProduct") answered that its contract does not promise: a bug on
+    one side or the other. A RuntimeError, so that the server interceptor logs it and answers INTERNAL rather
+    than pass on a status the caller's own contract does not promise either."""
+    return RuntimeError(f"{call} answered {error.code().name}: {error.details()}")
+
 
 # What a service asks its caller to wait when a dependency failed without saying how long.
 DEPENDENCY_RETRY_AFTER_SECONDS = 1.0

@@ -15,7 +15,13 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, ErrorDetails, dependency_unavailable, details_of
+from shopmesh_chassis.grpc_errors import (
+    IDEMPOTENT_RETRY_CODES,
+    ErrorDetails,
+    dependency_unavailable,
+    details_of,
+    unexpected_status,
+)
 from shopmesh_orders.domain.charges import earlier_charge
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
@@ -33,14 +39,12 @@ from shopmesh_orders.domain.validation import Card, CartLine
 
 log = logging.getLogger("shopmesh.orders.clients")
 
-# The steps are idempotent, so a dependency's lost race (ABORTED) is worth another try as well.
-_TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
-
 
 def _unavailable(
     service: str, error: grpc.aio.AioRpcError, reason: str = errors.DEPENDENCY_UNAVAILABLE
 ) -> errors.Unavailable:
-    """A transient status (`_TRANSIENT`) of a call to `service`, told apart as a lost race or the service down."""
+    """A status worth another try (`IDEMPOTENT_RETRY_CODES`: the steps are idempotent) of a call to `service`,
+    told apart as a lost race or the service down."""
     answer = dependency_unavailable(service, error, reason=reason)
     # ABORTED, a lost race: the other side answered, about this order only, and asked again it is likely to
     # settle. Any other (down, too slow, circuit open or shedding load): a call for any other order would fare
@@ -53,11 +57,6 @@ def _unavailable(
         metadata=answer.metadata,
         domain=answer.domain,
     )
-
-
-def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:
-    # A status the contract does not promise here is a bug on one side; let the chassis answer INTERNAL.
-    return RuntimeError(f"{service} answered {error.code().name}: {error.details()}")
 
 
 _RESERVATION_STATE_UNKNOWN = "RESERVATION_STATE_UNKNOWN"
@@ -137,9 +136,9 @@ class CatalogClient:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise _products_not_found(error) from None
-            if error.code() in _TRANSIENT:
+            if error.code() in IDEMPOTENT_RETRY_CODES:
                 raise _unavailable("catalog", error) from None
-            raise _unexpected("catalog", error) from None
+            raise unexpected_status("catalog", error) from None
         return {p.id: PricedProduct(p.id, p.name, p.price.amount_minor, p.price.currency) for p in response.products}
 
 
@@ -200,9 +199,9 @@ class InventoryClient:
                 # lapsed one. Only an order this saga could not move on for that long meets it.
                 log.warning("reservation of order %s was purged by inventory: %s", order_id, details.message)
                 raise ReservationExpired(_metadata(details).get("reservation_id", "")) from None
-            if error.code() in _TRANSIENT:
+            if error.code() in IDEMPOTENT_RETRY_CODES:
                 raise _unavailable("inventory", error) from None
-            raise _unexpected("inventory", error) from None
+            raise unexpected_status("inventory", error) from None
         reservation = response.reservation
         # Reserve replays the order's reservation whatever its state: a lapsed one holds nothing to commit.
         if reservation.state in (inventory_pb2.RESERVATION_STATE_EXPIRED, inventory_pb2.RESERVATION_STATE_RELEASED):
@@ -249,9 +248,9 @@ class InventoryClient:
                 raise _refused_for_unknown_state(
                     "inventory", error, errors.DEPENDENCY_UNAVAILABLE, self._unknown_state_wait
                 ) from None
-            if error.code() in _TRANSIENT:
+            if error.code() in IDEMPOTENT_RETRY_CODES:
                 raise _unavailable("inventory", error) from None
-            raise _unexpected("inventory", error) from None
+            raise unexpected_status("inventory", error) from None
 
     async def release(self, reservation_id: str) -> None:
         try:
@@ -280,9 +279,9 @@ class InventoryClient:
                 raise _refused_for_unknown_state(
                     "inventory", error, errors.DEPENDENCY_UNAVAILABLE, self._unknown_state_wait
                 ) from None
-            if error.code() in _TRANSIENT:
+            if error.code() in IDEMPOTENT_RETRY_CODES:
                 raise _unavailable("inventory", error) from None
-            raise _unexpected("inventory", error) from None
+            raise unexpected_status("inventory", error) from None
 
 
 # The states ListPayments may answer that orders can act on; any other is a newer release's.
@@ -364,7 +363,7 @@ class PaymentsClient:
                 if found.another_amount is not None:
                     raise found.another_amount from None
                 raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, payment_id) from None
-            if error.code() in _TRANSIENT:
+            if error.code() in IDEMPOTENT_RETRY_CODES:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 if details.reason == "IDEMPOTENCY_KEY_REUSED":
@@ -385,7 +384,7 @@ class PaymentsClient:
                     if found.refusal is not None:
                         raise found.refusal from None
                 raise PaymentRefused(_refused_request(order_id, details), "") from None
-            raise _unexpected("payments", error) from None
+            raise unexpected_status("payments", error) from None
         return response.payment.id
 
     async def payments_for(self, order_id: str) -> list[PaymentRecord]:
@@ -394,9 +393,9 @@ class PaymentsClient:
                 payments_pb2.ListPaymentsRequest(order_id=order_id, page_size=100), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() in _TRANSIENT:
+            if error.code() in IDEMPOTENT_RETRY_CODES:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
-            raise _unexpected("payments", error) from None
+            raise unexpected_status("payments", error) from None
         records = []
         for payment in response.payments:
             if payment.state not in _PAYMENT_STATES_KNOWN:
@@ -442,11 +441,11 @@ class PaymentsClient:
                 raise _refused_for_unknown_state(
                     "payments", error, "PAYMENT_UNAVAILABLE", self._unknown_state_wait
                 ) from None
-            if error.code() in _TRANSIENT:
+            if error.code() in IDEMPOTENT_RETRY_CODES:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             if _request_refused(details):
-                raise RefundRefused(str(_unexpected("payments", error))) from None
-            raise _unexpected("payments", error) from None
+                raise RefundRefused(str(unexpected_status("payments", error))) from None
+            raise unexpected_status("payments", error) from None
 
 
 def _request_refused(details: ErrorDetails) -> bool:

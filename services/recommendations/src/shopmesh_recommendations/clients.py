@@ -10,7 +10,7 @@ import grpc
 from cachetools import TTLCache
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of
+from shopmesh_chassis.grpc_errors import IDEMPOTENT_RETRY_CODES, dependency_unavailable, details_of, unexpected_status
 from shopmesh_recommendations.domain.models import CatalogProduct
 from shopmesh_recommendations.domain.ports import BATCH_LIMIT
 from shopmesh_recommendations.domain.validation import is_product_id
@@ -18,15 +18,13 @@ from shopmesh_recommendations.domain.validation import is_product_id
 # ListProducts pages hold at most 100 (catalog.proto).
 CATEGORY_PAGE_SIZE = 100
 
-# Reads only: a lost race (ABORTED) on the catalog's side is worth another try as well.
-_TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
-
 
 def _failed(call: str, error: grpc.aio.AioRpcError) -> Exception:
-    if error.code() in _TRANSIENT:
+    # Reads only: a lost race (ABORTED) on the catalog's side is worth another try as well.
+    if error.code() in IDEMPOTENT_RETRY_CODES:
         return dependency_unavailable("catalog", error)
-    # A status the catalog's contract does not promise for our (validated) request is a bug on one side.
-    return RuntimeError(f"catalog {call} answered {error.code().name}: {error.details()}")
+    # Our request is validated: any other status is one the catalog's contract does not promise for it.
+    return unexpected_status(f"catalog {call}", error)
 
 
 def _product(message: catalog_pb2.Product) -> CatalogProduct:
