@@ -38,7 +38,7 @@ def printable_id_violation(field: str, value: str) -> FieldViolation | None:
     """`field`'s INVALID_FORMAT violation when `value` is no printable id (is_printable_id), else None: the one
     rule for every id a caller hands a service. An id of "\\n\\r" or "\\u202e" names nothing any service
     issued, and stored (a payment for order "\\n\\r") it reaches logs, events and mail headers as it is. As
-    for listable_id_violation, an empty or over-long id is left to the service's REQUIRED / TOO_LONG rule."""
+    for listable_id_violation, an empty or over-long id is left to the REQUIRED / TOO_LONG rule (id_violations)."""
     return _id_format_violation(field, value, is_printable_id, PRINTABLE_ID_RULE)
 
 
@@ -56,8 +56,8 @@ def is_listable_id(value: str) -> bool:
 
 def listable_id_violation(field: str, value: str) -> FieldViolation | None:
     """`field`'s INVALID_FORMAT violation when `value` is no listable id (is_listable_id), else None. An empty
-    or over-long id is none of its business: each service states its own REQUIRED / TOO_LONG rule for those,
-    so one field is not refused twice over."""
+    or over-long id is none of its business: the REQUIRED / TOO_LONG rule (id_violations) refuses those, so one
+    field is not refused twice over."""
     return _id_format_violation(field, value, is_listable_id, LISTABLE_ID_RULE)
 
 
@@ -65,6 +65,19 @@ def _id_format_violation(field: str, value: str, valid: Callable[[str], bool], r
     if value and len(value) <= MAX_ID_LENGTH and not valid(value):
         return FieldViolation(field, rule, "INVALID_FORMAT")
     return None
+
+
+def id_violations(field: str, value: str, *, required: bool = True, listable: bool = False) -> list[FieldViolation]:
+    """What is wrong with the id `value` a caller handed in `field`, at most one violation: REQUIRED when empty
+    (unless not `required`: an optional filter, empty for "any"), TOO_LONG over MAX_ID_LENGTH, else
+    printable_id_violation's INVALID_FORMAT (listable_id_violation's, if `listable`: an id an error may name in a
+    list, a product id). One at most, so an id with a space is refused once, not by both format rules."""
+    if not value:
+        return [FieldViolation(field, "must not be empty", "REQUIRED")] if required else []
+    if len(value) > MAX_ID_LENGTH:
+        return [too_long(field, MAX_ID_LENGTH)]
+    found = (listable_id_violation if listable else printable_id_violation)(field, value)
+    return [found] if found is not None else []
 
 
 def event_id_problem(name: str, value: str, *, listable: bool = False) -> str | None:

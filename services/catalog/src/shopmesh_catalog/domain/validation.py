@@ -16,9 +16,8 @@ from shopmesh_catalog.domain.models import CategoryData, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
 from shopmesh_chassis.contract_limits import (
     MAX_ID_LENGTH,
-    listable_id_violation,
+    id_violations,
     money_violations,
-    printable_id_violation,
     too_long,
 )
 from shopmesh_chassis.errors import FieldViolation
@@ -81,31 +80,16 @@ def _search_filters(terms: tuple[str, ...], category: str) -> dict[str, str]:
     return {"rpc": "SearchProducts", "category": category, "query": " ".join(terms)}
 
 
-def _check_id(value: str, field: str, violations: list[FieldViolation], *, required: bool) -> None:
-    if not value:
-        if required:
-            violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
-    elif len(value) > MAX_ID_LENGTH:
-        violations.append(too_long(field, MAX_ID_LENGTH))
-    elif (found := printable_id_violation(field, value)) is not None:
-        # Every service's rule for an id it is handed: no category has such an id.
-        violations.append(found)
-
-
 def _check_product_id(value: str, field: str, violations: list[FieldViolation]) -> None:
     """A product id that cannot exist (none loaded has a comma or a space) is refused rather than looked up:
     NOT_FOUND lists missing ids comma-separated, so one with a comma read as several."""
-    # The listable rule first: it is the printable one and more, so an id with a space is refused once.
-    if (found := listable_id_violation(field, value)) is not None:
-        violations.append(found)
-    else:
-        _check_id(value, field, violations, required=True)
+    violations.extend(id_violations(field, value, listable=True))
 
 
 def validate_list_products(page_size: int, page_token: str, category: str) -> ListProductsQuery:
     violations: list[FieldViolation] = []
     limit = page_limit(page_size, violations)
-    _check_id(category, "category", violations, required=False)
+    violations.extend(id_violations("category", category, required=False))
     after = page_token_key(page_token, _list_filters(category), (str, str), violations)
     if violations:
         raise invalid_request(violations)
@@ -142,7 +126,7 @@ def _query_terms(query: str, violations: list[FieldViolation]) -> tuple[str, ...
 def validate_search_products(query: str, category: str, page_size: int, page_token: str) -> SearchProductsQuery:
     violations: list[FieldViolation] = []
     terms = _query_terms(query, violations)
-    _check_id(category, "category", violations, required=False)
+    violations.extend(id_violations("category", category, required=False))
     limit = page_limit(page_size, violations)
     after = page_token_key(page_token, _search_filters(terms, category), (int, str), violations)
     # A relevance these terms cannot score was not issued here (and may not fit the query's integer).

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from shopmesh_chassis.contract_limits import (
-    MAX_ID_LENGTH,
+    id_violations,
     money_violations,
-    printable_id_violation,
     too_long,
 )
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
@@ -79,16 +78,6 @@ def _fail(violations: Sequence[FieldViolation], *, outcome: bool = True) -> Inva
     return InvalidArgument(f"invalid request: {summary}", violations, reason=reason, outcome=outcome)
 
 
-def _check_id(value: str, field: str, violations: list[FieldViolation]) -> None:
-    if not value:
-        violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
-    elif len(value) > MAX_ID_LENGTH:
-        violations.append(too_long(field, MAX_ID_LENGTH))
-    elif (found := printable_id_violation(field, value)) is not None:
-        # No order or payment has such an id: refused, as orders refuses it, not stored (a charge for "\n\r").
-        violations.append(found)
-
-
 def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> None:
     if amount is None:
         violations.append(FieldViolation("amount", "is required", "REQUIRED"))
@@ -125,7 +114,7 @@ def validate_charge(order_id: str, amount: Money | None, card: Card | None, toda
     """`amount` and `card` are None when the request leaves them unset. With `today` None, every rule but
     the card's expiry (`check_card_current`)."""
     violations: list[FieldViolation] = []
-    _check_id(order_id, "order_id", violations)
+    violations.extend(id_violations("order_id", order_id))
     _check_amount(amount, violations)
     _check_card(card, today, violations)
     # amount and card are never None here without a violation saying so; the test only narrows their types.
@@ -141,7 +130,7 @@ def validate_charge_before_lookup(order_id: str, amount: Money | None, card: Car
     stores nothing under its key, so there is no charge to replay: the refusal names the expiry too, one
     violation per invalid field, and INVALID_CARD_NUMBER only when that is all that is wrong."""
     violations: list[FieldViolation] = []
-    _check_id(order_id, "order_id", violations)
+    violations.extend(id_violations("order_id", order_id))
     _check_amount(amount, violations)
     _check_card(card, today, violations)
     if all(v.reason == CARD_EXPIRED for v in violations) and amount is not None and card is not None:
@@ -165,7 +154,7 @@ def validate_refund(payment_id: str, reason: str) -> RefundCommand:
     (`text_lines`), as orders holds a cancellation's reason, or a line break or a terminal escape in it would
     reach every log and screen that shows it."""
     violations: list[FieldViolation] = []
-    _check_id(payment_id, "payment_id", violations)
+    violations.extend(id_violations("payment_id", payment_id))
     if len(reason) > MAX_REFUND_REASON_LENGTH:
         violations.append(too_long("reason", MAX_REFUND_REASON_LENGTH))
     elif (found := characters_violation("reason", reason)) is not None:
@@ -177,7 +166,7 @@ def validate_refund(payment_id: str, reason: str) -> RefundCommand:
 
 def validate_payment_id(payment_id: str) -> str:
     violations: list[FieldViolation] = []
-    _check_id(payment_id, "payment_id", violations)
+    violations.extend(id_violations("payment_id", payment_id))
     if violations:
         raise _fail(violations)
     return payment_id
@@ -197,7 +186,7 @@ def _after_key(page_token: str, order_id: str, violations: list[FieldViolation])
 
 def validate_list_payments(order_id: str, page_size: int, page_token: str) -> ListPaymentsQuery:
     violations: list[FieldViolation] = []
-    _check_id(order_id, "order_id", violations)
+    violations.extend(id_violations("order_id", order_id))
     limit = page_limit(page_size, violations)
     after = _after_key(page_token, order_id, violations)
     if violations:

@@ -10,11 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shopmesh_chassis.contract_limits import (
-    MAX_ID_LENGTH,
     event_id_problem,
-    listable_id_violation,
-    printable_id_violation,
-    too_long,
+    id_violations,
 )
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
@@ -44,29 +41,17 @@ class RecommendationQuery:
     limit: int
 
 
-def _check_id(value: str, field: str, violations: list[FieldViolation]) -> None:
-    if not value:
-        violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
-    elif len(value) > MAX_ID_LENGTH:
-        violations.append(too_long(field, MAX_ID_LENGTH))
-
-
 def validate_request(product_id: str | None, user_id: str | None, max_results: int) -> RecommendationQuery:
     """`product_id` / `user_id` are None when that member of the `subject` oneof is not set."""
     violations: list[FieldViolation] = []
     subject: Subject | None = None
     if product_id is not None:
-        _check_id(product_id, "product_id", violations)
         # Catalog refuses an id no product can have (one with a comma read as several in its lists): refused
         # here too, as the caller's mistake, not looked up and failed as catalog's INTERNAL.
-        if (found := listable_id_violation("product_id", product_id)) is not None:
-            violations.append(found)
+        violations.extend(id_violations("product_id", product_id, listable=True))
         subject = ProductSubject(product_id)
     elif user_id is not None:
-        _check_id(user_id, "user_id", violations)
-        # Every service's rule for an id it is handed: no user has such an id.
-        if (found := printable_id_violation("user_id", user_id)) is not None:
-            violations.append(found)
+        violations.extend(id_violations("user_id", user_id))
         subject = UserSubject(user_id)
     else:
         violations.append(FieldViolation("subject", "set product_id or user_id", "REQUIRED"))
