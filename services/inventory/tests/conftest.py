@@ -13,12 +13,13 @@ import grpc
 import pytest
 
 from shopmesh.inventory.v1 import inventory_pb2_grpc
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database, sqlite_url
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_chassis.testing.postgres import PostgresServer
-from shopmesh_inventory.application import Clock, Inventory, utc_now
+from shopmesh_inventory.application import Inventory
 from shopmesh_inventory.migrations import VERSIONS
 from shopmesh_inventory.settings import InventorySettings
 from shopmesh_inventory.store.tables import metadata

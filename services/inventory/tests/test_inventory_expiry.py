@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 
 from shopmesh.inventory.v1 import inventory_pb2
-from shopmesh_inventory.application import Inventory, utc_now
+from shopmesh_chassis.clocks import utc_now
+from shopmesh_inventory.application import Inventory
 
 from .conftest import FakeClock, serving
 from .inventory_calls import commit, error_of, get_reservation, metadata, reserve, set_stock, stock

@@ -12,13 +12,13 @@ from sqlalchemy import select
 from shopmesh.common.v1 import money_pb2
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
+from shopmesh_chassis.clocks import utc_now
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import free_port, serve_in_process
 from shopmesh_chassis.testing.postgres import PostgresServer
-from shopmesh_payments.application import utcnow
 from shopmesh_payments.domain.models import Card, Money
 from shopmesh_payments.domain.payments import processor_unavailable
 from shopmesh_payments.domain.processor import CardProcessor, ProcessorResult
@@ -69,7 +69,7 @@ class ProcessorSpy:
     the first `fail_first` of them as an unavailable processor would."""
 
     def __init__(self) -> None:
-        self._builtin = builtin_processor(utcnow)
+        self._builtin = builtin_processor(utc_now)
         self.charges = 0
         self.fail_first = 0
 

@@ -1,4 +1,5 @@
-"""The clock skew the project assumes between any two of its processes (replicas of a service, services, NATS).
+"""The wall clock every service reads (`utc_now`, injected as a `Clock` so tests can fix the time), and the
+clock skew the project assumes between any two of its processes (replicas of a service, services, NATS).
 
 Times written by one pod's wall clock are judged by another's: a saga's lease and a charge's in-doubt window
 (orders), a login bucket's last refill (users), a token's iat/nbf (gateway against users), a stream's timestamp
@@ -10,7 +11,14 @@ says what breaks. One value for all, so that the bound an operator must keep is 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 MAX_CLOCK_SKEW_SECONDS = 5.0
 MAX_CLOCK_SKEW = timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

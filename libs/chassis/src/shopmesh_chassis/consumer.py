@@ -37,7 +37,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import nats.aio.client
@@ -49,7 +49,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from opentelemetry import propagate, trace
 
-from shopmesh_chassis.clocks import MAX_CLOCK_SKEW_SECONDS
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW_SECONDS, Clock, utc_now
 from shopmesh_chassis.config import ConsumerSettings
 from shopmesh_chassis.db import Database, DbConnection, insert_skipping_existing
 from shopmesh_chassis.db_errors import OutageReport, cause_line, database_unavailable
@@ -121,10 +121,6 @@ _DATABASE_CHECK_TIMEOUT = 5.0
 # Short of slots: at least this share of max_ack_pending unsettled. Half leaves the rest for the replicas'
 # own events while parking starts well before the stall.
 _SHORT_OF_SLOTS = 0.5
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _tokens_cover(pattern: list[str], subject: list[str]) -> bool:
@@ -266,7 +262,7 @@ class EventConsumer:
         max_ack_pending: int = MAX_ACK_PENDING,
         slots_read_seconds: float = SLOTS_READ_SECONDS,
         database_check_seconds: float = DATABASE_CHECK_SECONDS,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Clock = utc_now,
         batch_size: int = 20,
         ack_wait_seconds: float = 30.0,
         duplicate_window_seconds: float = 900.0,
@@ -708,7 +704,7 @@ class EventConsumer:
             self._purge_skipped = True
             return 0
         retention = max(self._processed_retention, max_age + _PURGE_MARGIN_SECONDS)
-        cutoff = datetime.now(UTC) - timedelta(seconds=retention)
+        cutoff = utc_now() - timedelta(seconds=retention)
         mine = processed_events.c.consumer == self._durable
         condition = mine & (processed_events.c.processed_at < cutoff)
         if waiting:
@@ -981,7 +977,7 @@ class EventConsumer:
             # was parked as a dead letter although the event had been applied.
             claimed = await session.execute(
                 insert_skipping_existing(self._db.dialect, processed_events),
-                {"consumer": self._durable, "event_id": event.event_id, "processed_at": datetime.now(UTC)},
+                {"consumer": self._durable, "event_id": event.event_id, "processed_at": utc_now()},
             )
             if not claimed.rowcount:
                 return False

@@ -31,7 +31,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -39,6 +39,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.config import IdempotencySettings
 from shopmesh_chassis.db import Database, DbConnection, as_utc
 from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
@@ -75,10 +76,6 @@ _DELETE_MY_CLAIM = delete(records).where(*_MY_CLAIM)
 _SCOPES_OF_KEY = select(records.c.scope).where(
     records.c.scope.in_(bindparam("b_scopes", expanding=True)), records.c.key == bindparam("b_key")
 )
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _no_check() -> None:
@@ -206,7 +203,7 @@ class IdempotencyStore:
         fingerprint: RequestFingerprint,
         lease: timedelta = timedelta(seconds=30),
         retention: timedelta = timedelta(hours=48),
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Clock = utc_now,
         purge_batch_size: int = 500,
     ) -> None:
         self._db = database

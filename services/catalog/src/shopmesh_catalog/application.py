@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 
 from shopmesh_catalog.domain import validation
 from shopmesh_catalog.domain.lookup import batch_in_request_order, product_not_found
 from shopmesh_catalog.domain.models import Category, CategoryData, Product, ProductData, ProductPage
 from shopmesh_catalog.store.repository import CatalogRepository
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.errors import InvalidArgument
 
 log = logging.getLogger("shopmesh.catalog")
 
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
 
 class CatalogApplication:
-    def __init__(self, database: Database, clock: Clock = _utc_now) -> None:
+    def __init__(self, database: Database, clock: Clock = utc_now) -> None:
         self._database = database
         self._clock = clock
 

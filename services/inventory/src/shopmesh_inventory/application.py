@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import Duplicate, database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted
@@ -18,16 +19,11 @@ from shopmesh_inventory.store.repositories import ReservationRepository, StockRe
 
 log = logging.getLogger("shopmesh.inventory")
 
-Clock = Callable[[], datetime]
 Planner = Callable[[Reservation, datetime], rules.Plan]
 
 # A state change that loses a race re-reads the reservation and plans again; losing this often means
 # something is hammering one reservation, and the client should back off (ABORTED).
 _STATE_CHANGE_ATTEMPTS = 3
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _ShortOfStock(Exception):

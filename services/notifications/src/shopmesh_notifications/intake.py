@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
 
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import DbConnection
 from shopmesh_chassis.tracing import stored_trace_context
@@ -32,7 +31,7 @@ class NotificationIntake:
     def __init__(
         self,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utc_now,
     ) -> None:
         self._clock = clock
 

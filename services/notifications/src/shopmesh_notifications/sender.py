@@ -43,12 +43,13 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from opentelemetry import trace
 from sqlalchemy import exc
 
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
 from shopmesh_chassis.errors import DomainError, Unavailable
@@ -95,7 +96,7 @@ class NotificationSender:
         claim_seconds: float,
         idle_poll_seconds: float = 5.0,
         batch_size: int = 50,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utc_now,
         on_attempt: Callable[[Notification], None] = lambda notification: None,
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:

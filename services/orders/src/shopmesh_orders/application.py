@@ -9,13 +9,13 @@ import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from datetime import UTC, datetime
 from functools import partial
 from typing import NamedTuple
 
 from opentelemetry import trace
 
 from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import Duplicate, database_unavailable
 from shopmesh_chassis.idempotency import key_reused, validate_key
@@ -250,7 +250,7 @@ class OrdersApplication:
         catalog: Catalog,
         saga: SagaDriver,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utc_now,
         on_recovery_error: Callable[[str], None] = lambda recovery_pass: None,
         on_unreadable: Callable[[], None] = lambda: None,
         on_waiting: Callable[[Mapping[SagaStep, int]], None] = lambda waiting: None,

@@ -34,13 +34,13 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from opentelemetry import trace
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW, Clock, utc_now
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
 from shopmesh_chassis.outbox import add_event, new_event_id
@@ -181,7 +181,7 @@ class SagaDriver:
         on_event: Callable[[], None] = lambda: None,
         on_finished: Callable[[Order], None] = lambda order: None,
         on_late_refund: Callable[[Order], None] = lambda order: None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utc_now,
     ) -> None:
         self._db = database
         self._inventory = inventory

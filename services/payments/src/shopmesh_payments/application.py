@@ -7,9 +7,9 @@ outcome in the same commit); reads open their own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.outbox import add_event, new_event_id
 from shopmesh_payments import event_messages
@@ -32,14 +32,8 @@ from shopmesh_payments.store.payments import PaymentRepository
 ProcessorFactory = Callable[[DbConnection], CardProcessor]
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class PaymentsApplication:
-    def __init__(
-        self, database: Database, processor_for: ProcessorFactory, clock: Callable[[], datetime] = utcnow
-    ) -> None:
+    def __init__(self, database: Database, processor_for: ProcessorFactory, clock: Clock = utc_now) -> None:
         self._db = database
         self._processor_for = processor_for
         self._clock = clock

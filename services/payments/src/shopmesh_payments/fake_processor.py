@@ -4,9 +4,8 @@ database, inside the transaction of the payment it serves, so a rolled-back paym
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from datetime import datetime
 
+from shopmesh_chassis.clocks import Clock
 from shopmesh_payments.domain.card_responses import CardResponse, response_for
 from shopmesh_payments.domain.models import Card, Money
 from shopmesh_payments.domain.payments import processor_unavailable
@@ -15,7 +14,7 @@ from shopmesh_payments.store.ledger import ProcessorLedger
 
 
 class FakeCardProcessor:
-    def __init__(self, ledger: ProcessorLedger, clock: Callable[[], datetime]) -> None:
+    def __init__(self, ledger: ProcessorLedger, clock: Clock) -> None:
         self._ledger = ledger
         self._clock = clock
 

@@ -3,12 +3,12 @@ and its NATS connection, housekeeping, the servicer; then serve until told to st
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import NoReturn
 
 from shopmesh.payments.v1.payments_pb2_grpc import add_PaymentsServiceServicer_to_server
 from shopmesh_chassis import app
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import DeferredJetStream
@@ -19,7 +19,7 @@ from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_payments import event_messages
-from shopmesh_payments.application import PaymentsApplication, ProcessorFactory, utcnow
+from shopmesh_payments.application import PaymentsApplication, ProcessorFactory
 from shopmesh_payments.domain.processor import CardProcessor
 from shopmesh_payments.fake_processor import FakeCardProcessor
 from shopmesh_payments.migrations import VERSIONS
@@ -29,7 +29,7 @@ from shopmesh_payments.store.tables import metadata
 from shopmesh_payments.transport import DESCRIPTOR, PaymentsServicer
 
 
-def builtin_processor(clock: Callable[[], datetime]) -> ProcessorFactory:
+def builtin_processor(clock: Clock) -> ProcessorFactory:
     def processor_for(session: DbConnection) -> CardProcessor:
         return FakeCardProcessor(ProcessorLedger(session), clock)
 
@@ -47,7 +47,7 @@ class PaymentsRuntime:
         database: Database,
         *,
         processor_for: ProcessorFactory | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = utc_now,
     ) -> None:
         self.idempotency = IdempotencyStore(
             database,

@@ -8,9 +8,10 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from shopmesh_chassis import call_context
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import DATABASE_ERRORS, Duplicate, database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted, ResourceExhausted
@@ -48,7 +49,6 @@ log = logging.getLogger("shopmesh.users")
 # What skips a password hash upgrade instead of refusing the login: a full hashing queue, the database.
 _HASH_UPGRADE_FAILURES: tuple[type[Exception], ...] = (ResourceExhausted, *DATABASE_ERRORS)
 
-Clock = Callable[[], datetime]
 # Whether to change the keys at all, given the stored ones and the time.
 KeyCondition = Callable[[Sequence[SigningKey], datetime], bool]
 # The change: the key to add and those to retire or delete.
@@ -61,10 +61,6 @@ class KeysKeptChanging(RuntimeError):
 
 def _always(_keys: Sequence[SigningKey], _now: datetime) -> bool:
     return True
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

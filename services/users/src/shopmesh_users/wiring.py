@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shopmesh.users.v1 import users_pb2_grpc
 from shopmesh_chassis import app
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.config import load_settings, shown_url
 from shopmesh_chassis.db import Database, is_sqlite
 from shopmesh_chassis.db_errors import database_unavailable
@@ -26,7 +27,7 @@ from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server import ServiceBinding
-from shopmesh_users.application import Clock, KeyPolicy, KeysKeptChanging, UsersApplication, utc_now
+from shopmesh_users.application import KeyPolicy, KeysKeptChanging, UsersApplication
 from shopmesh_users.domain.failed_logins import LoginThrottle
 from shopmesh_users.metrics import UsersMetrics
 from shopmesh_users.migrations import VERSIONS
