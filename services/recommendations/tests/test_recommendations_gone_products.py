@@ -4,6 +4,7 @@ BatchGetProducts as the catalog does (all or nothing, NOT_FOUND naming the missi
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -71,10 +72,13 @@ async def test_a_thousand_gone_products_ranked_first_cost_a_handful_of_catalog_c
     """The audit's shape: the knife was bought with 1,000 products that have all left the catalog since, and
     its one sibling in the catalog, the board, comes only after them. Looked up 5 at a time (the places left)
     a cold request made over 200 BatchGetProducts calls; a batch of up to 100 next ranked ids takes a few."""
+    now = datetime.now(UTC)
     async with database.transaction() as session:
         repository = RecommendationsRepository(session)
         for n in range(1000):
-            await repository.record(purchase_effects(ConfirmedOrder(f"ord_{n}", "usr_1", ("knife", f"gone_{n:04}"))))
+            await repository.record(
+                purchase_effects(ConfirmedOrder(f"ord_{n}", "usr_1", ("knife", f"gone_{n:04}"))), now
+            )
     catalog = SmallCatalog("knife", "board")
     settings = ServiceSettings(service_name="catalog", grpc_port=0, metrics_port=-1)
     binding = ServiceBinding(

@@ -391,14 +391,15 @@ async def test_a_product_id_catalog_refuses_stored_by_an_earlier_release_is_skip
 ) -> None:
     # An earlier release counted event ids unchecked: catalog's BatchGetProducts refuses a whole batch naming
     # such an id (INVALID_ARGUMENT), which made every answer reaching it INTERNAL, the popular tier's too.
+    now = datetime.now(UTC)
     async with live.service.database.transaction() as session:
         repository = RecommendationsRepository(session)
         for n in range(3):
-            await repository.record(purchase_effects(ConfirmedOrder(f"ord_old_{n}", "usr_old", (stored,))))
+            await repository.record(purchase_effects(ConfirmedOrder(f"ord_old_{n}", "usr_old", (stored,))), now)
             await repository.record(
-                purchase_effects(ConfirmedOrder(f"ord_pair_{n}", f"usr_{n}", ("prod_chef_knife", stored)))
+                purchase_effects(ConfirmedOrder(f"ord_pair_{n}", f"usr_{n}", ("prod_chef_knife", stored))), now
             )
-        await repository.record(purchase_effects(ConfirmedOrder("ord_lamp", "usr_9", ("prod_headlamp",))))
+        await repository.record(purchase_effects(ConfirmedOrder("ord_lamp", "usr_9", ("prod_headlamp",))), now)
     assert stored not in await for_product(live, "prod_chef_knife")
     assert await for_user(live, "usr_nobody", max_results=2) == ["prod_chef_knife", "prod_headlamp"]
     assert await for_product(live, "prod_does_not_exist", max_results=2) == ["prod_chef_knife", "prod_headlamp"]

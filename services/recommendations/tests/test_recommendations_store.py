@@ -1,20 +1,24 @@
-"""The counting store on SQLite and on a real PostgreSQL: upserts that add up, also concurrently."""
+"""The counting store on SQLite and on a real PostgreSQL: upserts that add up, also concurrently; marks kept
+at the time they are recorded at, which the application takes from its clock."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, as_utc
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.postgres import WAITING_ON_A_LOCK
+from shopmesh_recommendations.application import RecommendationsApplication
 from shopmesh_recommendations.domain.copurchase import purchase_effects
-from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
-from shopmesh_recommendations.store.repository import RecommendationsRepository
-from shopmesh_recommendations.store.tables import metadata
+from shopmesh_recommendations.domain.models import CancelledOrder, CatalogProduct, ConfirmedOrder
+from shopmesh_recommendations.store.repository import RecommendationsRepository, forget_cancelled_orders
+from shopmesh_recommendations.store.tables import counted_orders, metadata
 from shopmesh_recommendations.wiring import VERSIONS
 
 
@@ -24,18 +28,30 @@ async def database(blank_db: Database) -> Database:
     return blank_db
 
 
-async def record(db: Database, order_id: str, user_id: str, *product_ids: str) -> bool:
+# A fixed time, unlike the wall clock's: what a test reads back or purges by is known exactly.
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+async def record(db: Database, order_id: str, user_id: str, *product_ids: str, at: datetime = NOW) -> bool:
     async with db.transaction() as session:
         return await RecommendationsRepository(session).record(
-            purchase_effects(ConfirmedOrder(order_id, user_id, product_ids))
+            purchase_effects(ConfirmedOrder(order_id, user_id, product_ids)), at
         )
 
 
-async def take_back(db: Database, order_id: str, user_id: str, *product_ids: str) -> bool:
+async def take_back(db: Database, order_id: str, user_id: str, *product_ids: str, at: datetime = NOW) -> bool:
     async with db.transaction() as session:
         return await RecommendationsRepository(session).take_back(
-            purchase_effects(CancelledOrder(order_id, user_id, product_ids))
+            purchase_effects(CancelledOrder(order_id, user_id, product_ids)), at
         )
+
+
+async def marks(db: Database) -> dict[str, tuple[str, datetime]]:
+    async with db.read() as session:
+        rows = await session.execute(
+            select(counted_orders.c.order_id, counted_orders.c.state, counted_orders.c.counted_at)
+        )
+        return {order_id: (state, as_utc(counted_at)) for order_id, state, counted_at in rows.all()}
 
 
 async def counts(db: Database) -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]:
@@ -186,7 +202,7 @@ async def test_a_cancellation_applied_while_its_confirmation_commits_takes_it_ba
     before = await counts(database)
     async with database.transaction() as session:
         assert await RecommendationsRepository(session).record(
-            purchase_effects(ConfirmedOrder("ord_2", "usr_1", ("prod_a", "prod_c")))
+            purchase_effects(ConfirmedOrder("ord_2", "usr_1", ("prod_a", "prod_c"))), NOW
         )
         cancelling = asyncio.create_task(take_back(database, "ord_2", "usr_1", "prod_a", "prod_c"))
         # The cancellation waits for the confirmation's transaction (PostgreSQL: on the order's key).
@@ -200,10 +216,40 @@ async def test_a_confirmation_applied_while_its_cancellation_commits_counts_noth
     before = await counts(database)
     async with database.transaction() as session:
         assert not await RecommendationsRepository(session).take_back(
-            purchase_effects(CancelledOrder("ord_2", "usr_1", ("prod_a", "prod_c")))
+            purchase_effects(CancelledOrder("ord_2", "usr_1", ("prod_a", "prod_c"))), NOW
         )
         confirming = asyncio.create_task(record(database, "ord_2", "usr_1", "prod_a", "prod_c"))
         await waited_for_or_decided(database, confirming)
         assert not confirming.done(), "the confirmation did not wait for the cancellation's transaction"
     assert not await confirming
     assert await counts(database) == before
+
+
+async def test_a_cancellation_mark_is_forgotten_by_the_time_it_was_recorded_at(database: Database) -> None:
+    month_ago = NOW - timedelta(days=30)
+    await take_back(database, "ord_old", "usr_1", "prod_a", at=month_ago)  # never counted: only the mark
+    await take_back(database, "ord_new", "usr_1", "prod_a", at=NOW)
+    await record(database, "ord_kept", "usr_1", "prod_a", at=month_ago)
+    assert await forget_cancelled_orders(database, before=NOW - timedelta(days=7)) == 1
+    assert await marks(database) == {"ord_new": ("CANCELLED", NOW), "ord_kept": ("COUNTED", month_ago)}
+
+
+class NoCatalog:
+    """Learning and unlearning never ask the catalog."""
+
+    async def product(self, product_id: str) -> CatalogProduct | None:
+        raise AssertionError("the catalog was asked")
+
+    async def products_in_category(self, category: str) -> Sequence[CatalogProduct]:
+        raise AssertionError("the catalog was asked")
+
+    async def products(self, product_ids: Sequence[str]) -> dict[str, CatalogProduct]:
+        raise AssertionError("the catalog was asked")
+
+
+async def test_the_application_marks_orders_at_the_time_of_its_clock(database: Database) -> None:
+    application = RecommendationsApplication(database, NoCatalog(), clock=lambda: NOW)
+    async with database.transaction() as session:
+        await application.record_order(session, ConfirmedOrder("ord_1", "usr_1", ("prod_a", "prod_b")))
+        await application.forget_order(session, CancelledOrder("ord_2", "usr_1", ("prod_a",)))
+    assert await marks(database) == {"ord_1": ("COUNTED", NOW), "ord_2": ("CANCELLED", NOW)}

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shopmesh_chassis import call_context
+from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_recommendations.domain.copurchase import purchase_effects
 from shopmesh_recommendations.domain.models import CancelledOrder, CatalogProduct, ConfirmedOrder, Recommendation
@@ -52,9 +53,10 @@ class _Candidates:
 
 
 class RecommendationsApplication:
-    def __init__(self, database: Database, catalog: Catalog) -> None:
+    def __init__(self, database: Database, catalog: Catalog, clock: Clock = utc_now) -> None:
         self._db = database
         self._catalog = catalog
+        self._clock = clock
 
     async def recommend(self, product_id: str | None, user_id: str | None, max_results: int) -> list[Recommendation]:
         query = validate_request(product_id, user_id, max_results)
@@ -144,7 +146,7 @@ class RecommendationsApplication:
     async def record_order(self, session: DbConnection, order: ConfirmedOrder) -> None:
         """Count what the order teaches, in the caller's transaction (the one that records the event id)."""
         effects = purchase_effects(order)
-        if not await RecommendationsRepository(session).record(effects):
+        if not await RecommendationsRepository(session).record(effects, self._clock()):
             log.info("order %s was counted or cancelled already", order.order_id, extra={"order_id": order.order_id})
             return
         log.info(
@@ -158,7 +160,7 @@ class RecommendationsApplication:
     async def forget_order(self, session: DbConnection, order: CancelledOrder) -> None:
         """Take back what a confirmed order taught once it is cancelled. An order not counted (yet) changes
         no count, and is remembered as cancelled: a confirmation that arrives later does not count it."""
-        if await RecommendationsRepository(session).take_back(purchase_effects(order)):
+        if await RecommendationsRepository(session).take_back(purchase_effects(order), self._clock()):
             log.info("unlearned cancelled order %s", order.order_id, extra={"order_id": order.order_id})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, func, select, update
@@ -52,16 +52,16 @@ class RecommendationsRepository:
     def __init__(self, session: DbConnection) -> None:
         self._session = session
 
-    async def record(self, effects: PurchaseEffects) -> bool:
-        """Add one to every count the order touches; False (and nothing added) if it was counted before or
-        has been cancelled already (its cancellation arrived first)."""
-        if not await self._mark(effects.order_id, COUNTED):
+    async def record(self, effects: PurchaseEffects, now: datetime) -> bool:
+        """Add one to every count the order touches, its mark recorded at `now`; False (and nothing added) if
+        it was counted before or has been cancelled already (its cancellation arrived first)."""
+        if not await self._mark(effects.order_id, COUNTED, now):
             return False
         for table, key, rows in _counted_rows(effects):
             await self._increment(table, key, [{**row, "count": 1} for row in rows])
         return True
 
-    async def take_back(self, effects: PurchaseEffects) -> bool:
+    async def take_back(self, effects: PurchaseEffects, now: datetime) -> bool:
         """Subtract what `record` added for this order; False (and nothing changed) if it was never counted.
 
         Either way the order is marked CANCELLED, so that its confirmation, should it arrive later (retried,
@@ -69,7 +69,7 @@ class RecommendationsRepository:
         deleted, so a product nobody kept is not "bought together" at count 0."""
         # The mark first: the key's insert waits for a concurrent `record` of the same order to commit,
         # so the UPDATE below then sees its row (PostgreSQL; SQLite runs one writer at a time).
-        if await self._mark(effects.order_id, CANCELLED):
+        if await self._mark(effects.order_id, CANCELLED, now):
             return False  # Cancelled before it was counted: nothing to take back.
         forgotten = await self._session.execute(_FORGET_ORDER, {"b_order_id": effects.order_id})
         if forgotten.rowcount == 0:
@@ -78,11 +78,11 @@ class RecommendationsRepository:
             await self._decrement(table, key, rows)
         return True
 
-    async def _mark(self, order_id: str, state: str) -> bool:
-        """Record the order in `state`; False (nothing written) if it is recorded already, in any state."""
+    async def _mark(self, order_id: str, state: str, now: datetime) -> bool:
+        """Record the order in `state` at `now`; False (nothing written) if it is recorded already, in any state."""
         marked = await self._session.execute(
             insert_skipping_existing(self._session.dialect.name, counted_orders),
-            {"order_id": order_id, "counted_at": datetime.now(UTC), "state": state},
+            {"order_id": order_id, "counted_at": now, "state": state},
         )
         return bool(marked.rowcount)
 
