@@ -32,7 +32,9 @@ log = logging.getLogger("shopmesh.gateway")
 Metadata = tuple[tuple[str, str], ...]
 
 
-def acting_for(user_id: str) -> Metadata:
+def user_metadata(user_id: str) -> Metadata:
+    """The outgoing call's metadata naming the user it is made for (the guard has verified them), which
+    per-user services check the request against."""
     return ((call_context.USER_ID, user_id),)
 
 
@@ -57,7 +59,7 @@ class UsersClient:
     async def email_of(self, user_id: str) -> str:
         with relaying("users"):
             response = await self._stub.GetUser(
-                users_pb2.GetUserRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
+                users_pb2.GetUserRequest(user_id=user_id), timeout=self._timeout, metadata=user_metadata(user_id)
             )
         return response.user.email
 
@@ -67,7 +69,7 @@ class UsersClient:
         revoked, and another pod, or the rollout's end, takes it."""
         with relaying("users", method_is_new=True):
             response = await self._stub.SignOut(
-                users_pb2.SignOutRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
+                users_pb2.SignOutRequest(user_id=user_id), timeout=self._timeout, metadata=user_metadata(user_id)
             )
         return _seconds(response.tokens_valid_after)
 
@@ -76,7 +78,7 @@ class UsersClient:
         whatever went wrong, the gateway has no cutoff now (sign_outs.TokenCutoffs decides what that means)."""
         try:
             response = await self._stub.GetTokenCutoff(
-                users_pb2.GetTokenCutoffRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
+                users_pb2.GetTokenCutoffRequest(user_id=user_id), timeout=self._timeout, metadata=user_metadata(user_id)
             )
         except grpc.aio.AioRpcError as error:
             raise dependency_unavailable("users", error) from None
@@ -192,27 +194,27 @@ class OrdersClient:
             response = await self._stub.PlaceOrder(
                 request,
                 timeout=self._timeout,
-                metadata=idempotency_metadata(idempotency_key, acting_for(request.user_id)),
+                metadata=idempotency_metadata(idempotency_key, user_metadata(request.user_id)),
             )
         return response.order
 
     async def get(self, user_id: str, order_id: str) -> orders_pb2.Order:
         with relaying("orders"):
             response = await self._stub.GetOrder(
-                orders_pb2.GetOrderRequest(order_id=order_id), timeout=self._timeout, metadata=acting_for(user_id)
+                orders_pb2.GetOrderRequest(order_id=order_id), timeout=self._timeout, metadata=user_metadata(user_id)
             )
         return response.order
 
     async def list(self, request: orders_pb2.ListOrdersRequest) -> orders_pb2.ListOrdersResponse:
         with relaying("orders"):
-            return await self._stub.ListOrders(request, timeout=self._timeout, metadata=acting_for(request.user_id))
+            return await self._stub.ListOrders(request, timeout=self._timeout, metadata=user_metadata(request.user_id))
 
     async def cancel(
         self, user_id: str, request: orders_pb2.CancelOrderRequest, idempotency_key: str
     ) -> orders_pb2.Order:
         with relaying("orders"):
             response = await self._stub.CancelOrder(
-                request, timeout=self._timeout, metadata=idempotency_metadata(idempotency_key, acting_for(user_id))
+                request, timeout=self._timeout, metadata=idempotency_metadata(idempotency_key, user_metadata(user_id))
             )
         return response.order
 
@@ -227,5 +229,5 @@ class NotificationsClient:
     ) -> notifications_pb2.ListNotificationsResponse:
         with relaying("notifications"):
             return await self._stub.ListNotifications(
-                request, timeout=self._timeout, metadata=acting_for(request.user_id)
+                request, timeout=self._timeout, metadata=user_metadata(request.user_id)
             )
