@@ -37,6 +37,15 @@ def test_a_rate_limit_says_how_long_to_wait() -> None:
     assert (limited.retry_delay, limited.settles_checkout) == (1.5, False)
 
 
+def test_a_dependency_unavailable_names_the_dependency_in_its_error_key() -> None:
+    """Locust groups failures by this text: "503 DEPENDENCY_UNAVAILABLE" alone left an aborted inventory looking
+    like any other dependency's outage."""
+    info = {"@type": ERROR_INFO, "reason": "DEPENDENCY_UNAVAILABLE", "metadata": {"dependency": "inventory"}}
+    assert str(refusal(503, {"code": 14, "details": [info]})) == "503 DEPENDENCY_UNAVAILABLE (inventory)"
+    unnamed = {"@type": ERROR_INFO, "reason": "DEPENDENCY_UNAVAILABLE", "metadata": {}}
+    assert str(refusal(503, {"code": 14, "details": [unnamed]})) == "503 DEPENDENCY_UNAVAILABLE"
+
+
 def test_a_body_that_is_no_status_leaves_only_the_http_status() -> None:
     assert str(refusal(502, "<html>Bad Gateway</html>")) == "502"
     assert refusal(503, {"code": "UNAVAILABLE", "details": "none"}).code == 0

@@ -53,7 +53,11 @@ class Refusal:
         return int(total) if self.reason == PRICE_CHANGED and total.isdigit() else None
 
     def __str__(self) -> str:
-        return f"{self.status} {self.reason}" if self.reason else str(self.status)
+        """How Locust's error report groups it: "503 DEPENDENCY_UNAVAILABLE (inventory)", naming the dependency the
+        ErrorInfo names, since a 503 for inventory and one for payments are different outages."""
+        said = f"{self.status} {self.reason}" if self.reason else str(self.status)
+        dependency = self.metadata.get("dependency")
+        return f"{said} ({dependency})" if dependency else said
 
 
 def seconds(duration: str) -> float | None:
