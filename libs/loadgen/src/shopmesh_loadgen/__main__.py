@@ -5,7 +5,8 @@
 The host is `--host`, else LOCUST_HOST, else make run's edge (http://127.0.0.1:8080). Its `/healthz` is asked
 first, for up to `--wait` seconds (default: one try): a load run against nothing would only print a table of
 connection errors, so it exits 1 at once with one line naming the address instead. Then this process becomes
-Locust (exec): Ctrl-C, its stats and its exit status (1 when any request failed) are Locust's own.
+Locust (exec): Ctrl-C, its stats and its exit status (1 when any request failed; a product page served without
+its recommendations is no failure: it has a row of its own in the stats) are Locust's own.
 """
 
 from __future__ import annotations
