@@ -1455,6 +1455,46 @@ async def test_a_proxys_html_error_page_is_told_by_its_status_not_shown_as_marku
         await page.unroute(re.compile(r"/v1/products\?"))
 
 
+@pytest.mark.parametrize(
+    ("retry_delay", "shown"),
+    [
+        # An open circuit's rest of its wait, as protobuf's JSON writes a Duration: whole seconds, rounded up.
+        ("4.887670792s", "You can try again in 5 s."),
+        ("3s", "You can try again in 3 s."),
+        # A lost race's 0.1 s or none at all: nobody can come back sooner than a second.
+        ("0.100s", "You can try again in 1 s."),
+        ("0s", "You can try again in 1 s."),
+        # No Duration: its text is no wait to read out.
+        ("soon", "You can try again in a moment."),
+    ],
+)
+async def test_a_retry_delay_is_told_in_whole_seconds_rounded_up(tab: Tab, retry_delay: str, shown: str) -> None:
+    page = tab.page
+    # The gateway's answer while catalog's circuit is open, as the edge relays it (503, its ErrorInfo kept).
+    circuit_open = {
+        "code": 14,
+        "message": "catalog is unavailable (UNAVAILABLE)",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "DEPENDENCY_UNAVAILABLE",
+                "domain": "shopmesh.gateway",
+                "metadata": {"dependency": "catalog"},
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+        ],
+    }
+
+    async def answer(route: Route) -> None:
+        await route.fulfill(status=503, json=circuit_open)
+
+    await page.route(re.compile(r"/v1/products\?"), answer)
+    await tab.open("#/")
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text(shown)
+    await expect(alert).not_to_contain_text(retry_delay)
+
+
 async def test_signing_out_leaves_no_pending_checkout_nor_cart_in_the_browser(
     tab: Tab, http: httpx.AsyncClient
 ) -> None:

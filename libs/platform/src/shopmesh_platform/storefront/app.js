@@ -519,6 +519,16 @@ function thumb(name) {
   return h("div", { class: "thumb", "aria-hidden": "true" }, (name || "?").charAt(0).toUpperCase());
 }
 
+// RetryInfo's retryDelay is a protobuf Duration as JSON writes it ("4.887670792s"), no wait to show a shopper
+// as it came: whole seconds, rounded up (sooner would meet the same refusal), one at least ("0 s" reads as "no
+// need to wait"). What is no Duration is told as no number at all.
+function retryIn(retryDelay) {
+  const duration = /^(\d+)(?:\.(\d{1,9}))?s$/.exec(String(retryDelay));
+  if (!duration) return "a moment";
+  const [, seconds, fraction = ""] = duration;
+  return `${Math.max(1, Number(seconds) + (/[1-9]/.test(fraction) ? 1 : 0))} s`;
+}
+
 function errorBox(error) {
   const box = h("div", { class: "error", role: "alert" }, error.message);
   const loose = error.violations?.filter((violation) => !violation.shown) ?? [];
@@ -531,7 +541,7 @@ function errorBox(error) {
       ),
     );
   }
-  if (error.retryDelay) box.append(h("p", {}, `You can try again in ${error.retryDelay}.`));
+  if (error.retryDelay) box.append(h("p", {}, `You can try again in ${retryIn(error.retryDelay)}.`));
   if (error.retrySafe) {
     box.append(h("p", {}, "It may or may not have gone through: trying again is safe (it is never done twice)."));
   }
