@@ -40,6 +40,7 @@ from typing import TypeVar
 from opentelemetry import trace
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.backoff import backoff_delay
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW, Clock, utc_now
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
@@ -357,7 +358,7 @@ class SagaDriver:
 
     def _step_backoff(self, attempt: int) -> float:
         """The wait after a step's `attempt`-th try (1-based): exponential from step_backoff_seconds."""
-        return float(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
+        return backoff_delay(self._settings.step_backoff_seconds, attempt - 1)
 
     async def _gave_up(self, order: Order, card: Card | None, owner: str, last: errors.Unavailable) -> Order:
         """A dependency stayed unavailable for all attempts of this step, or answered what these attempts cannot

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from shopmesh_chassis.backoff import backoff_delay
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW_SECONDS
 from shopmesh_chassis.config import (
     EventSettings,
@@ -65,5 +66,5 @@ class OrdersSettings(IdempotencySettings, EventSettings):
         before each call of compensation (which makes up to four with no step saved between them), so no
         two calls share a lease period. A shorter lease lets another driver take over an order that is still
         being driven."""
-        backoff = self.step_backoff_seconds * 2 ** (self.step_attempts - 2) if self.step_attempts > 1 else 0.0
+        backoff = backoff_delay(self.step_backoff_seconds, self.step_attempts - 2) if self.step_attempts > 1 else 0.0
         return self.step_timeout_seconds + backoff

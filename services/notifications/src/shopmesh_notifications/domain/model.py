@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.backoff import backoff_delay
 from shopmesh_notifications.domain.events import EventKind
 
 MAX_FAILURE_REASON = 500
@@ -105,8 +106,7 @@ class RetryPolicy:
     give_up_after_seconds: float
 
     def delay_after(self, attempts: int) -> timedelta:
-        seconds = self.base_delay_seconds * 2 ** max(attempts - 1, 0)
-        return timedelta(seconds=min(seconds, self.max_delay_seconds))
+        return timedelta(seconds=backoff_delay(self.base_delay_seconds, attempts - 1, cap=self.max_delay_seconds))
 
 
 @dataclass(frozen=True, slots=True)
