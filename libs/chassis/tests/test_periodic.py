@@ -197,3 +197,55 @@ async def test_a_failure_that_is_no_database_outage_is_an_error_with_its_traceba
     errors = _logged(caplog, logging.ERROR)
     assert all(e.exc_info is not None and e.exc_info[0] is ValueError for e in errors)
     assert _logged(caplog, logging.WARNING) == []
+
+
+async def test_a_failed_run_is_retried_after_a_wait_doubling_up_to_the_interval_and_starting_over_once_one_succeeds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outcomes = iter([False, False, False, False, True, False])
+    done = asyncio.Event()
+    runner: Periodic
+
+    async def work() -> None:
+        ok = next(outcomes, None)
+        if ok is None:
+            done.set()
+            return
+        # The wait planned after this run is what the log line says; the test does not sit through it.
+        runner.run_soon()
+        if not ok:
+            raise ValueError("the queue's store refused")
+
+    runner = Periodic("worker", 2.0, work, retry_after_failure_seconds=0.5)
+    caplog.set_level(logging.ERROR, logger=periodic.log.name)
+    runner.start()
+    try:
+        await asyncio.wait_for(done.wait(), timeout=10)
+    finally:
+        await runner.stop()
+    waits = [e.getMessage().rsplit(" ", 1)[-1] for e in _logged(caplog, logging.ERROR)]
+    assert waits == ["0.5s", "1.0s", "2.0s", "2.0s", "0.5s"]
+
+
+async def test_a_run_asking_for_the_next_sooner_gets_it_then_and_the_interval_after_one_that_does_not() -> None:
+    runs = 0
+    third = asyncio.Event()
+    runner: Periodic
+
+    async def work() -> int:
+        nonlocal runs
+        runs += 1
+        if runs <= 2:
+            runner.run_within(0.01)  # work due in 10 ms: not an hour later
+        else:
+            third.set()
+        return runs
+
+    runner = Periodic("worker", 3600, work)
+    runner.start()
+    try:
+        await asyncio.wait_for(third.wait(), timeout=10)
+        await asyncio.sleep(0.1)
+        assert runs == 3, "the third run asked nothing: the next waits the interval"
+    finally:
+        await runner.stop()

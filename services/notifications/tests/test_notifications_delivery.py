@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import text
 
 from shopmesh.common.v1 import money_pb2
@@ -629,6 +630,47 @@ async def test_a_stop_cut_off_before_the_grace_is_up_cancels_the_attempt_in_flig
     await cut_off_midway(sender.stop(grace_seconds=60))
     # The attempt the grace was waiting for (shielded from the wait's timeout) does not go on past the stop.
     assert cancelled.is_set()
+
+
+async def test_a_database_outage_in_the_senders_loop_is_one_warning_and_a_line_when_back_not_one_per_retry(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    rounds: list[bool] = []
+    back = asyncio.Event()
+
+    class NoMail:
+        async def send(self, notification: Notification) -> None:
+            raise AssertionError("nothing is due")
+
+    sender = NotificationSender(
+        database,
+        NoMail(),
+        RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=0.2, give_up_after_seconds=3600),
+        claim_seconds=10,
+        idle_poll_seconds=0.05,
+    )
+    send_due = sender.send_due
+
+    async def pool_exhausted_four_times() -> int:
+        if len(rounds) < 4:
+            rounds.append(False)
+            raise sqlalchemy_exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+        rounds.append(True)
+        back.set()
+        return await send_due()
+
+    sender.send_due = pool_exhausted_four_times  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+    sender.start()
+    try:
+        await asyncio.wait_for(back.wait(), timeout=10)
+    finally:
+        await sender.stop()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert warnings[0].exc_info is None
+    assert "unavailable" in warnings[0].getMessage()
+    assert [r for r in caplog.records if "database again" in r.getMessage()]
 
 
 def confirmed_with_lines(order_id: str, lines: list[tuple[int, int, int]], total_minor: int) -> bytes:

@@ -244,7 +244,8 @@ async def test_a_cancellation_whose_release_meets_inventory_down_is_finished_by_
     assert (payments.refund_calls, inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (1, 0, 3)
     inventory.down = False
     clocked.clock.ahead = timedelta(seconds=120)
-    recovery = asyncio.create_task(app.run_recovery(0.01))
+    recovery = app.recovery_loop(0.01)
+    recovery.start()
     try:
 
         async def cancelled() -> bool:
@@ -252,7 +253,7 @@ async def test_a_cancellation_whose_release_meets_inventory_down_is_finished_by_
 
         await eventually(cancelled, f"{order_id} cancelled by the recovery loop")
     finally:
-        recovery.cancel()
+        await recovery.stop(timeout=0)
     order = await app.get_order(order_id)
     assert (order.cancel_code, order.cancel_message, order.refunded) == (
         CancelCode.CUSTOMER_REQUESTED,

@@ -204,11 +204,12 @@ async def test_a_capture_that_lands_after_place_order_cancelled_is_refunded_once
         return checked
 
     monkeypatch.setattr(app, "recheck_charges", recheck_pass)
-    recovery = asyncio.create_task(app.run_recovery(0.01))
+    recovery = app.recovery_loop(0.01)
+    recovery.start()
     try:
         await asyncio.wait_for(refunding_pass_done.wait(), 5)
     finally:
-        recovery.cancel()
+        await recovery.stop(timeout=0)
     assert (payments.captured(), payments.refunds) == (0, [payment_id])
     order = await app.get_order(order_id)
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.PAYMENT_UNAVAILABLE)

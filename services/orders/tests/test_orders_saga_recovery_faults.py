@@ -4,7 +4,6 @@ is an error with its traceback, each pass, counted on orders' metrics, and the l
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -163,7 +162,8 @@ async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_u
     """The query of the orders due fails before any order is reached: it was swallowed unseen."""
     order_id = await _left_pending_while_inventory_was_down(app, inventory)
     away = _first_call_meets(monkeypatch, "unfinished", _TOO_MANY_CONNECTIONS)
-    recovery = asyncio.create_task(app.run_recovery(0.01))
+    recovery = app.recovery_loop(0.01)
+    recovery.start()
     try:
 
         async def cancelled() -> bool:
@@ -171,9 +171,9 @@ async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_u
 
         # Resumed by a later pass: the loop outlived the failed one.
         await eventually(cancelled, f"{order_id} resumed after the database came back")
-        assert not recovery.done()
+        assert recovery.running
     finally:
-        recovery.cancel()
+        await recovery.stop(timeout=0)
     assert away
     [warned] = [r for r in caplog.records if r.levelname == "WARNING" and "database is unavailable" in r.getMessage()]
     assert "resume_unfinished" in warned.getMessage()
@@ -200,13 +200,14 @@ async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_traceback_unde
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(OrderRepository, "charges_to_recheck", query_has_a_bug)
-    recovery = asyncio.create_task(app.run_recovery(0.01))
+    recovery = app.recovery_loop(0.01)
+    recovery.start()
     try:
         # Each pass meets it again after its resumptions: the loop keeps going past the failure.
         await eventually(lambda: len(calls) >= 3, "three passes reaching the charge recheck")
-        assert not recovery.done()
+        assert recovery.running
     finally:
-        recovery.cancel()
+        await recovery.stop(timeout=0)
     assert (await app.get_order(order_id)).state is OrderState.CANCELLED
     failed = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(failed) >= 2

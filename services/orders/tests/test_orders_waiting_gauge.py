@@ -5,14 +5,12 @@ from the first recovery round after their driver gave up, and is back to 0 once 
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing import eventually
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, OrderState, SagaStep
@@ -50,7 +48,8 @@ async def test_orders_waiting_for_payments_are_counted_by_step_while_it_is_down_
     assert caught.value.metadata["step"] == SagaStep.COMPENSATE.value
     order_id = caught.value.metadata["order_id"]
 
-    recovery = asyncio.get_running_loop().create_task(app.run_recovery(0.01))
+    recovery = app.recovery_loop(0.01)
+    recovery.start()
     try:
         await eventually(lambda: waiting(registry) == none_waiting_but(COMPENSATE=1), "the waiting order counted")
         # The recovery loop's own tries while payments stays down (each holding the order for its step's retries)
@@ -64,7 +63,7 @@ async def test_orders_waiting_for_payments_are_counted_by_step_while_it_is_down_
         clocked.clock.ahead += timedelta(minutes=2)
         await eventually(lambda: waiting(registry) == none_waiting_but(), "no order counted once it is finished")
     finally:
-        await cancel_and_wait(recovery)
+        await recovery.stop(timeout=0)
     order = await app.get_order(order_id)
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.PAYMENT_UNAVAILABLE)
 

@@ -5,6 +5,9 @@ database is unavailable (`database_unavailable`), which is no bug and would othe
 traceback a run for as long as the outage lasts; then one warning when the outage starts and one line when a
 run succeeds again, as the event consumers and orders' recovery say it. Stopping lets a run in progress finish its
 transaction (cancelling it only past a timeout), so shutdown never leaves half a sweep behind.
+A job that works a queue rather than keeping house may wait less: after a failure, from
+`retry_after_failure_seconds` doubling up to the interval (its work waits, a whole interval would hold it up);
+after a run that found work due sooner, as long as the run asks (`run_within`).
 `delete_in_batches` is the purge such a job runs over a table that grows; `in_batches` the same loop for a
 purge whose batch is more than one DELETE (rows of several tables, or rows kept elsewhere as they go).
 """
@@ -18,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import Column, ColumnElement, Table, delete, select, tuple_
 
+from shopmesh_chassis.backoff import backoff_delay
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import OutageReport, database_unavailable
 from shopmesh_chassis.tasks import cancel_and_wait
@@ -26,19 +30,33 @@ log = logging.getLogger("shopmesh.periodic")
 
 
 class Periodic:
-    def __init__(self, name: str, interval_seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        interval_seconds: float,
+        job: Callable[[], Awaitable[object]],
+        *,
+        retry_after_failure_seconds: float | None = None,
+    ) -> None:
         self.name = name
         self._interval = interval_seconds
         self._job = job
+        self._retry_after_failure = retry_after_failure_seconds
+        self._failures_in_a_row = 0
+        # What the run in progress asked with run_within; None: the interval.
+        self._within: float | None = None
         self._stopping = asyncio.Event()
         # Set to end the wait between runs: by stop, or by run_soon.
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # One warning an outage, without the traceback; the runs that fail during it only at DEBUG.
+        every = f"every {interval_seconds:.1f}s"
+        if retry_after_failure_seconds is not None:
+            every = f"again after {retry_after_failure_seconds:.1f}s, the wait doubling up to {interval_seconds:.1f}s,"
         self._outage = OutageReport(
             log,
             name,
-            gone=f"%(name)s failed: the database is unavailable; it runs every {interval_seconds:.1f}s until it "
+            gone=f"%(name)s failed: the database is unavailable; it runs {every} until it "
             "is back, without a line each time: %(cause)s",
             still="%(name)s failed: the database is still unavailable: %(cause)s",
             say_again_seconds=None,
@@ -75,22 +93,41 @@ class Periodic:
         might never run at all in a process restarted more often."""
         self._wake.set()
 
+    def run_within(self, seconds: float) -> None:
+        """Called by the job during a run: the next run comes at most `seconds` after this one ends (never later
+        than the interval), for a job that knows when its next work is due. Only for the wait after this run;
+        ignored if the run fails."""
+        self._within = seconds if self._within is None else min(self._within, seconds)
+
+    def _pause(self, failed: bool) -> float:
+        """The wait after a run."""
+        if failed:
+            self._failures_in_a_row += 1
+            if self._retry_after_failure is None:
+                return self._interval
+            return backoff_delay(self._retry_after_failure, self._failures_in_a_row - 1, cap=self._interval)
+        self._failures_in_a_row = 0
+        return self._interval if self._within is None else min(max(self._within, 0.0), self._interval)
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            # Cleared before the run: a run_soon during it asks for one more.
+            # Cleared before the run: a run_soon (or run_within) during it is for the wait after it.
             self._wake.clear()
+            self._within = None
             try:
                 result = await self._job()
             except Exception as error:
+                pause = self._pause(failed=True)
                 if database_unavailable(error):
                     self._outage.away(error)
                 else:
-                    log.exception("%s failed; next run in %.1fs", self.name, self._interval)
+                    log.exception("%s failed; next run in %.1fs", self.name, pause)
             else:
+                pause = self._pause(failed=False)
                 log.debug("%s done: %s", self.name, result)
                 self._outage.back()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), pause)
 
 
 async def delete_in_batches(

@@ -39,7 +39,6 @@ recipient or the body. The attempt's log lines carry its trace id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -53,7 +52,7 @@ from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
 from shopmesh_chassis.errors import DomainError, Unavailable
-from shopmesh_chassis.tasks import cancel_and_wait
+from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.tracing import stored_context
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
@@ -64,6 +63,8 @@ from shopmesh_notifications.store.repository import NotificationRepository
 log = logging.getLogger("shopmesh.notifications.sender")
 
 SEND_SPAN = "smtp send"
+# The sender's first wait after a failed round, doubled with each failure in a row up to its idle poll.
+RETRY_AFTER_FAILURE_SECONDS = 0.5
 
 
 def _without_recipient(text: str, recipient: str) -> str:
@@ -110,51 +111,35 @@ class NotificationSender:
         # Called with the notification as each attempt left it (sent, retrying or failed), once recorded.
         self._on_attempt = on_attempt
         self._tracer = trace.get_tracer("shopmesh.notifications.sender", tracer_provider=tracer_provider)
-        self._wake = asyncio.Event()
+        # Set by stop: the round in progress ends after its attempt in flight, not after the whole batch.
         self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        # A failed round (the database busy or away: nothing is lost, the notifications stay PENDING) is
+        # retried sooner than the idle poll, from RETRY_AFTER_FAILURE_SECONDS doubling up to it.
+        self._loop = Periodic(
+            "notification-sender",
+            idle_poll_seconds,
+            self._send_round,
+            retry_after_failure_seconds=RETRY_AFTER_FAILURE_SECONDS,
+        )
 
     def wake(self) -> None:
         """Look for due notifications now: call after committing one."""
-        self._wake.set()
+        self._loop.run_soon()
 
     def start(self) -> None:
         self._stopping = False
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="notification-sender")
+        self._loop.start()
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Let the attempt in flight finish (within `grace_seconds`), then stop."""
-        if self._task is None:
-            return
+        """Let the attempt in flight finish (within `grace_seconds`), then stop. Cut off past the grace (or
+        with the stop), the attempt's rollback still runs before the hooks after this one close the database."""
         self._stopping = True
-        self._wake.set()
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
-        finally:
-            # Past the grace, or the stop itself cancelled (its shutdown hook cut off at
-            # SHUTDOWN_HOOKS_BUDGET_SECONDS): the shield kept the attempt going, and it must not outlive the
-            # stop. Its rollback still runs before the hooks after this one close the database.
-            await cancel_and_wait(self._task)
-        self._task = None
+        await self._loop.stop(timeout=grace_seconds)
 
-    async def _run(self) -> None:
-        backoff = 0.5
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                await self.send_due()
-                pause = await self._until_next_due()
-                backoff = 0.5
-            except Exception as exc:
-                # The database busy or away: nothing is lost, the notifications stay PENDING.
-                log.warning("sending notifications failed, retrying in %.1fs: %s", backoff, exc)
-                pause = backoff
-                backoff = min(backoff * 2, self._idle_poll)
-            if self._stopping:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=pause)
+    async def _send_round(self) -> int:
+        attempts = await self.send_due()
+        self._loop.run_within(await self._until_next_due())
+        return attempts
 
     async def _until_next_due(self) -> float:
         # Looks only: a snapshot, never the write lock (held elsewhere, a write transaction would wait out

@@ -20,6 +20,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import Duplicate, database_unavailable
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
+from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.tasks import Detached
 from shopmesh_chassis.tracing import stored_context, stored_trace_context
@@ -725,16 +726,22 @@ class OrdersApplication:
         ):
             yield
 
-    async def run_recovery(self, interval: float) -> None:
-        while True:
-            # Looked up on each pass, not bound once: the loop must outlive whatever one pass raises.
-            for label, recovery_pass in (("resume", self.resume_unfinished), ("recheck", self.recheck_charges)):
-                try:
-                    await recovery_pass()
-                except Exception as exc:
-                    _pass_failed(label, recovery_pass.__name__, exc, partial(self._on_recovery_error, label))
-            await self._count_waiting()
-            await asyncio.sleep(interval)
+    def recovery_loop(self, interval: float) -> Periodic:
+        """The recovery loop, started by its caller: a round of passes (`recovery_round`) every `interval`.
+
+        Stopped with `stop(timeout=0)`: a pass drives sagas, each call up to a step's timeout, and a stop waiting
+        for the round would hold shutdown that long; cut off, an order's lease hands it to the next pass."""
+        return Periodic("order-recovery", interval, self.recovery_round)
+
+    async def recovery_round(self) -> None:
+        """Both recovery passes, each whatever the other raised, then the count of waiting orders."""
+        # Looked up on each round, not bound once: the loop must outlive whatever one pass raises.
+        for label, recovery_pass in (("resume", self.resume_unfinished), ("recheck", self.recheck_charges)):
+            try:
+                await recovery_pass()
+            except Exception as exc:
+                _pass_failed(label, recovery_pass.__name__, exc, partial(self._on_recovery_error, label))
+        await self._count_waiting()
 
     async def count_waiting(self) -> dict[SagaStep, int]:
         """How many orders wait for a dependency, by the step they wait at (`OrderRepository.waiting_for_dependency`):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,6 @@ from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.server import ServiceBinding
-from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import CachedCatalog, CatalogClient, InventoryClient, PaymentsClient
 from shopmesh_orders.domain.ports import Catalog
@@ -111,10 +109,11 @@ async def _main() -> None:
         on_waiting=order_metrics.waiting_for_dependency,
         tracer_provider=tracer_provider,
     )
-    recovery = asyncio.get_running_loop().create_task(application.run_recovery(settings.recovery_interval_seconds))
+    recovery = application.recovery_loop(settings.recovery_interval_seconds)
+    recovery.start()
 
     async def stop_background() -> None:
-        await cancel_and_wait(recovery)
+        await recovery.stop(timeout=0)
         await application.wait_running(timeout=settings.shutdown_grace_seconds)
         await relay.stop()
         for channel in (catalog, inventory, payments):
