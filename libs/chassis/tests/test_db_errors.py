@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -12,6 +13,7 @@ from shopmesh_chassis.db_errors import (
     DatabaseUnreachable,
     Duplicate,
     as_domain_error,
+    database_did_not_answer,
     database_unavailable,
     duplicates_raised,
 )
@@ -49,6 +51,15 @@ def test_a_database_that_cannot_serve_now_is_unavailable(sqlstate: str) -> None:
     assert isinstance(mapped, Unavailable)
     assert mapped.reason == DATABASE_UNAVAILABLE
     assert database_unavailable(failed(sqlstate))
+
+
+def test_a_call_cut_off_without_an_answer_is_unavailable_as_a_pool_timeout_is_with_the_same_wait() -> None:
+    cut_off = database_did_not_answer(2.0)
+    assert database_unavailable(cut_off)
+    pool_timeout = as_domain_error(sqlalchemy_exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached"))
+    assert isinstance(pool_timeout, Unavailable)
+    assert (cut_off.reason, cut_off.retry_after_seconds) == (pool_timeout.reason, pool_timeout.retry_after_seconds)
+    assert "no answer from the database within 2.0s" in str(cut_off)
 
 
 @pytest.mark.parametrize("sqlstate", ["40001", "40P01"])

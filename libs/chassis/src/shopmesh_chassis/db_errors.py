@@ -120,8 +120,16 @@ def as_domain_error(error: BaseException) -> DomainError | None:
     return None
 
 
-def _unavailable() -> Unavailable:
-    return Unavailable("database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS)
+def _unavailable(message: str = "database unavailable") -> Unavailable:
+    return Unavailable(message, reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS)
+
+
+def database_did_not_answer(within_seconds: float) -> Unavailable:
+    """The UNAVAILABLE of a database call its caller cut off after `within_seconds` (an asyncio.timeout
+    shorter than the pool's checkout or the driver's connect timeout): the same as the pool timing out
+    would be mapped to, so `database_unavailable` and the retry it names treat both alike, and the caller
+    need not raise a SQLAlchemy error of its own to say so."""
+    return _unavailable(f"no answer from the database within {within_seconds:.1f}s")
 
 
 def _sqlite_unavailable(error: sqlite3.Error) -> bool:

@@ -46,11 +46,10 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from opentelemetry import trace
-from sqlalchemy import exc
 
 from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
+from shopmesh_chassis.db_errors import as_domain_error, database_did_not_answer, database_unavailable
 from shopmesh_chassis.errors import DomainError, Unavailable
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.tracing import stored_context
@@ -280,7 +279,7 @@ class NotificationSender:
                 # only the reply was lost: recorded, by this sender.
                 return repeated and await repository.already_recorded(outcome)
         except TimeoutError as cut_off:
-            raise exc.TimeoutError(f"no answer from the database within {within:.1f}s") from cut_off
+            raise database_did_not_answer(within) from cut_off
 
     @staticmethod
     def _not_ours(outcome: Notification) -> None:
