@@ -642,13 +642,8 @@ async def test_a_database_outage_in_the_senders_loop_is_one_warning_and_a_line_w
         async def send(self, notification: Notification) -> None:
             raise AssertionError("nothing is due")
 
-    sender = NotificationSender(
-        database,
-        NoMail(),
-        RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=0.2, give_up_after_seconds=3600),
-        claim_seconds=10,
-        idle_poll_seconds=0.05,
-    )
+    policy = RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=0.2, give_up_after_seconds=3600)
+    sender = NotificationSender(database, NoMail(), policy, claim_seconds=10, idle_poll_seconds=0.05)
     send_due = sender.send_due
 
     async def pool_exhausted_four_times() -> int:
