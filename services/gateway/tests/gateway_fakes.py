@@ -7,23 +7,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from shopmesh.common.v1 import money_pb2
 from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
+from shopmesh_gateway.wiring import Channels
 
 from .gateway_keys import SigningKey
+from .gateway_serving import serving_gateway
+
+if TYPE_CHECKING:
+    from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
 
 PASSWORD = "correct horse battery"
 
@@ -207,3 +213,25 @@ async def fakes_serving(users_methods: Collection[str] | None = None) -> AsyncIt
             server = await stack.enter_async_context(serve_in_process(settings, [binding]))
             fakes.addresses[name] = server.address
         yield fakes
+
+
+# Nothing listens there: a dependency a test does not reach.
+NOWHERE = "127.0.0.1:9"
+
+
+@contextlib.asynccontextmanager
+async def shop_with_orders(
+    orders: orders_pb2_grpc.OrdersServiceServicer, client_options: Sequence[tuple[str, Any]] = ()
+) -> AsyncIterator[tuple[Shop, Channels, str]]:
+    """The gateway in front of `orders` (a test's own servicer) and the stand-ins, catalog and inventory
+    unreachable; its stub, its channels, and a token of usr_ada's."""
+    settings = ServiceSettings(service_name="orders", grpc_port=0, metrics_port=-1)
+    binding = ServiceBinding(
+        orders_pb2.DESCRIPTOR.services_by_name["OrdersService"],
+        orders,
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
+    )
+    async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
+        addresses = {"catalog": NOWHERE, "inventory": NOWHERE, **fakes.addresses, "orders": server.address}
+        async with serving_gateway(addresses, client_options=client_options) as (shop, channels):
+            yield shop, channels, fakes.users.key.token("usr_ada")

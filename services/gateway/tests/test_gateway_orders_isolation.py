@@ -7,10 +7,9 @@ away: reading an order or the order history needs no payments at all.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -19,19 +18,10 @@ from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.breaker import CircuitBreaker
-from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.grpc_errors import answered_final, details_of
-from shopmesh_chassis.server import ServiceBinding
-from shopmesh_chassis.testing import serve_in_process
-from shopmesh_gateway.wiring import Channels
 
-from .gateway_fakes import fakes_serving
-from .gateway_serving import RETRYING_CLIENT, bearer, serving_gateway
-
-if TYPE_CHECKING:
-    from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
-
-NOWHERE = "127.0.0.1:9"
+from .gateway_fakes import shop_with_orders
+from .gateway_serving import RETRYING_CLIENT, bearer
 
 
 @dataclass
@@ -65,28 +55,12 @@ def breaker_state(breakers: Mapping[str, CircuitBreaker]) -> str:
     return ", ".join(f"{method.rsplit('/', 1)[-1]} {breaker.state.value}" for method, breaker in breakers.items())
 
 
-@contextlib.asynccontextmanager
-async def shop_with(
-    orders: OrdersWithPaymentsAway, client_options: Sequence[tuple[str, Any]] = ()
-) -> AsyncIterator[tuple[Shop, Channels, str]]:
-    settings = ServiceSettings(service_name="orders", grpc_port=0, metrics_port=-1)
-    binding = ServiceBinding(
-        orders_pb2.DESCRIPTOR.services_by_name["OrdersService"],
-        orders,
-        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
-    )
-    async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
-        addresses = {"catalog": NOWHERE, "inventory": NOWHERE, **fakes.addresses, "orders": server.address}
-        async with serving_gateway(addresses, client_options=client_options) as (shop, channels):
-            yield shop, channels, fakes.users.key.token("usr_ada")
-
-
 async def test_checkouts_failing_while_payments_is_away_do_not_cut_customers_off_their_orders() -> None:
     """Five checkouts during a payments outage, each answered by orders itself (UNAVAILABLE with its own
     ErrorInfo), opened the gateway's breaker of the orders channel: GetOrder, ListOrders and CancelOrder,
     which orders serves perfectly well, were then refused CIRCUIT_OPEN for every customer."""
     orders = OrdersWithPaymentsAway()
-    async with shop_with(orders) as (shop, channels, token):
+    async with shop_with_orders(orders) as (shop, channels, token):
         relayed: list[str | None] = []
         for _ in range(5):
             try:
@@ -135,7 +109,7 @@ async def test_an_answer_final_for_the_call_is_relayed_final_so_the_gateways_cal
     status without it: a client retrying ShopService's idempotent methods on UNAVAILABLE (any chassis-based
     client, RETRYING_CLIENT) sent the cancellation three more times, each reaching orders."""
     orders = OrdersAcceptingCancellations()
-    async with shop_with(orders, RETRYING_CLIENT) as (shop, _, token):
+    async with shop_with_orders(orders, RETRYING_CLIENT) as (shop, _, token):
         try:
             await shop.CancelOrder(
                 shop_pb2.CancelOrderRequest(order_id="ord_1", reason="too slow"),
