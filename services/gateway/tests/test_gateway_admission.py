@@ -353,6 +353,8 @@ async def test_calls_whose_token_cannot_be_checked_yet_count_against_the_address
         "recommendations_timeout_seconds",
         "users_timeout_seconds",
         "orders_timeout_seconds",
+        "orders_read_timeout_seconds",
+        "orders_cancel_timeout_seconds",
         "notifications_timeout_seconds",
     ],
 )

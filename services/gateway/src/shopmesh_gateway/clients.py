@@ -185,15 +185,21 @@ class RecommendationsClient:
 
 
 class OrdersClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+    """Each method under its own budget (settings.py says why): a checkout's, a read's, a cancellation's."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, place_timeout: float, read_timeout: float, cancel_timeout: float
+    ) -> None:
         self._stub = orders_pb2_grpc.OrdersServiceStub(channel)
-        self._timeout = timeout
+        self._place_timeout = place_timeout
+        self._read_timeout = read_timeout
+        self._cancel_timeout = cancel_timeout
 
     async def place(self, request: orders_pb2.PlaceOrderRequest, idempotency_key: str) -> orders_pb2.Order:
         with relaying("orders"):
             response = await self._stub.PlaceOrder(
                 request,
-                timeout=self._timeout,
+                timeout=self._place_timeout,
                 metadata=idempotency_metadata(idempotency_key, user_metadata(request.user_id)),
             )
         return response.order
@@ -201,20 +207,26 @@ class OrdersClient:
     async def get(self, user_id: str, order_id: str) -> orders_pb2.Order:
         with relaying("orders"):
             response = await self._stub.GetOrder(
-                orders_pb2.GetOrderRequest(order_id=order_id), timeout=self._timeout, metadata=user_metadata(user_id)
+                orders_pb2.GetOrderRequest(order_id=order_id),
+                timeout=self._read_timeout,
+                metadata=user_metadata(user_id),
             )
         return response.order
 
     async def list(self, request: orders_pb2.ListOrdersRequest) -> orders_pb2.ListOrdersResponse:
         with relaying("orders"):
-            return await self._stub.ListOrders(request, timeout=self._timeout, metadata=user_metadata(request.user_id))
+            return await self._stub.ListOrders(
+                request, timeout=self._read_timeout, metadata=user_metadata(request.user_id)
+            )
 
     async def cancel(
         self, user_id: str, request: orders_pb2.CancelOrderRequest, idempotency_key: str
     ) -> orders_pb2.Order:
         with relaying("orders"):
             response = await self._stub.CancelOrder(
-                request, timeout=self._timeout, metadata=idempotency_metadata(idempotency_key, user_metadata(user_id))
+                request,
+                timeout=self._cancel_timeout,
+                metadata=idempotency_metadata(idempotency_key, user_metadata(user_id)),
             )
         return response.order
 

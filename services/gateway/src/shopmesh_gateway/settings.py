@@ -49,6 +49,16 @@ class GatewaySettings(ServiceSettings):
     users_timeout_seconds: OutboundTimeout = 5.0
     # PlaceOrder runs the whole checkout saga (reserve, charge, commit) before it answers.
     orders_timeout_seconds: OutboundTimeout = 15.0
+    # GetOrder and ListOrders only read orders' database, as the other services' reads do theirs. Given
+    # PlaceOrder's 15 s, a hung orders held the order page's and the history's shoppers that long, the first
+    # few until the breaker opened and one more at each of its half-open trials.
+    orders_read_timeout_seconds: OutboundTimeout = 2.0
+    # CancelOrder refunds the charge at payments and releases the stock at inventory before it answers: a
+    # read's 2 s would turn a cancellation whose refund is merely slow into orders' "accepted, completes on its
+    # own" (UNAVAILABLE, a server error). It needs no more than that, though: orders answers so 0.3 s before
+    # this deadline (given at least 1.3 s) and finishes the cancellation detached, so 15 s would only hold a
+    # shopper longer while orders hangs. 5 s: one of the saga's steps at its own STEP_TIMEOUT_SECONDS.
+    orders_cancel_timeout_seconds: OutboundTimeout = 5.0
     notifications_timeout_seconds: OutboundTimeout = 2.0
 
     # The latency SLO's threshold (the chart's slo.latency.thresholdSeconds, 0.25 s), from which the gateway's

@@ -92,7 +92,12 @@ def build_servicer(settings: GatewaySettings, channels: Channels, metrics: Serve
     catalog = CatalogClient(channels.catalog.channel, settings.catalog_timeout_seconds)
     inventory = InventoryClient(channels.inventory.channel, settings.inventory_timeout_seconds)
     recommendations = RecommendationsClient(channels.recommendations.channel)
-    orders = OrdersClient(channels.orders.channel, settings.orders_timeout_seconds)
+    orders = OrdersClient(
+        channels.orders.channel,
+        place_timeout=settings.orders_timeout_seconds,
+        read_timeout=settings.orders_read_timeout_seconds,
+        cancel_timeout=settings.orders_cancel_timeout_seconds,
+    )
     notifications = NotificationsClient(channels.notifications.channel, settings.notifications_timeout_seconds)
     verifier = TokenVerifier(
         JwksCache(
