@@ -220,18 +220,35 @@ NOWHERE = "127.0.0.1:9"
 
 
 @contextlib.asynccontextmanager
+async def gateway_in_front_of(
+    name: str,
+    servicer: Any,
+    module: Any,
+    service: str,
+    register: Callable[[Any, grpc.aio.Server], None],
+    *,
+    client_options: Sequence[tuple[str, Any]] = (),
+    **overrides: Any,
+) -> AsyncIterator[tuple[Shop, Channels, Fakes]]:
+    """The gateway in front of a test's own `servicer` for dependency `name` (`module`'s `service`) and the
+    stand-ins, the other dependencies unreachable; its stub, its channels and the stand-ins. `overrides`: the
+    gateway's settings."""
+    settings = ServiceSettings(service_name=name, grpc_port=0, metrics_port=-1)
+    binding = ServiceBinding(module.DESCRIPTOR.services_by_name[service], servicer, register)
+    async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
+        unreachable = dict.fromkeys(("catalog", "inventory", "orders"), NOWHERE)
+        addresses = {**unreachable, **fakes.addresses, name: server.address}
+        async with serving_gateway(addresses, client_options=client_options, **overrides) as (shop, channels):
+            yield shop, channels, fakes
+
+
+@contextlib.asynccontextmanager
 async def shop_with_orders(
     orders: orders_pb2_grpc.OrdersServiceServicer, client_options: Sequence[tuple[str, Any]] = ()
 ) -> AsyncIterator[tuple[Shop, Channels, str]]:
-    """The gateway in front of `orders` (a test's own servicer) and the stand-ins, catalog and inventory
-    unreachable; its stub, its channels, and a token of usr_ada's."""
-    settings = ServiceSettings(service_name="orders", grpc_port=0, metrics_port=-1)
-    binding = ServiceBinding(
-        orders_pb2.DESCRIPTOR.services_by_name["OrdersService"],
-        orders,
-        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
-    )
-    async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
-        addresses = {"catalog": NOWHERE, "inventory": NOWHERE, **fakes.addresses, "orders": server.address}
-        async with serving_gateway(addresses, client_options=client_options) as (shop, channels):
-            yield shop, channels, fakes.users.key.token("usr_ada")
+    """`gateway_in_front_of` a test's own orders: its stub, its channels, and a token of usr_ada's."""
+    register = orders_pb2_grpc.add_OrdersServiceServicer_to_server
+    async with gateway_in_front_of(
+        "orders", orders, orders_pb2, "OrdersService", register, client_options=client_options
+    ) as (shop, channels, fakes):
+        yield shop, channels, fakes.users.key.token("usr_ada")

@@ -20,13 +20,11 @@ from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import RetryPolicy
-from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.grpc_errors import answered_final, details_of
-from shopmesh_chassis.server import ServiceBinding
-from shopmesh_chassis.testing import serve_in_process, told_not_to_retry
+from shopmesh_chassis.testing import told_not_to_retry
 
-from .gateway_fakes import fakes_serving
-from .gateway_serving import RETRYING_CLIENT, serving_gateway
+from .gateway_fakes import gateway_in_front_of
+from .gateway_serving import RETRYING_CLIENT
 
 if TYPE_CHECKING:
     from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
@@ -51,16 +49,17 @@ class CatalogAskingToWait(catalog_pb2_grpc.CatalogServiceServicer):
 
 @contextlib.asynccontextmanager
 async def shop_in_front_of(catalog: CatalogAskingToWait) -> AsyncIterator[Shop]:
-    settings = ServiceSettings(service_name="catalog", grpc_port=0, metrics_port=-1)
-    binding = ServiceBinding(
-        catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+    register = catalog_pb2_grpc.add_CatalogServiceServicer_to_server
+    async with gateway_in_front_of(
+        "catalog",
         catalog,
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
-    )
-    async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
-        addresses = {**fakes.addresses, "catalog": server.address}
-        async with serving_gateway(addresses, client_options=RETRYING_CLIENT, catalog_timeout_seconds=2.0) as (shop, _):
-            yield shop
+        catalog_pb2,
+        "CatalogService",
+        register,
+        client_options=RETRYING_CLIENT,
+        catalog_timeout_seconds=2.0,
+    ) as (shop, _, _):
+        yield shop
 
 
 @pytest.mark.parametrize(
