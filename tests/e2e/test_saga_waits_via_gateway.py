@@ -3,8 +3,9 @@ before the gateway's deadline for it, UNAVAILABLE naming the order, and the saga
 finishes once the dependency is back. orders.proto promises PlaceOrder's errors name the order "whenever an
 order was recorded"; shop.proto and docs/http-api.md read an UNAVAILABLE that names it as "the cancellation
 was accepted" and one without as "it may not have been". Orders' saga waits longer for a step (STEP_ATTEMPTS
-x STEP_TIMEOUT_SECONDS) than the gateway waits for orders (ORDERS_TIMEOUT_SECONDS): waiting to its own
-deadline, orders answered too late, and the client got the gateway's own UNAVAILABLE, which names no order.
+x STEP_TIMEOUT_SECONDS) than the gateway waits for orders (ORDERS_TIMEOUT_SECONDS for a checkout,
+ORDERS_CANCEL_TIMEOUT_SECONDS for a cancellation): waiting to its own deadline, orders answered too late,
+and the client got the gateway's own UNAVAILABLE, which names no order.
 
 A hung dependency is a stopped process (SIGSTOP: a GC pause, a frozen node): its calls neither fail nor answer."""
 
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 # The gateway's wait for orders, shorter than its 15 s default only to keep the module short: still longer
 # than a step's deadline (5 s), so the saga is in its retries of the hung step when the gateway would give up,
 # as with the defaults. Long enough for the calls that set the tests up (a checkout: a tenth of a second).
+# A cancellation's wait (ORDERS_CANCEL_TIMEOUT_SECONDS) is left at its default, 5 s: the gateway gives up
+# with the hung step's deadline still ahead.
 ORDERS_TIMEOUT_SECONDS = 6.0
 CLIENT_DEADLINE = 30.0
 ENV = {
