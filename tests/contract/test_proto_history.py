@@ -1,5 +1,7 @@
 """No committed change to protos/ broke the contracts: for every commit that touched protos/, `buf breaking`
-(the FILE rules of that commit's protos/buf.yaml) finds nothing between its protos/ and its parent's.
+(the FILE rules of its parent's protos/buf.yaml) finds nothing between its protos/ and its parent's, and the
+commit left those rules as they were or changed them as a reviewed change (breaking_config.py's REVIEWED): a
+commit's own buf.yaml never judges it, or a retyped field with `except: [FIELD_SAME_TYPE]` beside it passes.
 
 `make breaking` compares the working tree with the branch main, which catches a breaking change before it is
 committed, on a branch; once it is on main, main compared with itself is clean. This walks the history
@@ -12,7 +14,7 @@ The walk starts after VERIFIED_THROUGH: every commit up to it, all 61 that touch
 buf runs; 35 s on a 2-core machine at load 13) and grows with every proto change, too much for `make test`;
 `SHOPMESH_PROTO_HISTORY=all` walks it all again. VERIFIED_THROUGH not being in HEAD's history (history
 rewritten) fails, as does a shallow clone (never a skip), naming how to deepen it. The last tests hold the
-check to a breaking change it must find, committed in a clone, and to the shallow clone's failure.
+check to breaking changes it must find, committed in a clone, and to the shallow clone's failure.
 
 Alone: `.venv/bin/pytest tests/contract/test_proto_history.py`."""
 
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+
+from .breaking_config import REVIEWED, Reviewed, breaking_config, unreviewed_change
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools" / "node_modules"
@@ -158,11 +162,16 @@ def build_images(repo: Path, buf: Path, trees: Iterable[str], into: Path) -> Non
     in_parallel(build, trees)
 
 
-def breaking_findings(buf: Path, change: Change, images: Path) -> str:
-    """buf's report of what `change` breaks (FILE rules, as its protos/buf.yaml says); "" when nothing."""
+def breaking_findings(buf: Path, change: Change, images: Path, reviewed: tuple[Reviewed, ...] = REVIEWED) -> str:
+    """What `change` breaks, judged by its parent's protos/buf.yaml (FILE rules), and a change it makes to those
+    rules unless reviewed; "" when nothing."""
     if change.tree is None:
         return "protos/ removed"
-    config = images / change.tree / "buf.yaml"
+    config = images / change.parent_tree / "buf.yaml"
+    changed = images / change.tree / "buf.yaml"
+    refused = unreviewed_change(
+        config.read_text() if config.is_file() else None, changed.read_text() if changed.is_file() else None, reviewed
+    )
     compared = run_buf(
         buf,
         "breaking",
@@ -171,16 +180,19 @@ def breaking_findings(buf: Path, change: Change, images: Path) -> str:
         str(images / f"{change.parent_tree}.binpb"),
         *(["--config", str(config)] if config.is_file() else []),
     )
-    if compared.returncode == 0:
-        return ""
-    return (compared.stdout + compared.stderr).strip() or f"buf breaking exited {compared.returncode}"
+    found = [refused] if refused else []
+    if compared.returncode != 0:
+        found.insert(0, (compared.stdout + compared.stderr).strip() or f"buf breaking exited {compared.returncode}")
+    return "\n".join(found)
 
 
-def breaking_changes(repo: Path, buf: Path, images: Path, since: str | None) -> dict[str, str]:
+def breaking_changes(
+    repo: Path, buf: Path, images: Path, since: str | None, reviewed: tuple[Reviewed, ...] = REVIEWED
+) -> dict[str, str]:
     """Each commit of HEAD's history after `since` whose protos/ change breaks its parent's, with buf's findings."""
     changes = proto_changes(repo, since)
     build_images(repo, buf, {tree for c in changes for tree in (c.tree, c.parent_tree) if tree is not None}, images)
-    findings = in_parallel(lambda change: breaking_findings(buf, change, images), changes)
+    findings = in_parallel(lambda change: breaking_findings(buf, change, images, reviewed), changes)
     return {
         git(repo, "log", "-1", "--format=%h %s", change.commit).strip()[:100]: found
         for change, found in zip(changes, findings, strict=True)
@@ -195,23 +207,75 @@ def test_no_commit_changed_protos_in_a_way_that_breaks_the_previous_commits(tmp_
     )
 
 
-def test_a_committed_breaking_change_is_found_naming_its_commit(tmp_path: Path) -> None:
-    """The check above in a clone of the repository with one more commit, which changes a field's type."""
+def commit_in_clone(tmp_path: Path, message: str, edits: dict[str, tuple[str, str]]) -> Path:
+    """A clone of the repository with one more commit, which replaces `old` by `new` once in each protos/ file
+    `edits` names (`{path under protos/: (old, new)}`). No files are checked out but those."""
     clone = tmp_path / "clone"
     git(ROOT, "clone", "--quiet", "--shared", "--no-checkout", str(ROOT), str(clone))
-    git(clone, "reset", "--quiet")  # the index of HEAD, for a commit of one file changed; no files checked out
-    git(clone, "checkout", "HEAD", "--", "protos/shopmesh/payments/v1/payments.proto")
-    proto = clone / "protos" / "shopmesh" / "payments" / "v1" / "payments.proto"
-    text = proto.read_text()
-    assert "int32 exp_month = 2;" in text
-    proto.write_text(text.replace("int32 exp_month = 2;", "string exp_month = 2;", 1))
-    git(clone, "add", str(proto))
-    git(clone, "-c", "user.name=t", "-c", "user.email=t@t.example", "commit", "--quiet", "-m", "exp_month a string")
+    git(clone, "reset", "--quiet")  # the index of HEAD, for a commit of the files edited; no files checked out
+    for path, (old, new) in edits.items():
+        git(clone, "checkout", "HEAD", "--", f"protos/{path}")
+        edited = clone / "protos" / path
+        text = edited.read_text()
+        assert old in text, f"protos/{path} no longer holds {old!r}: update the test"
+        edited.write_text(text.replace(old, new, 1))
+        git(clone, "add", str(edited))
+    git(clone, "-c", "user.name=t", "-c", "user.email=t@t.example", "commit", "--quiet", "-m", message)
+    return clone
+
+
+EXP_MONTH_RETYPED = ("int32 exp_month = 2;", "string exp_month = 2;")
+EXP_MONTH_RETYPED_FOUND = 'Field "2" with name "exp_month" on message "PaymentCard" changed type'
+
+
+def test_a_committed_breaking_change_is_found_naming_its_commit(tmp_path: Path) -> None:
+    """The check above in a clone of the repository with one more commit, which changes a field's type."""
+    clone = commit_in_clone(tmp_path, "exp_month a string", {"shopmesh/payments/v1/payments.proto": EXP_MONTH_RETYPED})
 
     broken = breaking_changes(clone, buf_binary(), tmp_path / "images", VERIFIED_THROUGH)
     [(commit, found)] = broken.items()
     assert commit.endswith(" exp_month a string"), broken
-    assert 'Field "2" with name "exp_month" on message "PaymentCard" changed type' in found, found
+    assert EXP_MONTH_RETYPED_FOUND in found, found
+
+
+def test_a_breaking_change_that_loosens_buf_yaml_in_the_same_commit_is_found(tmp_path: Path) -> None:
+    """The commit is judged by its parent's rules, not the ones it brings, and the loosening is refused too."""
+    clone = commit_in_clone(
+        tmp_path,
+        "exp_month a string, FIELD_SAME_TYPE excepted",
+        {
+            "shopmesh/payments/v1/payments.proto": EXP_MONTH_RETYPED,
+            "buf.yaml": ("  use: [FILE]\n", "  use: [FILE]\n  except: [FIELD_SAME_TYPE]\n"),
+        },
+    )
+
+    broken = breaking_changes(clone, buf_binary(), tmp_path / "images", VERIFIED_THROUGH)
+    [(commit, found)] = broken.items()
+    assert commit.endswith(" exp_month a string, FIELD_SAME_TYPE excepted"), broken
+    assert EXP_MONTH_RETYPED_FOUND in found, found
+    assert "changes the breaking rules of protos/buf.yaml" in found, found
+
+
+LOOSENED = ("  use: [FILE]\n", "  use: [FILE]\n  except: [ENUM_VALUE_NO_DELETE]\n")
+
+
+def test_a_change_to_the_breaking_rules_passes_only_once_reviewed(tmp_path: Path) -> None:
+    clone = commit_in_clone(tmp_path, "enum values may go", {"buf.yaml": LOOSENED})
+    before = (ROOT / "protos" / "buf.yaml").read_text()
+    this_change = Reviewed(
+        before=breaking_config(before), after=breaking_config(before.replace(*LOOSENED)), why="the test's"
+    )
+
+    [found] = breaking_changes(clone, buf_binary(), tmp_path / "refused", VERIFIED_THROUGH).values()
+    assert "changes the breaking rules of protos/buf.yaml" in found, found
+    assert "REVIEWED in tests/contract/breaking_config.py" in found, found
+    assert not breaking_changes(clone, buf_binary(), tmp_path / "reviewed", VERIFIED_THROUGH, (*REVIEWED, this_change))
+
+
+def test_a_change_to_buf_yaml_lint_section_alone_is_no_change_to_the_breaking_rules() -> None:
+    before = (ROOT / "protos" / "buf.yaml").read_text()
+    assert not unreviewed_change(before, before.replace("use: [STANDARD, COMMENTS]", "use: [STANDARD]", 1))
+    assert not unreviewed_change(before, before + "# a comment\n")
 
 
 def test_a_shallow_clone_fails_naming_how_to_deepen_it(tmp_path: Path) -> None:
