@@ -42,6 +42,25 @@ REVIEWED: tuple[Reviewed, ...] = (
         after={"version": "v2", "breaking": {"use": ["FILE"], "ignore": ["google"]}},
         why="65ae277d: googleapis' HTTP annotations, vendored unchanged under protos/google/, are not our contract",
     ),
+    Reviewed(
+        before={"version": "v2", "breaking": {"use": ["FILE"], "ignore": ["google"]}},
+        after={
+            "version": "v2",
+            "breaking": {
+                "use": [
+                    "FILE",
+                    "FIELD_NO_DELETE_UNLESS_NUMBER_RESERVED",
+                    "FIELD_NO_DELETE_UNLESS_NAME_RESERVED",
+                    "ENUM_VALUE_NO_DELETE_UNLESS_NUMBER_RESERVED",
+                    "ENUM_VALUE_NO_DELETE_UNLESS_NAME_RESERVED",
+                ],
+                "except": ["FIELD_NO_DELETE", "ENUM_VALUE_NO_DELETE"],
+                "ignore": ["google"],
+            },
+        },
+        why="a field or enum value deleted with its number and name reserved (docs/contracts.md) is no break; "
+        "deleted otherwise, it still is",
+    ),
 )
 
 

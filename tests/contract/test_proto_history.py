@@ -245,7 +245,7 @@ def test_a_breaking_change_that_loosens_buf_yaml_in_the_same_commit_is_found(tmp
         "exp_month a string, FIELD_SAME_TYPE excepted",
         {
             "shopmesh/payments/v1/payments.proto": EXP_MONTH_RETYPED,
-            "buf.yaml": ("  use: [FILE]\n", "  use: [FILE]\n  except: [FIELD_SAME_TYPE]\n"),
+            "buf.yaml": ("  except: [", "  except: [FIELD_SAME_TYPE, "),
         },
     )
 
@@ -256,11 +256,44 @@ def test_a_breaking_change_that_loosens_buf_yaml_in_the_same_commit_is_found(tmp
     assert "changes the breaking rules of protos/buf.yaml" in found, found
 
 
-LOOSENED = ("  use: [FILE]\n", "  use: [FILE]\n  except: [ENUM_VALUE_NO_DELETE]\n")
+EXP_MONTH = "shopmesh/payments/v1/payments.proto"
+ORDER_STATES = "shopmesh/orders/v1/orders.proto"
+
+
+def test_a_field_and_an_enum_value_deleted_with_their_numbers_and_names_reserved_are_no_break(tmp_path: Path) -> None:
+    """As docs/contracts.md says, a field dropped later is reserved: its number and name never come back."""
+    clone = commit_in_clone(
+        tmp_path,
+        "exp_month and PENDING retired",
+        {
+            EXP_MONTH: ("int32 exp_month = 2;", 'reserved 2;\n  reserved "exp_month";'),
+            ORDER_STATES: ("ORDER_STATE_PENDING = 1;", 'reserved 1;\n  reserved "ORDER_STATE_PENDING";'),
+        },
+    )
+
+    assert not breaking_changes(clone, buf_binary(), tmp_path / "images", VERIFIED_THROUGH)
+
+
+def test_a_field_or_an_enum_value_deleted_without_reserving_its_number_and_name_is_found(tmp_path: Path) -> None:
+    clone = commit_in_clone(
+        tmp_path,
+        "exp_month and PENDING dropped, half reserved",
+        {
+            EXP_MONTH: ("int32 exp_month = 2;", "reserved 2;"),
+            ORDER_STATES: ("ORDER_STATE_PENDING = 1;", 'reserved "ORDER_STATE_PENDING";'),
+        },
+    )
+
+    [found] = breaking_changes(clone, buf_binary(), tmp_path / "images", VERIFIED_THROUGH).values()
+    assert 'field "2" with name "exp_month" on message "PaymentCard" was deleted without reserving the name' in found
+    assert 'enum value "1" on enum "OrderState" was deleted without reserving the number' in found, found
+
+
+LOOSENED = ("  except: [", "  except: [MESSAGE_NO_DELETE, ")
 
 
 def test_a_change_to_the_breaking_rules_passes_only_once_reviewed(tmp_path: Path) -> None:
-    clone = commit_in_clone(tmp_path, "enum values may go", {"buf.yaml": LOOSENED})
+    clone = commit_in_clone(tmp_path, "messages may go", {"buf.yaml": LOOSENED})
     before = (ROOT / "protos" / "buf.yaml").read_text()
     this_change = Reviewed(
         before=breaking_config(before), after=breaking_config(before.replace(*LOOSENED)), why="the test's"
