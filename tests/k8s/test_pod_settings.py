@@ -160,6 +160,14 @@ def test_an_env_entry_for_a_port_fails_the_render(helm_dir: Path, variable: str,
         objects_of(helm_dir, "catalog", {"env": {variable: "50099"}})
 
 
+@pytest.mark.parametrize("service", ["catalog", "gateway"])
+def test_an_env_entry_for_migrate_only_fails_the_render(helm_dir: Path, service: str) -> None:
+    """MIGRATE_ONLY=true in the ConfigMap reached the app container too, which migrated (or, owning no
+    database, refused it) and exited at every start: a crash loop. The `migrate` init container sets it alone."""
+    with pytest.raises(Exception, match=rf"env\.MIGRATE_ONLY for {service}: .* crash loop.* remove the entry"):
+        objects_of(helm_dir, service, {"env": {"MIGRATE_ONLY": "true"}})
+
+
 def test_an_env_entry_for_a_secrets_file_fails_the_render_naming_the_secret(helm_dir: Path) -> None:
     """The environment wins over SECRETS_DIR's files: DATABASE_URL in values would replace the Secret's, a
     password in a ConfigMap."""

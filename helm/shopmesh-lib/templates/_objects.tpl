@@ -60,7 +60,7 @@ spec:
      value (the probes, Service and policies on GRPC_PORT, the drain's sums within terminationGracePeriodSeconds
      on DRAIN_DELAY_SECONDS...), which the entry would replace unchecked; the render fails naming the value to
      set instead. The variables refused are those the chart renders, so a new one is refused with no list to
-     keep. By set, not mergeOverwrite, which would skip an empty env: value. Keys in sorted order. */}}
+     keep; and MIGRATE_ONLY, which the chart renders in the `migrate` init container alone. By set, not mergeOverwrite, which would skip an empty env: value. Keys in sorted order. */}}
 {{- define "shopmesh-lib.configmap" -}}
 {{- $c := .c -}}
 {{- $data := dict
@@ -153,6 +153,8 @@ spec:
 {{- fail (printf "%s: the pod reads %s from %s, mounted as a file, and an environment variable would win over it; put the value in that Secret, not in values" $setting $key (get $files $key)) -}}
 {{- else if hasKey $secrets $key -}}
 {{- fail (printf "%s: %s is a secret, and an env: entry would put it in the service's ConfigMap; give it in %s, not in values" $setting $key (get $secrets $key)) -}}
+{{- else if eq $key "MIGRATE_ONLY" -}}
+{{- fail (printf "%s: the chart sets %s=true in the `migrate` init container alone; in the ConfigMap the app container would read it too, and migrate (or, owning no database, refuse it) and exit at every start, a crash loop; remove the entry" $setting $key) -}}
 {{- else if not (hasKey $data $key) -}}
 {{- else if hasKey $from $key -}}
 {{- fail (printf "%s: the chart sets %s itself, from %s, and checks it against the rest of the pod; an env: entry would replace it unchecked. Set %s instead" $setting $key (get $from $key) (get $from $key)) -}}
