@@ -44,6 +44,7 @@ from opentelemetry.trace import Link, Span, SpanKind
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shopmesh_chassis.clocks import utc_now
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.db import Database, DbConnection, try_session_lock
 from shopmesh_chassis.events import EVENT_TYPE, messaging_attributes, refused_for_good, stream_full
@@ -98,7 +99,7 @@ async def add_event(session: DbConnection, *, subject: str, message: Message, ev
                 "subject": subject,
                 "payload": message.SerializeToString(),
                 "headers": json.dumps(headers),
-                "created_at": datetime.now(UTC),
+                "created_at": utc_now(),
                 "attempts": 0,
             },
         )
@@ -108,7 +109,7 @@ def _waited(created_at: datetime) -> float:
     """Seconds since an event was written."""
     if created_at.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
         created_at = created_at.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - created_at).total_seconds())
+    return max(0.0, (utc_now() - created_at).total_seconds())
 
 
 def _failed(span: Span, exc: BaseException, why: str | None) -> None:
@@ -268,7 +269,7 @@ class OutboxRelay:
         """Delete the rows published longer than the retention ago, in batches; returns how many."""
         if self._retention <= 0:
             return 0
-        cutoff = datetime.now(UTC) - timedelta(seconds=self._retention)
+        cutoff = utc_now() - timedelta(seconds=self._retention)
         deleted = await delete_in_batches(
             self._db, outbox, outbox.c.seq, outbox.c.published_at < cutoff, batch_size=self._purge_batch_size
         )
@@ -426,7 +427,7 @@ class OutboxRelay:
             for row in rows:
                 why = await self._send(row)
                 if why is not None:
-                    refused.append({"b_seq": row.seq, "b_failed_at": datetime.now(UTC), "b_error": why})
+                    refused.append({"b_seq": row.seq, "b_failed_at": utc_now(), "b_error": why})
                     stop_if_cancelled()
                     continue
                 sent.append(row.seq)
@@ -496,6 +497,6 @@ class OutboxRelay:
     ) -> None:
         async with write() as session:
             if sent:
-                await session.execute(_MARK_PUBLISHED, {"b_seqs": sent, "published_at": datetime.now(UTC)})
+                await session.execute(_MARK_PUBLISHED, {"b_seqs": sent, "published_at": utc_now()})
             if refused:
                 await session.execute(_SET_ASIDE, refused)
