@@ -104,9 +104,8 @@ def _peer_attributes(peer: str) -> dict[str, str]:
 
 
 # Health checks are never shed: a kubelet probe refused under load would restart a busy pod (and pile its
-# calls onto the others) or take it out of the endpoints, which is load balancing's job, not the probe's.
-# Health checks are never shed (a busy pod must not fail its probes) and never traced (the kubelet
-# probes every pod every few seconds: thousands of one-span traces that say nothing).
+# calls onto the others) or take it out of the endpoints, which is load balancing's job, not the probe's. Nor
+# traced: the kubelet probes every pod every few seconds, thousands of one-span traces that say nothing.
 _HEALTH = "/grpc.health.v1.Health/"
 
 _DO_NOT_RETRY = ((RETRY_PUSHBACK, "-1"),)
