@@ -9,36 +9,13 @@ from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_key_of
 from shopmesh_chassis.db import DbConnection
 from shopmesh_chassis.idempotency import IdempotencyStore
-from shopmesh_chassis.proto_values import to_money, to_timestamp
 from shopmesh_payments.application import PaymentsApplication
-from shopmesh_payments.domain.models import Card, Money, Payment, PaymentState
+from shopmesh_payments.codec import payment_to_proto
+from shopmesh_payments.domain.models import Card, Money
 from shopmesh_payments.domain.payments import charge_declined
 from shopmesh_payments.domain.validation import RefundCommand
 
 DESCRIPTOR = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
-
-_STATES = {
-    PaymentState.CAPTURED: payments_pb2.PAYMENT_STATE_CAPTURED,
-    PaymentState.REFUNDED: payments_pb2.PAYMENT_STATE_REFUNDED,
-    PaymentState.DECLINED: payments_pb2.PAYMENT_STATE_DECLINED,
-    PaymentState.UNSPECIFIED: payments_pb2.PAYMENT_STATE_UNSPECIFIED,
-}
-
-
-def payment_to_proto(payment: Payment) -> payments_pb2.Payment:
-    message = payments_pb2.Payment(
-        id=payment.id,
-        order_id=payment.order_id,
-        amount=to_money(payment.amount.amount_minor, payment.amount.currency),
-        state=_STATES[payment.state],
-        card_last4=payment.card_last4,
-        decline_reason=payment.decline_reason,
-        refund_reason=payment.refund_reason,
-        created_at=to_timestamp(payment.created_at),
-    )
-    if payment.refunded_at is not None:
-        message.refunded_at.CopyFrom(to_timestamp(payment.refunded_at))
-    return message
 
 
 def _money(request: payments_pb2.ChargeRequest) -> Money | None:
