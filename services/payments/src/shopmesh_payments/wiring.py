@@ -63,8 +63,10 @@ class PaymentsRuntime:
         self.purge = Periodic(
             "idempotency-purge", settings.idempotency_purge_interval_seconds, self.idempotency.purge_expired
         )
-        application = PaymentsApplication(database, processor_for or builtin_processor(clock), clock)
-        servicer = PaymentsServicer(application, self.idempotency, self.relay.wake)
+        application = PaymentsApplication(
+            database, processor_for or builtin_processor(clock), self.idempotency, clock, self.relay.wake
+        )
+        servicer = PaymentsServicer(application)
         self.binding = ServiceBinding(DESCRIPTOR, servicer, add_PaymentsServiceServicer_to_server)
 
     def start(self) -> None:
