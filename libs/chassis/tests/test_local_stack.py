@@ -37,6 +37,7 @@ def written(data_dir: Path, pid: int) -> LocalStack:
         traces_address="127.0.0.1:41317",
         traces_dir=str(data_dir / "traces"),
         sidecar_admin={"catalog": "http://127.0.0.1:41502"},
+        canary_weights={"catalog": 20},
     )
     write_stack_file(stack)
     return stack
@@ -56,6 +57,18 @@ def test_a_running_launchers_file_is_read_back_whole(tmp_path: Path) -> None:
     assert err.getvalue() == ""
     # Nothing but the file: the write goes through a temporary file, renamed over it.
     assert [path.name for path in tmp_path.iterdir()] == ["stack.json"]
+
+
+def test_a_file_written_before_canary_weights_were_recorded_reads_as_none_recorded(tmp_path: Path) -> None:
+    """A launcher started before the field existed still runs: its file is read, not ignored as unreadable."""
+    stack = written(tmp_path, os.getpid())
+    raw = json.loads(stack.path.read_text())
+    del raw["canary_weights"]
+    stack.path.write_text(json.dumps(raw))
+    found = running_stack(tmp_path, io.StringIO())
+    assert found is not None
+    assert found.canary_weights == {}
+    assert found.sidecar_admin == stack.sidecar_admin
 
 
 def test_a_tool_takes_the_running_stacks_address_and_says_whose(

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.mesh.faults import current_fault
+from shopmesh_platform.ports import Canary
+from shopmesh_platform.run import local_stack
+from shopmesh_platform.stack import Stack
 
 from .run_kit import ctrl_c, launched, run_tool, table_rows
 
@@ -57,3 +60,13 @@ async def test_the_tools_reach_a_free_ports_stack_without_being_told_where(tmp_p
 
         assert "stopped cleanly" in await ctrl_c(process)
     assert not (data / "stack.json").exists()
+
+
+def test_the_file_records_the_weight_the_canary_was_started_with(tmp_path: Path) -> None:
+    """Until a split is set, no sidecar's runtime tells the share its route started with: `mesh.split --show`
+    could say only "the weight it started with", and took a caller set to that same share for one disagreeing.
+    (The stack is built, not started: the file is made of its plan.)"""
+    services, env = ["catalog", "gateway"], {"catalog": {"DATABASE_URL": "postgresql://unused/catalog"}}
+    canaried = Stack.for_tests(tmp_path, services=services, env=env, mesh=True, canary=Canary("catalog", 20))
+    assert local_stack(canaried).as_json()["canary_weights"] == {"catalog": 20}
+    assert local_stack(Stack.for_tests(tmp_path, services=services, mesh=True)).canary_weights == {}

@@ -63,6 +63,10 @@ class LocalStack:
     # The Unix socket of each sidecar's Envoy admin interface, by the name `make fault` takes (`catalog`,
     # `catalog-canary`).
     sidecar_admin: dict[str, str] = field(default_factory=dict)
+    # The share each canary was started with, by its service's name (`catalog`: 20): what its callers send it
+    # while no split was set, which their Envoys' runtime does not tell (`mesh.split --show`). Empty in a file
+    # written before it was recorded.
+    canary_weights: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +81,7 @@ class LocalStack:
             "traces_address": self.traces_address,
             "traces_dir": self.traces_dir,
             "sidecar_admin": self.sidecar_admin,
+            "canary_weights": self.canary_weights,
         }
 
     def said(self) -> str:
@@ -144,6 +149,7 @@ def _read(data_dir: Path, err: TextIO | None) -> _Read:
             traces_address=raw.get("traces_address"),
             traces_dir=raw.get("traces_dir"),
             sidecar_admin=dict(raw.get("sidecar_admin") or {}),
+            canary_weights={str(name): int(weight) for name, weight in (raw.get("canary_weights") or {}).items()},
         )
         started = raw.get("started")
         written_in = raw.get("data_dir")

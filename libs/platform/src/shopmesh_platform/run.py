@@ -1038,6 +1038,7 @@ def local_stack(stack: Stack) -> LocalStack:
             for name in stack.services
             if sidecar_name(name) in stack.sidecars and (socket_path := stack.sidecar_admin_socket(name)) is not None
         },
+        canary_weights={} if stack.canary is None else {stack.canary.service: stack.canary.weight},
     )
 
 
