@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from shopmesh_chassis.local_stack import stack_file, write_stack_file
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_platform.mesh import faults, split
 from shopmesh_platform.mesh.envoy import split_runtime_keys
 from shopmesh_platform.mesh.faults import modify_runtime
 from shopmesh_platform.ports import Canary
+from shopmesh_platform.run import local_stack
 from shopmesh_platform.stack import Stack, postgres_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -35,6 +38,16 @@ async def stack(module_dir: Path, postgres: PostgresServer) -> AsyncIterator[Sta
 def sidecars(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """The tools find the stack's sidecars (as `make run MESH=envoy`'s); every split put back after."""
     monkeypatch.setattr(faults, "local_admin_socket", stack.sidecar_admin_socket)
+    yield stack
+    assert split.main(["catalog", "--reset"], io.StringIO()) == 0
+
+
+@pytest.fixture
+def listed(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """The tools find the stack through its .data/stack.json, as its launcher writes it (with the weight the
+    canary started with), in the directory they run in; every split put back after."""
+    monkeypatch.chdir(tmp_path)
+    write_stack_file(replace(local_stack(stack), path=stack_file(Path(".data"))))
     yield stack
     assert split.main(["catalog", "--reset"], io.StringIO()) == 0
 
@@ -74,3 +87,24 @@ async def test_show_flags_a_caller_whose_runtime_was_changed_behind_the_tools_ba
         ["catalog", "recommendations", "60", "%", "DISAGREES"],
     ]
     assert "catalog's callers split its calls differently" in err, err
+
+
+async def test_show_takes_a_caller_set_to_the_weight_the_canary_started_with_as_agreeing(listed: Stack) -> None:
+    """Envoy's runtime tells no share until one is set: the callers on the starting 20 % were said to be on "the
+    weight it started with", and the one set to 20 % by hand was flagged as disagreeing with them."""
+    status, lines, err = shown([])
+    assert status == 0, err
+    assert [line.split() for line in lines[1:]] == [
+        ["catalog", "gateway", "20", "%", "(as", "started)"],
+        ["catalog", "recommendations", "20", "%", "(as", "started)"],
+    ]
+    admin = listed.sidecar_admin_socket("recommendations")
+    assert admin is not None
+    stable, canary = split_runtime_keys("catalog")
+    modify_runtime(admin, {stable: "80", canary: "20"})
+    status, lines, err = shown([])
+    assert status == 0, err
+    assert [line.split() for line in lines[1:]] == [
+        ["catalog", "gateway", "20", "%", "(as", "started)"],
+        ["catalog", "recommendations", "20", "%"],
+    ]

@@ -12,6 +12,7 @@ import socketserver
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +134,13 @@ def start(admins: dict[str, FakeAdmin], name: str, runtime: dict[str, str] | Non
     return server
 
 
-def listing(names: list[str]) -> None:
-    """.data/stack.json of a running stack (this process) whose sidecars are `names`."""
+def listing(names: list[str], canary_weights: dict[str, int] | None = None) -> None:
+    """.data/stack.json of a running stack (this process) whose sidecars are `names`, and whose canaries started
+    with `canary_weights` (None: a file of a launcher that recorded none)."""
     sockets = sockets_link(Path(".data"))
     admin = {name: str(sockets / admin_socket_file(sidecar_name(name))) for name in names}
-    write_stack_file(
-        LocalStack(path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1", sidecar_admin=admin)
-    )
+    stack = LocalStack(path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1")
+    write_stack_file(replace(stack, sidecar_admin=admin, canary_weights=canary_weights or {}))
 
 
 def test_a_caller_the_stack_lists_whose_sidecar_does_not_answer_fails_the_split_and_changes_no_caller(
@@ -267,6 +268,79 @@ def test_show_without_a_canary_running_says_so_in_one_line(admins: dict[str, Fak
     out = io.StringIO()
     assert main(["--show"], out, io.StringIO()) == 0
     assert out.getvalue().splitlines() == ["no canary runs: every caller sends each service all its calls"]
+
+
+CATALOGS_CALLERS = ["gateway", "orders", "recommendations", "catalog", "catalog-canary"]
+
+
+def shown_rows(out: io.StringIO) -> list[list[str]]:
+    return [line.split() for line in out.getvalue().splitlines()[1:]]
+
+
+def test_show_gives_the_share_callers_started_with_as_the_stack_file_recorded_it(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    """Envoy's runtime has no key until a split is set: the share was said as "the weight it started with"."""
+    for name in CATALOGS_CALLERS:
+        start(admins, name)
+    listing(CATALOGS_CALLERS, {"catalog": 20})
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--show"], out, err) == 0, err.getvalue()
+    assert shown_rows(out) == [
+        ["catalog", caller, "20", "%", "(as", "started)"] for caller in ("gateway", "orders", "recommendations")
+    ]
+
+
+def test_show_takes_a_caller_set_to_the_share_the_others_started_with_as_agreeing(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    """A split of 20 % set on one caller and the others' starting 20 % are one share: it was flagged as
+    disagreeing, and the exit status said the callers split the calls differently."""
+    for name in ("catalog-canary", "orders", "recommendations"):
+        start(admins, name)
+    start(admins, "gateway", {STABLE: "80", CANARY: "20"})
+    listing(CATALOGS_CALLERS, {"catalog": 20})
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--show", "catalog"], out, err) == 0, err.getvalue()
+    assert shown_rows(out) == [
+        ["catalog", "gateway", "20", "%"],
+        ["catalog", "orders", "20", "%", "(as", "started)"],
+        ["catalog", "recommendations", "20", "%", "(as", "started)"],
+    ]
+    assert "error:" not in err.getvalue()
+
+
+def test_show_flags_a_caller_set_to_another_share_than_the_others_started_with(admins: dict[str, FakeAdmin]) -> None:
+    for name in ("catalog-canary", "orders", "recommendations"):
+        start(admins, name)
+    start(admins, "gateway", {STABLE: "70", CANARY: "30"})
+    listing(CATALOGS_CALLERS, {"catalog": 20})
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--show"], out, err) == DISAGREE
+    assert shown_rows(out)[0] == ["catalog", "gateway", "30", "%", "DISAGREES"]
+    assert "catalog's callers split its calls differently" in err.getvalue(), err.getvalue()
+
+
+def test_show_of_a_stack_file_that_recorded_no_starting_weight_says_only_that_callers_are_on_it(
+    admins: dict[str, FakeAdmin],
+) -> None:
+    """A launcher started before the weight was recorded: its callers on the starting share still agree."""
+    for name in CATALOGS_CALLERS:
+        start(admins, name)
+    listing(CATALOGS_CALLERS)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--show"], out, err) == 0, err.getvalue()
+    assert shown_rows(out)[0] == ["catalog", "gateway", "the", "weight", "it", "started", "with"]
+
+
+def test_reset_says_the_share_the_callers_are_back_on(admins: dict[str, FakeAdmin]) -> None:
+    start(admins, "catalog-canary")
+    gateway = start(admins, "gateway", {STABLE: "70", CANARY: "30"})
+    listing(["gateway", "catalog", "catalog-canary"], {"catalog": 20})
+    out = io.StringIO()
+    assert main(["catalog", "--reset"], out, io.StringIO()) == 0
+    assert gateway.runtime == {}
+    assert out.getvalue() == "gateway: 20 % (as started) of its calls to catalog to catalog-canary\n"
 
 
 @pytest.mark.parametrize("argv", [["--show", "catalog", "30"], ["--show", "catalog", "--reset"]])

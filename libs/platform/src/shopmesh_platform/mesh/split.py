@@ -18,7 +18,10 @@ The canary's sidecar must answer for any share but 0: 0 moves every call off a c
 
 `--show` changes nothing: for each service a canary runs of, each caller's sidecar's split as its runtime has it
 now, flagging callers whose share differs from the others' or whose sidecar does not answer; exit status 0 when
-they all agree (and when no canary runs), DISAGREE (3) when they do not or one does not answer.
+they all agree (and when no canary runs), DISAGREE (3) when they do not or one does not answer. A caller on the
+weight the canary started with (no runtime key set) has the share the running stack's file recorded
+(`20 % (as started)`): it agrees with a caller set to that same share. A file of a launcher that recorded none
+(and no file at all) leaves that share unknown: `the weight it started with`.
 """
 
 from __future__ import annotations
@@ -42,8 +45,19 @@ from .faults import FaultError, NoSidecar, SidecarAdmins, modify_runtime, runnin
 # `--show`'s exit status when a service's callers split its calls differently or one does not answer (1: the
 # tool could not read the stack at all, 2: a usage error).
 DISAGREE = 3
-# A split without runtime keys: the route's own weights, which the launcher took from `--canary`.
+# A split without runtime keys: the route's own weights, which the launcher took from `--canary`; said so
+# where the running stack's file recorded no weight (`said_started`).
 STARTED = "the weight it started with"
+
+
+def started_weight(admins: SidecarAdmins, service: str) -> int | None:
+    """The share the running stack started `service`'s canary with; None when no file recorded it (no running
+    stack's file, or one written before the launcher recorded it)."""
+    return None if admins.stack is None else admins.stack.canary_weights.get(service)
+
+
+def said_started(started: int | None) -> str:
+    return STARTED if started is None else f"{started} % (as started)"
 
 
 def set_split(admin: Path, service: str, weight: int | None) -> None:
@@ -108,10 +122,13 @@ def callers_to_split(admins: SidecarAdmins, service: str) -> list[Caller]:
     return callers
 
 
-def split_all(callers: Sequence[Caller], service: str, weight: int | None, out: TextIO) -> None:
-    """Every caller's split set, or (FaultError) none: those changed before a refusal are put back as they were."""
+def split_all(
+    callers: Sequence[Caller], service: str, weight: int | None, out: TextIO, started: int | None = None
+) -> None:
+    """Every caller's split set, or (FaultError) none: those changed before a refusal are put back as they were.
+    `started`: the weight the canary started with, which None (`--reset`) goes back to, if known."""
     changed: list[Caller] = []
-    said = STARTED if weight is None else f"{weight} %"
+    said = said_started(started) if weight is None else f"{weight} %"
     try:
         for caller in callers:
             # Before the change is asked for: one made whose answer was lost is put back too (writing `before`
@@ -132,17 +149,18 @@ def split_all(callers: Sequence[Caller], service: str, weight: int | None, out: 
         raise FaultError(f"{exc}{what}") from None
 
 
-def said_share(split: Mapping[str, str], service: str) -> str:
-    """A caller's split of `service`'s calls (`_split_before`) as `--show` says it: the canary's percentage when
-    the two keys make one, as `set_split` sets them; else the keys as they are (set by hand: Envoy weighs the
-    canary's value against the sum of both, a key not set counting the route's own weight)."""
+def said_share(split: Mapping[str, str], service: str, started: int | None = None) -> tuple[str, int | None]:
+    """A caller's split of `service`'s calls (`_split_before`) as `--show` says it, and the canary's percentage
+    it comes to (None: not known). Without keys, the weight the canary `started` with. The canary's percentage
+    when the two keys make one, as `set_split` sets them; else the keys as they are (set by hand: Envoy weighs
+    the canary's value against the sum of both, a key not set counting the route's own weight)."""
     stable_key, canary_key = split_runtime_keys(service)
     stable, canary = split[stable_key], split[canary_key]
     if not stable and not canary:
-        return STARTED
+        return said_started(started), started
     if stable.isdigit() and canary.isdigit() and int(stable) + int(canary) == 100:
-        return f"{int(canary)} %"
-    return f"{stable_key}={stable or '(not set)'} {canary_key}={canary or '(not set)'}"
+        return f"{int(canary)} %", int(canary)
+    return f"{stable_key}={stable or '(not set)'} {canary_key}={canary or '(not set)'}", None
 
 
 def _canary_runs(admins: SidecarAdmins, service: str) -> bool:
@@ -164,7 +182,11 @@ def show(admins: SidecarAdmins, service: str | None, out: TextIO, err: TextIO) -
     rows, problems = [], []
     for name in canaried:
         splits = _caller_splits(admins, name)
-        shares = {caller: said_share(split, name) for caller, _, split in splits if split is not None}
+        started = started_weight(admins, name)
+        said = {caller: said_share(split, name, started) for caller, _, split in splits if split is not None}
+        # Compared by the percentage each comes to, so that 20 % set and 20 % as started agree; by what is said
+        # where it is not known (two callers on an unknown start weight agree, keys set by hand do if equal).
+        shares = {caller: text if percentage is None else percentage for caller, (text, percentage) in said.items()}
         # The share most callers have is taken for the service's: the others are the odd ones out.
         common = Counter(shares.values()).most_common(1)[0][0] if shares else None
         if not splits:
@@ -174,7 +196,7 @@ def show(admins: SidecarAdmins, service: str | None, out: TextIO, err: TextIO) -
                 rows.append((name, caller, "-", "DOES NOT ANSWER"))
                 problems.append(f"error: {name}'s callers: {caller}'s sidecar does not answer at {admin}")
             else:
-                rows.append((name, caller, shares[caller], "" if shares[caller] == common else "DISAGREES"))
+                rows.append((name, caller, said[caller][0], "" if shares[caller] == common else "DISAGREES"))
         if len(set(shares.values())) > 1:
             problems.append(
                 f"error: {name}'s callers split its calls differently: "
@@ -226,7 +248,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         # Share 0 sends it nothing: the abort, which a canary that is down is the very case of.
         if args.weight != 0 and not running(canary_admin):
             raise NoSidecar(f"{canary}'s sidecar does not answer at {canary_admin}: nothing to split to")
-        split_all(callers_to_split(admins, args.service), args.service, args.weight, out)
+        started = started_weight(admins, args.service)
+        split_all(callers_to_split(admins, args.service), args.service, args.weight, out, started)
         return 0
     except FaultError as exc:
         print(f"error: {exc}", file=err)
