@@ -63,17 +63,24 @@ async def test_metrics_endpoint_counts_requests_by_method_and_code() -> None:
 
 
 class SettingItsCode(SampleServicer):
-    """Echo answers with a code set on the context and a response returned, as grpc.aio lets a handler do."""
+    """Echo answers with a code set on the context, then returns a response or None, as grpc.aio lets a handler."""
 
-    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+    def __init__(self, returns: sample_pb2.EchoResponse | None) -> None:
+        super().__init__()
+        self.returns = returns
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse | None:
         context.set_code(grpc.StatusCode.NOT_FOUND)
         context.set_details("no such echo")
-        return sample_pb2.EchoResponse()
+        return self.returns
 
 
-async def test_a_unary_call_whose_handler_set_its_code_and_returned_is_counted_under_that_code() -> None:
+@pytest.mark.parametrize("returns", [sample_pb2.EchoResponse(), None], ids=["a-response", "none"])
+async def test_a_unary_call_whose_handler_set_its_code_and_returned_is_answered_and_counted_under_that_code(
+    returns: sample_pb2.EchoResponse | None,
+) -> None:
     async with (
-        serve_in_process(sample_settings(metrics_port=0), [binding(SettingItsCode())]) as server,
+        serve_in_process(sample_settings(metrics_port=0), [binding(SettingItsCode(returns))]) as server,
         ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
     ):
         stub = sample_pb2_grpc.SampleServiceStub(channel.channel)

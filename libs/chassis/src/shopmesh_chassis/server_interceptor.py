@@ -378,12 +378,13 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                     request = _parsed(parse, request)
                 check_no_nul(request)
                 response = await behavior(request, context)
-                if response_type is not None and not isinstance(response, response_type):
+                # A handler may set its code and return, a response or None (grpc.aio sends that code and no
+                # message): answered and counted under that code.
+                code = _code_of(context, grpc.StatusCode.OK)
+                if code is grpc.StatusCode.OK and response_type is not None and not isinstance(response, response_type):
                     # grpcio's serializer would fail on it after this counted OK: the caller got UNKNOWN
                     # naming the exception, while the metrics and the span said OK.
                     raise TypeError(f"{method} returned {type(response).__name__}, not {response_type.__name__}")
-                # A handler may set its code and return (grpc.aio sends that code): counted as it was answered.
-                code = _code_of(context, grpc.StatusCode.OK)
                 return response
             except errors.ReplayedError as exc:
                 stored = status_pb2.Status.FromString(exc.status)
