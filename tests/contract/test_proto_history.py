@@ -316,6 +316,7 @@ def test_a_change_to_the_breaking_rules_passes_only_once_reviewed(tmp_path: Path
 
 def test_a_change_to_buf_yaml_lint_section_alone_is_no_change_to_the_breaking_rules() -> None:
     before = (ROOT / "protos" / "buf.yaml").read_text()
+    assert "use: [STANDARD, COMMENTS]" in before, "the lint rules this test edits were reworded: edit the test"
     assert not unreviewed_change(before, before.replace("use: [STANDARD, COMMENTS]", "use: [STANDARD]", 1))
     assert not unreviewed_change(before, before + "# a comment\n")
 
