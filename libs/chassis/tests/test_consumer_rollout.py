@@ -19,7 +19,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry
 
-from shopmesh_chassis.consumer import SLOTS_READ_SECONDS, Event, EventConsumer, filter_of
+from shopmesh_chassis.consumer import MAX_ACK_PENDING, SLOTS_READ_SECONDS, Event, EventConsumer, filter_of
+from shopmesh_chassis.consumer_durables import bring_durable
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import REPLAY_STREAM, DeadLetters, replay_durable
 from shopmesh_chassis.metrics import EventMetrics
@@ -257,9 +258,16 @@ async def test_a_durable_narrowed_by_a_replica_starting_at_the_same_time_is_wide
     first.start()
     await subscribed(first)
     await first.stop()
-    newer = consumer(db, nats_srv.url, record, subjects=NEW)
     racing = NarrowedInBetween(client.jetstream(), [HAPPENED, "things.v1.other"])
-    await newer._bring_durable(racing, "THINGS", "tester", list(NEW), [])  # type: ignore[arg-type]
+    await bring_durable(
+        racing,  # type: ignore[arg-type]
+        "THINGS",
+        "tester",
+        list(NEW),
+        [],
+        ack_wait_seconds=30.0,
+        max_ack_pending=MAX_ACK_PENDING,
+    )
     assert racing.narrowed == 1
     # The newer replica's re-read saw its subject gone and wrote the union again; the older one's
     # subject stays too.

@@ -213,7 +213,7 @@ async def test_a_message_this_replica_handles_when_its_stream_deletes_it_is_not_
     assert in_hand.metadata.sequence.stream == 2
     registry = CollectorRegistry()
     polling = consumer(db, nats_srv.url, record, metrics=EventMetrics(registry))
-    polling._hold_sequences([in_hand])
+    polling._gauges.hold([in_hand])
     read_before = await js.consumer_info("THINGS", "tester")  # what the poll read, just before the deletion
     assert read_before.num_ack_pending == 2
     found = (await js.stream_info("THINGS")).config
@@ -223,7 +223,7 @@ async def test_a_message_this_replica_handles_when_its_stream_deletes_it_is_not_
         return (await js.stream_info("THINGS")).state.first_seq == 4
 
     await eventually(all_deleted, "e1..e3 past the max age")
-    await polling._look_for_lost(js, read_before)
+    await polling._gauges.look_for_lost(js, read_before)
     await in_hand.ack()
 
     lost = registry.get_sample_value("shopmesh_events_lost_total", {"stream": "THINGS", "consumer": "tester"})
@@ -257,7 +257,7 @@ async def test_a_caught_up_consumer_of_a_stream_listing_no_subjects_does_not_cou
 
     registry = CollectorRegistry()
     looking = consumer(db, "nats://unused", record, stream="MIRROR", metrics=EventMetrics(registry))
-    await looking._look_for_lost(js)
+    await looking._gauges.look_for_lost(js)
 
     lost = registry.get_sample_value("shopmesh_events_lost_total", {"stream": "MIRROR", "consumer": "tester"})
     assert not lost, "seq 2 was a things.v1.other message, which this durable never reads"
