@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from shopmesh_chassis.backoff import backoff_delay
 
 
@@ -19,3 +21,11 @@ def test_a_cap_below_the_base_caps_the_first_wait_too() -> None:
 
 def test_a_negative_attempt_waits_the_base() -> None:
     assert backoff_delay(0.25, -3) == 0.25
+
+
+def test_an_attempt_far_past_the_cap_waits_the_cap_instead_of_overflowing() -> None:
+    assert backoff_delay(1.0, 10_000, cap=60.0) == 60.0
+
+
+def test_an_attempt_far_past_any_sane_wait_without_a_cap_is_still_a_finite_wait() -> None:
+    assert math.isfinite(backoff_delay(1.0, 10_000))

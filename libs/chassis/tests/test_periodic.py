@@ -249,3 +249,33 @@ async def test_a_run_asking_for_the_next_sooner_gets_it_then_and_the_interval_af
         assert runs == 3, "the third run asked nothing: the next waits the interval"
     finally:
         await runner.stop()
+
+
+async def test_a_run_failing_for_thousands_of_runs_in_a_row_does_not_end_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A queue worker's outage of hours: more failures in a row than a doubling wait can count in a float.
+    failures = 3000
+    runs = 0
+    recovered = asyncio.Event()
+    runner: Periodic
+
+    async def work() -> None:
+        nonlocal runs
+        runs += 1
+        if runs > failures:
+            recovered.set()
+            return
+        runner.run_soon()  # the test does not sit through the wait, only its computation
+        raise ValueError("the queue's store refused")
+
+    runner = Periodic("worker", 5.0, work, retry_after_failure_seconds=0.5)
+    caplog.set_level(logging.CRITICAL, logger=periodic.log.name)  # thousands of tracebacks say nothing here
+    runner.start()
+    try:
+        async with asyncio.timeout(60):
+            while not recovered.is_set():
+                assert runner.running, f"the loop ended after {runs} runs"
+                await asyncio.sleep(0.01)
+    finally:
+        await runner.stop()

@@ -102,10 +102,14 @@ class Periodic:
     def _pause(self, failed: bool) -> float:
         """The wait after a run."""
         if failed:
-            self._failures_in_a_row += 1
             if self._retry_after_failure is None:
                 return self._interval
-            return backoff_delay(self._retry_after_failure, self._failures_in_a_row - 1, cap=self._interval)
+            pause = backoff_delay(self._retry_after_failure, self._failures_in_a_row, cap=self._interval)
+            if pause < self._interval:
+                # Counted only while the wait still grows: an outage of hours would otherwise count on without
+                # end, for waits that all are the interval.
+                self._failures_in_a_row += 1
+            return pause
         self._failures_in_a_row = 0
         return self._interval if self._within is None else min(max(self._within, 0.0), self._interval)
 
