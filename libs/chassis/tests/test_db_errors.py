@@ -117,16 +117,24 @@ async def test_an_oserror_of_the_callers_own_is_not_a_database_outage(blank_db: 
 async def _two_unique_keys(database: Database) -> None:
     async with database.transaction() as connection:
         await connection.execute(
-            text("CREATE TABLE people (id TEXT PRIMARY KEY, email TEXT NOT NULL CONSTRAINT uq_people_email UNIQUE)")
+            text(
+                "CREATE TABLE people (id TEXT PRIMARY KEY, email TEXT NOT NULL CONSTRAINT uq_people_email UNIQUE, "
+                "email_token TEXT CONSTRAINT uq_people_email_token UNIQUE)"
+            )
         )
-        await connection.execute(text("INSERT INTO people (id, email) VALUES ('p1', 'a@example.com')"))
+        await connection.execute(
+            text("INSERT INTO people (id, email, email_token) VALUES ('p1', 'a@example.com', 't1')")
+        )
 
 
-async def _insert(database: Database, person_id: str, email: str | None, key: str | None = None) -> None:
+async def _insert(
+    database: Database, person_id: str, email: str | None, key: str | None = None, email_token: str | None = None
+) -> None:
     async with database.transaction() as connection:
         with duplicates_raised(key):
             await connection.execute(
-                text("INSERT INTO people (id, email) VALUES (:id, :email)"), {"id": person_id, "email": email}
+                text("INSERT INTO people (id, email, email_token) VALUES (:id, :email, :email_token)"),
+                {"id": person_id, "email": email, "email_token": email_token},
             )
 
 
@@ -155,3 +163,13 @@ async def test_an_integrity_error_other_than_a_unique_key_is_no_duplicate(blank_
     await _two_unique_keys(blank_db)
     with pytest.raises(IntegrityError):
         await _insert(blank_db, "p2", None)
+
+
+async def test_a_duplicate_of_a_key_whose_name_contains_the_one_named_stays_the_drivers_error(
+    blank_db: Database,
+) -> None:
+    """email_token is not email, though its column and constraint name say "email" too (and PostgreSQL's
+    DETAIL repeats them): matched by the whole name, not found somewhere in the driver's message."""
+    await _two_unique_keys(blank_db)
+    with pytest.raises(IntegrityError):  # not Duplicate, which is no IntegrityError
+        await _insert(blank_db, "p2", "b@example.com", key="email", email_token="t1")

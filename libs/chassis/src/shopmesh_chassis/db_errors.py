@@ -72,13 +72,15 @@ class Duplicate(Exception):
 @contextlib.contextmanager
 def duplicates_raised(key: str | None = None) -> Iterator[None]:
     """Statements run inside raise `Duplicate` for a unique-key violation; any other integrity error (a
-    foreign key, a NOT NULL) stays the driver's. `key`: only a violation of the unique key on that column
-    (of a table with more than one) is a Duplicate, matched in the driver's message: SQLite names the column
-    ("UNIQUE constraint failed: users.email"), PostgreSQL the constraint (uq_<table>_<column>)."""
+    foreign key, a NOT NULL) stays the driver's. `key`: only a violation of the unique key on that one column
+    (of a table with more than one) is a Duplicate, matched by the whole name: SQLite names the columns
+    ("UNIQUE constraint failed: users.email"), PostgreSQL the constraint, which must be named
+    uq_<table>_<column>. Not found in the driver's message: another key's name may contain this one's
+    (email_token), and PostgreSQL's DETAIL carries the values too."""
     try:
         yield
     except exc.IntegrityError as error:
-        if _unique_violation(error) and (key is None or key in str(error.orig)):
+        if _unique_violation(error) and (key is None or _violated_key_is(error, key)):
             # Not the driver's text: PostgreSQL's DETAIL carries the key's value (an e-mail address).
             raise Duplicate("a row with the same unique key exists") from error
         raise
@@ -88,6 +90,23 @@ def _unique_violation(error: exc.IntegrityError) -> bool:
     if isinstance(error.orig, sqlite3.Error):
         return getattr(error.orig, "sqlite_errorcode", None) in _SQLITE_UNIQUE_VIOLATION_CODES
     return str(getattr(error.orig, "sqlstate", None) or "") == _UNIQUE_VIOLATION_SQLSTATE
+
+
+_SQLITE_UNIQUE_FAILED = "UNIQUE constraint failed: "
+
+
+def _violated_key_is(error: exc.IntegrityError, key: str) -> bool:
+    if isinstance(error.orig, sqlite3.Error):
+        message = str(error.orig)
+        if not message.startswith(_SQLITE_UNIQUE_FAILED):
+            return False
+        # "table.column", or "table.a, table.b" for a key of several columns.
+        columns = [named.rpartition(".")[2] for named in message.removeprefix(_SQLITE_UNIQUE_FAILED).split(", ")]
+        return columns == [key]
+    # asyncpg's error, which SQLAlchemy's adapter raised its own from, has the fields PostgreSQL sent apart.
+    driver_error = error.orig.__cause__ if error.orig is not None else None
+    table = getattr(driver_error, "table_name", None)
+    return table is not None and getattr(driver_error, "constraint_name", None) == f"uq_{table}_{key}"
 
 
 # What a database write can fail with, for a best-effort one that must not fail its caller (logged by the
