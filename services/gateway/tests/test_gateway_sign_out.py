@@ -352,3 +352,20 @@ async def test_a_flood_of_a_revoked_token_is_charged_to_the_address_and_its_user
                 reasons.append((await refusal(notifications(shop, leaked))).reason)
             await notifications(shop, fresh)
         assert set(reasons) == {TOKEN_REVOKED, "RATE_LIMITED"}, "refused as revoked, then the address is spent"
+
+
+async def test_an_over_limit_user_is_refused_rate_limited_without_asking_users_for_the_cutoff() -> None:
+    """A flooding user's spent bucket refuses their calls at once: looked up first, each call whose cached cutoff
+    had expired waited for users (up to USERS_TIMEOUT_SECONDS failing closed), holding gateway handlers."""
+    burst = 3
+    # A cache that expires between any two calls: every call admitted asks users once.
+    limits = {"rate_limit_burst": burst, "rate_limit_per_second": 0.01, "token_cutoff_cache_seconds": 1e-6}
+    async with fakes_serving() as fakes, gateway(fakes, **limits) as shop:
+        token = fakes.users.key.token("usr_ann")
+        for _ in range(burst):
+            await notifications(shop, token)
+        asked = len(fakes.users.cutoff_calls)
+
+        for _ in range(burst):
+            assert (await refusal(notifications(shop, token))).reason == "RATE_LIMITED"
+        assert len(fakes.users.cutoff_calls) == asked, "no cutoff asked for a call the user's bucket refuses"

@@ -328,22 +328,23 @@ class Guard:
             self.admit_anonymous(context)
             raise
         user = f"user:{token.subject}"
+        # The user's bucket first, so that a flooding user is refused at once, before any wait for users (up
+        # to USERS_TIMEOUT_SECONDS failing closed with users hanging) holds a gateway handler per call.
+        self.limit(user)
         if self.cutoffs is not None:
-            # The cutoff before the user's bucket: a revoked token is a failed one, charged to the address as
-            # the others are. Charged to its user, a copy that leaked after the sign-out kept the user, signed in
-            # again, RESOURCE_EXHAUSTED until it expired. Looking first floods users with no GetTokenCutoff: one
-            # per user per TTL, coalesced, and none for the retry interval after a failure (TokenCutoffs).
+            # Only calls the user's bucket admits ask users, at most once per user per TTL, coalesced, and not
+            # for the retry interval after a failure (TokenCutoffs). Failing closed, users unable to say is no
+            # fault of the token's: the user's token stays spent, not the address's, which shoppers behind a
+            # NAT would spend.
             try:
                 await self.cutoffs.refuse_revoked(token.subject, token.issued_at)
             except errors.Unauthenticated:
+                # A revoked token is a failed one, charged to the address as the others are. Charged to its
+                # user, a copy that leaked after the sign-out kept the user, signed in again,
+                # RESOURCE_EXHAUSTED until it expired.
+                self._buckets.give_back(user)
                 self.admit_anonymous(context)
                 raise
-            except errors.Unavailable:
-                # Failing closed, users unable to say: no fault of the token's, so the user's own bucket, as
-                # before the cutoff came first, not the address's, which shoppers behind a NAT would spend.
-                self.limit(user)
-                raise
-        self.limit(user)
         return token.subject
 
 
