@@ -21,7 +21,7 @@ from shopmesh_chassis.testing import eventually
 from shopmesh_gateway.coalesced import FAILED_FETCH_BACKOFF_SECONDS
 from shopmesh_gateway.sign_outs import TOKEN_REVOKED, TokenCutoffs
 
-from .gateway_fakes import USERS_METHODS_BEFORE_SIGN_OUT, Fakes, fakes_serving
+from .gateway_fakes import PASSWORD, USERS_METHODS_BEFORE_SIGN_OUT, Fakes, fakes_serving
 from .gateway_serving import bearer, serving_gateway
 
 if TYPE_CHECKING:
@@ -369,3 +369,19 @@ async def test_an_over_limit_user_is_refused_rate_limited_without_asking_users_f
         for _ in range(burst):
             assert (await refusal(notifications(shop, token))).reason == "RATE_LIMITED"
         assert len(fakes.users.cutoff_calls) == asked, "no cutoff asked for a call the user's bucket refuses"
+
+
+async def test_failing_closed_a_users_calls_refused_unavailable_are_charged_to_the_user_not_the_address() -> None:
+    """users unable to say whether the token was revoked is no fault of the token's: its calls spend their user's
+    bucket, not the address's, which anonymous shoppers behind the same NAT share."""
+    burst = 3
+    limits = {"rate_limit_burst": burst, "rate_limit_per_second": 0.01, "token_cutoff_fail_closed": True}
+    async with fakes_serving() as fakes, gateway(fakes, **limits) as shop:
+        fakes.users.cutoff_mode = "fail"
+        token = fakes.users.key.token("usr_dee")
+        for _ in range(burst):
+            assert (await refusal(notifications(shop, token))).reason == "DEPENDENCY_UNAVAILABLE"
+
+        assert (await refusal(notifications(shop, token))).reason == "RATE_LIMITED"
+        # Anonymous, from the same address: its bucket was not spent by the user's refused calls.
+        await shop.Register(shop_pb2.RegisterRequest(email="ann@example.com", password=PASSWORD, display_name="Ann"))
