@@ -58,9 +58,9 @@ _IN_USE_RETRY_AFTER_SECONDS = 1.0
 
 # How long before the inbound call's deadline PlaceOrder and CancelOrder stop waiting for the saga and answer
 # that it goes on without them (`_answer_in_time`). The saga may wait longer for a step (STEP_ATTEMPTS x
-# STEP_TIMEOUT_SECONDS and the backoff, 15.2 s) than its caller waits for orders (the gateway's
-# ORDERS_TIMEOUT_SECONDS, 15 s, for PlaceOrder; ORDERS_CANCEL_TIMEOUT_SECONDS, 5 s, for CancelOrder):
-# waiting to the deadline, orders' answer naming the order came too late, and
+# STEP_TIMEOUT_SECONDS and the backoff, 18 s by default: 3 x 5 s + 1 s + 2 s) than its caller waits for
+# orders (the gateway's ORDERS_TIMEOUT_SECONDS, 15 s, for PlaceOrder; ORDERS_CANCEL_TIMEOUT_SECONDS, 5 s, for
+# CancelOrder): waiting to the deadline, orders' answer naming the order came too late, and
 # the caller answered its own UNAVAILABLE, which the contract reads as "maybe nothing was recorded". Three
 # skew tolerances: the server's deadline runs up to one later than its caller's (the chassis' rule, where it
 # is defined), and the answer then needs a read of the order (the step it waits at) and its trip back through
