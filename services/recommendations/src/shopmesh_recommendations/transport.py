@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shopmesh.common.v1 import money_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from shopmesh_chassis.proto_values import to_money
 from shopmesh_recommendations.application import RecommendationsApplication
 from shopmesh_recommendations.domain.models import Recommendation
 
@@ -18,7 +18,7 @@ def recommendation_message(recommendation: Recommendation) -> recommendations_pb
         product_id=product.id,
         score=recommendation.score,
         name=product.name,
-        price=money_pb2.Money(amount_minor=product.price_minor, currency=product.currency),
+        price=to_money(product.price_minor, product.currency),
         image_url=product.image_url,
     )
 
