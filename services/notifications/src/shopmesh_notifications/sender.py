@@ -47,6 +47,7 @@ from typing import Protocol
 
 from opentelemetry import trace
 
+from shopmesh_chassis.backoff import backoff_delay
 from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import as_domain_error, database_did_not_answer, database_unavailable
@@ -236,12 +237,13 @@ class NotificationSender:
         late write off another sender's claim."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + max(claim_ends - loop.time(), 0.0) / 2
-        delay: float | None = None
+        first_wait: float | None = None  # the database's named wait, doubled for each retry after the first
+        retries = 0
         while True:
             try:
                 # At least a moment: a try started at the bound still gets its chance to answer.
                 if await self._write(
-                    outcome, claimed_until, repeated=delay is not None, within=max(give_up_at - loop.time(), 0.1)
+                    outcome, claimed_until, repeated=retries > 0, within=max(give_up_at - loop.time(), 0.1)
                 ):
                     return True
                 self._not_ours(outcome)
@@ -254,7 +256,10 @@ class NotificationSender:
                 if left <= 0:
                     self._not_recorded(outcome, reason)
                     return False
-                delay = _retry_after(error) if delay is None else delay * 2
+                if first_wait is None:
+                    first_wait = _retry_after(error)
+                delay = backoff_delay(first_wait, retries)
+                retries += 1
                 log.warning(
                     "recording notification %s as %s failed, the database is unavailable; retrying in %.1fs: %s",
                     outcome.id,
