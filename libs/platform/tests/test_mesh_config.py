@@ -668,13 +668,34 @@ async def test_with_your_collector_every_envoy_exports_its_spans_where_the_servi
         ("unix:", "names its socket's path"),
     ],
 )
+# The sidecars alone, the HTTP edge alone: either Envoy would lose its spans.
+@pytest.mark.parametrize(("mesh", "http"), [(True, False), (False, True)])
 def test_an_endpoint_the_envoys_could_not_export_to_is_refused_before_anything_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, refusal: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, refusal: str, mesh: bool, http: bool
 ) -> None:
     # Otherwise the services' spans reached the collector and the edge's were dropped without a word.
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
     with pytest.raises(StackError, match=rf"^OTEL_EXPORTER_OTLP_ENDPOINT={re.escape(endpoint)}: .*{refusal}"):
-        Stack(tmp_path, ports=PortPlan.free(list(SERVICES), mesh=True, http=True))
+        Stack(tmp_path, ports=PortPlan.free(list(SERVICES), mesh=mesh, http=http))
+
+
+@pytest.mark.parametrize(
+    ("http", "services"),
+    [
+        # Neither the mesh nor the HTTP edge.
+        (False, None),
+        # An HTTP edge planned, but no gateway for it to front: no Envoy runs either.
+        (True, ["catalog"]),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["https://collector.example:4317", "http://localhost"])
+def test_an_endpoint_only_the_envoys_could_not_export_to_is_taken_when_no_envoy_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, http: bool, services: list[str] | None
+) -> None:
+    # The services export to it as they would anywhere (shopmesh_chassis.tracing: TLS for https://).
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    stack = Stack(tmp_path, ports=PortPlan.free(list(SERVICES), http=http), services=services)
+    assert stack.specs
 
 
 def test_the_local_mesh_ports_are_all_distinct_and_follow_the_documented_scheme() -> None:

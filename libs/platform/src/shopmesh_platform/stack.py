@@ -554,8 +554,6 @@ class Stack:
         # Its flock while it exists (`hold_folder`).
         self._sockets_held: int | None = None
         self.ports = ports if ports is not None else PortPlan.local()
-        # Where the Envoys (the HTTP edge, the sidecars) send their spans; refused before anything starts.
-        self._envoy_traces = self._spans_receiver(shared_env or {})
         if specs is None:
             selected = topology_specs(services)
         else:
@@ -593,6 +591,10 @@ class Stack:
         # The public API over HTTP/JSON in front of the gateway (started after every service, stopped first).
         runs_gateway = any(spec.name == "gateway" for spec in self.specs)
         self._http_api = self._http_api_child() if runs_gateway and self.ports.http is not None else None
+        # Where the Envoys (the HTTP edge, the sidecars) send their spans; refused before anything starts. Only
+        # if one runs: the services alone export to any endpoint (TLS included), which a stack without them takes.
+        runs_envoy = bool(self._sidecars) or self._http_api is not None
+        self._envoy_traces = self._spans_receiver(shared_env or {}) if runs_envoy else None
         infrastructure = [NATS, *self._sinks, *(child.name for child in self._sidecars.values())]
         if self._http_api is not None:
             infrastructure.append(HTTP_API)
