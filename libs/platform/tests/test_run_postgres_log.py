@@ -14,15 +14,39 @@ import shutil
 import signal
 import stat
 import subprocess
+from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
 
 from shopmesh_chassis.local_stack import PRIVATE_FILE_MODE
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.postgres import PASSFILE_NAME
+from shopmesh_platform import run
 
 from .run_kit import ctrl_c, database_passfile, database_port, kept_folders, launched, stop_left_behind, table_rows
 
 POSTGRES_ONLY = ("--services", "", "--http-port", "0", "--postgres")
+
+
+async def test_a_log_file_that_cannot_be_written_says_so_once_and_the_server_output_is_still_drained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A drain that ended with the write left the server blocked on its full pipe, and every query with it.
+    output = asyncio.StreamReader()
+    for n in range(3):
+        output.feed_data(f"LOG:  line {n}\n".encode())
+    output.feed_eof()
+    server = cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+    kept: deque[str] = deque(maxlen=20)
+    # A folder where the file should be: as a read-only or full disk, every append fails.
+    await asyncio.wait_for(run._keep_last_lines(server, kept, tmp_path), 10)
+    assert list(kept) == ["LOG:  line 0", "LOG:  line 1", "LOG:  line 2"]
+    said = [line for line in capsys.readouterr().out.splitlines() if str(tmp_path) in line]
+    assert len(said) == 1, said
+    assert "no longer written (Is a directory)" in said[0]
 
 
 def log_path(lines: list[str]) -> Path:

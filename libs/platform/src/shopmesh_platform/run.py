@@ -732,8 +732,15 @@ async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str
     async for raw in process.stdout:
         line = raw.decode(errors="replace").rstrip()
         lines.append(line)
-        if log is not None:
+        if log is None:
+            continue
+        try:
             append_private_line(log, line)
+        except OSError as exc:
+            # A full or read-only disk must not end the draining: the server would block on its full pipe,
+            # and every query with it. Said once: the log stops here, and the crash message keeps the last lines.
+            say(f"{POSTGRES}'s log {log} is no longer written ({exc.strerror}); its last lines are still kept")
+            log = None
 
 
 def _kept(server: PostgresServer) -> str:
