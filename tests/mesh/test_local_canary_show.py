@@ -74,7 +74,8 @@ async def test_show_gives_each_callers_share_after_a_split(sidecars: Stack) -> N
     ]
 
 
-async def test_show_flags_a_caller_whose_runtime_was_changed_behind_the_tools_back(sidecars: Stack) -> None:
+async def test_show_flags_the_callers_once_a_runtime_was_changed_behind_the_tools_back(sidecars: Stack) -> None:
+    # Two callers on two shares: neither is more callers' share than the other, so both are flagged.
     assert split.main(["catalog", "30"], io.StringIO()) == 0
     admin = sidecars.sidecar_admin_socket("recommendations")
     assert admin is not None
@@ -83,7 +84,7 @@ async def test_show_flags_a_caller_whose_runtime_was_changed_behind_the_tools_ba
     status, lines, err = shown([])
     assert status == split.DISAGREE, err
     assert [line.split() for line in lines[1:]] == [
-        ["catalog", "gateway", "30", "%"],
+        ["catalog", "gateway", "30", "%", "DISAGREES"],
         ["catalog", "recommendations", "60", "%", "DISAGREES"],
     ]
     assert "catalog's callers split its calls differently" in err, err

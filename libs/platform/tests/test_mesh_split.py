@@ -321,6 +321,22 @@ def test_show_flags_a_caller_set_to_another_share_than_the_others_started_with(a
     assert "catalog's callers split its calls differently" in err.getvalue(), err.getvalue()
 
 
+def test_show_flags_every_caller_when_no_share_is_most_callers(admins: dict[str, FakeAdmin]) -> None:
+    """Two callers on two shares: neither is the odd one out. The one listed second was named as disagreeing,
+    as if the first's share were the service's."""
+    start(admins, "catalog-canary")
+    start(admins, "gateway", {STABLE: "70", CANARY: "30"})
+    start(admins, "recommendations", {STABLE: "40", CANARY: "60"})
+    listing(["gateway", "recommendations", "catalog", "catalog-canary"], {"catalog": 20})
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--show"], out, err) == DISAGREE
+    assert shown_rows(out) == [
+        ["catalog", "gateway", "30", "%", "DISAGREES"],
+        ["catalog", "recommendations", "60", "%", "DISAGREES"],
+    ]
+    assert "catalog's callers split its calls differently" in err.getvalue(), err.getvalue()
+
+
 def test_show_of_a_stack_file_that_recorded_no_starting_weight_says_only_that_callers_are_on_it(
     admins: dict[str, FakeAdmin],
 ) -> None:

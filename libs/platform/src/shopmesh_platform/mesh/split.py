@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -170,6 +170,17 @@ def _canary_runs(admins: SidecarAdmins, service: str) -> bool:
     return admin is not None and (admins.stack is not None or running(admin))
 
 
+def _majority(shares: Iterable[int | str]) -> int | str | None:
+    """The share more than half the callers have, taken for the service's: the others are the odd ones out.
+    None when no share has that many (two callers on two shares): naming one of them as the odd one out would
+    be a guess, so every caller is flagged."""
+    counts = Counter(shares)
+    if not counts:
+        return None
+    share, count = counts.most_common(1)[0]
+    return share if count * 2 > counts.total() else None
+
+
 def show(admins: SidecarAdmins, service: str | None, out: TextIO, err: TextIO) -> int:
     """`--show`: each caller's share of each canaried service's calls (of `service` alone if given); 0 when every
     service's callers agree, DISAGREE when they do not or one does not answer, said on `err`."""
@@ -187,8 +198,7 @@ def show(admins: SidecarAdmins, service: str | None, out: TextIO, err: TextIO) -
         # Compared by the percentage each comes to, so that 20 % set and 20 % as started agree; by what is said
         # where it is not known (two callers on an unknown start weight agree, keys set by hand do if equal).
         shares = {caller: text if percentage is None else percentage for caller, (text, percentage) in said.items()}
-        # The share most callers have is taken for the service's: the others are the odd ones out.
-        common = Counter(shares.values()).most_common(1)[0][0] if shares else None
+        common = _majority(shares.values())
         if not splits:
             rows.append((name, "-", "(no caller runs)", ""))
         for caller, admin, _ in splits:
