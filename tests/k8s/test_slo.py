@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from shopmesh.gateway.v1 import shop_pb2
+from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.metrics import LATENCY_BUCKETS, ServerMetrics
 from shopmesh_chassis.server_interceptor import _SERVER_ERRORS
@@ -427,26 +428,50 @@ def test_slow_logins_do_not_burn_the_latency_budget_while_slow_api_calls_still_d
     promtool_test(rendered, [scenario], tmp_path, slos=("latency",))
 
 
+def password_hashing_methods() -> set[str]:
+    """The gateway's `@hashes_password` methods (the guard's marker), which the latency rules leave out."""
+    service = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
+    hashing = {method.name for method in service.methods if hashes_a_password(getattr(ShopServicer, method.name))}
+    assert hashing, "no method hashes a password: the guard's marker is lost"
+    return hashing
+
+
+def excluded_methods(expr: str) -> set[str]:
+    """The methods a rule's expression leaves out (`grpc_method!~"A|B"`)."""
+    return {
+        name
+        for selector in selectors(expr)
+        for label, op, value in matchers_of(selector)
+        if label == "grpc_method" and op == str(NOT_RE)
+        for name in value.split("|")
+    }
+
+
 def test_the_latency_slo_leaves_out_exactly_the_methods_that_hash_a_password(
     rendered: dict[tuple[str, str], Docs],
 ) -> None:
     """helm/gateway/values.yaml's `slo.latency.excludedMethods` is a copy of the gateway's `@hashes_password`
     methods: a method that starts hashing passwords must be left out too, and no other one."""
-    service = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
-    hashing = {method.name for method in service.methods if hashes_a_password(getattr(ShopServicer, method.name))}
-    assert hashing, "no method hashes a password: the guard's marker is lost"
+    hashing = password_hashing_methods()
     for record in records_of(rendered[MONITORING, SERVICE], SERVICE):
         slo = record.get("labels", {}).get("slo")
-        excluded = {
-            name
-            for selector in selectors(record["expr"])
-            for label, op, value in matchers_of(selector)
-            if label == "grpc_method" and op == str(NOT_RE)
-            for name in value.split("|")
-        }
         # The objective's record selects nothing; availability's every method.
         timed = slo == "latency" and selectors(record["expr"])
-        assert excluded == (hashing if timed else set()), f"{record['record']} {slo}"
+        assert excluded_methods(record["expr"]) == (hashing if timed else set()), f"{record['record']} {slo}"
+
+
+def test_users_slow_calls_alert_leaves_out_exactly_the_methods_that_hash_a_password(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    """helm/users/values.yaml's `slo.latency.excludedMethods` is another copy: the gateway's `@hashes_password`
+    methods hand the password to users' RPCs of the same name, whose argon2 is the slow part. Its
+    ShopmeshSlowCalls must leave out each of them, and no other method."""
+    hashing = password_hashing_methods()
+    users = {method.name for method in users_pb2.DESCRIPTOR.services_by_name["UsersService"].methods}
+    assert hashing <= users, f"the gateway hashes for methods users does not serve: {sorted(hashing - users)}"
+    for alert in alerts_of(rendered[MONITORING, "users"], "users"):
+        timed = alert["alert"] == "ShopmeshSlowCalls"
+        assert excluded_methods(alert["expr"]) == (hashing if timed else set()), alert["alert"]
 
 
 CLIENT_ERRORS = {"INVALID_ARGUMENT": 0.3, "NOT_FOUND": 0.3, "FAILED_PRECONDITION": 0.1, "UNAUTHENTICATED": 0.1}
