@@ -25,6 +25,7 @@ from shopmesh_chassis.local_stack import PRIVATE_FILE_MODE
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.postgres import PASSFILE_NAME
 from shopmesh_platform import run
+from shopmesh_platform.processes import OVER_LONG_LINE
 
 from .run_kit import ctrl_c, database_passfile, database_port, kept_folders, launched, stop_left_behind, table_rows
 
@@ -47,6 +48,19 @@ async def test_a_log_file_that_cannot_be_written_says_so_once_and_the_server_out
     said = [line for line in capsys.readouterr().out.splitlines() if str(tmp_path) in line]
     assert len(said) == 1, said
     assert "no longer written (Is a directory)" in said[0]
+
+
+async def test_an_over_long_server_line_is_dropped_and_the_output_after_it_still_drained(tmp_path: Path) -> None:
+    # asyncio raises on a line past the reader's limit; a drain that ended there blocked the server as above.
+    output = asyncio.StreamReader(limit=64)
+    output.feed_data(b"STATEMENT:  " + b"x" * 200 + b"\nLOG:  after it\n")
+    output.feed_eof()
+    server = cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+    kept: deque[str] = deque(maxlen=20)
+    log = tmp_path / "server.log"
+    await asyncio.wait_for(run._keep_last_lines(server, kept, log), 10)
+    assert list(kept) == [OVER_LONG_LINE, "LOG:  after it"]
+    assert log.read_text().splitlines() == [OVER_LONG_LINE, "LOG:  after it"]
 
 
 def log_path(lines: list[str]) -> Path:

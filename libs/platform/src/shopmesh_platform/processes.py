@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 from shopmesh_chassis.local_stack import PRIVATE_UMASK
 
@@ -106,6 +106,25 @@ def failure_message(name: str, what: str, output: Iterable[str]) -> str:
         return f"{name} {what}; it printed nothing"
     shown = "\n".join(f"  {name} | {line}" for line in lines)
     return f"{name} {what}; its last {'output line' if len(lines) == 1 else f'{len(lines)} output lines'}:\n{shown}"
+
+
+# Said in a line's place when a child printed one longer than `spawn`'s limit: asyncio drops it.
+OVER_LONG_LINE = "[launcher] an over-long output line was dropped"
+
+
+async def output_lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
+    """Each line a child prints, without its line end, OVER_LONG_LINE for one past the reader's limit: the
+    draining goes on past it, since a child whose pipe is full blocks on its next line (a server, its queries
+    with it)."""
+    while True:
+        try:
+            raw = await stream.readline()
+        except ValueError:
+            yield OVER_LONG_LINE
+            continue
+        if not raw:
+            return
+        yield raw.decode(errors="replace").rstrip("\r\n")
 
 
 async def spawn(

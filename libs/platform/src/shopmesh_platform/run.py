@@ -67,7 +67,17 @@ from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.layout import sidecar_name, sockets_link
 from .mesh.protoset import PROTOSET_FILE, methods_of
 from .ports import Canary, PortInUse, PortPlan, bind_error
-from .processes import Crashed, NotReady, StackError, crash_at_stop, exited, has_exited, signal_child, spawn
+from .processes import (
+    Crashed,
+    NotReady,
+    StackError,
+    crash_at_stop,
+    exited,
+    has_exited,
+    output_lines,
+    signal_child,
+    spawn,
+)
 from .stack import (
     DEFAULT_STARTUP_TIMEOUT,
     EDGE_LABEL,
@@ -729,8 +739,7 @@ async def _stop_and_drain(process: asyncio.subprocess.Process, drain: asyncio.Ta
 
 async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str], log: Path | None) -> None:
     assert process.stdout is not None
-    async for raw in process.stdout:
-        line = raw.decode(errors="replace").rstrip()
+    async for line in output_lines(process.stdout):
         lines.append(line)
         if log is None:
             continue

@@ -80,6 +80,7 @@ from .processes import (
     exited,
     failure_message,
     has_exited,
+    output_lines,
     signal_child,
     spawn,
 )
@@ -1459,16 +1460,8 @@ class Stack:
         child.pump = asyncio.create_task(self._pump(child, process, process.stdout), name=f"logs of {child.name}")
 
     async def _pump(self, child: _Child, process: asyncio.subprocess.Process, stream: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:
-                # Longer than `spawn`'s line limit: asyncio has dropped it; keep draining so the child never blocks.
-                self._emit(child, "[launcher] an over-long output line was dropped")
-                continue
-            if not raw:
-                break
-            self._emit(child, raw.decode(errors="replace").rstrip("\r\n"))
+        async for line in output_lines(stream):
+            self._emit(child, line)
         code = await process.wait()
         if not child.stopping:
             self._emit(child, f"[launcher] exited unexpectedly ({exit_status(code)})")
