@@ -97,10 +97,12 @@ class ShopServiceServicer:
     """
 
     def Register(self, request, context):
-        """Creates an account (public). Delegates to UsersService.Register and
-        returns its errors: INVALID_ARGUMENT, ALREADY_EXISTS (reason
-        EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED (reason
-        PASSWORD_HASHING_BUSY), UNAVAILABLE. Does not log the user in.
+        """Creates an account (public). Delegates to UsersService.Register. Does not
+        log the user in.
+
+        Errors (UsersService.Register's, passed on): INVALID_ARGUMENT,
+        ALREADY_EXISTS (reason EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED
+        (reason PASSWORD_HASHING_BUSY), UNAVAILABLE.
 
         Not idempotent (no idempotency_level): a retry after a lost response
         would fail with ALREADY_EXISTS, so it must not be retried automatically.
@@ -111,12 +113,14 @@ class ShopServiceServicer:
 
     def Login(self, request, context):
         """Exchanges an e-mail and password for an access token (public). Delegates
-        to UsersService.Login and returns its errors: INVALID_ARGUMENT (an empty
+        to UsersService.Login.
+
+        Errors (UsersService.Login's, passed on): INVALID_ARGUMENT (an empty
         e-mail or password, or a password of more than 1,024 characters: a
         BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
         INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE (reason NO_SIGNING_KEY, with
-        RetryInfo, while users has no key to sign the token).
+        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE; UNAVAILABLE with reason
+        NO_SIGNING_KEY and RetryInfo while users has no key to sign the token.
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.
@@ -151,12 +155,13 @@ class ShopServiceServicer:
 
     def ListProducts(self, request, context):
         """Lists products, optionally in one category, ordered by name (public).
-        Delegates to CatalogService.ListProducts and returns its errors:
-        INVALID_ARGUMENT (negative page_size; a category longer than 64
-        characters, violation reason TOO_LONG, or with whitespace or an
-        unprintable character, INVALID_FORMAT; reason INVALID_PAGE_TOKEN),
-        UNAVAILABLE. Any other unknown category is not an error: the list is
-        empty.
+        Delegates to CatalogService.ListProducts.
+
+        Errors (CatalogService.ListProducts's, passed on): INVALID_ARGUMENT
+        (negative page_size; a category longer than 64 characters, violation
+        reason TOO_LONG, or with whitespace or an unprintable character,
+        INVALID_FORMAT; reason INVALID_PAGE_TOKEN), UNAVAILABLE. Any other
+        unknown category is not an error: the list is empty.
 
         No side effects: safe to retry and to cache.
         """
@@ -166,7 +171,9 @@ class ShopServiceServicer:
 
     def SearchProducts(self, request, context):
         """Searches products by text, most relevant first (public). Delegates to
-        CatalogService.SearchProducts and returns its errors: INVALID_ARGUMENT
+        CatalogService.SearchProducts.
+
+        Errors (CatalogService.SearchProducts's, passed on): INVALID_ARGUMENT
         (empty or too long query, more than 10 distinct terms, negative
         page_size; a category longer than 64 characters, violation reason
         TOO_LONG, or with whitespace or an unprintable character,
@@ -205,7 +212,9 @@ class ShopServiceServicer:
     def PlaceOrder(self, request, context):
         """Places an order for the caller and pays for it (protected: requires
         `authorization`). The user id comes from the token; the gateway calls
-        OrdersService.PlaceOrder and returns its outcome and errors (see there:
+        OrdersService.PlaceOrder and returns its outcome and errors.
+
+        Errors (OrdersService.PlaceOrder's, see there, passed on):
         INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
         CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
         RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED /
@@ -221,14 +230,16 @@ class ShopServiceServicer:
         "order_id" and "step") while its checkout waits for inventory or
         payments: the order is recorded, PENDING, and completes on its own;
         orders answers so before the gateway stops waiting for it, and an
-        UNAVAILABLE without "order_id" may not have recorded one)
+        UNAVAILABLE without "order_id" may not have recorded one;
         plus UNAUTHENTICATED, and the gateway's own INVALID_ARGUMENT, reason
         EMAIL_NOT_ACCOUNTS, for an `email` other than the caller's account's
         (nothing placed). The gateway asks users for the account's address on
         every call: while users does not answer, UNAVAILABLE, for a retry of a
-        placed order too. A retry of a placed order returns it as it is now:
-        CONFIRMED, with pending_cancellation set while the customer's
-        cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
+        placed order too.
+
+        A retry of a placed order returns it as it is now: CONFIRMED, with
+        pending_cancellation set while the customer's cancellation runs, or
+        CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
         Idempotency: the client should send an `idempotency-key` request header
         (for example a UUID per checkout attempt): 1-255 printable ASCII
@@ -289,7 +300,9 @@ class ShopServiceServicer:
     def CancelOrder(self, request, context):
         """Cancels one of the caller's confirmed orders, refunding the payment
         (protected: requires `authorization`). Another user's order is reported
-        as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
+        as NOT_FOUND. Delegates to OrdersService.CancelOrder.
+
+        Errors (OrdersService.CancelOrder's, passed on): INVALID_ARGUMENT,
         NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
         UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
         ErrorInfo metadata has "order_id") with reason DEPENDENCY_UNAVAILABLE says

@@ -89,22 +89,26 @@ class ShopServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ShopServiceAsyncStub: ...
     Register: _grpc.UnaryUnaryMultiCallable[_shop_pb2.RegisterRequest, _shop_pb2.RegisterResponse]
-    """Creates an account (public). Delegates to UsersService.Register and
-    returns its errors: INVALID_ARGUMENT, ALREADY_EXISTS (reason
-    EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED (reason
-    PASSWORD_HASHING_BUSY), UNAVAILABLE. Does not log the user in.
+    """Creates an account (public). Delegates to UsersService.Register. Does not
+    log the user in.
+
+    Errors (UsersService.Register's, passed on): INVALID_ARGUMENT,
+    ALREADY_EXISTS (reason EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED
+    (reason PASSWORD_HASHING_BUSY), UNAVAILABLE.
 
     Not idempotent (no idempotency_level): a retry after a lost response
     would fail with ALREADY_EXISTS, so it must not be retried automatically.
     """
     Login: _grpc.UnaryUnaryMultiCallable[_shop_pb2.LoginRequest, _shop_pb2.LoginResponse]
     """Exchanges an e-mail and password for an access token (public). Delegates
-    to UsersService.Login and returns its errors: INVALID_ARGUMENT (an empty
+    to UsersService.Login.
+
+    Errors (UsersService.Login's, passed on): INVALID_ARGUMENT (an empty
     e-mail or password, or a password of more than 1,024 characters: a
     BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
     INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-    wrong), RESOURCE_EXHAUSTED, UNAVAILABLE (reason NO_SIGNING_KEY, with
-    RetryInfo, while users has no key to sign the token).
+    wrong), RESOURCE_EXHAUSTED, UNAVAILABLE; UNAVAILABLE with reason
+    NO_SIGNING_KEY and RetryInfo while users has no key to sign the token.
 
     Not idempotent (no idempotency_level): each call mints a new token and
     counts towards login throttling, so it is not retried automatically.
@@ -131,18 +135,21 @@ class ShopServiceStub:
     """
     ListProducts: _grpc.UnaryUnaryMultiCallable[_shop_pb2.ListProductsRequest, _shop_pb2.ListProductsResponse]
     """Lists products, optionally in one category, ordered by name (public).
-    Delegates to CatalogService.ListProducts and returns its errors:
-    INVALID_ARGUMENT (negative page_size; a category longer than 64
-    characters, violation reason TOO_LONG, or with whitespace or an
-    unprintable character, INVALID_FORMAT; reason INVALID_PAGE_TOKEN),
-    UNAVAILABLE. Any other unknown category is not an error: the list is
-    empty.
+    Delegates to CatalogService.ListProducts.
+
+    Errors (CatalogService.ListProducts's, passed on): INVALID_ARGUMENT
+    (negative page_size; a category longer than 64 characters, violation
+    reason TOO_LONG, or with whitespace or an unprintable character,
+    INVALID_FORMAT; reason INVALID_PAGE_TOKEN), UNAVAILABLE. Any other
+    unknown category is not an error: the list is empty.
 
     No side effects: safe to retry and to cache.
     """
     SearchProducts: _grpc.UnaryUnaryMultiCallable[_shop_pb2.SearchProductsRequest, _shop_pb2.SearchProductsResponse]
     """Searches products by text, most relevant first (public). Delegates to
-    CatalogService.SearchProducts and returns its errors: INVALID_ARGUMENT
+    CatalogService.SearchProducts.
+
+    Errors (CatalogService.SearchProducts's, passed on): INVALID_ARGUMENT
     (empty or too long query, more than 10 distinct terms, negative
     page_size; a category longer than 64 characters, violation reason
     TOO_LONG, or with whitespace or an unprintable character,
@@ -173,7 +180,9 @@ class ShopServiceStub:
     PlaceOrder: _grpc.UnaryUnaryMultiCallable[_shop_pb2.PlaceOrderRequest, _shop_pb2.PlaceOrderResponse]
     """Places an order for the caller and pays for it (protected: requires
     `authorization`). The user id comes from the token; the gateway calls
-    OrdersService.PlaceOrder and returns its outcome and errors (see there:
+    OrdersService.PlaceOrder and returns its outcome and errors.
+
+    Errors (OrdersService.PlaceOrder's, see there, passed on):
     INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
     CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
     RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED /
@@ -189,14 +198,16 @@ class ShopServiceStub:
     "order_id" and "step") while its checkout waits for inventory or
     payments: the order is recorded, PENDING, and completes on its own;
     orders answers so before the gateway stops waiting for it, and an
-    UNAVAILABLE without "order_id" may not have recorded one)
+    UNAVAILABLE without "order_id" may not have recorded one;
     plus UNAUTHENTICATED, and the gateway's own INVALID_ARGUMENT, reason
     EMAIL_NOT_ACCOUNTS, for an `email` other than the caller's account's
     (nothing placed). The gateway asks users for the account's address on
     every call: while users does not answer, UNAVAILABLE, for a retry of a
-    placed order too. A retry of a placed order returns it as it is now:
-    CONFIRMED, with pending_cancellation set while the customer's
-    cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
+    placed order too.
+
+    A retry of a placed order returns it as it is now: CONFIRMED, with
+    pending_cancellation set while the customer's cancellation runs, or
+    CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
     Idempotency: the client should send an `idempotency-key` request header
     (for example a UUID per checkout attempt): 1-255 printable ASCII
@@ -245,7 +256,9 @@ class ShopServiceStub:
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_shop_pb2.CancelOrderRequest, _shop_pb2.CancelOrderResponse]
     """Cancels one of the caller's confirmed orders, refunding the payment
     (protected: requires `authorization`). Another user's order is reported
-    as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
+    as NOT_FOUND. Delegates to OrdersService.CancelOrder.
+
+    Errors (OrdersService.CancelOrder's, passed on): INVALID_ARGUMENT,
     NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
     UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
     ErrorInfo metadata has "order_id") with reason DEPENDENCY_UNAVAILABLE says
@@ -285,22 +298,26 @@ class ShopServiceAsyncStub(ShopServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Register: _aio.UnaryUnaryMultiCallable[_shop_pb2.RegisterRequest, _shop_pb2.RegisterResponse]  # type: ignore[assignment]
-    """Creates an account (public). Delegates to UsersService.Register and
-    returns its errors: INVALID_ARGUMENT, ALREADY_EXISTS (reason
-    EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED (reason
-    PASSWORD_HASHING_BUSY), UNAVAILABLE. Does not log the user in.
+    """Creates an account (public). Delegates to UsersService.Register. Does not
+    log the user in.
+
+    Errors (UsersService.Register's, passed on): INVALID_ARGUMENT,
+    ALREADY_EXISTS (reason EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED
+    (reason PASSWORD_HASHING_BUSY), UNAVAILABLE.
 
     Not idempotent (no idempotency_level): a retry after a lost response
     would fail with ALREADY_EXISTS, so it must not be retried automatically.
     """
     Login: _aio.UnaryUnaryMultiCallable[_shop_pb2.LoginRequest, _shop_pb2.LoginResponse]  # type: ignore[assignment]
     """Exchanges an e-mail and password for an access token (public). Delegates
-    to UsersService.Login and returns its errors: INVALID_ARGUMENT (an empty
+    to UsersService.Login.
+
+    Errors (UsersService.Login's, passed on): INVALID_ARGUMENT (an empty
     e-mail or password, or a password of more than 1,024 characters: a
     BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
     INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-    wrong), RESOURCE_EXHAUSTED, UNAVAILABLE (reason NO_SIGNING_KEY, with
-    RetryInfo, while users has no key to sign the token).
+    wrong), RESOURCE_EXHAUSTED, UNAVAILABLE; UNAVAILABLE with reason
+    NO_SIGNING_KEY and RetryInfo while users has no key to sign the token.
 
     Not idempotent (no idempotency_level): each call mints a new token and
     counts towards login throttling, so it is not retried automatically.
@@ -327,18 +344,21 @@ class ShopServiceAsyncStub(ShopServiceStub):
     """
     ListProducts: _aio.UnaryUnaryMultiCallable[_shop_pb2.ListProductsRequest, _shop_pb2.ListProductsResponse]  # type: ignore[assignment]
     """Lists products, optionally in one category, ordered by name (public).
-    Delegates to CatalogService.ListProducts and returns its errors:
-    INVALID_ARGUMENT (negative page_size; a category longer than 64
-    characters, violation reason TOO_LONG, or with whitespace or an
-    unprintable character, INVALID_FORMAT; reason INVALID_PAGE_TOKEN),
-    UNAVAILABLE. Any other unknown category is not an error: the list is
-    empty.
+    Delegates to CatalogService.ListProducts.
+
+    Errors (CatalogService.ListProducts's, passed on): INVALID_ARGUMENT
+    (negative page_size; a category longer than 64 characters, violation
+    reason TOO_LONG, or with whitespace or an unprintable character,
+    INVALID_FORMAT; reason INVALID_PAGE_TOKEN), UNAVAILABLE. Any other
+    unknown category is not an error: the list is empty.
 
     No side effects: safe to retry and to cache.
     """
     SearchProducts: _aio.UnaryUnaryMultiCallable[_shop_pb2.SearchProductsRequest, _shop_pb2.SearchProductsResponse]  # type: ignore[assignment]
     """Searches products by text, most relevant first (public). Delegates to
-    CatalogService.SearchProducts and returns its errors: INVALID_ARGUMENT
+    CatalogService.SearchProducts.
+
+    Errors (CatalogService.SearchProducts's, passed on): INVALID_ARGUMENT
     (empty or too long query, more than 10 distinct terms, negative
     page_size; a category longer than 64 characters, violation reason
     TOO_LONG, or with whitespace or an unprintable character,
@@ -369,7 +389,9 @@ class ShopServiceAsyncStub(ShopServiceStub):
     PlaceOrder: _aio.UnaryUnaryMultiCallable[_shop_pb2.PlaceOrderRequest, _shop_pb2.PlaceOrderResponse]  # type: ignore[assignment]
     """Places an order for the caller and pays for it (protected: requires
     `authorization`). The user id comes from the token; the gateway calls
-    OrdersService.PlaceOrder and returns its outcome and errors (see there:
+    OrdersService.PlaceOrder and returns its outcome and errors.
+
+    Errors (OrdersService.PlaceOrder's, see there, passed on):
     INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
     CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
     RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED /
@@ -385,14 +407,16 @@ class ShopServiceAsyncStub(ShopServiceStub):
     "order_id" and "step") while its checkout waits for inventory or
     payments: the order is recorded, PENDING, and completes on its own;
     orders answers so before the gateway stops waiting for it, and an
-    UNAVAILABLE without "order_id" may not have recorded one)
+    UNAVAILABLE without "order_id" may not have recorded one;
     plus UNAUTHENTICATED, and the gateway's own INVALID_ARGUMENT, reason
     EMAIL_NOT_ACCOUNTS, for an `email` other than the caller's account's
     (nothing placed). The gateway asks users for the account's address on
     every call: while users does not answer, UNAVAILABLE, for a retry of a
-    placed order too. A retry of a placed order returns it as it is now:
-    CONFIRMED, with pending_cancellation set while the customer's
-    cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
+    placed order too.
+
+    A retry of a placed order returns it as it is now: CONFIRMED, with
+    pending_cancellation set while the customer's cancellation runs, or
+    CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
     Idempotency: the client should send an `idempotency-key` request header
     (for example a UUID per checkout attempt): 1-255 printable ASCII
@@ -441,7 +465,9 @@ class ShopServiceAsyncStub(ShopServiceStub):
     CancelOrder: _aio.UnaryUnaryMultiCallable[_shop_pb2.CancelOrderRequest, _shop_pb2.CancelOrderResponse]  # type: ignore[assignment]
     """Cancels one of the caller's confirmed orders, refunding the payment
     (protected: requires `authorization`). Another user's order is reported
-    as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
+    as NOT_FOUND. Delegates to OrdersService.CancelOrder.
+
+    Errors (OrdersService.CancelOrder's, passed on): INVALID_ARGUMENT,
     NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
     UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
     ErrorInfo metadata has "order_id") with reason DEPENDENCY_UNAVAILABLE says
@@ -484,10 +510,12 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _shop_pb2.RegisterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_shop_pb2.RegisterResponse, _abc.Awaitable[_shop_pb2.RegisterResponse]]:
-        """Creates an account (public). Delegates to UsersService.Register and
-        returns its errors: INVALID_ARGUMENT, ALREADY_EXISTS (reason
-        EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED (reason
-        PASSWORD_HASHING_BUSY), UNAVAILABLE. Does not log the user in.
+        """Creates an account (public). Delegates to UsersService.Register. Does not
+        log the user in.
+
+        Errors (UsersService.Register's, passed on): INVALID_ARGUMENT,
+        ALREADY_EXISTS (reason EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED
+        (reason PASSWORD_HASHING_BUSY), UNAVAILABLE.
 
         Not idempotent (no idempotency_level): a retry after a lost response
         would fail with ALREADY_EXISTS, so it must not be retried automatically.
@@ -500,12 +528,14 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shop_pb2.LoginResponse, _abc.Awaitable[_shop_pb2.LoginResponse]]:
         """Exchanges an e-mail and password for an access token (public). Delegates
-        to UsersService.Login and returns its errors: INVALID_ARGUMENT (an empty
+        to UsersService.Login.
+
+        Errors (UsersService.Login's, passed on): INVALID_ARGUMENT (an empty
         e-mail or password, or a password of more than 1,024 characters: a
         BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
         INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE (reason NO_SIGNING_KEY, with
-        RetryInfo, while users has no key to sign the token).
+        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE; UNAVAILABLE with reason
+        NO_SIGNING_KEY and RetryInfo while users has no key to sign the token.
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.
@@ -544,12 +574,13 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shop_pb2.ListProductsResponse, _abc.Awaitable[_shop_pb2.ListProductsResponse]]:
         """Lists products, optionally in one category, ordered by name (public).
-        Delegates to CatalogService.ListProducts and returns its errors:
-        INVALID_ARGUMENT (negative page_size; a category longer than 64
-        characters, violation reason TOO_LONG, or with whitespace or an
-        unprintable character, INVALID_FORMAT; reason INVALID_PAGE_TOKEN),
-        UNAVAILABLE. Any other unknown category is not an error: the list is
-        empty.
+        Delegates to CatalogService.ListProducts.
+
+        Errors (CatalogService.ListProducts's, passed on): INVALID_ARGUMENT
+        (negative page_size; a category longer than 64 characters, violation
+        reason TOO_LONG, or with whitespace or an unprintable character,
+        INVALID_FORMAT; reason INVALID_PAGE_TOKEN), UNAVAILABLE. Any other
+        unknown category is not an error: the list is empty.
 
         No side effects: safe to retry and to cache.
         """
@@ -561,7 +592,9 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shop_pb2.SearchProductsResponse, _abc.Awaitable[_shop_pb2.SearchProductsResponse]]:
         """Searches products by text, most relevant first (public). Delegates to
-        CatalogService.SearchProducts and returns its errors: INVALID_ARGUMENT
+        CatalogService.SearchProducts.
+
+        Errors (CatalogService.SearchProducts's, passed on): INVALID_ARGUMENT
         (empty or too long query, more than 10 distinct terms, negative
         page_size; a category longer than 64 characters, violation reason
         TOO_LONG, or with whitespace or an unprintable character,
@@ -604,7 +637,9 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_shop_pb2.PlaceOrderResponse, _abc.Awaitable[_shop_pb2.PlaceOrderResponse]]:
         """Places an order for the caller and pays for it (protected: requires
         `authorization`). The user id comes from the token; the gateway calls
-        OrdersService.PlaceOrder and returns its outcome and errors (see there:
+        OrdersService.PlaceOrder and returns its outcome and errors.
+
+        Errors (OrdersService.PlaceOrder's, see there, passed on):
         INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
         CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
         RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED /
@@ -620,14 +655,16 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         "order_id" and "step") while its checkout waits for inventory or
         payments: the order is recorded, PENDING, and completes on its own;
         orders answers so before the gateway stops waiting for it, and an
-        UNAVAILABLE without "order_id" may not have recorded one)
+        UNAVAILABLE without "order_id" may not have recorded one;
         plus UNAUTHENTICATED, and the gateway's own INVALID_ARGUMENT, reason
         EMAIL_NOT_ACCOUNTS, for an `email` other than the caller's account's
         (nothing placed). The gateway asks users for the account's address on
         every call: while users does not answer, UNAVAILABLE, for a retry of a
-        placed order too. A retry of a placed order returns it as it is now:
-        CONFIRMED, with pending_cancellation set while the customer's
-        cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
+        placed order too.
+
+        A retry of a placed order returns it as it is now: CONFIRMED, with
+        pending_cancellation set while the customer's cancellation runs, or
+        CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
         Idempotency: the client should send an `idempotency-key` request header
         (for example a UUID per checkout attempt): 1-255 printable ASCII
@@ -694,7 +731,9 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_shop_pb2.CancelOrderResponse, _abc.Awaitable[_shop_pb2.CancelOrderResponse]]:
         """Cancels one of the caller's confirmed orders, refunding the payment
         (protected: requires `authorization`). Another user's order is reported
-        as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
+        as NOT_FOUND. Delegates to OrdersService.CancelOrder.
+
+        Errors (OrdersService.CancelOrder's, passed on): INVALID_ARGUMENT,
         NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
         UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
         ErrorInfo metadata has "order_id") with reason DEPENDENCY_UNAVAILABLE says

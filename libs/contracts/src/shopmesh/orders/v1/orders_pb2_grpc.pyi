@@ -86,8 +86,8 @@ class OrdersServiceStub:
       comma-separated, in request order>", "missing_count": "<how many ids
       are missing>"}; product_ids holds the first ones whose list fits in
       1,000 characters (all of them unless they are many and long).
-    - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
-      matching cancel_reason; metadata "order_id". ErrorInfo reason
+    - FAILED_PRECONDITION: the order was recorded as ORDER_STATE_CANCELLED
+      with the matching cancel_reason; metadata "order_id". ErrorInfo reason
       INSUFFICIENT_STOCK (metadata also, as inventory's Reserve gave it:
       {"product_ids": "<comma-separated ids short of stock, sorted>",
       "short_count": "<how many products are short>"}; product_ids holds the
@@ -210,7 +210,7 @@ class OrdersServiceStub:
     - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
       {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
       PENDING (still being placed), already being cancelled by a request with
-      another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
+      another key (state still ORDER_STATE_CONFIRMED), or already cancelled.
     - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
     - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
       {"order_id": ...}): the refund or the release could not be done yet
@@ -273,8 +273,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       comma-separated, in request order>", "missing_count": "<how many ids
       are missing>"}; product_ids holds the first ones whose list fits in
       1,000 characters (all of them unless they are many and long).
-    - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
-      matching cancel_reason; metadata "order_id". ErrorInfo reason
+    - FAILED_PRECONDITION: the order was recorded as ORDER_STATE_CANCELLED
+      with the matching cancel_reason; metadata "order_id". ErrorInfo reason
       INSUFFICIENT_STOCK (metadata also, as inventory's Reserve gave it:
       {"product_ids": "<comma-separated ids short of stock, sorted>",
       "short_count": "<how many products are short>"}; product_ids holds the
@@ -397,7 +397,7 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
       {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
       PENDING (still being placed), already being cancelled by a request with
-      another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
+      another key (state still ORDER_STATE_CONFIRMED), or already cancelled.
     - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
     - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
       {"order_id": ...}): the refund or the release could not be done yet
@@ -463,8 +463,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           comma-separated, in request order>", "missing_count": "<how many ids
           are missing>"}; product_ids holds the first ones whose list fits in
           1,000 characters (all of them unless they are many and long).
-        - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
-          matching cancel_reason; metadata "order_id". ErrorInfo reason
+        - FAILED_PRECONDITION: the order was recorded as ORDER_STATE_CANCELLED
+          with the matching cancel_reason; metadata "order_id". ErrorInfo reason
           INSUFFICIENT_STOCK (metadata also, as inventory's Reserve gave it:
           {"product_ids": "<comma-separated ids short of stock, sorted>",
           "short_count": "<how many products are short>"}; product_ids holds the
@@ -605,7 +605,7 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
           {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
           PENDING (still being placed), already being cancelled by a request with
-          another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
+          another key (state still ORDER_STATE_CONFIRMED), or already cancelled.
         - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
         - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
           {"order_id": ...}): the refund or the release could not be done yet

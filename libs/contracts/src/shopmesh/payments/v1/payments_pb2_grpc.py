@@ -156,7 +156,7 @@ class PaymentsServiceServicer:
         long order_id, negative page_size, bad page_token), ErrorInfo reason
         INVALID_PAGE_TOKEN whenever page_token is one of them, else
         VALIDATION_FAILED; UNAVAILABLE. An order without payments yields an empty
-        list, not NOT_FOUND.
+        list, not an error.
 
         No side effects: safe to retry.
         """

@@ -135,7 +135,7 @@ class PaymentsServiceStub:
     long order_id, negative page_size, bad page_token), ErrorInfo reason
     INVALID_PAGE_TOKEN whenever page_token is one of them, else
     VALIDATION_FAILED; UNAVAILABLE. An order without payments yields an empty
-    list, not NOT_FOUND.
+    list, not an error.
 
     No side effects: safe to retry.
     """
@@ -228,7 +228,7 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     long order_id, negative page_size, bad page_token), ErrorInfo reason
     INVALID_PAGE_TOKEN whenever page_token is one of them, else
     VALIDATION_FAILED; UNAVAILABLE. An order without payments yields an empty
-    list, not NOT_FOUND.
+    list, not an error.
 
     No side effects: safe to retry.
     """
@@ -342,7 +342,7 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         long order_id, negative page_size, bad page_token), ErrorInfo reason
         INVALID_PAGE_TOKEN whenever page_token is one of them, else
         VALIDATION_FAILED; UNAVAILABLE. An order without payments yields an empty
-        list, not NOT_FOUND.
+        list, not an error.
 
         No side effects: safe to retry.
         """
