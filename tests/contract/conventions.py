@@ -1,4 +1,5 @@
-"""The wire conventions of docs/contracts.md as a checker: what a failed call must look like on the wire.
+"""The wire conventions of docs/contracts.md as a checker: what a failed call must look like on the wire, and
+that it is among the errors its RPC's contract documents (documented_errors.py).
 
 Used by the contract test against the running stack, and tested itself against a server that breaks
 each convention on purpose (test_conventions_checker.py), so that a green contract run means something.
@@ -21,6 +22,8 @@ from grpc_status import rpc_status
 import shopmesh
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_platform.topology import SERVICES
+
+from .documented_errors import undocumented
 
 # Codes that always mean the server failed, whatever the request: never an answer to a client's input.
 SERVER_FAULTS = {
@@ -101,6 +104,9 @@ def error_contract_violations(service: str, method: MethodDescriptor, error: grp
         if not (info.domain == own or (service == "gateway" and info.domain.startswith("shopmesh."))):
             problems.append(f"domain {info.domain!r}, expected {own!r}")
     reason = info.reason if info is not None else None
+    # The RPC's own contract: a code (and, where it names them, a reason) its Errors paragraph lists.
+    if code not in SERVER_FAULTS and (breach := undocumented(method, code, reason)) is not None:
+        problems.append(breach)
     if code in RETRY_CODES or reason in RETRY_REASONS:
         delay = decoded.retry_delay_seconds
         if delay is None:

@@ -16,11 +16,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.inventory.v1 import inventory_pb2
 
 from .conventions import call, contract_methods
 from .exemplars import TEMPLATES, exemplar
 
 GET_PRODUCT = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name["GetProduct"]
+# A read documents no ABORTED: the answers about ABORTED's RetryInfo come from a writer that documents it.
+SET_STOCK = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].methods_by_name["SetStock"]
 
 
 def _status(
@@ -47,6 +50,10 @@ def _status(
     return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
 
 
+INVENTORY = "shopmesh.inventory"
+# Behaviours answered by SetStock, a writer (inventory's), rather than GetProduct.
+ON_A_WRITER = {"conforming-abort", "abort-no-retry", "abort-zero-retry"}
+
 # product_id → (what the server answers, what the checker must say; "" = nothing).
 BEHAVIOURS: dict[str, tuple[grpc.Status | None, str]] = {
     "conforming": (_status(code_pb2.NOT_FOUND, "product p not found"), ""),
@@ -66,14 +73,34 @@ BEHAVIOURS: dict[str, tuple[grpc.Status | None, str]] = {
         "not a field of GetProductRequest",
     ),
     "no-violations": (_status(code_pb2.INVALID_ARGUMENT, "bad", reason="INVALID"), "without field violations"),
-    "conforming-abort": (_status(code_pb2.ABORTED, "busy", reason="IDEMPOTENCY_KEY_IN_USE", retry_seconds=1), ""),
+    "conforming-abort": (
+        _status(code_pb2.ABORTED, "busy", reason="IDEMPOTENCY_KEY_IN_USE", domain=INVENTORY, retry_seconds=1),
+        "",
+    ),
     "abort-no-retry": (
-        _status(code_pb2.ABORTED, "busy", reason="IDEMPOTENCY_KEY_IN_USE"),
+        _status(code_pb2.ABORTED, "busy", reason="IDEMPOTENCY_KEY_IN_USE", domain=INVENTORY),
         "ABORTED IDEMPOTENCY_KEY_IN_USE without RetryInfo",
     ),
     "abort-zero-retry": (
-        _status(code_pb2.ABORTED, "busy", reason="CONCURRENT_UPDATE", retry_seconds=0),
+        _status(code_pb2.ABORTED, "busy", reason="CONCURRENT_UPDATE", domain=INVENTORY, retry_seconds=0),
         "no delay to wait",
+    ),
+    # The RPC's own Errors paragraph: GetProduct documents NOT_FOUND PRODUCT_NOT_FOUND for an unknown product.
+    "undocumented-code": (
+        _status(code_pb2.FAILED_PRECONDITION, "product p not found"),
+        "FAILED_PRECONDITION: not among GetProduct's documented errors",
+    ),
+    "undocumented-reason": (
+        _status(code_pb2.NOT_FOUND, "gone", reason="ORDER_NOT_FOUND"),
+        "NOT_FOUND ORDER_NOT_FOUND: not a reason GetProduct documents",
+    ),
+    "read-aborted": (
+        _status(code_pb2.ABORTED, "busy", reason="CONCURRENT_UPDATE", retry_seconds=1),
+        "ABORTED: not among GetProduct's documented errors",
+    ),
+    "conforming-database": (
+        _status(code_pb2.UNAVAILABLE, "database down", reason="DATABASE_UNAVAILABLE", retry_seconds=1),
+        "",
     ),
     "database-no-retry": (
         _status(code_pb2.UNAVAILABLE, "database down", reason="DATABASE_UNAVAILABLE"),
@@ -82,8 +109,8 @@ BEHAVIOURS: dict[str, tuple[grpc.Status | None, str]] = {
 }
 
 
-async def _get_product(
-    request: catalog_pb2.GetProductRequest, context: grpc.aio.ServicerContext
+async def _answer(
+    request: catalog_pb2.GetProductRequest | inventory_pb2.SetStockRequest, context: grpc.aio.ServicerContext
 ) -> catalog_pb2.GetProductResponse:
     status, _ = BEHAVIOURS[request.product_id]
     if request.product_id == "headers-first":
@@ -102,13 +129,23 @@ async def address() -> AsyncIterator[str]:
         "shopmesh.catalog.v1.CatalogService",
         {
             "GetProduct": grpc.unary_unary_rpc_method_handler(
-                _get_product,
+                _answer,
                 request_deserializer=catalog_pb2.GetProductRequest.FromString,
                 response_serializer=catalog_pb2.GetProductResponse.SerializeToString,
             )
         },
     )
-    server.add_generic_rpc_handlers((handler,))
+    writer = grpc.method_handlers_generic_handler(
+        "shopmesh.inventory.v1.InventoryService",
+        {
+            "SetStock": grpc.unary_unary_rpc_method_handler(
+                _answer,
+                request_deserializer=inventory_pb2.SetStockRequest.FromString,
+                response_serializer=inventory_pb2.SetStockResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler, writer))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield f"127.0.0.1:{port}"
@@ -124,9 +161,12 @@ def channel(address: str) -> Iterator[grpc.Channel]:
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("behaviour", list(BEHAVIOURS))
 async def test_the_checker_names_the_convention_an_answer_breaks(behaviour: str, channel: grpc.Channel) -> None:
-    request = catalog_pb2.GetProductRequest(product_id=behaviour)
+    if behaviour in ON_A_WRITER:
+        service, method, request = "inventory", SET_STOCK, inventory_pb2.SetStockRequest(product_id=behaviour)
+    else:
+        service, method, request = "catalog", GET_PRODUCT, catalog_pb2.GetProductRequest(product_id=behaviour)
     # Blocking call on a worker thread, as in the contract test; the server runs on this test's loop.
-    problems = await asyncio.to_thread(call, channel, "catalog", GET_PRODUCT, request, ())
+    problems = await asyncio.to_thread(call, channel, service, method, request, ())
     expected = BEHAVIOURS[behaviour][1]
     if not expected:
         assert problems == []

@@ -1,0 +1,147 @@
+"""The errors each RPC's own contract documents: the "Errors" paragraph of its comment in protos/.
+
+A client writes its error handling from that paragraph, so an answer whose code it does not list (catalog's
+GetProduct answering FAILED_PRECONDITION for an unknown product, which it documents as NOT_FOUND) breaks the
+contract as surely as a malformed status does. The paragraph is read from the proto source: the generated
+descriptors carry no comments.
+
+The paragraph is the comment's lines from one starting "Errors" to the next empty comment line. Each gRPC code
+named in it (a grpc.StatusCode name), outside parentheses, opens a part that runs to the next code named; the
+other UPPER_SNAKE words of the part are the reasons documented for that code (with violation reasons and metadata
+values beside them, which only widen what passes). A code named once without any is documented with any reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import MethodDescriptor
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTOS = ROOT / "protos" / "shopmesh"
+
+CODES = {code.name: code for code in grpc.StatusCode if code is not grpc.StatusCode.OK}
+# Upper-case words, and the parentheses around them: a code named in parentheses is not one the RPC answers but a
+# word of the part it is in (a violation reason OUT_OF_RANGE inside an INVALID_ARGUMENT's list).
+TOKEN = re.compile(r"\b[A-Z][A-Z0-9_]*[A-Z0-9]\b|[()]")
+
+# What the common conventions (protos/shopmesh/common/v1/money.proto, "Errors" and "Text"; docs/contracts.md
+# points there) let every RPC answer beside its own list. Any RPC that uses its service's database: UNAVAILABLE
+# DATABASE_UNAVAILABLE (every RPC lists UNAVAILABLE itself). Any INVALID_ARGUMENT: ErrorInfo reason
+# VALIDATION_FAILED "unless a more specific reason is documented", and NUL_CHARACTER for a NUL in any field.
+IMPLIED_REASONS = {
+    grpc.StatusCode.UNAVAILABLE: {"DATABASE_UNAVAILABLE"},
+    grpc.StatusCode.INVALID_ARGUMENT: {"VALIDATION_FAILED", "NUL_CHARACTER"},
+}
+# And any RPC that writes (every one not marked NO_SIDE_EFFECTS): ABORTED CONCURRENT_UPDATE, a lost race.
+WRITER_CODES = {grpc.StatusCode.ABORTED: {"CONCURRENT_UPDATE"}}
+
+
+@dataclass
+class Documented:
+    """One RPC's documented errors: code -> its reasons (empty: any reason)."""
+
+    paragraph: str
+    reasons: dict[grpc.StatusCode, set[str]] = field(default_factory=dict)
+
+
+def errors_paragraph(comment: list[str]) -> str | None:
+    """The "Errors" paragraph of an RPC's comment lines (their text after `//`), joined: from the line that starts
+    with "Errors" to the next empty one; None without one."""
+    for start, line in enumerate(comment):
+        if re.match(r"Errors\b", line):
+            end = comment.index("", start) if "" in comment[start:] else len(comment)
+            return " ".join(comment[start:end])
+    return None
+
+
+def parse(paragraph: str) -> dict[grpc.StatusCode, set[str]]:
+    """code -> the reasons the paragraph names for it; empty when it names the code bare at least once."""
+    reasons: dict[grpc.StatusCode, set[str]] = {}
+    bare: set[grpc.StatusCode] = set()
+    current: grpc.StatusCode | None = None
+    part: set[str] = set()
+
+    def close() -> None:
+        if current is not None:
+            reasons.setdefault(current, set()).update(part)
+            if not part:
+                bare.add(current)
+
+    depth = 0
+    for token in TOKEN.finditer(paragraph):
+        word = token.group()
+        if word in "()":
+            depth = max(0, depth + (1 if word == "(" else -1))
+        elif word in CODES and depth == 0:
+            close()
+            current, part = CODES[word], set()
+        elif "_" in word:
+            part.add(word)
+    close()
+    return {code: set() if code in bare else named for code, named in reasons.items()}
+
+
+def rpc_comments() -> dict[str, list[str]]:
+    """`package.Service.Method` -> the lines of the comment right above its `rpc`, for every RPC in protos/."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(PROTOS.rglob("*.proto")):
+        lines = path.read_text().splitlines()
+        package = next(m.group(1) for line in lines if (m := re.match(r"package ([\w.]+);", line)))
+        service = ""
+        for index, line in enumerate(lines):
+            if opened := re.match(r"service (\w+)", line):
+                service = opened.group(1)
+            elif rpc := re.match(r"\s+rpc (\w+)\(", line):
+                comment: list[str] = []
+                above = index - 1
+                while above >= 0 and lines[above].strip().startswith("//"):
+                    comment.insert(0, lines[above].strip().removeprefix("//").strip())
+                    above -= 1
+                found[f"{package}.{service}.{rpc.group(1)}"] = comment
+    return found
+
+
+def documented_errors() -> dict[str, Documented]:
+    """`package.Service.Method` -> its documented errors, for every RPC whose comment has an Errors paragraph."""
+    documented = {}
+    for name, comment in rpc_comments().items():
+        if (paragraph := errors_paragraph(comment)) is not None:
+            documented[name] = Documented(paragraph, parse(paragraph))
+    return documented
+
+
+_DOCUMENTED: dict[str, Documented] | None = None
+
+
+def allowed(method: MethodDescriptor) -> dict[grpc.StatusCode, set[str]]:
+    """What `method` may answer: its own Errors paragraph and what the conventions imply for every RPC."""
+    global _DOCUMENTED
+    if _DOCUMENTED is None:
+        _DOCUMENTED = documented_errors()
+    own = _DOCUMENTED.get(method.full_name)
+    answers: dict[grpc.StatusCode, set[str]] = defaultdict(set)
+    for code, reasons in (own.reasons if own else {}).items():
+        answers[code] = set(reasons)
+    implied = dict(IMPLIED_REASONS)
+    if method.GetOptions().idempotency_level != descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS:
+        implied |= WRITER_CODES
+    for code, reasons in implied.items():
+        if code not in answers or answers[code]:  # a code documented with any reason stays so
+            answers[code] |= reasons
+    return dict(answers)
+
+
+def undocumented(method: MethodDescriptor, code: grpc.StatusCode, reason: str | None) -> str | None:
+    """Why an answer is not among the errors `method` documents (None: it is)."""
+    answers = allowed(method)
+    if code not in answers:
+        return f"{code.name}: not among {method.name}'s documented errors ({', '.join(c.name for c in answers)})"
+    if answers[code] and reason not in answers[code]:
+        return f"{code.name} {reason}: not a reason {method.name} documents for {code.name} ({sorted(answers[code])})"
+    return None

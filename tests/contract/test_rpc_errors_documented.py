@@ -1,0 +1,80 @@
+"""Every RPC the services serve documents its errors in a paragraph the contract test can hold it to.
+
+The wire contract test (conventions.py) fails an answer whose code, or whose reason where the paragraph names
+reasons for that code, is not in the RPC's own "Errors" paragraph (documented_errors.py). An RPC without one, or
+with a code misspelt in it, would be held to nothing, or to less than its clients read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import grpc
+import pytest
+from google.protobuf.descriptor import MethodDescriptor
+
+from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.payments.v1 import payments_pb2
+
+from .conventions import SERVER_FAULTS, contract_methods
+from .documented_errors import CODES, TOKEN, allowed, documented_errors, parse, undocumented
+
+METHODS = [method for _, method in contract_methods()]
+CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name
+PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].methods_by_name
+
+
+def test_every_rpc_served_has_an_errors_paragraph() -> None:
+    documented = documented_errors()
+    missing = sorted(m.full_name for m in METHODS if m.full_name not in documented)
+    assert missing == [], f"RPCs whose comment has no paragraph starting 'Errors': {missing}"
+
+
+@pytest.mark.parametrize("method", METHODS, ids=[m.full_name for m in METHODS])
+def test_the_errors_paragraph_names_real_codes_and_no_server_fault(method: MethodDescriptor) -> None:
+    documented = documented_errors()[method.full_name]
+    assert documented.reasons, f"names no gRPC code: {documented.paragraph!r}"
+    faults = sorted(code.name for code in documented.reasons if code in SERVER_FAULTS)
+    assert faults == [], f"documents server faults as answers (a word of prose read as a code?): {faults}"
+    words = {token.group() for token in TOKEN.finditer(documented.paragraph)} - CODES.keys()
+    misspelt = sorted(w for w in words if difflib.get_close_matches(w, CODES, n=1, cutoff=0.8))
+    assert misspelt == [], f"words that look like a gRPC code but are none: {misspelt}"
+
+
+def test_a_code_takes_the_reasons_named_after_it_and_a_code_in_parentheses_is_none() -> None:
+    assert parse(
+        "Errors: INVALID_ARGUMENT (empty id, OUT_OF_RANGE), NOT_FOUND (reason PRODUCT_NOT_FOUND), "
+        "UNAVAILABLE; UNAVAILABLE, reason NO_SIGNING_KEY."
+    ) == {
+        grpc.StatusCode.INVALID_ARGUMENT: {"OUT_OF_RANGE"},
+        grpc.StatusCode.NOT_FOUND: {"PRODUCT_NOT_FOUND"},
+        grpc.StatusCode.UNAVAILABLE: set(),  # named bare once: any reason
+    }
+
+
+def test_catalog_documents_not_found_for_an_unknown_product_and_nothing_else() -> None:
+    get_product = CATALOG["GetProduct"]
+    assert undocumented(get_product, grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND") is None
+    assert undocumented(get_product, grpc.StatusCode.FAILED_PRECONDITION, "PRODUCT_NOT_FOUND") is not None
+    assert undocumented(get_product, grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND") is not None
+
+
+def test_the_conventions_let_every_rpc_answer_what_they_imply() -> None:
+    """money.proto, Errors: DATABASE_UNAVAILABLE for any RPC, CONCURRENT_UPDATE for one that writes;
+    VALIDATION_FAILED with any INVALID_ARGUMENT, NUL_CHARACTER for a NUL in any field."""
+    charge, get_product = PAYMENTS["Charge"], CATALOG["GetProduct"]
+    for method in (charge, get_product):
+        assert undocumented(method, grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE") is None
+        assert undocumented(method, grpc.StatusCode.INVALID_ARGUMENT, "NUL_CHARACTER") is None
+        assert undocumented(method, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED") is None
+    assert undocumented(charge, grpc.StatusCode.ABORTED, "CONCURRENT_UPDATE") is None
+    assert grpc.StatusCode.ABORTED not in allowed(get_product)  # a read loses no race
+    # Charge names its UNAVAILABLE's reason: another is not documented.
+    assert undocumented(charge, grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE") is not None
+
+
+def test_the_paragraph_is_the_comments_own() -> None:
+    """The parse reads the Errors paragraph of the RPC's comment, not of its neighbour's."""
+    paragraph = documented_errors()[CATALOG["ListCategories"].full_name].paragraph
+    assert re.fullmatch(r"Errors: UNAVAILABLE\.", paragraph), paragraph
