@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
+from typing import NoReturn
 
 import grpc
 import pytest
 import pytest_asyncio
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, message_factory
+from google.protobuf.descriptor import MethodDescriptor
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -111,7 +113,7 @@ BEHAVIOURS: dict[str, tuple[grpc.Status | None, str]] = {
 
 async def _answer(
     request: catalog_pb2.GetProductRequest | inventory_pb2.SetStockRequest, context: grpc.aio.ServicerContext
-) -> catalog_pb2.GetProductResponse:
+) -> NoReturn:
     status, _ = BEHAVIOURS[request.product_id]
     if request.product_id == "headers-first":
         await context.send_initial_metadata((("x-served-by", "checker"),))
@@ -122,30 +124,19 @@ async def _answer(
     raise AssertionError("unreachable")
 
 
+def _handler(method: MethodDescriptor) -> grpc.GenericRpcHandler:
+    """`method` answered by _answer, with its own request and response types."""
+    request, response = (message_factory.GetMessageClass(t) for t in (method.input_type, method.output_type))
+    answer = grpc.unary_unary_rpc_method_handler(
+        _answer, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(method.containing_service.full_name, {method.name: answer})
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def address() -> AsyncIterator[str]:
     server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "shopmesh.catalog.v1.CatalogService",
-        {
-            "GetProduct": grpc.unary_unary_rpc_method_handler(
-                _answer,
-                request_deserializer=catalog_pb2.GetProductRequest.FromString,
-                response_serializer=catalog_pb2.GetProductResponse.SerializeToString,
-            )
-        },
-    )
-    writer = grpc.method_handlers_generic_handler(
-        "shopmesh.inventory.v1.InventoryService",
-        {
-            "SetStock": grpc.unary_unary_rpc_method_handler(
-                _answer,
-                request_deserializer=inventory_pb2.SetStockRequest.FromString,
-                response_serializer=inventory_pb2.SetStockResponse.SerializeToString,
-            )
-        },
-    )
-    server.add_generic_rpc_handlers((handler, writer))
+    server.add_generic_rpc_handlers((_handler(GET_PRODUCT), _handler(SET_STOCK)))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield f"127.0.0.1:{port}"
@@ -161,10 +152,8 @@ def channel(address: str) -> Iterator[grpc.Channel]:
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("behaviour", list(BEHAVIOURS))
 async def test_the_checker_names_the_convention_an_answer_breaks(behaviour: str, channel: grpc.Channel) -> None:
-    if behaviour in ON_A_WRITER:
-        service, method, request = "inventory", SET_STOCK, inventory_pb2.SetStockRequest(product_id=behaviour)
-    else:
-        service, method, request = "catalog", GET_PRODUCT, catalog_pb2.GetProductRequest(product_id=behaviour)
+    service, method = ("inventory", SET_STOCK) if behaviour in ON_A_WRITER else ("catalog", GET_PRODUCT)
+    request = message_factory.GetMessageClass(method.input_type)(product_id=behaviour)
     # Blocking call on a worker thread, as in the contract test; the server runs on this test's loop.
     problems = await asyncio.to_thread(call, channel, service, method, request, ())
     expected = BEHAVIOURS[behaviour][1]
