@@ -13,7 +13,7 @@ import pytest
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database
-from shopmesh_orders import application
+from shopmesh_orders import placement
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import Order, OrderState, SagaStep
 from shopmesh_orders.domain.validation import Card, CartLine
@@ -138,7 +138,7 @@ async def test_a_wait_for_another_driver_ends_before_the_callers_deadline_naming
     # The early answer's margin widened from 0.3 s: the answer's last read of the order (PostgreSQL, on a machine
     # running the suite in three workers) once took longer than 0.3 s, and the caller's deadline ended the call
     # first. The margin's size is not what this proves; that the wait ends by it, well before the poll's 5 s, is.
-    monkeypatch.setattr(application, "_ANSWER_MARGIN_SECONDS", 1.0)
+    monkeypatch.setattr(placement, "_ANSWER_MARGIN_SECONDS", 1.0)
     # The caller's deadline enforced as its channel does: an answer after it would be no answer.
     with _inbound_deadline(2.5), pytest.raises(errors.Unavailable) as caught:
         async with asyncio.timeout(2.5):

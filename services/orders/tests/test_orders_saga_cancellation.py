@@ -276,7 +276,7 @@ async def test_a_cancellation_whose_order_another_driver_holds_is_accepted_not_a
     """The recovery loop (or the request's first attempt, which the caller's channel retried on its
     UNAVAILABLE) holds the order being cancelled: the cancellation is recorded under the key and that driver
     completes it, so CancelOrder answers it is accepted, not ABORTED "retry with the same key"."""
-    monkeypatch.setattr("shopmesh_orders.application._WAIT_FOR_OTHER_DRIVER_SECONDS", 0.2)
+    monkeypatch.setattr("shopmesh_orders.placement._WAIT_FOR_OTHER_DRIVER_SECONDS", 0.2)
     order_id = await place(app, command())
     original = saga.drive
 

@@ -18,9 +18,10 @@ from sqlalchemy import text
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.testing import eventually
-from shopmesh_orders.application import RECOVER_SPAN, OrdersApplication
+from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import OrderState
 from shopmesh_orders.metrics import OrderMetrics
+from shopmesh_orders.recovery import RECOVER_SPAN
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.store.repository import Due, OrderRepository
 

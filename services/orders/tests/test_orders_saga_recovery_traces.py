@@ -24,8 +24,9 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.tracing import current_trace_id
-from shopmesh_orders.application import RECOVER_SPAN, OrdersApplication
+from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, OrderState
+from shopmesh_orders.recovery import RECOVER_SPAN
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.store.repository import OrderRepository
 from shopmesh_orders.store.tables import orders

@@ -452,12 +452,12 @@ async def test_a_retry_of_an_order_placed_before_the_address_rules_tightened_rep
     after the upgrade (or on a new pod of a rolling update), of an order the earlier release placed and
     charged with a tab in its street is refused INVALID_CHARACTERS, and the client is told its order is
     invalid while it stands confirmed and paid."""
-    import shopmesh_orders.application as application
+    import shopmesh_orders.placement as placement
 
     sent = request()
     sent.shipping_address.street = "Flat 2\t1 Analytical Way"  # pasted from a spreadsheet
     with monkeypatch.context() as earlier_release:
-        earlier_release.setattr(application, "validate_place_order", lambda command, today: command)
+        earlier_release.setattr(placement, "validate_place_order", lambda command, today: command)
         placed = await stub.PlaceOrder(sent, metadata=idempotency_metadata("k-before"))
     assert placed.order.state == orders_pb2.ORDER_STATE_CONFIRMED
     retried = await stub.PlaceOrder(sent, metadata=idempotency_metadata("k-before"))
