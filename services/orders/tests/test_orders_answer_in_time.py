@@ -17,7 +17,8 @@ from shopmesh_orders import placement
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import Order, OrderState, SagaStep
 from shopmesh_orders.domain.validation import Card, CartLine
-from shopmesh_orders.saga import LeaseHeld, SagaDriver
+from shopmesh_orders.lease import LeaseHeld
+from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.store.repository import OrderRepository
 
 from .conftest import FakeInventory

@@ -19,7 +19,8 @@ from shopmesh_chassis.db import Database
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.domain.validation import CartLine
-from shopmesh_orders.saga import LeaseHeld, SagaDriver
+from shopmesh_orders.lease import LeaseHeld
+from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import CARD_HOLDER_GRACE, OrderRepository
 from shopmesh_orders.store.tables import orders

@@ -31,8 +31,9 @@ from shopmesh_orders.domain.validation import (
     validate_place_order,
     validate_totals,
 )
+from shopmesh_orders.lease import LeaseHeld
 from shopmesh_orders.queries import OrderQueries, from_newer_release
-from shopmesh_orders.saga import ORDER_ID_ATTRIBUTE, LeaseHeld, SagaDriver
+from shopmesh_orders.saga import ORDER_ID_ATTRIBUTE, SagaDriver
 from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository, UnreadableOrder
 
 log = logging.getLogger("shopmesh.orders")

@@ -19,7 +19,9 @@ from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.tracing import stored_context
 from shopmesh_orders.domain.model import SagaStep
-from shopmesh_orders.saga import ORDER_ID_ATTRIBUTE, LeaseHeld, RecheckPostponed, SagaDriver, lost_race
+from shopmesh_orders.lease import LeaseHeld, lost_race
+from shopmesh_orders.recheck import RecheckPostponed
+from shopmesh_orders.saga import ORDER_ID_ATTRIBUTE, SagaDriver
 from shopmesh_orders.store.repository import Due, OrderRepository
 
 log = logging.getLogger("shopmesh.orders")

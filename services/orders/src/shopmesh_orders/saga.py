@@ -15,13 +15,13 @@ A PlaceOrder driver holds the card and answers promptly: once its charge calls a
 compensates at once, although the last call's commit on payments (or the processor's) may still land. So a
 compensation that asks payments while the charge is in doubt, and finds no capture, cancels the order with
 a recheck due when the charge can no longer land (`charge_recheck_at`). The recovery loop then asks payments
-again (`recheck_charge`): a capture that landed late is refunded (logged at ERROR and counted), and the
+again (`recheck_charge`, in recheck.py): a capture that landed late is refunded (logged at ERROR and counted), and the
 order is marked checked (a recheck payments cannot answer for this order alone, as opposed to payments
 being down, or one that fails with an error, is put off like an order the recovery loop could not move on).
 It stays CANCELLED and emits no second event: the customer was told "cancelled, nothing was charged", which
 the refund makes true again (payments publishes PaymentRefunded itself).
 
-Only one driver works on an order at a time: it holds a lease in the database (renewed with every saved
+Only one driver works on an order at a time: it holds a lease in the database (lease.py; renewed with every saved
 transition, before every retry of a step and before every remote call of compensation, a recheck or the
 give-back of a reservation made anew that follows another with no step saved between them; a driver that finds
 it lost stops); a driver that dies leaves the lease to run out, and a PlaceOrder retried with the card or the
@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from opentelemetry import trace
 
@@ -43,7 +41,6 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.backoff import backoff_delay
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW, Clock, utc_now
 from shopmesh_chassis.db import Database, DbConnection
-from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
 from shopmesh_chassis.outbox import add_event, new_event_id
 from shopmesh_orders import codec
 from shopmesh_orders.domain.charges import CaptureOfAnotherAmount, earlier_charge
@@ -60,6 +57,8 @@ from shopmesh_orders.domain.ports import (
     cart_of,
 )
 from shopmesh_orders.domain.validation import Card
+from shopmesh_orders.lease import LeaseHeld, fails_again, lease_lost
+from shopmesh_orders.recheck import ChargeRecheck
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import CARD_HOLDER_GRACE, Lease, OrderRepository
 
@@ -78,68 +77,11 @@ CHARGE_IN_DOUBT = "CHARGE_IN_DOUBT"
 RESERVATION_IN_DOUBT = "RESERVATION_IN_DOUBT"
 
 
-_T = TypeVar("_T")
-
 # The steps at which an order has no charge known captured: the recovery loop, with no card, cancels it there.
 _BEFORE_THE_PIVOT = (SagaStep.RESERVE, SagaStep.CHARGE)
 
 # A charge mark younger than this was written by this driver just before (with the reservation).
 _FRESH = timedelta(seconds=1)
-
-
-class LeaseHeld(Exception):
-    """Another driver is working on this order right now."""
-
-
-def _lease_lost(error: Exception) -> bool:
-    """Whether `error` is a save refused because another driver took the order's lease meanwhile."""
-    return isinstance(error, errors.Aborted) and error.reason == "CONCURRENT_MODIFICATION"
-
-
-class RecheckPostponed(Exception):
-    """Payments answered about a cancelled order's charge, but nothing can be done with the answer yet (a
-    payment in a state only a newer release of payments knows): the order's recheck was put off. Unlike
-    payments being down (`DependencyDown`), this says nothing about the other orders' rechecks."""
-
-    def __init__(self, order_id: str, cause: errors.Unavailable) -> None:
-        super().__init__(f"order {order_id}: {cause.message}")
-        self.order_id = order_id
-
-
-class _OrderWaits(Exception):
-    """Internal to the recheck: an `errors.Unavailable` of a payments call about this order alone."""
-
-    def __init__(self, cause: errors.Unavailable) -> None:
-        super().__init__(cause.message)
-        self.cause = cause
-
-
-async def _for_this_order(call: Awaitable[_T]) -> _T:
-    """Await a payments call, telling an answer about this order alone (any `errors.Unavailable` the port
-    raises that is not `DependencyDown`, by its contract) from payments being down."""
-    try:
-        return await call
-    except DependencyDown:
-        raise
-    except errors.Unavailable as exc:
-        raise _OrderWaits(exc) from exc
-
-
-def lost_race(error: Exception) -> errors.Aborted | None:
-    """The ABORTED a concurrency race lost on orders' database (a PostgreSQL serialization failure or
-    deadlock) stands for, or None for anything else. The recovery loop meets such a race raw (only the
-    server maps it for callers); it is no bug but a transient conflict with another transaction, and the
-    order stays due, so the next pass simply tries again: a warning, not an error with a traceback. Not put
-    off like an order that waits or fails (`SagaDriver._retry_at`): the race is over once it is lost."""
-    mapped = as_domain_error(error)
-    return mapped if isinstance(mapped, errors.Aborted) and mapped.reason == "CONCURRENT_UPDATE" else None
-
-
-def _fails_again(error: Exception) -> bool:
-    """Whether an order's failure is its own and likely met again on the next pass, so the order is put off,
-    resumed (`_resume_at`) or rechecked (`_postpone_recheck`): not another driver holding it, not a race lost on
-    orders' database (over once lost), not that database away (no fault of the order's own)."""
-    return not isinstance(error, LeaseHeld) and lost_race(error) is None and not database_unavailable(error)
 
 
 def _charge_in_doubt(order: Order, remaining: timedelta) -> errors.Unavailable:
@@ -171,7 +113,7 @@ def refund_key(order_id: str) -> str:
     return f"{order_id}:refund"
 
 
-class SagaDriver:
+class SagaDriver(ChargeRecheck):
     def __init__(
         self,
         database: Database,
@@ -194,13 +136,6 @@ class SagaDriver:
         # Called when a capture that landed after the order was cancelled has been refunded.
         self._on_late_refund = on_late_refund
         self._clock = clock
-
-    @staticmethod
-    def new_lease_owner() -> str:
-        return f"saga-{uuid.uuid4().hex}"
-
-    def lease_until(self) -> datetime:
-        return self._clock() + self._lease()
 
     async def drive(
         self, order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
@@ -261,7 +196,7 @@ class SagaDriver:
                 order = await self._attempt(order, card, owner)
             return order
         except Exception as exc:
-            if _lease_lost(exc):
+            if lease_lost(exc):
                 # Our lease ran out during a slow step and another driver took the order over: it finishes it.
                 raise LeaseHeld(order_id) from exc
             # A final Unavailable is the adapter's answer for a state a newer release of inventory or payments
@@ -269,7 +204,7 @@ class SagaDriver:
             # orders to drive it, not for a dependency to come back, which both answer. Counted, a rollback with
             # such orders left would fire ShopmeshCheckoutsWaiting (critical) with every dependency healthy.
             waiting = isinstance(exc, errors.Unavailable) and not exc.final
-            if resumed and _fails_again(exc):
+            if resumed and fails_again(exc):
                 # Not only an order that waits (`errors.Unavailable`): one that fails with anything else (an
                 # answer the adapter does not expect, a bug) likely fails alike on every pass, and released with
                 # no wait it would be due first, so enough of them would take every pass's batch and no other
@@ -645,116 +580,6 @@ class SagaDriver:
                 extra={"order_id": order.id, "payment_id": payment_id},
             )
 
-    async def claim_recheck(self, order_id: str) -> str:
-        """Take the lease of a cancelled order due its charge recheck, for `recheck_charge`: its lease owner.
-        Raises LeaseHeld when another driver is checking it (or it is not due)."""
-        owner = self.new_lease_owner()
-        async with self._db.transaction() as session:
-            if not await OrderRepository(session).claim_recheck(order_id, owner, self._clock(), self.lease_until()):
-                raise LeaseHeld(order_id)
-        return owner
-
-    async def recheck_charge(self, order_id: str, owner: str) -> Order:
-        """Ask payments again about a cancelled order's charge, now that it can no longer land, and refund
-        a capture that landed after compensation asked. Marks the order checked. `owner`: the lease
-        `claim_recheck` took, given up however it ends.
-
-        Raises LeaseHeld when another driver took the order over meanwhile; RecheckPostponed when payments
-        answered but cannot be acted on for this order alone (its recheck is put off: `_postpone_recheck`);
-        `errors.Unavailable` while payments (`DependencyDown`) or the database cannot answer at all: the order
-        stays due, and the recovery loop comes back to it. Any other error is raised as it is, the recheck put
-        off too.
-        """
-        released = False
-        loaded: Order | None = None
-        try:
-            order = loaded = await self._load(order_id)
-            to_refund, refunded_before = await _for_this_order(self._captures(order))
-            for payment_id in to_refund:
-                # Two remote calls outlast the lease taken for one: renew, or another replica's recovery pass
-                # takes the order over and refunds and reports the same late capture again.
-                await self._keep_lease(order_id, owner, recheck=True)
-                await _for_this_order(self._refund(order, payment_id))
-            if to_refund:
-                # Said now, not after the save: a retry after a failed save finds nothing captured to report.
-                self._late_capture_refunded(order, to_refund)
-            async with self._db.transaction() as session:
-                # A retry after a failed save finds the capture refunded, not captured: still refunded.
-                after = order.charge_rechecked(bool(to_refund) or refunded_before, self._clock())
-                order = await OrderRepository(session).save(after, Lease(owner, None))
-            released = True
-        except _OrderWaits as waits:
-            # (Raised only once the order was loaded.) It would stay first due and be asked about on every
-            # pass, ahead of the others (a pass stops only when payments is down): put it off, as the
-            # recovery loop does orders that wait.
-            released = await self._postpone_recheck(order, owner, waits.cause)
-            if not released:
-                raise LeaseHeld(order_id) from waits.cause
-            raise RecheckPostponed(order_id, waits.cause) from waits.cause
-        except Exception as exc:
-            if _lease_lost(exc):
-                raise LeaseHeld(order_id) from exc
-            if not isinstance(exc, errors.Unavailable) and _fails_again(exc):
-                # An error of this order's own (an answer the adapter does not expect, a bug) likely fails alike
-                # on every pass: left due, it would lead each one, and enough of them would keep every other
-                # order's late capture from being refunded. Put off as an order that waits is; one that could
-                # not even be loaded (a row a newer release wrote) all the same, as `_resume_at` does.
-                if loaded is None:
-                    released = await self._postpone_unloaded_recheck(order_id, owner)
-                else:
-                    released = await self._postpone_recheck(loaded, owner, exc)
-            raise
-        finally:
-            if not released:
-                await self._release(order_id, owner)
-        return order
-
-    async def _postpone_recheck(self, order: Order, owner: str, failure: Exception) -> bool:
-        """Put the order's charge recheck off (`_retry_at`: it waits or failed), giving the lease up; False when
-        the lease was lost meanwhile (another driver has the order: it is its to check)."""
-        postponed = order.charge_recheck_postponed(self._retry_at(order, failure))
-        try:
-            async with self._db.transaction() as session:
-                await OrderRepository(session).save(postponed, Lease(owner, None))
-        except errors.Aborted as exc:
-            if not _lease_lost(exc):
-                raise
-            return False
-        log.info(
-            "order %s: its charge is checked again at %s",
-            order.id,
-            postponed.charge_recheck_at,
-            extra={"order_id": order.id},
-        )
-        return True
-
-    async def _postpone_unloaded_recheck(self, order_id: str, owner: str) -> bool:
-        """Put off, by one recovery interval, the charge recheck of an order that could not be loaded, giving
-        the lease up: with no order there is no `updated_at` for `_retry_at` to grow the wait from. False when
-        the lease was lost meanwhile."""
-        until = self._one_interval_on()
-        async with self._db.transaction() as session:
-            postponed = await OrderRepository(session).postpone_recheck(order_id, owner, until)
-        if postponed:
-            log.info(
-                "order %s could not be loaded: its charge is checked again at %s",
-                order_id,
-                until,
-                extra={"order_id": order_id},
-            )
-        return postponed
-
-    def _late_capture_refunded(self, order: Order, payment_ids: list[str]) -> None:
-        # The customer was told the order was cancelled and nothing charged, and was charged after all.
-        refunded = ",".join(payment_ids)
-        log.error(
-            "order %s: a charge captured after the order was cancelled was refunded (%s)",
-            order.id,
-            refunded,
-            extra={"order_id": order.id, "payment_ids": refunded},
-        )
-        self._on_late_refund(order)
-
     async def _finish(self, owner: str, after: Order) -> Order:
         """The terminal transition and its event, in one transaction."""
         now = self._clock()
@@ -802,32 +627,6 @@ class SagaDriver:
     def _fault_point(order: Order) -> str:
         # Named after what has just been done: "RESERVED" (next: CHARGE), "CHARGED" (next: COMMIT).
         return {SagaStep.CHARGE: "RESERVED", SagaStep.COMMIT: "CHARGED"}.get(order.step, "")
-
-    def _lease(self) -> timedelta:
-        return timedelta(seconds=self._settings.saga_lease_seconds)
-
-    async def _claim(self, order_id: str, owner: str, *, for_customer: bool) -> bool:
-        async with self._db.transaction() as session:
-            return await OrderRepository(session).claim(
-                order_id, owner, self._clock(), self.lease_until(), for_customer=for_customer
-            )
-
-    async def _keep_lease(self, order_id: str, owner: str, *, recheck: bool = False) -> None:
-        """Renew the lease before a remote call that follows another with no step saved between them;
-        LeaseHeld when another driver took the order over meanwhile. `recheck`: the lease is a finished
-        order's, taken by `recheck_charge`."""
-        async with self._db.transaction() as session:
-            repository = OrderRepository(session)
-            renew = repository.renew_recheck if recheck else repository.renew
-            renewed = await renew(order_id, owner, self.lease_until())
-        if not renewed:
-            raise LeaseHeld(order_id)
-
-    async def _release(
-        self, order_id: str, owner: str, not_before: datetime | None = None, waiting: bool | None = None
-    ) -> None:
-        async with self._db.transaction() as session:
-            await OrderRepository(session).release(order_id, owner, not_before, waiting=waiting)
 
     async def _load(self, order_id: str) -> Order:
         async with self._db.read() as session:
