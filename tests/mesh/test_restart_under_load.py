@@ -47,7 +47,10 @@ async def test_restarting_a_service_under_load_fails_no_idempotent_call_of_a_cha
                 # ListProducts is NO_SIDE_EFFECTS: the chassis retries it.
                 while not done.is_set():
                     try:
-                        await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=50), timeout=5)
+                        # A call the restart dropped hangs past any deadline; 15 s, not 5, so that one merely slow on
+                        # a busy machine (catalog starting again beside 8 shoppers) is no failure: seen once at a load
+                        # average of 20.
+                        await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=50), timeout=15)
                         answers[grpc.StatusCode.OK] += 1
                     except grpc.aio.AioRpcError as error:
                         answers[error.code()] += 1
