@@ -241,7 +241,8 @@ def test_the_methods_the_topology_grants_are_those_each_callers_code_calls(name:
     ]
     assert fixes == [], (
         "set these in libs/platform/src/shopmesh_platform/topology.py (the mesh admits a caller to those methods "
-        f"alone), then helm/<callee>/values.yaml `callerMethods` to match: {fixes}"
+        f"alone), then run `make caller-methods` (k8s/caller_methods.py writes helm/<callee>/values.yaml "
+        f"`callerMethods` from it): {fixes}"
     )
     for callee, methods in METHODS_CALLED.get(name, {}).items():
         assert len(set(methods)) == len(methods), (name, callee)
