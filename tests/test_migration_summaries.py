@@ -24,7 +24,10 @@ def test_every_migration_summary_is_one_line() -> None:
         for script in ScriptDirectory.from_config(alembic_config(versions)).walk_revisions()
         if "\n" in script.doc.strip()
     }
-    assert not multi_line
+    assert not multi_line, (
+        f"make each revision's docstring start with a one-line paragraph (docs/services.md, the migration "
+        f"template): {sorted(multi_line)}"
+    )
 
 
 def test_every_revision_is_named_after_its_branch() -> None:
@@ -40,4 +43,7 @@ def test_every_revision_is_named_after_its_branch() -> None:
             for script in scripts
             if not re.fullmatch(r"[a-z]+_\d{4}", script.revision) or branch_of(script.revision) not in labels
         }
-    assert not misnamed
+    assert not misnamed, (
+        f"name each revision `<branch>_NNNN` (its branch label, then 4 digits, as catalog_0003: docs/services.md, "
+        f"the migration template), file `<branch>_NNNN_<slug>.py`: {sorted(misnamed)}"
+    )

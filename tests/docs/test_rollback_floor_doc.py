@@ -45,7 +45,10 @@ def branch_heads() -> dict[str, str]:
 def test_the_heads_table_names_each_branchs_head_on_main() -> None:
     assert len(SERVICE_VERSIONS) == 7, SERVICE_VERSIONS  # every service but the gateway owns data
     documented = {branch.split()[0]: head for branch, head in table_rows(section(), "| Database branch |")}
-    assert documented == branch_heads()
+    assert documented == branch_heads(), (
+        "docs/operations.md, 'Rolling back: how far': set each branch's row of the table '| Database branch | Head on "
+        "main |' to its head revision (a new migration moves its branch's head; docs/services.md's migration section)"
+    )
 
 
 def test_the_oldest_release_named_is_the_newest_limit_in_the_table() -> None:
