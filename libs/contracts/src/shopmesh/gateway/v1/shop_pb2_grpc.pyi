@@ -3,10 +3,10 @@
 isort:skip_file
 The public shop API: the backend-for-frontend that clients call.
 
-Authentication: Register, Login, ListProducts, SearchProducts and
-GetProductPage are public. Every other method is protected and requires the
-request header `authorization: Bearer <access_token>` with a token from
-Login. The gateway verifies the token locally (EdDSA signature against the
+Authentication: each method's `(shopmesh.common.v1.access)` option says
+whether it is public (ACCESS_PUBLIC) or protected (ACCESS_AUTHENTICATED). A
+protected method requires the request header
+`authorization: Bearer <access_token>` with a token from Login. The gateway verifies the token locally (EdDSA signature against the
 users service's JWKS, plus "iss", "aud" and "exp") and then acts for the
 token's subject: it forwards the user id to internal services in the
 `x-user-id` header, and drops any `x-user-id` sent by the client. A missing,
