@@ -27,6 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Needs no generated contracts (unlike shopmesh_platform.http_api, imported where used).
+from shopmesh_platform.openapi import ContractError
+
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos"
 OUT = ROOT / "libs" / "contracts" / "src"
@@ -130,7 +133,13 @@ def _vendored_drift() -> list[str]:
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
-        count = generate(Path(scratch) / "out")
+        try:
+            count = generate(Path(scratch) / "out")
+        except ContractError as error:
+            # A contract mistake (a method without a route or an access option): its message names the method
+            # and the fix, which a traceback through the OpenAPI writer would bury.
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         fresh = Path(scratch) / "out" / "shopmesh"
         if "--check" in sys.argv[1:]:
             stale = _differences(fresh, PACKAGE) if PACKAGE.exists() else [f"missing: {PACKAGE}"]
@@ -147,6 +156,8 @@ def main() -> int:
         shutil.rmtree(PACKAGE, ignore_errors=True)
         shutil.copytree(fresh, PACKAGE)
     print(f"generate: {count} proto files -> {PACKAGE.relative_to(ROOT)}")
+    # The gateway chart holds its own copy of the descriptor set and OpenAPI document; `make proto` runs both.
+    print("generate: now run k8s/http_api.py for the gateway chart's copies (`make proto` runs both)")
     return 0
 
 
