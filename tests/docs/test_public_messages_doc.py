@@ -8,28 +8,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from google.protobuf.descriptor import Descriptor
-
-from shopmesh.gateway.v1 import shop_pb2
+from ..contract.public_fields import public_messages
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 
 
-def reached(message: Descriptor, found: set[str]) -> None:
-    if message.full_name in found:
-        return
-    found.add(message.full_name)
-    for field in message.fields:
-        if field.message_type is not None:
-            reached(field.message_type, found)
-
-
 def embedded() -> set[str]:
-    found: set[str] = set()
-    for method in shop_pb2.DESCRIPTOR.services_by_name["ShopService"].methods:
-        reached(method.input_type, found)
-        reached(method.output_type, found)
-    return {name for name in found if name.startswith("shopmesh.") and not name.startswith("shopmesh.gateway.")}
+    return {name for name in public_messages() if not name.startswith("shopmesh.gateway.")}
 
 
 def documented() -> set[str]:
