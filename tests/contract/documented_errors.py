@@ -32,12 +32,15 @@ TOKEN = re.compile(r"\b[A-Z][A-Z0-9_]*[A-Z0-9]\b|[()]")
 
 # What the common conventions (protos/shopmesh/common/v1/money.proto, "Errors" and "Text"; docs/contracts.md
 # points there) let every RPC answer beside its own list. Any RPC that uses its service's database: UNAVAILABLE
-# DATABASE_UNAVAILABLE (every RPC lists UNAVAILABLE itself). Any INVALID_ARGUMENT: ErrorInfo reason
-# VALIDATION_FAILED "unless a more specific reason is documented", and NUL_CHARACTER for a NUL in any field.
+# DATABASE_UNAVAILABLE (every RPC lists UNAVAILABLE itself). Any RPC: INVALID_ARGUMENT NUL_CHARACTER for a NUL
+# in any field ("Text").
 IMPLIED_REASONS = {
     grpc.StatusCode.UNAVAILABLE: {"DATABASE_UNAVAILABLE"},
-    grpc.StatusCode.INVALID_ARGUMENT: {"VALIDATION_FAILED", "NUL_CHARACTER"},
+    grpc.StatusCode.INVALID_ARGUMENT: {"NUL_CHARACTER"},
 }
+# VALIDATION_FAILED is the reason "unless a more specific reason is documented" of an INVALID_ARGUMENT the RPC
+# answers: one whose paragraph documents no INVALID_ARGUMENT (ListCategories) is not let answer it by this.
+VALIDATION_FAILED = "VALIDATION_FAILED"
 # And any RPC that writes (every one not marked NO_SIDE_EFFECTS): ABORTED CONCURRENT_UPDATE, a lost race.
 WRITER_CODES = {grpc.StatusCode.ABORTED: {"CONCURRENT_UPDATE"}}
 
@@ -128,7 +131,9 @@ def allowed(method: MethodDescriptor) -> dict[grpc.StatusCode, set[str]]:
     answers: dict[grpc.StatusCode, set[str]] = defaultdict(set)
     for code, reasons in (own.reasons if own else {}).items():
         answers[code] = set(reasons)
-    implied = dict(IMPLIED_REASONS)
+    implied = {code: set(reasons) for code, reasons in IMPLIED_REASONS.items()}
+    if grpc.StatusCode.INVALID_ARGUMENT in answers:
+        implied[grpc.StatusCode.INVALID_ARGUMENT].add(VALIDATION_FAILED)
     if method.GetOptions().idempotency_level != descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS:
         implied |= WRITER_CODES
     for code, reasons in implied.items():

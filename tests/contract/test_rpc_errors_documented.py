@@ -74,6 +74,14 @@ def test_the_conventions_let_every_rpc_answer_what_they_imply() -> None:
     assert undocumented(charge, grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE") is not None
 
 
+def test_validation_failed_is_implied_only_where_the_rpc_documents_invalid_argument() -> None:
+    """money.proto makes VALIDATION_FAILED the reason of an INVALID_ARGUMENT an RPC answers, not a licence for
+    every RPC to answer one; only NUL_CHARACTER applies to any RPC."""
+    list_categories = CATALOG["ListCategories"]  # "Errors: UNAVAILABLE."
+    assert undocumented(list_categories, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED") is not None
+    assert undocumented(list_categories, grpc.StatusCode.INVALID_ARGUMENT, "NUL_CHARACTER") is None
+
+
 def test_the_paragraph_is_the_comments_own() -> None:
     """The parse reads the Errors paragraph of the RPC's comment, not of its neighbour's."""
     paragraph = documented_errors()[CATALOG["ListCategories"].full_name].paragraph
