@@ -5,10 +5,14 @@ GetProduct answering FAILED_PRECONDITION for an unknown product, which it docume
 contract as surely as a malformed status does. The paragraph is read from the proto source: the generated
 descriptors carry no comments.
 
-The paragraph is the comment's lines from one starting "Errors" to the next empty comment line. Each gRPC code
-named in it (a grpc.StatusCode name), outside parentheses, opens a part that runs to the next code named; the
-other UPPER_SNAKE words of the part are the reasons documented for that code (with violation reasons and metadata
-values beside them, which only widen what passes). A code named once without any is documented with any reason.
+The paragraph is the comment's lines from one starting "Errors" to the next empty comment line. A gRPC code (a
+grpc.StatusCode name), outside parentheses, opens a part where a list opens one: after the "Errors ...:" that
+starts the paragraph, a list item's "-", a ";" or a ","; named anywhere else it is prose ("the same answer,
+instead of ABORTED") and opens nothing. A part runs to the next code that opens one. Its reasons are the
+UPPER_SNAKE words a "reason" or "reasons" introduces, listed with ",", "/", "or" and "and" (a parenthesis after
+one is skipped): "ErrorInfo reason RESERVATION_EXPIRED (...) or RESERVATION_RELEASED". Other upper-case words
+(metadata values, setting names, states) are not reasons; violation reasons ("violation reason TOO_LONG") are,
+which only widens what passes. A code named once without any reason is documented with any reason.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ CODES = {code.name: code for code in grpc.StatusCode if code is not grpc.StatusC
 # Upper-case words, and the parentheses around them: a code named in parentheses is not one the RPC answers but a
 # word of the part it is in (a violation reason OUT_OF_RANGE inside an INVALID_ARGUMENT's list).
 TOKEN = re.compile(r"\b[A-Z][A-Z0-9_]*[A-Z0-9]\b|[()]")
+UPPER = re.compile(r"[A-Z][A-Z0-9_]*[A-Z0-9]")
+# Every word and punctuation mark: a list item's "-" stands alone between spaces ("e-mail" is one word).
+WORD = re.compile(r"(?<!\S)-(?=\s)|[(),;:/.]|[^\s(),;:/.]+")
+# What may stand right before a code that opens a part (":" only before the first: the "Errors ...:").
+OPENERS = {",", ";", "-"}
+REASON_WORDS = {"reason", "reasons"}
+LIST_JOINS = {",", "/", "or", "and"}
 
 # What the common conventions (protos/shopmesh/common/v1/money.proto, "Errors" and "Text"; docs/contracts.md
 # points there) let every RPC answer beside its own list. Any RPC that uses its service's database: UNAVAILABLE
@@ -77,15 +88,33 @@ def parse(paragraph: str) -> dict[grpc.StatusCode, set[str]]:
                 bare.add(current)
 
     depth = 0
-    for token in TOKEN.finditer(paragraph):
-        word = token.group()
+    previous: str | None = None  # the word before, at any depth
+    # A reason list: the depth it is at (None: none open), and whether a reason is due next (after "reason" or a
+    # join) rather than a join.
+    listing: int | None = None
+    due = False
+    for word in (match.group() for match in WORD.finditer(paragraph)):
+        code = CODES.get(word) if depth == 0 else None
         if word in "()":
-            depth = max(0, depth + (1 if word == "(" else -1))
-        elif word in CODES and depth == 0:
-            close()
-            current, part = CODES[word], set()
-        elif "_" in word:
-            part.add(word)
+            depth = depth + 1 if word == "(" else max(0, depth - 1)
+            if listing is not None and depth < listing:
+                listing = None
+        elif code is not None:
+            listing = None
+            if previous is None or previous in OPENERS or (previous == ":" and current is None):
+                close()
+                current, part = code, set()
+        elif listing is not None and depth == listing:  # deeper: a parenthesis after a reason, skipped
+            if due and UPPER.fullmatch(word):
+                part.add(word)
+                due = False
+            elif word in LIST_JOINS:
+                due = True  # ", or" joins as one
+            else:
+                listing = None
+        if word in REASON_WORDS:
+            listing, due = depth, True
+        previous = word
     close()
     return {code: set() if code in bare else named for code, named in reasons.items()}
 

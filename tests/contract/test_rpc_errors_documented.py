@@ -15,6 +15,7 @@ import pytest
 from google.protobuf.descriptor import MethodDescriptor
 
 from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 
 from .conventions import SERVER_FAULTS, contract_methods
@@ -44,13 +45,50 @@ def test_the_errors_paragraph_names_real_codes_and_no_server_fault(method: Metho
 
 def test_a_code_takes_the_reasons_named_after_it_and_a_code_in_parentheses_is_none() -> None:
     assert parse(
-        "Errors: INVALID_ARGUMENT (empty id, OUT_OF_RANGE), NOT_FOUND (reason PRODUCT_NOT_FOUND), "
+        "Errors: INVALID_ARGUMENT (empty id, violation reason OUT_OF_RANGE), NOT_FOUND (reason PRODUCT_NOT_FOUND), "
         "UNAVAILABLE; UNAVAILABLE, reason NO_SIGNING_KEY."
     ) == {
         grpc.StatusCode.INVALID_ARGUMENT: {"OUT_OF_RANGE"},
         grpc.StatusCode.NOT_FOUND: {"PRODUCT_NOT_FOUND"},
         grpc.StatusCode.UNAVAILABLE: set(),  # named bare once: any reason
     }
+
+
+def test_a_code_named_in_passing_opens_no_part_and_only_a_reason_word_introduces_reasons() -> None:
+    """A code opens a part where a list opens one; elsewhere it is prose, and an upper-case word is a reason only
+    after "reason": a metadata value, a setting or a state named in the part is none."""
+    assert parse(
+        "Errors: - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: retry. - UNAVAILABLE, reason DEPENDENCY_UNAVAILABLE; "
+        "the same answer, instead of ABORTED, as long as RESERVATION_RETENTION_SECONDS. - FAILED_PRECONDITION, "
+        'reason ORDER_NOT_CANCELLABLE (already cancelled), metadata {"state": "ORDER_STATE_CANCELLED"}.'
+    ) == {
+        grpc.StatusCode.ABORTED: {"IDEMPOTENCY_KEY_IN_USE"},
+        grpc.StatusCode.UNAVAILABLE: {"DEPENDENCY_UNAVAILABLE"},
+        grpc.StatusCode.FAILED_PRECONDITION: {"ORDER_NOT_CANCELLABLE"},
+    }
+
+
+def test_a_reason_list_skips_the_parenthesis_after_a_reason() -> None:
+    assert parse(
+        "Errors: FAILED_PRECONDITION, ErrorInfo reason RESERVATION_EXPIRED (PENDING past expires_at, or EXPIRED) "
+        "or RESERVATION_RELEASED; INVALID_ARGUMENT, reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED, "
+        "UNAVAILABLE."
+    ) == {
+        grpc.StatusCode.FAILED_PRECONDITION: {"RESERVATION_EXPIRED", "RESERVATION_RELEASED"},
+        grpc.StatusCode.INVALID_ARGUMENT: {"IDEMPOTENCY_KEY_MISSING", "IDEMPOTENCY_KEY_REUSED"},
+        grpc.StatusCode.UNAVAILABLE: set(),
+    }
+
+
+def test_orders_place_order_documents_aborted_only_for_a_key_in_use() -> None:
+    """orders.proto's "The same answer, instead of ABORTED, ..." mentions ABORTED in prose: it documents no
+    ABORTED of any reason beside IDEMPOTENCY_KEY_IN_USE (and the CONCURRENT_UPDATE every writer may answer)."""
+    place_order = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"].methods_by_name["PlaceOrder"]
+    assert documented_errors()[place_order.full_name].reasons[grpc.StatusCode.ABORTED] == {"IDEMPOTENCY_KEY_IN_USE"}
+    assert undocumented(place_order, grpc.StatusCode.ABORTED, "CONCURRENT_MODIFICATION") is not None
+    # A metadata value in the paragraph ("recorded as ORDER_STATE_CANCELLED") is no reason.
+    assert undocumented(place_order, grpc.StatusCode.FAILED_PRECONDITION, "ORDER_STATE_CANCELLED") is not None
+    assert undocumented(place_order, grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED") is None
 
 
 def test_catalog_documents_not_found_for_an_unknown_product_and_nothing_else() -> None:

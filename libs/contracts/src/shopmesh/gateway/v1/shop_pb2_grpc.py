@@ -117,10 +117,11 @@ class ShopServiceServicer:
 
         Errors (UsersService.Login's, passed on): INVALID_ARGUMENT (an empty
         e-mail or password, or a password of more than 1,024 characters: a
-        BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
-        INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE; UNAVAILABLE with reason
-        NO_SIGNING_KEY and RetryInfo while users has no key to sign the token.
+        BadRequest violation of reason TOO_LONG on "password"), UNAUTHENTICATED
+        (reason INVALID_CREDENTIALS, never saying whether the e-mail or the
+        password was wrong), RESOURCE_EXHAUSTED, UNAVAILABLE; UNAVAILABLE with
+        reason NO_SIGNING_KEY and RetryInfo while users has no key to sign the
+        token.
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.
@@ -215,12 +216,13 @@ class ShopServiceServicer:
         OrdersService.PlaceOrder and returns its outcome and errors.
 
         Errors (OrdersService.PlaceOrder's, see there, passed on):
-        INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
-        CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED /
-        PAYMENT_REQUEST_REJECTED, or PRICE_CHANGED when expected_total no longer
-        matches the prices (no order recorded; metadata current_total_minor and
-        currency), or PRODUCT_PRICE_INVALID when a product's price in the
+        INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with reason
+        INSUFFICIENT_STOCK / CARD_DECLINED / INSUFFICIENT_FUNDS /
+        PAYMENT_UNAVAILABLE / RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED /
+        CARD_EXPIRED / PAYMENT_REQUEST_REJECTED, or reason PRICE_CHANGED when
+        expected_total no longer matches the prices (no order recorded; metadata
+        current_total_minor and currency), or reason PRODUCT_PRICE_INVALID when a
+        product's price in the
         catalog is none it can be sold at (no order recorded; metadata
         product_ids and invalid_count), ABORTED,
         UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
@@ -231,8 +233,8 @@ class ShopServiceServicer:
         payments: the order is recorded, PENDING, and completes on its own;
         orders answers so before the gateway stops waiting for it, and an
         UNAVAILABLE without "order_id" may not have recorded one;
-        plus UNAUTHENTICATED, and the gateway's own INVALID_ARGUMENT, reason
-        EMAIL_NOT_ACCOUNTS, for an `email` other than the caller's account's
+        UNAUTHENTICATED; INVALID_ARGUMENT, reason EMAIL_NOT_ACCOUNTS (the
+        gateway's own), for an `email` other than the caller's account's
         (nothing placed). The gateway asks users for the account's address on
         every call: while users does not answer, UNAVAILABLE, for a retry of a
         placed order too.
@@ -302,10 +304,11 @@ class ShopServiceServicer:
         (protected: requires `authorization`). Another user's order is reported
         as NOT_FOUND. Delegates to OrdersService.CancelOrder.
 
-        Errors (OrdersService.CancelOrder's, passed on): INVALID_ARGUMENT,
-        NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
-        UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
-        ErrorInfo metadata has "order_id") with reason DEPENDENCY_UNAVAILABLE says
+        Errors: UNAUTHENTICATED (the gateway's own); then, passed on from
+        OrdersService.CancelOrder, INVALID_ARGUMENT, NOT_FOUND,
+        FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED, UNAVAILABLE;
+        UNAVAILABLE naming the order (its ErrorInfo metadata has "order_id") with
+        reason DEPENDENCY_UNAVAILABLE says
         the cancellation is accepted and completes on its own, the order showing
         CONFIRMED with pending_cancellation set until then. With reason
         ORDER_FROM_NEWER_RELEASE (RetryInfo) the order was stored by a newer

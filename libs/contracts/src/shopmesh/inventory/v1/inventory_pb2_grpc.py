@@ -196,9 +196,9 @@ class InventoryServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT: empty product_id, one longer than 64 characters
-        (TOO_LONG), or one Reserve refuses: with whitespace, a comma or an
-        unprintable character (INVALID_FORMAT; no stock is set that could
-        never be reserved); negative on_hand.
+        (violation reason TOO_LONG), or one Reserve refuses: with whitespace, a
+        comma or an unprintable character (violation reason INVALID_FORMAT; no
+        stock is set that could never be reserved); negative on_hand.
         - FAILED_PRECONDITION, ErrorInfo reason STOCK_BELOW_RESERVED: on_hand
         would be lower than the units currently reserved; metadata
         {"product_id": ..., "reserved": "<n>"}.

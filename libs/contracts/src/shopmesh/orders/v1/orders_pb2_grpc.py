@@ -84,8 +84,8 @@ class OrdersServiceServicer:
         was recorded, so it can be read with GetOrder):
         - INVALID_ARGUMENT with BadRequest: see the field constraints on
         PlaceOrderRequest. ErrorInfo reason CURRENCY_MISMATCH when a product is
-        not priced in `currency`; INVALID_CARD_NUMBER or CARD_EXPIRED when that
-        is all that is wrong, as payments' Charge answers it;
+        not priced in `currency`; reason INVALID_CARD_NUMBER or CARD_EXPIRED
+        when that is all that is wrong, as payments' Charge answers it; reason
         IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
         IDEMPOTENCY_KEY_REUSED (see common/v1).
         - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
@@ -171,7 +171,7 @@ class OrdersServiceServicer:
         with whitespace or unprintable characters: violation reason REQUIRED,
         TOO_LONG or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
         ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
-        UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
+        UNAVAILABLE; UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
         (metadata "order_id"): the order was stored by a newer release of orders
         in a form this one cannot read (during a rollout of it, or after a
         rollback from it); retry, a replica of the newer release answers it.
@@ -242,9 +242,9 @@ class OrdersServiceServicer:
         once payments and inventory answer (the payment refunded once, the
         stock restocked, one OrderCancelled event), no retry needed; until then
         the order shows CONFIRMED with pending_cancellation set. A retry with
-        the same key returns the cancelled order once it is done. Any other
-        UNAVAILABLE (orders itself could not answer): the cancellation may not
-        have been recorded; retry with the same key.
+        the same key returns the cancelled order once it is done.
+        - UNAVAILABLE with any other reason (orders itself could not answer): the
+        cancellation may not have been recorded; retry with the same key.
         - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
         {"order_id": ...}): the order was stored by a newer release of orders
         in a form this one cannot read (during a rollout of it, or after a

@@ -73,7 +73,7 @@ class PaymentsServiceStub:
       card expired (CARD_EXPIRED, on exp_year when the year is past, else on
       exp_month); cvv not 3-4 digits (INVALID_FORMAT). ErrorInfo reason
       INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong,
-      else VALIDATION_FAILED; or IDEMPOTENCY_KEY_MISSING /
+      else VALIDATION_FAILED; or reason IDEMPOTENCY_KEY_MISSING /
       IDEMPOTENCY_KEY_INVALID / IDEMPOTENCY_KEY_REUSED (see common/v1).
     - FAILED_PRECONDITION, ErrorInfo reason CARD_DECLINED or
       INSUFFICIENT_FUNDS, metadata {"payment_id": ..., "order_id": ...}: the
@@ -166,7 +166,7 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
       card expired (CARD_EXPIRED, on exp_year when the year is past, else on
       exp_month); cvv not 3-4 digits (INVALID_FORMAT). ErrorInfo reason
       INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong,
-      else VALIDATION_FAILED; or IDEMPOTENCY_KEY_MISSING /
+      else VALIDATION_FAILED; or reason IDEMPOTENCY_KEY_MISSING /
       IDEMPOTENCY_KEY_INVALID / IDEMPOTENCY_KEY_REUSED (see common/v1).
     - FAILED_PRECONDITION, ErrorInfo reason CARD_DECLINED or
       INSUFFICIENT_FUNDS, metadata {"payment_id": ..., "order_id": ...}: the
@@ -262,7 +262,7 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
           card expired (CARD_EXPIRED, on exp_year when the year is past, else on
           exp_month); cvv not 3-4 digits (INVALID_FORMAT). ErrorInfo reason
           INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong,
-          else VALIDATION_FAILED; or IDEMPOTENCY_KEY_MISSING /
+          else VALIDATION_FAILED; or reason IDEMPOTENCY_KEY_MISSING /
           IDEMPOTENCY_KEY_INVALID / IDEMPOTENCY_KEY_REUSED (see common/v1).
         - FAILED_PRECONDITION, ErrorInfo reason CARD_DECLINED or
           INSUFFICIENT_FUNDS, metadata {"payment_id": ..., "order_id": ...}: the
