@@ -54,6 +54,17 @@ IMPLIED_REASONS = {
 VALIDATION_FAILED = "VALIDATION_FAILED"
 # And any RPC that writes (every one not marked NO_SIDE_EFFECTS): ABORTED CONCURRENT_UPDATE, a lost race.
 WRITER_CODES = {grpc.StatusCode.ABORTED: {"CONCURRENT_UPDATE"}}
+# And any RPC of the gateway: the errors shop.proto's service comment says the gateway itself, or the HTTP/gRPC-Web
+# edge in front of it, answers any call with, beside each RPC's own (test_rpc_errors_documented ties each to that
+# text). Its own rate limit, a deadline below its floor, a body over 1 MiB, a malformed gRPC header or frame, an
+# encoding it does not read and a request that did not arrive whole in time.
+GATEWAY = "shopmesh.gateway."
+GATEWAY_REASONS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: {"RATE_LIMITED", "REQUEST_TOO_LARGE"},
+    grpc.StatusCode.INVALID_ARGUMENT: {"DEADLINE_TOO_SHORT", VALIDATION_FAILED},
+    grpc.StatusCode.UNIMPLEMENTED: {"UNSUPPORTED_GRPC_ENCODING"},
+    grpc.StatusCode.DEADLINE_EXCEEDED: {"REQUEST_TIMEOUT"},
+}
 
 
 @dataclass
@@ -152,7 +163,8 @@ _DOCUMENTED: dict[str, Documented] | None = None
 
 
 def allowed(method: MethodDescriptor) -> dict[grpc.StatusCode, set[str]]:
-    """What `method` may answer: its own Errors paragraph and what the conventions imply for every RPC."""
+    """What `method` may answer: its own Errors paragraph, what the conventions imply for every RPC and, for a
+    gateway RPC, the gateway's service-wide errors."""
     global _DOCUMENTED
     if _DOCUMENTED is None:
         _DOCUMENTED = documented_errors()
@@ -165,6 +177,9 @@ def allowed(method: MethodDescriptor) -> dict[grpc.StatusCode, set[str]]:
         implied[grpc.StatusCode.INVALID_ARGUMENT].add(VALIDATION_FAILED)
     if method.GetOptions().idempotency_level != descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS:
         implied |= WRITER_CODES
+    if method.full_name.startswith(GATEWAY):
+        for code, reasons in GATEWAY_REASONS.items():
+            implied[code] = implied.get(code, set()) | reasons
     for code, reasons in implied.items():
         if code not in answers or answers[code]:  # a code documented with any reason stays so
             answers[code] |= reasons

@@ -8,6 +8,7 @@ with a code misspelt in it, would be held to nothing, or to less than its client
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 
 import grpc
@@ -15,14 +16,17 @@ import pytest
 from google.protobuf.descriptor import MethodDescriptor
 
 from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 
 from .conventions import SERVER_FAULTS, contract_methods
-from .documented_errors import CODES, TOKEN, allowed, documented_errors, parse, undocumented
+from .documented_errors import CODES, GATEWAY_REASONS, PROTOS, TOKEN, allowed, documented_errors, parse, undocumented
 
 METHODS = [method for _, method in contract_methods()]
 CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name
+SHOP = shop_pb2.DESCRIPTOR.services_by_name["ShopService"].methods_by_name
+SHOP_PROTO = PROTOS / "gateway" / "v1" / "shop.proto"
 PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].methods_by_name
 
 
@@ -118,6 +122,31 @@ def test_validation_failed_is_implied_only_where_the_rpc_documents_invalid_argum
     list_categories = CATALOG["ListCategories"]  # "Errors: UNAVAILABLE."
     assert undocumented(list_categories, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED") is not None
     assert undocumented(list_categories, grpc.StatusCode.INVALID_ARGUMENT, "NUL_CHARACTER") is None
+
+
+def test_a_gateway_rpc_may_answer_the_gateways_service_wide_errors_and_only_a_gateway_rpc() -> None:
+    """shop.proto's service comment: any gateway call may be rate limited (RATE_LIMITED), among others; catalog's
+    own ListProducts, which the gateway's delegates to, documents no such answer."""
+    list_products = SHOP["ListProducts"]
+    assert undocumented(list_products, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is None
+    assert undocumented(list_products, grpc.StatusCode.INVALID_ARGUMENT, "DEADLINE_TOO_SHORT") is None
+    assert undocumented(list_products, grpc.StatusCode.RESOURCE_EXHAUSTED, "PASSWORD_HASHING_BUSY") is not None
+    assert undocumented(CATALOG["ListProducts"], grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is not None
+    assert undocumented(CATALOG["ListProducts"], grpc.StatusCode.INVALID_ARGUMENT, "DEADLINE_TOO_SHORT") is not None
+
+
+@pytest.mark.parametrize(("code", "reason"), [(c, r) for c, named in GATEWAY_REASONS.items() for r in sorted(named)])
+def test_each_gateway_service_wide_error_is_one_shop_proto_documents(code: grpc.StatusCode, reason: str) -> None:
+    """The table of the gateway's service-wide errors holds only what shop.proto's service comment says: the code,
+    then "reason <REASON>" before another code is named."""
+    comment = " ".join(
+        line.removeprefix("//").strip()
+        for line in itertools.takewhile(lambda line: line.startswith("//"), SHOP_PROTO.read_text().splitlines())
+    )
+    # What each mention of a code says, up to the next code it names.
+    said = re.split(rf"\b({'|'.join(CODES)})\b", comment)
+    clauses = [clause for named, clause in zip(said[1::2], said[2::2], strict=True) if named == code.name]
+    assert any(re.search(rf"\breason {reason}\b", clause) for clause in clauses), f"{code.name} {reason}"
 
 
 def test_the_paragraph_is_the_comments_own() -> None:
