@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from ..mesh.envoy import (
-    ADMIN_CLUSTER,
     MAX_DOWNSTREAM_CONNECTIONS,
     access_log,
     admin_cluster,
@@ -145,7 +144,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     """The edge's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
     if api.traces is not None and api.traces_cluster_at_start:
         raise ValueError("traces names the spans' receiver here; traces_cluster_at_start leaves it to Envoy's start")
-    admin, admin_cluster = _admin(api)
+    admin, admin_upstream = _admin(api)
     gateway_host, gateway_port = api.gateway.rsplit(":", 1)
     if api.gateway_socket is not None and api.gateway_source is not None:
         raise ValueError("gateway_source is an IP address to connect from; gateway_socket is no IP connection")
@@ -344,7 +343,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         # under the flood.
         runtime.append(metrics.runtime_layer)
         listeners.append(metrics.listener)
-        clusters.append(admin_cluster)
+        clusters.append(admin_upstream)
     return {
         "node": {"id": api.name, "cluster": api.name},
         "admin": admin,
@@ -366,4 +365,4 @@ def _admin(api: HttpApi) -> tuple[dict[str, Any], dict[str, Any]]:
     if api.admin_host is None or api.admin_port is None:
         raise ValueError("the admin interface needs an address: admin_socket, or admin_host and admin_port")
     admin = {"address": socket_address(api.admin_host, api.admin_port)}
-    return admin, cluster(ADMIN_CLUSTER, api.admin_host, api.admin_port, http2=False)
+    return admin, admin_cluster(None, api.admin_host, api.admin_port)

@@ -808,10 +808,10 @@ def admin_pipe(path: Path) -> dict[str, Any]:
     return {"address": {"pipe": {"path": str(path), "mode": ADMIN_SOCKET_MODE}}}
 
 
-def admin_cluster(pipe: Path) -> dict[str, Any]:
-    """The cluster (ADMIN_CLUSTER) by which a Prometheus listener reaches the admin interface on the Unix socket
-    `pipe` (`admin_pipe`), which speaks HTTP/1.1."""
-    return cluster(ADMIN_CLUSTER, "", 0, http2=False, pipe=pipe)
+def admin_cluster(pipe: Path | None, host: str = "", port: int = 0) -> dict[str, Any]:
+    """The cluster (ADMIN_CLUSTER) by which a Prometheus listener reaches the admin interface, which speaks
+    HTTP/1.1: on the Unix socket `pipe` (`admin_pipe`), or at `host`:`port` (the edge's in a pod)."""
+    return cluster(ADMIN_CLUSTER, host, port, http2=False, pipe=pipe)
 
 
 def socket_address(host: str, port: int) -> dict[str, Any]:
