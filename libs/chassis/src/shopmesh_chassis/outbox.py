@@ -34,7 +34,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from google.protobuf.message import Message
@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.clocks import utc_now
 from shopmesh_chassis.config import EventSettings
-from shopmesh_chassis.db import Database, DbConnection, try_session_lock
+from shopmesh_chassis.db import Database, DbConnection, as_utc, try_session_lock
 from shopmesh_chassis.events import EVENT_TYPE, messaging_attributes, refused_for_good, stream_full
 from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, OutboxMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
@@ -107,9 +107,7 @@ async def add_event(session: DbConnection, *, subject: str, message: Message, ev
 
 def _waited(created_at: datetime) -> float:
     """Seconds since an event was written."""
-    if created_at.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        created_at = created_at.replace(tzinfo=UTC)
-    return max(0.0, (utc_now() - created_at).total_seconds())
+    return max(0.0, (utc_now() - as_utc(created_at)).total_seconds())
 
 
 def _failed(span: Span, exc: BaseException, why: str | None) -> None:
