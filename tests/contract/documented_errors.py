@@ -17,6 +17,7 @@ which only widens what passes. A code named once without any reason is documente
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ def rpc_comments() -> dict[str, list[str]]:
     return found
 
 
+@functools.cache  # the protos do not change while tests run
 def documented_errors() -> dict[str, Documented]:
     """`package.Service.Method` -> its documented errors, for every RPC whose comment has an Errors paragraph."""
     documented = {}
@@ -159,16 +161,10 @@ def documented_errors() -> dict[str, Documented]:
     return documented
 
 
-_DOCUMENTED: dict[str, Documented] | None = None
-
-
 def allowed(method: MethodDescriptor) -> dict[grpc.StatusCode, set[str]]:
     """What `method` may answer: its own Errors paragraph, what the conventions imply for every RPC and, for a
     gateway RPC, the gateway's service-wide errors."""
-    global _DOCUMENTED
-    if _DOCUMENTED is None:
-        _DOCUMENTED = documented_errors()
-    own = _DOCUMENTED.get(method.full_name)
+    own = documented_errors().get(method.full_name)
     answers: dict[grpc.StatusCode, set[str]] = defaultdict(set)
     for code, reasons in (own.reasons if own else {}).items():
         answers[code] = set(reasons)
