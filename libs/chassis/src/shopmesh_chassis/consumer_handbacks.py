@@ -163,8 +163,8 @@ class HandBacks:
         if read is not None and now - read[0] < self._slots_read_seconds:
             return read[1]
         pending: int | None = None
-        client = self._connection.current()
-        if client is not None and client.is_connected:
+        client = self._connection.connected()
+        if client is not None:
             try:
                 pending = (await client.jetstream().consumer_info(stream, durable)).num_ack_pending or 0
             except (nats.errors.Error, TimeoutError) as exc:

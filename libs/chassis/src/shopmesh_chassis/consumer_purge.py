@@ -123,8 +123,8 @@ class ProcessedEventsPurge:
     async def _read_waiting_event_ids(self) -> set[str] | None:
         """The ids of the events parked or replayed for this consumer; None when they cannot be read (NATS
         away), or are too many to keep by name: the purge then forgets nothing."""
-        client = self._connection.current()
-        if client is None or not client.is_connected:
+        client = self._connection.connected()
+        if client is None:
             return None
         try:
             waiting = await waiting_event_ids(client.jetstream(), self._durable, limit=_KEPT_FOR_DEAD_LETTERS)
@@ -142,8 +142,8 @@ class ProcessedEventsPurge:
 
     async def _read_stream_max_age(self) -> float | None:
         """The stream's max age as NATS says now; None when it cannot be read (not connected yet, NATS away)."""
-        client = self._connection.current()
-        if client is None or not client.is_connected:
+        client = self._connection.connected()
+        if client is None:
             return None
         try:
             info = await client.jetstream().stream_info(self._stream)

@@ -186,6 +186,12 @@ class NatsConnection:
             return None
         return client
 
+    def connected(self) -> Client | None:
+        """The connection while it is connected (`current`, but not while reconnecting): None when a request on it
+        would only wait for the reconnect."""
+        client = self.current()
+        return client if client is not None and client.is_connected else None
+
     async def open(self) -> Client:
         """The connection, connected first if there is none (events.connect: retried until NATS takes it)."""
         client = self.current()
@@ -593,8 +599,8 @@ class DeferredJetStream:
     async def _check_discard(self) -> None:
         """Make a size limit set on the running stream discard new (keep_unread_messages). Quiet while NATS or
         the stream is away: the connection says the first, and a publish declares the stream again."""
-        client = self._connection.current()
-        if self._publisher is None or client is None or not client.is_connected:
+        client = self._connection.connected()
+        if self._publisher is None or client is None:
             return
         try:
             await keep_unread_messages(client.jetstream(), self._stream)
