@@ -58,9 +58,6 @@ class PaymentsApplication:
         and the order's claim, so that a retry of a charge made before the card expired reads that charge."""
         return validate_charge_before_lookup(order_id, amount, card, self._clock().date())
 
-    def validate_refund(self, payment_id: str, reason: str) -> RefundCommand:
-        return validate_refund(payment_id, reason)
-
     async def charge(self, command: ChargeCommand, key: str | None, request: Message) -> payments_pb2.ChargeResponse:
         """The charge `command` under idempotency key `key`, once; `request` (as sent) tells a retry from another
         request. A DECLINED payment is FAILED_PRECONDITION, on the first answer and on every replay alike."""
@@ -90,7 +87,7 @@ class PaymentsApplication:
         malformed new request stores nothing."""
 
         def validated() -> RefundCommand:
-            return self.validate_refund(payment_id, reason)
+            return validate_refund(payment_id, reason)
 
         async def operation(session: DbConnection) -> payments_pb2.RefundResponse:
             return payments_pb2.RefundResponse(payment=payment_to_proto(await self._refund_in(session, validated())))
