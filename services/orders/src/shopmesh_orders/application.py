@@ -86,7 +86,7 @@ class OrdersApplication(OrderPlacement, OrderRecovery):
             repository = OrderRepository(session)
             # Locked: a concurrent cancellation waits, then finds this one's key or its outcome, and answers
             # as the contract says (the order, IDEMPOTENCY_KEY_IN_USE or ORDER_NOT_CANCELLABLE).
-            order = await self._visible(await self._get(repository, order_id, for_update=True), order_id)
+            order = self._visible(await self._get(repository, order_id, for_update=True), order_id)
             cancel_key, cancel_hash = await repository.cancel_origin(order_id)
             if cancel_key == key:
                 if cancel_hash != fingerprint:

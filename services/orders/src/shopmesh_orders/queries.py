@@ -67,7 +67,7 @@ class OrderQueries:
     async def _load(self, order_id: str, owner_check: bool = False) -> Order:
         async with self._db.read() as session:
             order = await self._get(OrderRepository(session), order_id, owner_check=owner_check)
-        return await self._visible(order, order_id) if owner_check else _require(order, order_id)
+        return self._visible(order, order_id) if owner_check else _require(order, order_id)
 
     async def _get(
         self, repository: OrderRepository, order_id: str, *, for_update: bool = False, owner_check: bool = True
@@ -89,10 +89,9 @@ class OrderQueries:
             f"order {unreadable.id} was stored by a newer release of orders, in a form this one cannot read; retry",
         )
 
-    async def _visible(self, order: Order | None, order_id: str) -> Order:
+    def _visible(self, order: Order | None, order_id: str) -> Order:
         """Another user's order is reported exactly like a missing one."""
-        if order is None:
-            raise _not_found(order_id)
+        order = _require(order, order_id)
         _check_visible(order.user_id, order_id)
         return order
 
