@@ -6,6 +6,7 @@ limit that a migration since has moved, and rolls back onto a schema the release
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from itertools import takewhile
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from ..contract.migration_sql import SERVICE_VERSIONS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def section() -> str:
-    text = (ROOT / "docs" / "operations.md").read_text()
+def section(root: Path = ROOT) -> str:
+    text = (root / "docs" / "operations.md").read_text()
     start = text.index("## Rolling back: how far")
     return text[start : text.index("\n## ", start + 1)]
 
@@ -34,9 +35,14 @@ def is_row(line: str) -> bool:
     return line.startswith("|")
 
 
-def branch_heads() -> dict[str, str]:
+def documented_heads(root: Path = ROOT) -> dict[str, str]:
+    """The table '| Database branch | Head on main |': each branch's head, as the doc names it."""
+    return {branch.split()[0]: head for branch, head in table_rows(section(root), "| Database branch |")}
+
+
+def branch_heads(service_versions: Iterable[Path] = SERVICE_VERSIONS) -> dict[str, str]:
     heads: dict[str, str] = {}
-    for versions in SERVICE_VERSIONS:
+    for versions in service_versions:
         for head in ScriptDirectory.from_config(alembic_config(versions)).get_heads():
             heads[branch_of(head)] = head
     return heads
@@ -44,8 +50,7 @@ def branch_heads() -> dict[str, str]:
 
 def test_the_heads_table_names_each_branchs_head_on_main() -> None:
     assert len(SERVICE_VERSIONS) == 7, SERVICE_VERSIONS  # every service but the gateway owns data
-    documented = {branch.split()[0]: head for branch, head in table_rows(section(), "| Database branch |")}
-    assert documented == branch_heads(), (
+    assert documented_heads() == branch_heads(), (
         "docs/operations.md, 'Rolling back: how far': set each branch's row of the table '| Database branch | Head on "
         "main |' to its head revision (a new migration moves its branch's head; docs/services.md's migration section)"
     )
