@@ -1,0 +1,176 @@
+"""`make migration SERVICE=<service> SLUG=<slug>` (shopmesh_platform.new_migration), run on a copy of every service's
+migrations and of docs/operations.md: the revision it writes is the branch's next, chained to its head, and passes
+the repo's own checks of the revisions (their names and one-line summaries, the heads table of "Rolling back: how
+far"); it runs once written, and fails every migration until then; and what it refuses, it refuses in one line,
+writing nothing."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import alembic_config, branch_of, migrate
+from shopmesh_platform.new_migration import REFUSED, main, versions_dir
+
+from .contract.migration_sql import SERVICE_VERSIONS
+from .docs.test_rollback_floor_doc import ROOT, branch_heads, documented_heads
+from .test_migration_summaries import misnamed_revisions, multi_line_summaries
+
+WRITTEN_UPGRADE = 'op.add_column("products", sa.Column("brand", sa.String(100), nullable=True))'
+WRITTEN_DOWNGRADE = 'op.drop_column("products", "brand")'
+WRITTEN_IMPORTS = "from __future__ import annotations\n\nimport sqlalchemy as sa\nfrom alembic import op\n"
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """What the command reads and writes, copied: every service's revisions and docs/operations.md."""
+    for versions in SERVICE_VERSIONS:
+        copy = tmp_path / versions.relative_to(ROOT)
+        shutil.copytree(versions, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "operations.md", tmp_path / "docs" / "operations.md")
+    return tmp_path
+
+
+def service_versions(root: Path) -> list[Path]:
+    return sorted(root.glob("services/*/src/shopmesh_*/migrations/versions"))
+
+
+def catalog_head(root: Path) -> str:
+    return branch_heads(service_versions(root))["catalog"]
+
+
+def run(root: Path, service: str, slug: str, *options: str) -> tuple[int, str, str]:
+    """As the Makefile calls it: the options, then the service and slug after `--` (a slug may start with '-')."""
+    out, err = io.StringIO(), io.StringIO()
+    status = main([*options, "--root", str(root), "--", service, slug], out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def snapshot(root: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_the_revision_is_the_branchs_next_chained_to_its_head(checkout: Path) -> None:
+    head = catalog_head(checkout)
+    expected = f"catalog_{int(head.rpartition('_')[2]) + 1:04d}"
+
+    status, out, err = run(checkout, "catalog", "add_brand", "--summary", "Products' brand, shown on their page.")
+
+    assert (status, err) == (0, "")
+    path = versions_dir(checkout, "catalog") / f"{expected}_add_brand.py"
+    assert f"created {path.relative_to(checkout)} ({expected}, after {head})" in out
+    scripts = ScriptDirectory.from_config(alembic_config(versions_dir(checkout, "catalog")))
+    new = scripts.get_revision(expected)
+    assert new is not None
+    assert new.path == str(path)
+    assert new.down_revision == head
+    assert [h for h in scripts.get_heads() if branch_of(h) == "catalog"] == [expected]
+    assert new.doc == "Products' brand, shown on their page."
+
+
+def test_the_revision_passes_the_repos_checks_of_names_summaries_and_heads(checkout: Path) -> None:
+    before = documented_heads(checkout)
+
+    assert run(checkout, "orders", "gift_note")[0] == 0
+    assert run(checkout, "catalog", "add_brand")[0] == 0
+
+    every = service_versions(checkout)
+    assert misnamed_revisions(every) == set()
+    assert multi_line_summaries(every) == set()
+    assert documented_heads(checkout) == branch_heads(every)
+    # Only the two branches' rows moved.
+    assert {b for b, head in documented_heads(checkout).items() if before[b] != head} == {"catalog", "orders"}
+
+
+async def test_the_skeleton_fails_every_migration_until_it_is_written(checkout: Path) -> None:
+    assert run(checkout, "catalog", "add_brand")[0] == 0
+    database = Database(f"sqlite:///{checkout}/catalog.db")
+    try:
+        with pytest.raises(NotImplementedError, match="write upgrade"):
+            await migrate(database, versions_dir(checkout, "catalog"))
+    finally:
+        await database.dispose()
+
+
+async def test_the_revision_once_written_migrates_the_database_to_it(checkout: Path) -> None:
+    status, _, _ = run(checkout, "catalog", "add_brand")
+    assert status == 0
+    path = next(versions_dir(checkout, "catalog").glob("catalog_*_add_brand.py"))
+    skeleton = path.read_text()
+    upgrade, downgrade = (line for line in skeleton.splitlines() if "raise NotImplementedError" in line)
+    written = skeleton.replace(upgrade, f"    {WRITTEN_UPGRADE}").replace(downgrade, f"    {WRITTEN_DOWNGRADE}")
+    path.write_text(written.replace("from __future__ import annotations\n", WRITTEN_IMPORTS))
+    database = Database(f"sqlite:///{checkout}/catalog.db")
+    try:
+        await migrate(database, versions_dir(checkout, "catalog"))
+        async with database.read() as session:
+            columns = (await session.execute(sa.text("SELECT name FROM pragma_table_info('products')"))).scalars()
+            assert "brand" in set(columns)
+            versions = set((await session.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars())
+    finally:
+        await database.dispose()
+    assert path.stem.removesuffix("_add_brand") in versions
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        pytest.param(["", "add_brand"], "no service given: make migration SERVICE=<service>", id="no-service"),
+        pytest.param(["shipping", "add_brand"], "unknown service 'shipping'", id="unknown-service"),
+        pytest.param(["gateway", "add_brand"], "gateway owns no database", id="no-database"),
+        pytest.param(["catalog", "Add-Brand"], "bad slug 'Add-Brand'", id="punctuation"),
+        pytest.param(["catalog", "add__brand"], "bad slug", id="empty-word"),
+        pytest.param(["catalog", "_add_brand"], "bad slug", id="leading-underscore"),
+        pytest.param(["catalog", "4brand"], "bad slug", id="digit-first"),
+        pytest.param(["catalog", "a" * 41], "bad slug", id="too-long"),
+        pytest.param(
+            ["catalog", "initial"], "catalog already has a revision named initial: catalog_0001_initial.py", id="used"
+        ),
+        pytest.param(
+            ["catalog", "add_brand", "--summary", "Two\nlines."], "the summary must be one line", id="two-lines"
+        ),
+        pytest.param(["catalog", "add_brand", "--summary", 'The "brand"'], "not ending in '\"'", id="closing-quote"),
+        pytest.param(["catalog", "-x"], "bad slug '-x'", id="option-like"),
+    ],
+)
+def test_a_refusal_is_one_line_and_writes_nothing(checkout: Path, args: list[str], says: str) -> None:
+    before = snapshot(checkout)
+
+    status, out, err = run(checkout, *args)
+
+    assert (status, out) == (REFUSED, "")
+    assert err.startswith("error: "), err
+    assert err.count("\n") == 1, err
+    assert says in err
+    assert snapshot(checkout) == before
+
+
+def test_a_slug_used_by_the_revision_just_made_is_refused(checkout: Path) -> None:
+    assert run(checkout, "catalog", "add_brand")[0] == 0
+    before = snapshot(checkout)
+
+    status, _, err = run(checkout, "catalog", "add_brand")
+
+    assert status == REFUSED
+    assert "catalog already has a revision named add_brand" in err
+    assert snapshot(checkout) == before
+
+
+def test_a_heads_table_that_does_not_name_the_head_is_refused_before_anything_is_written(checkout: Path) -> None:
+    doc = checkout / "docs" / "operations.md"
+    head = catalog_head(checkout)
+    doc.write_text(doc.read_text().replace(f"| catalog | {head} |", "| catalog | catalog_0001 |"))
+    before = snapshot(checkout)
+
+    status, _, err = run(checkout, "catalog", "add_brand")
+
+    assert status == REFUSED
+    assert f"has no row '| catalog | {head} |'" in err
+    assert snapshot(checkout) == before
