@@ -137,6 +137,17 @@ fmt: setup $(JS_TOOLS) ## Format Python, protos and the storefront in place
 test: lint browser ## Lint, then every test (unit, contract, e2e, the storefront in Chromium)
 	$(VENV_BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# --- migrations ----------------------------------------------------------------------------------
+
+.PHONY: migration
+# Handed over in the environment, not spliced into the command: a summary's apostrophe ("Products' brand") or a
+# slug that starts with '-' reaches the generator as typed, which refuses what it must in one line.
+migration: export MIGRATION_SERVICE = $(SERVICE)
+migration: export MIGRATION_SLUG = $(SLUG)
+migration: export MIGRATION_SUMMARY = $(SUMMARY)
+migration: setup ## A service's next Alembic revision, chained to its head, and its head in docs/operations.md (SERVICE=catalog SLUG=add_brand, SUMMARY="its one-line summary")
+	$(VENV_BIN)/python -m shopmesh_platform.new_migration $${MIGRATION_SUMMARY:+--summary "$$MIGRATION_SUMMARY"} -- "$$MIGRATION_SERVICE" "$$MIGRATION_SLUG"
+
 # --- running -------------------------------------------------------------------------------------
 
 .PHONY: run

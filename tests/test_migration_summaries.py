@@ -45,8 +45,8 @@ def misnamed_revisions(service_versions: Iterable[Path]) -> set[str]:
 def test_every_migration_summary_is_one_line() -> None:
     multi_line = multi_line_summaries(SERVICE_VERSIONS)
     assert not multi_line, (
-        f"make each revision's docstring start with a one-line paragraph (docs/services.md, the migration "
-        f"template): {sorted(multi_line)}"
+        f"make each revision's docstring start with a one-line paragraph (docs/services.md, `make "
+        f"migration`): {sorted(multi_line)}"
     )
 
 
@@ -57,5 +57,5 @@ def test_every_revision_is_named_after_its_branch() -> None:
     misnamed = misnamed_revisions(SERVICE_VERSIONS)
     assert not misnamed, (
         f"name each revision `<branch>_NNNN` (its branch label, then 4 digits, as catalog_0003: docs/services.md, "
-        f"the migration template), file `<branch>_NNNN_<slug>.py`: {sorted(misnamed)}"
+        f"`make migration`), file `<branch>_NNNN_<slug>.py`: {sorted(misnamed)}"
     )
