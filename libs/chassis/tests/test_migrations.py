@@ -19,7 +19,7 @@ from alembic import command
 from sqlalchemy import Connection, inspect, text
 
 from shopmesh_chassis import app
-from shopmesh_chassis.config import StartupFailed
+from shopmesh_chassis.config import DatabaseSettings, MigratedOnly, StartupFailed
 from shopmesh_chassis.db import Database, ForeignKeysViolated
 from shopmesh_chassis.migrations import (
     _PG_MIGRATION_LOCK,
@@ -121,6 +121,37 @@ async def test_a_service_on_another_services_database_fails_the_start_naming_who
     assert "holds the orders service's schema (revisions orders_0001), not catalog's" in message, message
     assert database.address in message, message
     assert "products" not in await tables(database), "nothing of the catalog's was made in the orders' database"
+
+
+def sqlite_settings(tmp_path: Path, *, migrate_only: bool) -> DatabaseSettings:
+    return DatabaseSettings(service_name="svc", database_url=f"sqlite:///{tmp_path}/svc.db", migrate_only=migrate_only)
+
+
+async def test_migrate_only_in_the_loaded_settings_stops_after_migrating_without_the_variable_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings the service loaded are the one source of MIGRATE_ONLY: settings made otherwise than from
+    the environment (a test's, a launcher's) are obeyed, though the variable is not set."""
+    monkeypatch.delenv("MIGRATE_ONLY", raising=False)
+    database = Database.from_settings(sqlite_settings(tmp_path, migrate_only=True))
+    try:
+        with pytest.raises(MigratedOnly):
+            await migrate(database, release(tmp_path / "v1", ["widgets"]))
+        assert "widgets" in await tables(database), "migrated before it stopped"
+    finally:
+        await database.dispose()
+
+
+async def test_a_migrate_only_variable_the_loaded_settings_say_false_to_is_not_read_behind_their_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIGRATE_ONLY", "true")
+    database = Database.from_settings(sqlite_settings(tmp_path, migrate_only=False))
+    try:
+        await migrate(database, release(tmp_path / "v1", ["widgets"]))  # returns: the service goes on to serve
+        assert "widgets" in await tables(database)
+    finally:
+        await database.dispose()
 
 
 ORDERS_WITH_LINES = '''"""orders and their lines, deleted with them"""

@@ -83,11 +83,6 @@ class RuntimeSettings(BaseSettings):
     # checkout (docs/benchmarks.md). `asyncio` is the standard library's loop, for debugging a suspected
     # loop problem.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
-    # true: migrate the database to its heads and exit 0, serving nothing. The Helm chart's `migrate` init container
-    # runs the image so, before the app container: no probe bounds an init container, so a long migration (an
-    # index built concurrently on millions of rows) runs to its end, where the app container's startup probe
-    # killed it and every retry started over (docs/operations.md, "Migrations and locks").
-    migrate_only: bool = False
 
 
 class ServiceSettings(RuntimeSettings):
@@ -96,6 +91,13 @@ class ServiceSettings(RuntimeSettings):
     service_name: ServiceName
     # The ErrorInfo.domain of this service's errors; defaults to `shopmesh.<service_name>`.
     error_domain: str = ""
+    # true: migrate the database to its heads and exit 0, serving nothing. The Helm chart's `migrate` init container
+    # runs the image so, before the app container: no probe bounds an init container, so a long migration (an
+    # index built concurrently on millions of rows) runs to its end, where the app container's startup probe
+    # killed it and every retry started over (docs/operations.md, "Migrations and locks").
+    # `Database.from_settings` hands it to `migrations.migrate`; `app.serve` refuses it in a service that has no
+    # database, which never migrates.
+    migrate_only: bool = False
 
     grpc_host: str = "127.0.0.1"
     # 0 picks a free port (tests); the bound port is logged and exposed by the server.

@@ -512,11 +512,18 @@ class Database:
     for nothing (docs/benchmarks.md)."""
 
     def __init__(
-        self, url: str, *, pool_size: int = POSTGRES_POOL_SIZE, max_overflow: int = POSTGRES_MAX_OVERFLOW
+        self,
+        url: str,
+        *,
+        pool_size: int = POSTGRES_POOL_SIZE,
+        max_overflow: int = POSTGRES_MAX_OVERFLOW,
+        migrate_only: bool = False,
     ) -> None:
         """`pool_size` and `max_overflow` size the PostgreSQL pool (see POSTGRES_POOL_SIZE); SQLite's never waits
-        for a connection and ignores them."""
+        for a connection and ignores them. `migrate_only` (MIGRATE_ONLY): `migrations.migrate` stops the process
+        once it has migrated the database."""
         self.url = normalize_url(url)
+        self.migrate_only = migrate_only
         self._sqlite: Engine | None = None
         self._postgres: AsyncEngine | None = None
         self._postgres_reader: AsyncEngine | None = None
@@ -538,11 +545,14 @@ class Database:
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> Database:
         """The service's database as its settings give it (DATABASE_URL, the pool's DATABASE_POOL_SIZE and
-        DATABASE_MAX_OVERFLOW): how every service opens it, so that a setting of the chassis reaches them all."""
+        DATABASE_MAX_OVERFLOW, MIGRATE_ONLY): how every service opens it, so that a setting of the chassis reaches
+        them all. MIGRATE_ONLY rides here because every service's wiring opens its database so and hands it to
+        `migrate` first thing: the settings it loaded decide, not the environment read again behind them."""
         return cls(
             settings.resolved_database_url,
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
+            migrate_only=settings.migrate_only,
         )
 
     @property

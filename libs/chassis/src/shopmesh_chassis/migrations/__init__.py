@@ -21,7 +21,7 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from shopmesh_chassis.config import MigratedOnly, RuntimeSettings, StartupFailed, load_settings
+from shopmesh_chassis.config import MigratedOnly, StartupFailed
 from shopmesh_chassis.db import Database, try_session_lock
 from shopmesh_chassis.db_errors import DatabaseUnreachable
 
@@ -246,8 +246,9 @@ async def migrate(
 ) -> None:
     """Bring the database to the newest schema of the chassis and of the service, unless a newer release
     has already taken it further (then leave it as it is). On PostgreSQL each migration commits on its
-    own and waits at most `lock_timeout_seconds` for a lock (MigrationBlocked past that). Under MIGRATE_ONLY it
-    then raises MigratedOnly, which ends the process with status 0 (`app.run`)."""
+    own and waits at most `lock_timeout_seconds` for a lock (MigrationBlocked past that). Under MIGRATE_ONLY (the
+    loaded settings' `migrate_only`, which `Database.from_settings` gives `database`) it then raises MigratedOnly,
+    which ends the process with status 0 (`app.run`)."""
     config = alembic_config(versions_dir, metadata)
     if database.dialect == "postgresql":
         # The connection is discarded after: the advisory lock and the lock timeout go with it.
@@ -270,5 +271,5 @@ async def migrate(
             upgraded = await connection.run_sync(_upgrade_sqlite, config, database.address)
     if upgraded:
         log.info("database schema is up to date", extra={"versions": str(versions_dir)})
-    if load_settings(RuntimeSettings).migrate_only:
+    if database.migrate_only:
         raise MigratedOnly(f"MIGRATE_ONLY: the database at {database.address} is migrated; exiting without serving")
