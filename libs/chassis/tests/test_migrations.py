@@ -548,8 +548,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    create_index_concurrently("ix_widgets_id", "widgets", ["id"])
+    create_index_concurrently({call})
 '''
+WIDGETS_BY_ID = '"ix_widgets_id", "widgets", ["id"]'
 
 
 @asynccontextmanager
@@ -572,8 +573,8 @@ async def leave_an_invalid_index(connection: asyncpg.Connection, table: str) -> 
         await connection.execute(f"CREATE UNIQUE INDEX CONCURRENTLY ix_widgets_id ON {table} ((id % 2))")
 
 
-async def migrate_with_the_widgets_index(database: Database, versions: Path) -> None:
-    (versions / "svc_0002.py").write_text(INDEX_WIDGETS)
+async def migrate_with_the_widgets_index(database: Database, versions: Path, call: str = WIDGETS_BY_ID) -> None:
+    (versions / "svc_0002.py").write_text(INDEX_WIDGETS.format(call=call))
     await migrate(database, versions)
 
 
@@ -642,3 +643,55 @@ async def test_an_invalid_index_in_the_schema_the_database_puts_the_tables_in_is
         assert await admin.fetchval("SELECT 'public.ix_widgets_id'::regclass::oid") == elsewhere
     finally:
         await admin.close()
+
+
+@pytest.mark.parametrize(
+    "leftover",
+    [
+        "CREATE INDEX ix_widgets_id ON widgets (colour)",
+        "CREATE INDEX ix_widgets_id ON widgets (id, colour)",
+        "CREATE UNIQUE INDEX ix_widgets_id ON widgets (id)",
+        "CREATE INDEX ix_widgets_id ON widgets (id) WHERE colour IS NOT NULL",
+    ],
+    ids=["other-column", "more-columns", "unique", "partial"],
+)
+async def test_a_valid_index_of_the_name_built_otherwise_is_replaced_by_the_one_the_migration_wants(
+    pg_database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture, leftover: str
+) -> None:
+    """A valid index of the name is kept only when it is the one the migration builds. One of the name built
+    otherwise (a hand-made index, an earlier draft of the migration run on the database) was kept as if it
+    were: the migration recorded as done, and its queries left without the index they were written for (or a
+    unique one refusing rows the service means to write)."""
+    async with widgets_migrated(pg_database, tmp_path) as (versions, other):
+        await other.execute("ALTER TABLE widgets ADD COLUMN colour text")
+        await other.execute(leftover)
+        left = await other.fetchval("SELECT pg_get_indexdef('ix_widgets_id'::regclass)")
+        with caplog.at_level(logging.WARNING, logger="shopmesh.migrations"):
+            await migrate_with_the_widgets_index(pg_database, versions)
+        index = await other.fetchrow(
+            "SELECT i.indisvalid, i.indisunique, pg_get_indexdef(i.indexrelid) AS definition FROM pg_index i"
+            " WHERE i.indexrelid = 'ix_widgets_id'::regclass"
+        )
+        assert index is not None
+        assert index["indisvalid"], index["definition"]
+        assert not index["indisunique"], index["definition"]
+        assert index["definition"].endswith("USING btree (id)"), index["definition"]
+    (record,) = [r for r in caplog.records if r.name == "shopmesh.migrations" and r.levelno == logging.WARNING]
+    message = record.getMessage()
+    assert left in message, "the leftover's definition: " + message
+    assert "USING btree (id)" in message, "the wanted definition: " + message
+
+
+async def test_a_valid_partial_index_of_the_name_as_the_migration_builds_it_is_kept(
+    pg_database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL stores a partial index's condition rewritten (`colour = 'red'` reads back as
+    `(colour = 'red'::text)`): the index a killed start built is still the one wanted, and kept."""
+    async with widgets_migrated(pg_database, tmp_path) as (versions, other):
+        await other.execute("ALTER TABLE widgets ADD COLUMN colour text")
+        await other.execute("CREATE INDEX ix_widgets_id ON widgets (id) WHERE colour = 'red'")
+        built = await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid")
+        with caplog.at_level(logging.WARNING, logger="shopmesh.migrations"):
+            await migrate_with_the_widgets_index(pg_database, versions, WIDGETS_BY_ID + ", where=\"colour = 'red'\"")
+        assert await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid") == built, "the wanted index was rebuilt"
+    assert not [r for r in caplog.records if r.name == "shopmesh.migrations" and r.levelno >= logging.WARNING]

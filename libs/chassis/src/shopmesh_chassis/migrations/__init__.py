@@ -111,17 +111,63 @@ def branch_of(revision: str) -> str:
 # sets no schema: the table is the one the connection's search_path finds (the role's or the database's
 # setting, else public), and an index of the name in another schema of that path is none of this build's.
 _INDEX_BESIDE_TABLE = text(
-    "SELECT n.nspname, i.indisvalid FROM pg_class c"
+    "SELECT n.nspname, i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_index i ON i.indexrelid = c.oid"
     " WHERE c.relname = :name AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass(:table))"
 )
+# A session's temporary copy of the indexed table's columns (their types and collations), to have PostgreSQL write
+# the wanted index's definition as it writes the existing one's: it stores a condition rewritten (`state =
+# 'pending'` reads back as `((state)::text = 'pending'::text)`), so only its own rendering of both compares.
+_SCRATCH_TABLE = "shopmesh_wanted_index"
+
+
+def _index_shape(definition: str) -> str:
+    """What an index is, from its pg_get_indexdef() without its name and table's: unique or not, method, columns
+    (with their order and operator classes), INCLUDE, condition."""
+    head, _, body = definition.partition(" USING ")
+    return f"{'UNIQUE ' if head.startswith('CREATE UNIQUE ') else ''}USING {body}"
+
+
+def _wanted_shape(bind: Connection, table: str, body: str) -> str:
+    """The shape (`_index_shape`) of the index `CREATE INDEX ... ON table body` would build, built on an empty
+    temporary copy of the table's columns: nothing locked beyond a read of the table's definition."""
+    bind.execute(text(f"CREATE TEMPORARY TABLE {_SCRATCH_TABLE} (LIKE {table})"))
+    try:
+        bind.execute(text(f"CREATE INDEX {_SCRATCH_TABLE}_ix ON {_SCRATCH_TABLE} {body}"))
+        definition = bind.scalar(
+            text("SELECT pg_get_indexdef(to_regclass(:index))"), {"index": f"pg_temp.{_SCRATCH_TABLE}_ix"}
+        )
+    finally:
+        bind.execute(text(f"DROP TABLE {_SCRATCH_TABLE}"))
+    return _index_shape(str(definition))
+
+
+def _built_otherwise(bind: Connection, name: str, table: str, body: str, existing: str) -> bool:
+    """Whether the valid index `existing` (its pg_get_indexdef()) is not the one `CREATE INDEX name ON table body`
+    builds; says so in a warning naming both."""
+    wanted = _wanted_shape(bind, table, body)
+    if _index_shape(existing) == wanted:
+        return False
+    log.warning(
+        "index %s is not the one this migration builds: dropping %s to build CREATE INDEX %s ON %s %s",
+        name,
+        existing,
+        name,
+        table,
+        wanted,
+        extra={"index": name, "existing_definition": existing, "wanted_definition": wanted},
+    )
+    return True
 
 
 def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, where: str | None = None) -> None:
     """For a migration: on PostgreSQL, build an index without holding writes to a busy table, outside the
     migration's transaction. Safe to run again: a build that failed half-way leaves an INVALID index under
     the name, dropped first; a VALID one (a start killed after its build finished, before Alembic recorded the
-    migration) is kept, not built again from zero, which on a big table takes longer than a start may. It
+    migration) is kept, not built again from zero, which on a big table takes longer than a start may. Kept
+    only if it is the index wanted, though: one of the name with other columns, uniqueness or condition (made
+    by hand, or by an earlier draft of the migration) is dropped, with a warning naming both definitions, and
+    the wanted one built; the comparison is PostgreSQL's own rendering of both (`_wanted_shape`). It
     runs without migrate()'s lock timeout: a concurrent build blocks nobody, but waits for every older
     snapshot in the database (a backup, a long report), and with the timeout such a transaction would fail
     every start until it ended. Elsewhere (SQLite), a plain CREATE INDEX. `where`, SQL both dialects read
@@ -133,19 +179,17 @@ def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, 
     if op.get_bind().dialect.name != "postgresql":
         op.create_index(name, table, list(columns), sqlite_where=text(where) if where is not None else None)
         return
+    body = f"({', '.join(columns)})" + (f" WHERE {where}" if where is not None else "")
     with op.get_context().autocommit_block():
         bind = op.get_bind()
         index = bind.execute(_INDEX_BESIDE_TABLE, {"name": name, "table": table}).one_or_none()
-        if index is not None and not index.indisvalid:
+        if index is not None and (not index.indisvalid or _built_otherwise(bind, name, table, body, index.definition)):
             schema = bind.dialect.identifier_preparer.quote_schema(index.nspname)
             bind.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {schema}.{name}"))
         timeout = bind.scalar(text("SHOW lock_timeout"))
         bind.execute(text("SET lock_timeout = 0"))
         try:
-            partial = f" WHERE {where}" if where is not None else ""
-            bind.execute(
-                text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({', '.join(columns)}){partial}")
-            )
+            bind.execute(text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} {body}"))
         finally:
             bind.execute(text("SELECT set_config('lock_timeout', :timeout, false)"), {"timeout": timeout})
 
