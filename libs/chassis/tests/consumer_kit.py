@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
@@ -22,6 +23,19 @@ from shopmesh_chassis.testing.nats_server import NatsServer
 
 scratch = MetaData()
 effects = Table("effects", scratch, Column("id", Integer, primary_key=True), Column("event_id", String(64)))
+
+
+class HeldClock:
+    """The consumer's wall clock, held where the test puts it (the stream's timestamps run on)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
-from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
+from .consumer_kit import HeldClock, applied, client, consumer, db, publish, record, until_applied
 from .nats_kit import LostCancel
 
 __all__ = ["client", "db"]  # fixtures, used by name
@@ -300,6 +300,18 @@ async def test_a_replica_cut_off_from_nats_shows_its_last_read_falling_behind(
     with nats_server(tmp_path / "nats", port=port):
         await eventually(lambda: (last_read() or 0) > (gone or 0), "a read from NATS back")
         await running.stop()
+
+
+async def test_the_last_read_gauge_is_the_time_on_the_consumers_own_clock(db: Database) -> None:
+    """Read from the clock the consumer stamps and purges by, not a second wall clock beside it."""
+    registry = CollectorRegistry()
+    clock = HeldClock()
+    clock.advance(-3 * 86400)
+    consumer(db, "nats://127.0.0.1:1", record, metrics=EventMetrics(registry), clock=clock)
+    last_read = registry.get_sample_value(
+        "shopmesh_events_consumer_nats_read_timestamp_seconds", {"consumer": "tester"}
+    )
+    assert last_read == clock.now.timestamp()
 
 
 def outcome_counter(registry: CollectorRegistry) -> Callable[[str], float]:

@@ -9,7 +9,6 @@ import logging
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,7 +27,7 @@ from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 
-from .consumer_kit import applied, client, consumer, db, record, scratch_database, until_applied
+from .consumer_kit import HeldClock, applied, client, consumer, db, record, scratch_database, until_applied
 from .test_consumer import DATABASE_AWAY, messages_parked
 from .test_dead_letters import parked
 
@@ -64,19 +63,6 @@ def outcomes(registry: CollectorRegistry, subject: str, outcome: str) -> float:
 SHORT_ACK_WAIT = 10.0
 # Past the 120 s bound the tests set, however long the test took from holding the clock to publishing.
 PAST_THE_BOUND = 180
-
-
-class HeldClock:
-    """The consumer's wall clock, held where the test puts it (the stream's timestamps run on)."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class OverdueReplica(NamedTuple):

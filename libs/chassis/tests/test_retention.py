@@ -21,7 +21,7 @@ from sqlalchemy import insert, select, update
 
 from shopmesh_chassis.config import ConfigError, EventSettings, load_settings
 from shopmesh_chassis.consumer import Event
-from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.db import Database, DbConnection, as_utc
 from shopmesh_chassis.events import DeferredJetStream, ensure_stream
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
@@ -29,7 +29,7 @@ from shopmesh_chassis.tables import outbox_events, processed_events
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
-from .consumer_kit import consumer, record, scratch, until_applied, until_durable
+from .consumer_kit import HeldClock, consumer, record, scratch, until_applied, until_durable
 from .nats_kit import a_month_publisher
 
 DAY = 86400.0
@@ -172,6 +172,58 @@ async def test_a_running_consumer_keeps_ids_by_a_max_age_raised_since_it_connect
         await remember(either_db, [("tester", "old", ago(11.5)), ("tester", "kept", ago(9))])
         assert await running.purge_processed() == 1
         assert await remembered(either_db) == {("tester", "kept")}, "its event may still be on the 10-day stream"
+    finally:
+        await running.stop()
+
+
+async def test_a_consumer_stamps_the_event_ids_it_applies_with_its_own_clock(
+    either_db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """processed_at is read from the clock the purge's cutoff is measured on: the consumer's injected one."""
+    clock = HeldClock()
+    clock.advance(-3 * DAY)
+
+    async def apply_nothing(session: DbConnection, event: Event) -> None:
+        pass
+
+    running = consumer(either_db, nats_srv.url, apply_nothing, clock=clock)
+    running.start()
+    try:
+        await until_durable(client)
+        await client.jetstream().publish("things.v1.happened", b"x", headers={"Nats-Msg-Id": "e1"})
+        await eventually(lambda: remembered(either_db), "the event applied")
+    finally:
+        await running.stop()
+    async with either_db.read() as session:
+        stamped = (await session.execute(select(processed_events.c.processed_at))).scalar_one()
+    assert as_utc(stamped) == clock.now
+
+
+async def test_a_consumer_forgets_event_ids_by_its_own_clock_moved_past_the_retention(
+    either_db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """The cutoff is measured on the consumer's clock: moved nine days on, its purge forgets what it applied
+    more than eight days before that, at once and without a row aged by hand."""
+    await ensure_stream(client.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * DAY)
+    clock = HeldClock()
+    started = clock.now
+    await remember(either_db, [("tester", "applied", started), ("tester", "later", started + timedelta(days=2))])
+    cutoffs: list[datetime] = []
+
+    async def purged(cutoff: datetime) -> None:
+        cutoffs.append(cutoff)
+
+    running = consumer(
+        either_db, nats_srv.url, record, processed_retention_seconds=8 * DAY, on_purge=purged, clock=clock
+    )
+    running.start()
+    try:
+        # The purge run once connected first (its next an hour away): it forgets nothing yet.
+        await eventually(lambda: cutoffs, "the purge run at connection")
+        clock.advance(9 * DAY)
+        assert await running.purge_processed() == 1
+        assert await remembered(either_db) == {("tester", "later")}
+        assert cutoffs[-1] == started + timedelta(days=1)
     finally:
         await running.stop()
 

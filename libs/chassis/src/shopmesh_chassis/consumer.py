@@ -234,6 +234,9 @@ class EventConsumer:
         if both:
             raise ValueError(f"consumer {durable}: subjects both consumed and retired: {', '.join(both)}")
         self._handler = handler
+        # The wall clock of every time this consumer writes or judges (processed_at, the purge's cutoff, a
+        # hand-back's age, the last-read gauge): one, so that a test that moves it moves them all.
+        self._clock = clock
         # Called once the handler's transaction has committed (e.g. to wake a worker that reads its rows).
         self._on_applied = on_applied
         self._max_attempts = max_attempts
@@ -262,6 +265,7 @@ class EventConsumer:
             interval_seconds=purge_interval_seconds,
             batch_size=purge_batch_size,
             on_purge=on_purge,
+            clock=clock,
         )
         # Since when (monotonic) the current _consume has been subscribed, and whether it delivered a message
         # since: the reconnect backoff starts over only after a run that did either for a while, so a fault
@@ -303,6 +307,7 @@ class EventConsumer:
             metrics=metrics,
             poll_seconds=gauge_poll_seconds,
             on_ack_pending=self._handbacks.read_slots,
+            clock=clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
         # Set by stop() before it cancels _run: see _stop_if_stopping.
@@ -575,7 +580,7 @@ class EventConsumer:
             # was parked as a dead letter although the event had been applied.
             claimed = await session.execute(
                 insert_skipping_existing(self._db.dialect, processed_events),
-                {"consumer": self._durable, "event_id": event.event_id, "processed_at": utc_now()},
+                {"consumer": self._durable, "event_id": event.event_id, "processed_at": self._clock()},
             )
             if not claimed.rowcount:
                 return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 import nats.errors
@@ -18,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
+from shopmesh_chassis.clocks import Clock
 from shopmesh_chassis.consumer_durables import covers, filter_of
 from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM, parked_subject
 from shopmesh_chassis.metrics import EventMetrics
@@ -37,6 +37,7 @@ class ConsumerGauges:
         metrics: EventMetrics | None,
         poll_seconds: float,
         on_ack_pending: Callable[[int], None],
+        clock: Clock,
     ) -> None:
         self._durable = durable
         self._stream = stream
@@ -44,11 +45,13 @@ class ConsumerGauges:
         self._gauge_poll = poll_seconds
         # Told the durable's ack-pending count at each read (the park of a hand-back goes by it).
         self._on_ack_pending = on_ack_pending
+        # The consumer's: the last-read gauge is a wall-clock time, as Prometheus' time() it is compared with.
+        self._clock = clock
         # Set after each park: the dead-letter gauge is read again at once.
         self._parked = asyncio.Event()
         if metrics is not None:
             # From the start, not the first read: a replica that never reaches NATS must show it too.
-            metrics.consumer_nats_read.labels(durable).set(time.time())
+            metrics.consumer_nats_read.labels(durable).set(clock().timestamp())
             # At 0 before any drop: prometheus-client makes a labelled series on first use, already at 1, and
             # increase() (ShopmeshEventsDropped) sees no rise in a series' first sample: the first lost event
             # of each pod would never page.
@@ -90,7 +93,7 @@ class ConsumerGauges:
                 await self.look_for_lost(js, state)
                 info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=mine)
                 metrics.dead_letters.labels(self._durable).set(sum((info.state.subjects or {}).values()))
-                metrics.consumer_nats_read.labels(self._durable).set(time.time())
+                metrics.consumer_nats_read.labels(self._durable).set(self._clock().timestamp())
             except (nats.errors.Error, TimeoutError) as exc:
                 # A gauge a little stale is better than interrupting consumption over it.
                 log.warning("could not read %s's backlog and dead letters: %s", self._durable, exc)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import nats.errors
 
-from shopmesh_chassis.clocks import utc_now
+from shopmesh_chassis.clocks import Clock
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.deadletters import waiting_event_ids
 from shopmesh_chassis.events import NatsConnection
@@ -46,6 +46,7 @@ class ProcessedEventsPurge:
         interval_seconds: float,
         batch_size: int,
         on_purge: Callable[[datetime], Awaitable[object]] | None,
+        clock: Clock,
     ) -> None:
         self._db = database
         # The consumer's, read from when it is connected: the purge makes no connection of its own.
@@ -57,6 +58,8 @@ class ProcessedEventsPurge:
         self._batch_size = batch_size
         # Run by a purge with its cutoff when no dead letter waits: see run.
         self._on_purge = on_purge
+        # The consumer's, which stamped processed_at: the cutoff is measured on the same clock.
+        self._clock = clock
         self._periodic = Periodic(f"processed-events-purge-{durable}", interval_seconds, self.run)
         # Whether no purge has read the stream's max age since the last one that did (none has at start).
         self._skipped = True
@@ -98,7 +101,7 @@ class ProcessedEventsPurge:
             self._skipped = True
             return 0
         retention = max(self._retention, max_age + _PURGE_MARGIN_SECONDS)
-        cutoff = utc_now() - timedelta(seconds=retention)
+        cutoff = self._clock() - timedelta(seconds=retention)
         mine = processed_events.c.consumer == self._durable
         condition = mine & (processed_events.c.processed_at < cutoff)
         if waiting:
