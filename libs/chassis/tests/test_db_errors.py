@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import text
@@ -19,6 +21,7 @@ from shopmesh_chassis.db_errors import (
 )
 from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, Aborted, Unavailable
 from shopmesh_chassis.testing import free_port
+from shopmesh_chassis.testing.postgres import PostgresServer
 
 
 class DriverError(Exception):
@@ -173,3 +176,122 @@ async def test_a_duplicate_of_a_key_whose_name_contains_the_one_named_stays_the_
     await _two_unique_keys(blank_db)
     with pytest.raises(IntegrityError):  # not Duplicate, which is no IntegrityError
         await _insert(blank_db, "p2", "b@example.com", key="email", email_token="t1")
+
+
+# Each way the services' schemas can declare a unique key, with the key's columns as a store names them.
+UNIQUE_KEYS = [
+    pytest.param(["CREATE TABLE accounts (id TEXT PRIMARY KEY, a TEXT, b TEXT)"], ("id",), id="primary-key-pkey"),
+    pytest.param(
+        ["CREATE TABLE accounts (id TEXT, a TEXT, b TEXT, CONSTRAINT pk_accounts PRIMARY KEY (id))"],
+        ("id",),
+        id="primary-key-named-pk",
+    ),
+    pytest.param(
+        [
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, a TEXT, b TEXT)",
+            "CREATE UNIQUE INDEX ix_accounts_a ON accounts (a)",
+        ],
+        ("a",),
+        id="unique-index",
+    ),
+    pytest.param(
+        ["CREATE TABLE accounts (id TEXT PRIMARY KEY, a TEXT UNIQUE, b TEXT)"], ("a",), id="unique-column-unnamed"
+    ),
+    pytest.param(
+        ["CREATE TABLE accounts (id TEXT PRIMARY KEY, a TEXT, b TEXT, CONSTRAINT uq_accounts_a_b UNIQUE (a, b))"],
+        ("a", "b"),
+        id="several-columns",
+    ),
+    pytest.param(
+        ["CREATE TABLE accounts (id TEXT PRIMARY KEY, a TEXT, b TEXT, CONSTRAINT uq_accounts_a_b UNIQUE (a, b))"],
+        ("b", "a"),
+        id="several-columns-named-in-another-order",
+    ),
+    pytest.param(
+        ["CREATE TABLE accounts (id TEXT PRIMARY KEY, a TEXT, b TEXT, CONSTRAINT uq_accounts_pair UNIQUE (a, b))"],
+        ("a", "b"),
+        id="several-columns-named-for-their-purpose",
+    ),
+]
+FIRST = {"id": "r1", "a": "x", "b": "y"}
+
+
+async def _create(database: Database, statements: list[str]) -> None:
+    async with database.transaction() as connection:
+        for statement in statements:
+            await connection.execute(text(statement))
+        await connection.execute(text("INSERT INTO accounts (id, a, b) VALUES (:id, :a, :b)"), FIRST)
+
+
+async def _insert_same(
+    database: Database, columns: tuple[str, ...], key: str | tuple[str, ...], *, role: str | None = None
+) -> None:
+    """Insert a row that repeats the first one's `columns` only, under duplicates_raised(key) (as `role`)."""
+    row = {"id": "r2", "a": "x2", "b": "y2"} | {column: FIRST[column] for column in columns}
+    async with database.transaction() as connection:
+        if role is not None:
+            await connection.execute(text(f"SET LOCAL ROLE {role}"))
+        with duplicates_raised(key):
+            await connection.execute(text("INSERT INTO accounts (id, a, b) VALUES (:id, :a, :b)"), row)
+
+
+@pytest.mark.parametrize(("statements", "columns"), UNIQUE_KEYS)
+async def test_a_duplicate_of_the_key_named_is_a_duplicate_whatever_declares_the_key(
+    blank_db: Database, statements: list[str], columns: tuple[str, ...]
+) -> None:
+    await _create(blank_db, statements)
+    with pytest.raises(Duplicate):
+        await _insert_same(blank_db, columns, columns[0] if len(columns) == 1 else columns)
+
+
+async def test_a_duplicate_of_a_key_of_several_columns_is_not_one_of_a_key_on_one_of_them(blank_db: Database) -> None:
+    await _create(
+        blank_db,
+        ["CREATE TABLE accounts (id TEXT PRIMARY KEY, a TEXT, b TEXT, CONSTRAINT uq_accounts_a_b UNIQUE (a, b))"],
+    )
+    with pytest.raises(IntegrityError):  # not Duplicate, which is no IntegrityError
+        await _insert_same(blank_db, ("a", "b"), "a")
+    with pytest.raises(IntegrityError):
+        await _insert_same(blank_db, ("a", "b"), ("a", "b", "id"))
+
+
+@pytest.mark.parametrize(
+    ("statements", "columns", "named"),
+    [
+        pytest.param(*UNIQUE_KEYS[2].values, True, id="unique-index-ix"),
+        pytest.param(*UNIQUE_KEYS[3].values, True, id="unique-column-unnamed"),
+        pytest.param(*UNIQUE_KEYS[4].values, True, id="several-columns-uq"),
+        pytest.param(
+            ["CREATE TABLE accounts (id TEXT PRIMARY KEY, a TEXT, b TEXT, CONSTRAINT uq_accounts_a UNIQUE (a))"],
+            ("a",),
+            True,
+            id="one-column-uq",
+        ),
+        # The name cannot say these keys' columns: the driver's error, as before the DETAIL was read.
+        pytest.param(*UNIQUE_KEYS[0].values, False, id="primary-key-pkey"),
+        pytest.param(*UNIQUE_KEYS[6].values, False, id="several-columns-named-for-their-purpose"),
+    ],
+)
+async def test_on_postgresql_without_the_keys_detail_the_key_is_known_by_its_conventional_name(
+    postgres: PostgresServer, statements: list[str], columns: tuple[str, ...], named: bool
+) -> None:
+    """A role that may insert but not read the columns gets no "Key (...)=(...)" DETAIL (PostgreSQL keeps the
+    values from it), as a server whose messages are in another language sends none that reads as one."""
+    database = Database(postgres.create_database())
+    role = f"writer_{uuid.uuid4().hex}"
+    try:
+        await _create(database, statements)
+        async with database.transaction() as connection:
+            await connection.execute(text(f"CREATE ROLE {role} NOLOGIN"))
+            await connection.execute(text(f"GRANT INSERT ON accounts TO {role}"))
+        with pytest.raises(Duplicate if named else IntegrityError) as caught:
+            await _insert_same(database, columns, columns[0] if len(columns) == 1 else columns, role=role)
+        violation = caught.value.__cause__ if named else caught.value
+        assert isinstance(violation, IntegrityError)
+        driver_error = violation.orig.__cause__ if violation.orig is not None else None
+        assert getattr(driver_error, "detail", "?") is None, "a DETAIL was sent: this proves nothing of the name"
+    finally:
+        async with database.transaction() as connection:
+            await connection.execute(text(f"DROP OWNED BY {role}"))
+            await connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        await database.dispose()

@@ -27,7 +27,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
-from shopmesh_chassis.db_errors import DatabaseUnreachable
+from shopmesh_chassis.db_errors import DatabaseUnreachable, without_key_values
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -356,11 +356,12 @@ def _without_postgres_detail(context: ExceptionContext) -> None:
     """PostgreSQL's DETAIL quotes values: a unique violation's key ("Key (email)=(ada@example.com) already
     exists"), a NOT NULL or CHECK violation's whole row ("Failing row contains (...)", a signing key's PEM).
     asyncpg prints it in its error's text, the cause under SQLAlchemy's in every logged traceback, where
-    hide_parameters does not reach. The SQLSTATE, constraint and table still say what failed."""
+    hide_parameters does not reach. The SQLSTATE, constraint and table still say what failed, and a unique
+    violation's DETAIL keeps its key's columns ("Key (email) already exists."): duplicates_raised reads them."""
     cause = context.original_exception.__cause__
     # asyncpg's PostgresError (untyped: checked by its attributes); it prints `detail` in its __str__.
     if getattr(cause, "sqlstate", None) and getattr(cause, "detail", None):
-        cause.detail = None  # type: ignore[union-attr]
+        cause.detail = without_key_values(cause.sqlstate, cause.detail)  # type: ignore[union-attr]
 
 
 # A session-level advisory lock (the outbox relay's, the migrations') is held until the server ends its session.

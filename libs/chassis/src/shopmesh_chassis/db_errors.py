@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -70,17 +71,18 @@ class Duplicate(Exception):
 
 
 @contextlib.contextmanager
-def duplicates_raised(key: str | None = None) -> Iterator[None]:
+def duplicates_raised(key: str | tuple[str, ...] | None = None) -> Iterator[None]:
     """Statements run inside raise `Duplicate` for a unique-key violation; any other integrity error (a
-    foreign key, a NOT NULL) stays the driver's. `key`: only a violation of the unique key on that one column
-    (of a table with more than one) is a Duplicate, matched by the whole name: SQLite names the columns
-    ("UNIQUE constraint failed: users.email"), PostgreSQL the constraint, which must be named
-    uq_<table>_<column>. Not found in the driver's message: another key's name may contain this one's
-    (email_token), and PostgreSQL's DETAIL carries the values too."""
+    foreign key, a NOT NULL) stays the driver's. `key`: only a violation of the unique key on that column, or
+    on exactly those columns (a tuple, in any order), of a table with more than one key, is a Duplicate,
+    whatever declares the key: a unique constraint, a unique index, the primary key. Matched by whole column
+    names, never found in the driver's message: another key's name may contain this one's (email_token).
+    See _violated_key_is for how each database names the key."""
     try:
         yield
     except exc.IntegrityError as error:
-        if _unique_violation(error) and (key is None or _violated_key_is(error, key)):
+        columns = (key,) if isinstance(key, str) else key
+        if _unique_violation(error) and (columns is None or _violated_key_is(error, columns)):
             # Not the driver's text: PostgreSQL's DETAIL carries the key's value (an e-mail address).
             raise Duplicate("a row with the same unique key exists") from error
         raise
@@ -93,20 +95,51 @@ def _unique_violation(error: exc.IntegrityError) -> bool:
 
 
 _SQLITE_UNIQUE_FAILED = "UNIQUE constraint failed: "
+# PostgreSQL's DETAIL of a unique violation, in English (the server's lc_messages): "Key (a, b)=(1, 2) already
+# exists.", the key's columns then its values; as `Database` leaves it (without_key_values), "Key (a, b) already
+# exists.". Only the columns are read.
+_POSTGRESQL_KEY_DETAIL = re.compile(r"Key \((?P<columns>.+?)\)(?:=\(| already exists)")
 
 
-def _violated_key_is(error: exc.IntegrityError, key: str) -> bool:
+def without_key_values(sqlstate: str, detail: str) -> str | None:
+    """PostgreSQL's DETAIL without a value in it: a unique violation's with its key's columns only, which tell
+    duplicates_raised which key it was; None for any other (it quotes values: a foreign key's, a failing row)."""
+    if sqlstate != _UNIQUE_VIOLATION_SQLSTATE or (key := _POSTGRESQL_KEY_DETAIL.match(detail)) is None:
+        return None
+    return f"Key ({key['columns']}) already exists."
+
+
+def _violated_key_is(error: exc.IntegrityError, key: tuple[str, ...]) -> bool:
+    """Whether the unique key violated is on the columns `key`.
+
+    SQLite names the columns, for a unique constraint, a unique index and a primary key alike: "UNIQUE
+    constraint failed: users.email", or "table.a, table.b" for a key of several. PostgreSQL names the
+    constraint or index, which alone cannot say a primary key's columns (people_pkey, pk_people) nor those
+    of one named for its purpose (uq_orders_idempotency); its DETAIL lists them (`Database` keeps that much
+    of it: without_key_values), and is read first. Without such a DETAIL (a server whose messages are in
+    another language; a role that may not read the columns, from which PostgreSQL keeps the key) the name
+    decides, whole: uq_<table>_<columns> and ix_<table>_<columns> (a unique index) as the services name them,
+    <table>_<columns>_key as PostgreSQL names a unique constraint left unnamed, the columns joined by "_"."""
     if isinstance(error.orig, sqlite3.Error):
         message = str(error.orig)
         if not message.startswith(_SQLITE_UNIQUE_FAILED):
             return False
-        # "table.column", or "table.a, table.b" for a key of several columns.
-        columns = [named.rpartition(".")[2] for named in message.removeprefix(_SQLITE_UNIQUE_FAILED).split(", ")]
-        return columns == [key]
+        named = message.removeprefix(_SQLITE_UNIQUE_FAILED).split(", ")
+        return _same_columns([column.rpartition(".")[2] for column in named], key)
     # asyncpg's error, which SQLAlchemy's adapter raised its own from, has the fields PostgreSQL sent apart.
     driver_error = error.orig.__cause__ if error.orig is not None else None
+    detail = _POSTGRESQL_KEY_DETAIL.match(getattr(driver_error, "detail", None) or "")
+    if detail is not None:
+        return _same_columns(detail["columns"].split(", "), key)
     table = getattr(driver_error, "table_name", None)
-    return table is not None and getattr(driver_error, "constraint_name", None) == f"uq_{table}_{key}"
+    joined = "_".join(key)
+    names = {f"uq_{table}_{joined}", f"ix_{table}_{joined}", f"{table}_{joined}_key"}
+    return table is not None and getattr(driver_error, "constraint_name", None) in names
+
+
+def _same_columns(columns: list[str], key: tuple[str, ...]) -> bool:
+    # A key of several columns is the same key in any order the caller names them.
+    return len(columns) == len(key) and set(columns) == set(key)
 
 
 # What a database write can fail with, for a best-effort one that must not fail its caller (logged by the
