@@ -140,15 +140,20 @@ async def connect(
 async def drain_or_close(client: Client) -> None:
     """Drain (what was published is flushed first) when connected; else, or if the drain fails, close:
     nats-py refuses to drain a connection that is (re)connecting, and a connection left open keeps its
-    reconnect loop going past the shutdown. Nothing is lost either way: a publish the stream did not
-    acknowledge stays in the outbox."""
+    reconnect loop going past the shutdown. Nothing is lost either way, not even by a close that could not send
+    what was published while reconnecting: a publish the stream did not acknowledge stays in the outbox."""
     if client.is_connected:
         try:
             await client.drain()
         except Exception as exc:
             log.debug("NATS at %s: drain failed, closing instead: %s", client.connected_url, exc)
     if not client.is_closed:
-        await client.close()
+        try:
+            await client.close()
+        except (OSError, RuntimeError) as exc:
+            # nats-py marks the client closed and stops its reconnect loop first, then writes what was published
+            # while reconnecting to the transport it lost, which raises (uvloop: "the handler is closed").
+            log.info("NATS: closed with messages unsent (the broker is away): %s", exc)
 
 
 class NatsConnection:
