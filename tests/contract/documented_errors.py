@@ -55,6 +55,14 @@ IMPLIED_REASONS = {
 VALIDATION_FAILED = "VALIDATION_FAILED"
 # And any RPC that writes (every one not marked NO_SIDE_EFFECTS): ABORTED CONCURRENT_UPDATE, a lost race.
 WRITER_CODES = {grpc.StatusCode.ABORTED: {"CONCURRENT_UPDATE"}}
+# And any RPC of any service: what the conventions' "Errors" says the chassis answers for every service, whatever
+# the RPC's own list (test_rpc_errors_documented ties each to that text). Shed at its GRPC_MAX_CONCURRENT_RPCS, a
+# dependency away after its channel's retries, its work cut short inside it, a body that is no request message.
+CHASSIS_REASONS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: {"SERVER_OVERLOADED"},
+    grpc.StatusCode.UNAVAILABLE: {"DEPENDENCY_UNAVAILABLE", "INTERRUPTED"},
+    grpc.StatusCode.INVALID_ARGUMENT: {"MALFORMED_REQUEST", "NOT_UTF8"},
+}
 # And any RPC of the gateway: the errors shop.proto's service comment says the gateway itself, or the HTTP/gRPC-Web
 # edge in front of it, answers any call with, beside each RPC's own (test_rpc_errors_documented ties each to that
 # text). Its own rate limit, a deadline below its floor, a body over 1 MiB, a malformed gRPC header or frame, an
@@ -162,13 +170,15 @@ def documented_errors() -> dict[str, Documented]:
 
 
 def allowed(method: MethodDescriptor) -> dict[grpc.StatusCode, set[str]]:
-    """What `method` may answer: its own Errors paragraph, what the conventions imply for every RPC and, for a
-    gateway RPC, the gateway's service-wide errors."""
+    """What `method` may answer: its own Errors paragraph, what the conventions imply for every RPC (the chassis'
+    answers among them) and, for a gateway RPC, the gateway's service-wide errors."""
     own = documented_errors().get(method.full_name)
     answers: dict[grpc.StatusCode, set[str]] = defaultdict(set)
     for code, reasons in (own.reasons if own else {}).items():
         answers[code] = set(reasons)
     implied = {code: set(reasons) for code, reasons in IMPLIED_REASONS.items()}
+    for code, reasons in CHASSIS_REASONS.items():
+        implied[code] = implied.get(code, set()) | reasons
     if grpc.StatusCode.INVALID_ARGUMENT in answers:
         implied[grpc.StatusCode.INVALID_ARGUMENT].add(VALIDATION_FAILED)
     if method.GetOptions().idempotency_level != descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS:

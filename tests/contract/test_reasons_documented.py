@@ -8,10 +8,12 @@ reason VALIDATION_FAILED unless a more specific reason is documented".
 The reasons are read from the services', the chassis' and the HTTP edge's source (every `reason=` of a raised
 domain error, or of the ErrorInfo the edge answers itself:
 a string, a constant holding one, either branch of a conditional, or the `.value` of a field typed with an
-enum, such as orders' cancel code) and each must appear in a contract (protos/**/*.proto) or, for the
-chassis' own answers that every service shares, in docs/*.md; a service's (or the edge's) in its own contract,
-protos/shopmesh/<service>/ (the gateway's for the edge) or the common conventions, which its clients read.
-A `reason=` that passes a parameter on is checked where the parameter's value is written. A few reasons never
+enum, such as orders' cancel code) and each must appear in a contract (protos/**/*.proto): a service's (or the
+edge's) in its own contract, protos/shopmesh/<service>/ (the gateway's for the edge) or the common conventions,
+which its clients read; the chassis' own, which it answers for every service, in the conventions themselves (the
+comment atop protos/shopmesh/common/v1/money.proto), which every service's clients read. A `reason=` that passes
+a parameter on is checked where the parameter's value is written, a `reason` parameter's default included
+(grpc_errors.dependency_unavailable's DEPENDENCY_UNAVAILABLE). A few reasons never
 leave the process that makes them (an internal state machine's guard, a client channel's local error that the
 caller translates); they are listed below with where they stay, so that the list is a decision and not a gap.
 """
@@ -19,6 +21,7 @@ caller translates); they are listed below with where they stay, so that the list
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -35,6 +38,12 @@ SOURCES = [
 # The chassis' conformance service and test helpers: not deployed, not a contract of the shop.
 EXCLUDED = ("testing",)
 REASON = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
+# What a `reason=` may pass as a string: one word too (the chassis' INTERRUPTED). Only names assigned a string
+# are held to REASON: a constant of one upper-case word is as likely a setting or a state as a reason.
+RAISED = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
+# The conventions every contract follows, atop this file: what the chassis answers for every service is written
+# there, once, for every service's clients.
+CONVENTIONS = ROOT / "protos" / "shopmesh" / "common" / "v1" / "money.proto"
 
 # Reasons that never reach a client, and where they stay.
 INTERNAL = {
@@ -57,6 +66,10 @@ INTERNAL = {
     # DEPENDENCY_UNAVAILABLE or INTERNAL, never with this reason.
     "INBOUND_DEADLINE_EXCEEDED",
     "UNSENDABLE_METADATA",
+    "CIRCUIT_OPEN",
+    # The chassis' replay of a status sent before (errors.ReplayedError: an idempotency key's stored error, a
+    # relayed dependency's answer): the server sends the stored status byte for byte, never this reason.
+    "REPLAYED",
     # recommendations' FAULT_MODE=fail (faults.py), a demo switch off by default, documented with the
     # setting (settings.py); its only caller, the gateway, answers it with its fallback recommendations.
     "FAULT_INJECTED",
@@ -135,16 +148,26 @@ def raised_reasons() -> dict[str, set[str]]:
             return constants.get(value.attr, set())
         return set()
 
+    def passed(node: ast.AST) -> list[ast.expr]:
+        """What `node` passes as a reason: a call's `reason=`, a function's `reason` parameter's default."""
+        if isinstance(node, ast.Call):
+            return [keyword.value for keyword in node.keywords if keyword.arg == "reason"]
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            arguments = node.args
+            positional = [*arguments.posonlyargs, *arguments.args]
+            defaults: list[tuple[ast.arg, ast.expr | None]] = [
+                *zip(positional[len(positional) - len(arguments.defaults) :], arguments.defaults, strict=True),
+                *zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True),
+            ]
+            return [default for arg, default in defaults if arg.arg == "reason" and default is not None]
+        return []
+
     reasons: dict[str, set[str]] = defaultdict(set)
     for path, tree in trees.items():
         for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            for keyword in node.keywords:
-                if keyword.arg != "reason":
-                    continue
-                for reason in candidates(keyword.value):
-                    if REASON.match(reason):
+            for value in passed(node):
+                for reason in candidates(value):
+                    if RAISED.match(reason):
                         reasons[reason].add(str(path.relative_to(ROOT)))
     return reasons
 
@@ -157,10 +180,19 @@ def documentation() -> str:
     return "\n".join([contracts(), *(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))])
 
 
+def conventions(text: str | None = None) -> str:
+    """The conventions every contract follows: the comment atop common/v1/money.proto (`text`: that file's)."""
+    lines = (CONVENTIONS.read_text() if text is None else text).splitlines()
+    return "\n".join(itertools.takewhile(lambda line: line.startswith("//"), lines))
+
+
 def test_the_scan_finds_the_reasons_the_contracts_are_known_to_name() -> None:
     """The checker itself: it must see reasons raised as strings, as constants, through a module, in either
-    branch of a conditional (the chassis' NOT_UTF8) and as an enum field's value (orders' cancel codes)."""
+    branch of a conditional (the chassis' NOT_UTF8), as an enum field's value (orders' cancel codes), as a
+    `reason` parameter's default (the chassis' DEPENDENCY_UNAVAILABLE) and of one word (its INTERRUPTED)."""
     reasons = raised_reasons()
+    assert "libs/chassis/src/shopmesh_chassis/grpc_errors.py" in reasons["DEPENDENCY_UNAVAILABLE"]
+    assert "libs/chassis/src/shopmesh_chassis/server_interceptor.py" in reasons["INTERRUPTED"]
     for known in (
         "ORDER_NOT_FOUND",
         "PRODUCT_NOT_FOUND",
@@ -200,36 +232,57 @@ def test_a_reason_only_a_service_or_the_edge_answers_is_in_a_contract() -> None:
     assert missing == {}, f"ErrorInfo reasons of a service or the edge that no contract (protos/) names: {missing}"
 
 
-def own_contract(file: str) -> str | None:
+def own_contract(file: str, header: str | None = None) -> str:
     """The contract whose clients get the reasons `file` raises: its service's protos, the gateway's for the edge in
-    front of it (libs/platform), with the conventions every service shares (common/v1); None for the chassis."""
+    front of it (libs/platform), with the conventions every service shares (common/v1); for the chassis, which
+    answers for every service, the conventions' header itself (`header`, else money.proto's)."""
     parts = Path(file).parts
     if parts[0] == "services":
         name = parts[1]
     elif file.startswith(str(EDGE.relative_to(ROOT))):
         name = "gateway"
     else:
-        return None
+        return conventions() if header is None else header
     protos = ROOT / "protos" / "shopmesh"
     return "\n".join(
         path.read_text() for folder in (name, "common") for path in sorted((protos / folder).rglob("*.proto"))
     )
 
 
-def test_a_reason_is_written_in_the_contract_of_the_service_that_answers_it() -> None:
-    """A client of catalog reads catalog.proto (and the common conventions), not orders.proto: a reason a service
-    raises that only another service's contract names is one its own clients were never told of."""
-    elsewhere = sorted(
+def not_in_own_contract(header: str | None = None) -> list[str]:
+    """Each "REASON (file)": a reason raised in a file whose own contract (`own_contract`, with the conventions'
+    `header`) does not name it."""
+    return sorted(
         f"{reason} ({file})"
         for reason, files in raised_reasons().items()
         if reason not in INTERNAL
         for file in files
-        if (contract := own_contract(file)) is not None and not re.search(rf"\b{reason}\b", contract)
+        if not re.search(rf"\b{reason}\b", own_contract(file, header))
     )
+
+
+def test_a_reason_is_written_in_the_contract_of_the_service_that_answers_it() -> None:
+    """A client of catalog reads catalog.proto (and the common conventions), not orders.proto: a reason a service
+    raises that only another service's contract names is one its own clients were never told of. A reason the
+    chassis answers for every service is in the conventions' header, which every service's clients read: a
+    chapter of docs/chassis.md is no contract."""
+    elsewhere = not_in_own_contract()
     assert elsewhere == [], (
         "ErrorInfo reasons missing from the raising service's own proto (protos/shopmesh/<service>/, the gateway's "
-        f"for libs/platform): write each in the comment of the RPC that answers it: {elsewhere}"
+        "for libs/platform; the conventions atop common/v1/money.proto for libs/chassis, which answers them for "
+        f"every service): write each in the comment of the RPC that answers it, or in the conventions: {elsewhere}"
     )
+
+
+def test_a_chassis_reason_missing_from_the_conventions_header_is_reported() -> None:
+    """The check above is no formality: the conventions without SERVER_OVERLOADED (written elsewhere in the
+    contracts and in docs/chassis.md all the same) fail it, naming the chassis file that sheds; the header
+    alone decides, not the rest of money.proto (a Money field's comment)."""
+    header = conventions()
+    without = re.sub(r"\bSERVER_OVERLOADED\b", "SHED", header)
+    shed_here = "libs/chassis/src/shopmesh_chassis/server_interceptor.py"
+    assert not_in_own_contract(without) == [f"SERVER_OVERLOADED ({shed_here})"]
+    assert conventions(f'{header}\nsyntax = "proto3";\n// SERVER_OVERLOADED\n') == header
 
 
 def test_the_internal_reasons_are_still_raised_and_no_contract_promises_them() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,13 +22,34 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 
 from .conventions import SERVER_FAULTS, contract_methods
-from .documented_errors import CODES, GATEWAY_REASONS, PROTOS, TOKEN, allowed, documented_errors, parse, undocumented
+from .documented_errors import (
+    CHASSIS_REASONS,
+    CODES,
+    GATEWAY_REASONS,
+    PROTOS,
+    TOKEN,
+    allowed,
+    documented_errors,
+    parse,
+    undocumented,
+)
 
 METHODS = [method for _, method in contract_methods()]
 CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name
 SHOP = shop_pb2.DESCRIPTOR.services_by_name["ShopService"].methods_by_name
 SHOP_PROTO = PROTOS / "gateway" / "v1" / "shop.proto"
+CONVENTIONS_PROTO = PROTOS / "common" / "v1" / "money.proto"
 PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].methods_by_name
+
+
+def said_of(proto: Path, code: grpc.StatusCode) -> list[str]:
+    """What each mention of `code` in the comment atop `proto` says, up to the next code it names."""
+    comment = " ".join(
+        line.removeprefix("//").strip()
+        for line in itertools.takewhile(lambda line: line.startswith("//"), proto.read_text().splitlines())
+    )
+    said = re.split(rf"\b({'|'.join(CODES)})\b", comment)
+    return [clause for named, clause in zip(said[1::2], said[2::2], strict=True) if named == code.name]
 
 
 def test_every_rpc_served_has_an_errors_paragraph() -> None:
@@ -112,8 +134,28 @@ def test_the_conventions_let_every_rpc_answer_what_they_imply() -> None:
         assert undocumented(method, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED") is None
     assert undocumented(charge, grpc.StatusCode.ABORTED, "CONCURRENT_UPDATE") is None
     assert grpc.StatusCode.ABORTED not in allowed(get_product)  # a read loses no race
-    # Charge names its UNAVAILABLE's reason: another is not documented.
-    assert undocumented(charge, grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE") is not None
+    # Charge names its UNAVAILABLE's reason: another, beside the chassis' own, is not documented.
+    assert undocumented(charge, grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_DOWN") is not None
+
+
+def test_every_rpc_may_answer_what_the_chassis_answers_for_every_service() -> None:
+    """money.proto, Errors: SERVER_OVERLOADED, DEPENDENCY_UNAVAILABLE, INTERRUPTED, MALFORMED_REQUEST and NOT_UTF8
+    may come from any RPC, though no RPC's own paragraph lists them (ListCategories' is "Errors: UNAVAILABLE.");
+    they widen only the codes and reasons the chassis answers."""
+    for method in (CATALOG["ListCategories"], PAYMENTS["Charge"], SHOP["ListProducts"]):
+        for code, reasons in CHASSIS_REASONS.items():
+            for reason in reasons:
+                assert undocumented(method, code, reason) is None, (method.full_name, code, reason)
+    list_categories = CATALOG["ListCategories"]
+    assert undocumented(list_categories, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is not None
+    assert undocumented(list_categories, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN") is not None
+
+
+@pytest.mark.parametrize(("code", "reason"), [(c, r) for c, named in CHASSIS_REASONS.items() for r in sorted(named)])
+def test_each_chassis_wide_error_is_one_the_conventions_document(code: grpc.StatusCode, reason: str) -> None:
+    """The table of the chassis' answers holds only what the conventions' header says, as "<CODE>, ErrorInfo
+    reason <REASON>" (or "or reason <REASON>") before another code is named."""
+    assert any(re.search(rf"\breason {reason}\b", clause) for clause in said_of(CONVENTIONS_PROTO, code)), code.name
 
 
 def test_validation_failed_is_implied_only_where_the_rpc_documents_invalid_argument() -> None:
@@ -139,14 +181,7 @@ def test_a_gateway_rpc_may_answer_the_gateways_service_wide_errors_and_only_a_ga
 def test_each_gateway_service_wide_error_is_one_shop_proto_documents(code: grpc.StatusCode, reason: str) -> None:
     """The table of the gateway's service-wide errors holds only what shop.proto's service comment says: the code,
     then "reason <REASON>" before another code is named."""
-    comment = " ".join(
-        line.removeprefix("//").strip()
-        for line in itertools.takewhile(lambda line: line.startswith("//"), SHOP_PROTO.read_text().splitlines())
-    )
-    # What each mention of a code says, up to the next code it names.
-    said = re.split(rf"\b({'|'.join(CODES)})\b", comment)
-    clauses = [clause for named, clause in zip(said[1::2], said[2::2], strict=True) if named == code.name]
-    assert any(re.search(rf"\breason {reason}\b", clause) for clause in clauses), f"{code.name} {reason}"
+    assert any(re.search(rf"\breason {reason}\b", clause) for clause in said_of(SHOP_PROTO, code)), code.name
 
 
 def test_the_paragraph_is_the_comments_own() -> None:

@@ -46,7 +46,9 @@ Request metadata (gRPC headers)
   - `x-user-id`: the authenticated user id (the JWT "sub" claim), set by the
     gateway on calls to internal services. The gateway drops any
     client-supplied value. Internal services trust it (the mesh provides
-    mTLS) and use it for ownership checks where documented.
+    mTLS) and use it for ownership checks where documented: a request
+    naming another user fails with PERMISSION_DENIED, ErrorInfo reason
+    USER_MISMATCH.
   - `idempotency-key`: required on the mutations that document it. 1-255
     printable ASCII characters; a UUID is recommended. A longer key, or one
     with any other character, fails with INVALID_ARGUMENT reason
@@ -87,6 +89,26 @@ Errors
   race with a concurrent change of the same records, such as a deadlock,
   and its writes were rolled back). Both are safe to retry, with the same
   idempotency key where the RPC takes one.
+  And any RPC of any service may answer these, whatever its own list says
+  (the chassis every service runs on answers them, not its domain):
+  - RESOURCE_EXHAUSTED, ErrorInfo reason SERVER_OVERLOADED, with RetryInfo
+    (0.1 s): the server was handling as many calls as it takes at once and
+    refused this one before doing any of it. Retry after the delay; the
+    failure is the server's, not a quota the client used up.
+  - UNAVAILABLE, ErrorInfo reason DEPENDENCY_UNAVAILABLE, with RetryInfo and
+    metadata {"dependency": ...} when the server names it: a service the
+    server calls did not answer (down, shedding, its circuit breaker open),
+    after the server's own retries. It comes with gRPC's "do not retry"
+    pushback: retry after the RetryInfo delay, not at once.
+  - UNAVAILABLE, ErrorInfo reason INTERRUPTED, without RetryInfo: the
+    server's work on the call was cut short inside the server (as when it
+    stops). Safe to retry, with the same idempotency key where the RPC
+    takes one.
+  - INVALID_ARGUMENT, ErrorInfo reason MALFORMED_REQUEST: the request bytes
+    are not a message of the method's request type; or reason NOT_UTF8, with
+    a BadRequest violation NOT_UTF8 on each string field that is not UTF-8
+    (the first 20; a page_token's is INVALID_PAGE_TOKEN). Do not retry
+    the same bytes.
 
 Idempotency levels
   Every RPC states its `idempotency_level` method option. The chassis derives
