@@ -508,14 +508,18 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (
                 "Spans lost",
                 "short",
-                "Spans per second each service failed to export to the tracing collector (global.otel.endpoint), "
-                "retries included: their traces are missing, the calls unaffected (alert "
-                "ShopmeshSpansNotExported).",
+                "Spans per second each service lost on the way to the tracing collector (global.otel.endpoint): "
+                "failed to export, retries included, or dropped by its batch queue, full. Their traces are "
+                "missing, the calls unaffected (alert ShopmeshSpansNotExported).",
                 [
                     (
                         f"sum by (job) (rate(shopmesh_spans_export_failed_total{{{SELECTOR}}}[$__rate_interval]))",
-                        "{{job}}",
-                    )
+                        "{{job}} export failed",
+                    ),
+                    (
+                        f"sum by (job) (rate(shopmesh_spans_dropped_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}} dropped, queue full",
+                    ),
                 ],
             ),
             (

@@ -677,10 +677,16 @@ def test_slow_calls_ignores_the_password_hashing_methods_but_not_the_others(
     assert_promtool_passes(alert, service, scenarios, tmp_path)
 
 
-def span_export_scenario(name: str, failing: Callable[[float], bool], until: int, expected: Expected) -> Scenario:
-    """A service exporting a batch of 10 spans every 5 s, lost while `failing(t)` (the collector away)."""
+def span_export_scenario(
+    name: str, failing: Callable[[float], bool], until: int, expected: Expected, *, dropping: bool = False
+) -> Scenario:
+    """A service exporting a batch of 10 spans every 5 s, lost while `failing(t)`: the collector away (export
+    failed) or, `dropping`, too slow for them (dropped by the full batch queue). Both counters are exported from
+    the start, as the chassis does."""
     registry = CollectorRegistry()
-    lost = Counter("shopmesh_spans_export_failed", "spans lost", registry=registry)
+    failed = Counter("shopmesh_spans_export_failed", "spans lost to failed exports", registry=registry)
+    dropped = Counter("shopmesh_spans_dropped", "spans dropped, the queue full", registry=registry)
+    lost = dropped if dropping else failed
 
     def world(t: float) -> None:
         if t % 5 == 0 and failing(t):
@@ -693,7 +699,8 @@ def test_spans_not_exported_fires_for_a_lasting_collector_outage_not_a_restart(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path
 ) -> None:
     """The collector away for good: every batch is lost, and ShopmeshSpansNotExported fires after its `for`.
-    Away for a minute (a restart): a few batches lost, silent."""
+    Away for a minute (a restart): a few batches lost, silent. Too slow for good, the spans dropped by the
+    batch queue rather than failing to export: it fires the same."""
     alert = alert_named(rendered, "orders", "ShopmeshSpansNotExported")
     hold, until, away = seconds_of(alert["for"]), 30 * 60, 5 * 60
     assert_promtool_passes(
@@ -711,6 +718,13 @@ def test_spans_not_exported_fires_for_a_lasting_collector_outage_not_a_restart(
                 lambda t: away <= t < away + 60,
                 until,
                 silent_between(0, until),
+            ),
+            span_export_scenario(
+                "the collector too slow from minute 5: the queue drops spans",
+                lambda t: t >= away,
+                until,
+                silent_between(0, away + hold) | firing_between(fires_by(away, hold), until),
+                dropping=True,
             ),
         ],
         tmp_path,

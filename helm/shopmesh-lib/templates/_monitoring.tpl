@@ -316,10 +316,10 @@ however many were served. */ -}}
     "description" "The 99th percentile of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} has been {{ $value | humanizeDuration }} for 10 minutes. The methods of slo.latency.excludedMethods (password hashing, ~0.5 s by design) are not watched.")
   (dict
     "alert" "ShopmeshSpansNotExported"
-    "expr" "sum(rate(shopmesh_spans_export_failed_total{__selector__}[5m])) > 0"
+    "expr" "(sum(rate(shopmesh_spans_export_failed_total{__selector__}[5m])) or vector(0)) + (sum(rate(shopmesh_spans_dropped_total{__selector__}[5m])) or vector(0)) > 0"
     "for" "10m" "severity" "warning"
     "summary" (printf "%s: spans are not reaching the tracing collector" $c.name)
-    "description" "The service's OTLP exports to the collector (global.otel.endpoint) have been failing for 10 minutes: {{ $value | humanize }} spans a second are lost. Calls are not affected; their traces are missing. The exporter's log says why, once a minute (logger opentelemetry.exporter.otlp.proto.grpc.exporter).")
+    "description" "The service has been losing spans for 10 minutes, {{ $value | humanize }} a second: its OTLP exports to the collector (global.otel.endpoint) fail (shopmesh_spans_export_failed_total), or its batch queue is full and drops them (shopmesh_spans_dropped_total: the collector slower than the spans come). Calls are not affected; their traces are missing. The exporter's log says why, once a minute (logger opentelemetry.exporter.otlp.proto.grpc.exporter).")
 -}}
 {{- if $c.nats.publishes -}}
 {{- $rules = append $rules (dict

@@ -4,17 +4,19 @@ attributes and status, and records nothing when nothing would export it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
@@ -23,10 +25,11 @@ from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.breaker import BreakerConfig, CircuitBreaker
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, free_port, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleSettings, binding
-from shopmesh_chassis.tracing import UNVOUCHED_PARENT, configure_tracing, sampler, shutdown_tracing
+from shopmesh_chassis.tracing import UNVOUCHED_PARENT, batch_processor, configure_tracing, sampler, shutdown_tracing
 
 from .conftest import Holding, sample_settings
 
@@ -303,3 +306,49 @@ def test_a_trace_started_with_links_is_recorded_as_the_linked_traces_were_whatev
     # The outbox relay's send span: a trace of its own, linked to its event's create span in the writer's trace.
     result = sampler(ratio).should_sample(None, 0xDEF << 64, "send", trace.SpanKind.CLIENT, links=links)
     assert result.decision is decision
+
+
+class _StuckExporter(SpanExporter):
+    """An exporter whose first export does not return until released: the collector hung on a batch."""
+
+    def __init__(self) -> None:
+        self.exporting = threading.Event()
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exporting.set()
+        self.release.wait(timeout=30)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+def test_spans_the_full_batch_queue_drops_are_counted_one_each() -> None:
+    """The batch processor drops a span that finds its queue full, and the SDK logs only its first "Queue full"
+    line in 20 s: how many traces went missing was nowhere. shopmesh_spans_dropped_total counts each. With the
+    exporter stuck on a batch of one span and a queue of 2, 10 more spans leave 8 dropped."""
+    switch = os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED)
+    registry = ServerMetrics().registry
+    before = registry.get_sample_value("shopmesh_spans_dropped_total")
+    assert before is not None, "exported at 0 before any drop"
+    exporter = _StuckExporter()
+    provider = TracerProvider()
+    # A batch as soon as one span waits, none on a timer: the worker takes the first span, then sticks.
+    provider.add_span_processor(
+        batch_processor(exporter, max_queue_size=2, max_export_batch_size=1, schedule_delay_millis=600_000)
+    )
+    tracer = provider.get_tracer("test")
+    try:
+        tracer.start_span("taken").end()
+        assert exporter.exporting.wait(timeout=10), "the worker never exported the first span"
+        for index in range(10):
+            tracer.start_span(f"queued or dropped {index}").end()
+        assert registry.get_sample_value("shopmesh_spans_dropped_total") == before + 8
+        assert registry.get_sample_value("shopmesh_spans_export_failed_total") is not None
+    finally:
+        exporter.release.set()
+        provider.shutdown()
+    # The two queued were exported once the exporter came back: nothing more counted as dropped.
+    assert registry.get_sample_value("shopmesh_spans_dropped_total") == before + 8
+    assert os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) == switch, "the SDK's switch is left as found"

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shopmesh_chassis.breaker import BreakerState, CircuitBreaker
-from shopmesh_chassis.tracing import FAILED_EXPORTS
+from shopmesh_chassis.tracing import DROPPED_SPANS, FAILED_EXPORTS
 
 # Buckets sized for RPCs: 0.5 ms up to 10 s. The charts' latency SLO reads its threshold's bucket, so the
 # library chart lists these bounds too (shopmesh-lib.latencyBuckets, which tests/k8s/test_slo.py keeps equal):
@@ -280,15 +280,22 @@ class EventMetrics:
 
 
 class SpanExportCollector(Collector):
-    """The process' spans lost to failed exports (tracing.FAILED_EXPORTS), read when Prometheus scrapes: at 0
-    from the start, so that the first failures make a rise an alert sees."""
+    """The process' spans lost to failed exports (tracing.FAILED_EXPORTS) and to the batch queue being full
+    (tracing.DROPPED_SPANS), read when Prometheus scrapes: at 0 from the start, so that the first losses make a
+    rise an alert sees."""
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "shopmesh_spans_export_failed",
             "Spans the OTLP exporter failed to send to the collector (OTEL_EXPORTER_OTLP_ENDPOINT), retries "
-            "included: lost. Not counted: spans dropped before an export, the batch queue being full.",
+            "included: lost. Spans dropped before an export are shopmesh_spans_dropped_total.",
             value=FAILED_EXPORTS.spans,
+        )
+        yield CounterMetricFamily(
+            "shopmesh_spans_dropped",
+            "Spans dropped unexported, the batch processor's queue being full (OTEL_BSP_MAX_QUEUE_SIZE, 2048 "
+            "unless set): the collector slower than the spans come, or away while the exporter retries. Lost.",
+            value=DROPPED_SPANS.spans,
         )
 
 

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.metrics import Counter, Meter, NoOpCounter, NoOpMeter, NoOpMeterProvider
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -27,6 +31,8 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
+from opentelemetry.semconv._incubating.metrics.otel_metrics import OTEL_SDK_PROCESSOR_SPAN_PROCESSED
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
@@ -108,12 +114,14 @@ def sampler(ratio: float) -> Sampler:
     return ParentBased(_LinkedDecision(ratio), remote_parent_sampled=_CallersDecision(ratio))
 
 
-class _FailedExports:
-    """The spans whose export failed in this process, for shopmesh_spans_export_failed_total (metrics.py): one
-    count for the process, as its tracer provider is one, whichever server's registry shows it."""
+class _LostSpans:
+    """Spans this process lost, for a counter of metrics.py (shopmesh_spans_export_failed_total,
+    shopmesh_spans_dropped_total): one count for the process, as its tracer provider is one, whichever
+    server's registry shows it."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # the batch processor's worker and a flush may export at once
+        # The batch processor's worker and a flush may export at once; any thread ending a span may drop one.
+        self._lock = threading.Lock()
         self._spans = 0
 
     def add(self, spans: int) -> None:
@@ -125,7 +133,61 @@ class _FailedExports:
         return self._spans
 
 
-FAILED_EXPORTS = _FailedExports()
+FAILED_EXPORTS = _LostSpans()
+# Spans the batch processor dropped unexported, its queue full (the collector slower than the spans come, or
+# away while the exporter retries): the SDK logs only its first "Queue full" line in 20 s.
+DROPPED_SPANS = _LostSpans()
+
+
+class _DroppedSpanCounter(NoOpCounter):
+    """The SDK's own count of the spans its batch processor handled, of which only those dropped for a full
+    queue (error.type "queue_full") are counted, in DROPPED_SPANS."""
+
+    def add(self, amount: float, attributes: Attributes = None, context: Context | None = None) -> None:
+        if attributes is not None and attributes.get(ERROR_TYPE) == "queue_full":
+            DROPPED_SPANS.add(int(amount))
+
+
+class _DroppedSpanMeter(NoOpMeter):
+    def create_counter(self, name: str, unit: str = "", description: str = "") -> Counter:
+        if name == OTEL_SDK_PROCESSOR_SPAN_PROCESSED:
+            return _DroppedSpanCounter(name, unit=unit, description=description)
+        return super().create_counter(name, unit=unit, description=description)
+
+
+class _DroppedSpanMeterProvider(NoOpMeterProvider):
+    """The meter a batch processor reports its own metrics to, keeping only the dropped spans: the chassis
+    exports Prometheus metrics (metrics.py), not OpenTelemetry ones, and needs no metrics SDK for one count."""
+
+    def get_meter(
+        self, name: str, version: str | None = None, schema_url: str | None = None, attributes: Attributes = None
+    ) -> Meter:
+        return _DroppedSpanMeter(name, version=version, schema_url=schema_url)
+
+
+@contextmanager
+def _sdk_internal_metrics() -> Iterator[None]:
+    """The SDK's internal metrics on while a processor is made: it reports its drops only when
+    OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED is true at its construction. Only there: on for the process, the
+    tracer provider and the OTLP exporter would report their own through the global meter provider too, on
+    every span, to nothing. Made at startup, before the servers' threads."""
+    before = os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED)
+    os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED]
+        else:
+            os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED] = before
+
+
+def batch_processor(exporter: SpanExporter, **options: int) -> BatchSpanProcessor:
+    """A batch processor exporting through `exporter` (`options`: BatchSpanProcessor's sizes and delays, else
+    the SDK's, from OTEL_BSP_*), counting the spans it loses: in FAILED_EXPORTS those of a batch that fails, in
+    DROPPED_SPANS those dropped for a full queue."""
+    with _sdk_internal_metrics():
+        return BatchSpanProcessor(CountingSpanExporter(exporter), meter_provider=_DroppedSpanMeterProvider(), **options)
 
 
 class CountingSpanExporter(SpanExporter):
@@ -172,7 +234,7 @@ def configure_tracing(
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=export_timeout)
-        provider.add_span_processor(BatchSpanProcessor(CountingSpanExporter(exporter)))
+        provider.add_span_processor(batch_processor(exporter))
         log.info("exporting spans over OTLP", extra={"endpoint": endpoint})
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator()]))
     # The first provider set wins for the process; tests that run several servers share it.
