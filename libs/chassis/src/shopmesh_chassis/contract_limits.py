@@ -67,13 +67,26 @@ def _id_format_violation(field: str, value: str, valid: Callable[[str], bool], r
     return None
 
 
-def id_violations(field: str, value: str, *, required: bool = True, listable: bool = False) -> list[FieldViolation]:
+def id_violations(
+    field: str,
+    value: str,
+    *,
+    required: bool = True,
+    listable: bool = False,
+    required_description: str = "must not be empty",
+    blank_is_empty: bool = False,
+) -> list[FieldViolation]:
     """What is wrong with the id `value` a caller handed in `field`, at most one violation: REQUIRED when empty
     (unless not `required`: an optional filter, empty for "any"), TOO_LONG over MAX_ID_LENGTH, else
     printable_id_violation's INVALID_FORMAT (listable_id_violation's, if `listable`: an id an error may name in a
-    list, a product id). One at most, so an id with a space is refused once, not by both format rules."""
-    if not value:
-        return [FieldViolation(field, "must not be empty", "REQUIRED")] if required else []
+    list, a product id). One at most, so an id with a space is refused once, not by both format rules.
+
+    `required_description` is the REQUIRED violation's text: services that answered "required" or "is required"
+    before this rule was shared keep their wording, which clients may show. `blank_is_empty` takes an id of
+    whitespace alone (" ", or 65 spaces) for an empty one, REQUIRED rather than INVALID_FORMAT or TOO_LONG, as
+    orders' and notifications' user ids and orders' cart items have always answered it."""
+    if not value or (blank_is_empty and not value.strip()):
+        return [FieldViolation(field, required_description, "REQUIRED")] if required else []
     if len(value) > MAX_ID_LENGTH:
         return [too_long(field, MAX_ID_LENGTH)]
     found = (listable_id_violation if listable else printable_id_violation)(field, value)
