@@ -795,7 +795,7 @@ async def test_get_user_with_an_empty_or_too_long_id_fails_with_invalid_argument
 async def test_get_user_with_an_unprintable_id_fails_with_invalid_format(
     stub: UsersServiceAsyncStub, user_id: str
 ) -> None:
-    """No user has such an id: refused as every service refuses it (`contract_limits.printable_id_violation`),
+    """No user has such an id: refused as every service refuses it (`contract_limits.id_violations`),
     not looked up and answered USER_NOT_FOUND with the id quoted back in its metadata."""
     details = await error_of(stub.GetUser(users_pb2.GetUserRequest(user_id=user_id)))
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT

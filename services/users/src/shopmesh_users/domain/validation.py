@@ -7,7 +7,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation, too_long
+from shopmesh_chassis.contract_limits import id_violations, too_long
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.password_checks import (
@@ -181,11 +181,7 @@ def validate_login(email: str, password: str) -> Credentials:
 
 
 def validate_user_id(user_id: str) -> str:
-    if not user_id:
-        raise _fail([FieldViolation("user_id", "must not be empty", "REQUIRED")])
-    if len(user_id) > MAX_ID_LENGTH:
-        raise _fail([too_long("user_id", MAX_ID_LENGTH)])
     # Every service's rule for an id it is handed: no user has such an id.
-    if (found := printable_id_violation("user_id", user_id)) is not None:
-        raise _fail([found])
+    if violations := id_violations("user_id", user_id):
+        raise _fail(violations)
     return user_id
