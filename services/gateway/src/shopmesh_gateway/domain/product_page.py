@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, too_long
+from shopmesh_chassis.contract_limits import id_violations
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 
 DEFAULT_RECOMMENDATIONS = 4
@@ -16,15 +16,9 @@ T = TypeVar("T")
 
 def recommendation_limit(product_id: str, max_recommendations: int) -> int:
     """The number of recommendations to show; INVALID_ARGUMENT for an unusable request."""
-    violations = []
-    if not product_id:
-        violations.append(FieldViolation("product_id", "required", "REQUIRED"))
-    elif len(product_id) > MAX_ID_LENGTH:
-        violations.append(too_long("product_id", MAX_ID_LENGTH))
-    elif (found := listable_id_violation("product_id", product_id)) is not None:
-        # Catalog's rule for a product id: no product has one that breaks it. Refused here, the page's own
-        # field named, rather than by whichever of catalog and inventory (asked at once) answered first.
-        violations.append(found)
+    # Catalog's rule for a product id: no product has one that breaks it. Refused here, the page's own field
+    # named, rather than by whichever of catalog and inventory (asked at once) answered first.
+    violations = id_violations("product_id", product_id, listable=True, required_description="required")
     if max_recommendations < 0:
         # OUT_OF_RANGE, as every other count's bound in the contracts (page_size, quantity, on_hand).
         violations.append(FieldViolation("max_recommendations", "must not be negative", "OUT_OF_RANGE"))
