@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation, too_long
-from shopmesh_chassis.errors import FieldViolation
+from shopmesh_chassis.contract_limits import id_violations
 from shopmesh_chassis.pagination import instant_page_key, invalid_request, page_limit
 
 
@@ -18,15 +17,9 @@ def list_filters(user_id: str) -> dict[str, str]:
 def validate_list_request(user_id: str, page_size: int, page_token: str) -> tuple[datetime, str] | None:
     """The (created_at, id) of the last notification of the previous page, None for the first page.
     Every bad field is named at once; reason INVALID_PAGE_TOKEN whenever the token is one of them."""
-    violations: list[FieldViolation] = []
-    if not user_id.strip():
-        violations.append(FieldViolation("user_id", "required", "REQUIRED"))
-    elif len(user_id) > MAX_ID_LENGTH:
-        violations.append(too_long("user_id", MAX_ID_LENGTH))
-    elif (found := printable_id_violation("user_id", user_id)) is not None:
-        # The rule every service holds ids to, and the one OrderEvent's user_id is held to: no notification
-        # can be stored for such a user.
-        violations.append(found)
+    # The rule every service holds ids to, and the one OrderEvent's user_id is held to: no notification can be
+    # stored for such a user.
+    violations = id_violations("user_id", user_id, required_description="required", blank_is_empty=True)
     page_limit(page_size, violations)  # only its check here: the application takes the size itself
     after = instant_page_key(page_token, list_filters(user_id), violations)
     if violations:
