@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, printable_id_violation, too_long
+from shopmesh_chassis.contract_limits import id_violations
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_inventory.domain.models import ReservationItem
 
@@ -42,26 +42,22 @@ def _check(what: str, violations: list[FieldViolation]) -> None:
         raise InvalidArgument(f"invalid {what}: {summary}", violations, reason=VALIDATION_FAILED)
 
 
-def _id_violation(path: str, value: str) -> FieldViolation | None:
-    if not value:
-        return FieldViolation(path, "is required", "REQUIRED")
-    if len(value) > MAX_ID_LENGTH:
-        return too_long(path, MAX_ID_LENGTH)
+# Inventory's wording of an empty id's REQUIRED, which its clients have always been answered.
+ID_REQUIRED = "is required"
+
+
+def _id_violations(path: str, value: str) -> list[FieldViolation]:
     # The rule orders and payments hold every id to: no order, reservation or product has an id of " " or
     # "\u202e", and one taken would be stored (a reservation for order "\n\r", stock for product " ").
-    return printable_id_violation(path, value)
+    return id_violations(path, value, required_description=ID_REQUIRED)
 
 
-def _product_id_violation(path: str, value: str) -> FieldViolation | None:
+def _product_id_violations(path: str, value: str) -> list[FieldViolation]:
     """A reserved product id is named in INSUFFICIENT_STOCK's comma-separated list (errors.listed_ids): one
     holding a comma would read as several, and the caller take another line for short. Reserve and SetStock
     hold a product id to it: stock set for an id Reserve refuses could never be reserved. Reads (GetStock)
     take one with a comma (but printable, as every id): they store nothing, and answer it as unknown."""
-    return listable_id_violation(path, value) or _id_violation(path, value)
-
-
-def _collect(*found: FieldViolation | None) -> list[FieldViolation]:
-    return [v for v in found if v is not None]
+    return id_violations(path, value, listable=True, required_description=ID_REQUIRED)
 
 
 def stock_query(product_ids: Sequence[str]) -> tuple[str, ...]:
@@ -73,7 +69,8 @@ def stock_query(product_ids: Sequence[str]) -> tuple[str, ...]:
         violations.append(
             FieldViolation("product_ids", f"at most {MAX_STOCK_QUERY_IDS} product ids per request", "TOO_MANY")
         )
-    violations += _collect(*(_id_violation(f"product_ids[{i}]", p) for i, p in enumerate(product_ids)))
+    for i, product_id in enumerate(product_ids):
+        violations += _id_violations(f"product_ids[{i}]", product_id)
     _check("GetStock request", violations)
     return tuple(product_ids)
 
@@ -94,16 +91,15 @@ def reserve_command(
 ) -> ReserveCommand:
     """Reserve: `ttl_seconds` None means the default TTL; `ttl_well_formed` False when the request's ttl is no
     valid Duration (`is_duration`). Items come back sorted by product_id."""
-    violations = _collect(_id_violation("order_id", order_id))
+    violations = _id_violations("order_id", order_id)
     if not items:
         violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
     elif len(items) > MAX_RESERVATION_ITEMS:
         violations.append(FieldViolation("items", f"at most {MAX_RESERVATION_ITEMS} items", "TOO_MANY"))
     seen: set[str] = set()
     for i, item in enumerate(items):
-        bad_id = _product_id_violation(f"items[{i}].product_id", item.product_id)
-        if bad_id is not None:
-            violations.append(bad_id)
+        if bad_id := _product_id_violations(f"items[{i}].product_id", item.product_id):
+            violations += bad_id
         elif item.product_id in seen:
             violations.append(
                 FieldViolation(f"items[{i}].product_id", f"duplicate product id {item.product_id!r}", "DUPLICATE")
@@ -129,12 +125,12 @@ def reserve_command(
 
 
 def reservation_id(value: str) -> str:
-    _check("request", _collect(_id_violation("reservation_id", value)))
+    _check("request", _id_violations("reservation_id", value))
     return value
 
 
 def set_stock_command(product_id: str, on_hand: int) -> SetStockCommand:
-    violations = _collect(_product_id_violation("product_id", product_id))
+    violations = _product_id_violations("product_id", product_id)
     if on_hand < 0:
         violations.append(FieldViolation("on_hand", "must not be negative", "OUT_OF_RANGE"))
     _check("SetStock request", violations)
