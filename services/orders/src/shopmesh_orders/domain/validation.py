@@ -12,11 +12,9 @@ import pycountry
 from shopmesh_chassis import errors, pagination
 from shopmesh_chassis.contract_limits import (
     MAX_AMOUNT_MINOR,
-    MAX_ID_LENGTH,
     currency_violation,
-    listable_id_violation,
+    id_violations,
     money_violations,
-    printable_id_violation,
     too_long,
 )
 from shopmesh_chassis.email_addresses import is_email_address
@@ -89,11 +87,15 @@ def luhn_ok(number: str) -> bool:
     return total % 10 == 0
 
 
-def _text(violations: list[FieldViolation], field: str, value: str, high: int) -> None:
-    if not value.strip():
-        violations.append(FieldViolation(field, "required", "REQUIRED"))
-    elif len(value) > high:
-        violations.append(too_long(field, high))
+# Orders' wording of an empty id's REQUIRED, which its clients have always been answered.
+ID_REQUIRED = "required"
+
+
+def _user_id_violations(user_id: str) -> list[FieldViolation]:
+    # PlaceOrder's OrderConfirmed event carries it to notifications, which refuses an unprintable one: the order
+    # would be charged and confirmed, and its e-mail parked for ever; ListOrders holds it to the same rule. A
+    # blank one is only REQUIRED, not also malformed.
+    return id_violations("user_id", user_id, required_description=ID_REQUIRED, blank_is_empty=True)
 
 
 def _line(violations: list[FieldViolation], field: str, value: str, high: int) -> str:
@@ -148,23 +150,23 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
     """Every rule of the request, the card's expiry on `today` with the others; the command as kept (its
     address lines normalized)."""
     violations: list[FieldViolation] = []
-    _text(violations, "user_id", command.user_id, MAX_ID_LENGTH)
-    # The OrderConfirmed event carries it to notifications, which refuses an unprintable one: the order would
-    # be charged and confirmed, and its e-mail parked for ever. A blank one is only REQUIRED (`_text`).
-    if command.user_id.strip() and (found := printable_id_violation("user_id", command.user_id)):
-        violations.append(found)
+    violations += _user_id_violations(command.user_id)
     if not command.items:
         violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
     elif len(command.items) > MAX_ITEMS:
         violations.append(FieldViolation("items", f"at most {MAX_ITEMS} items", "TOO_MANY"))
     seen: set[str] = set()
     for index, item in enumerate(command.items):
-        _text(violations, f"items[{index}].product_id", item.product_id, MAX_ID_LENGTH)
         # No product has such an id, and catalog and inventory name ids in comma-separated lists: one with a
         # comma read as several, another line of the order taken for missing or short. A blank one is only
-        # REQUIRED (`_text`), not also malformed.
-        if item.product_id.strip() and (found := listable_id_violation(f"items[{index}].product_id", item.product_id)):
-            violations.append(found)
+        # REQUIRED, not also malformed.
+        violations += id_violations(
+            f"items[{index}].product_id",
+            item.product_id,
+            listable=True,
+            required_description=ID_REQUIRED,
+            blank_is_empty=True,
+        )
         if item.product_id in seen:
             violations.append(FieldViolation(f"items[{index}].product_id", "appears twice", "DUPLICATE"))
         seen.add(item.product_id)
@@ -277,13 +279,8 @@ def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
 
 
 def order_id_violations(order_id: str) -> list[FieldViolation]:
-    if not order_id:
-        return [FieldViolation("order_id", "required", "REQUIRED")]
-    if len(order_id) > MAX_ID_LENGTH:
-        return [too_long("order_id", MAX_ID_LENGTH)]
     # Every service's rule for an id it is handed: no order has such an id.
-    found = printable_id_violation("order_id", order_id)
-    return [] if found is None else [found]
+    return id_violations("order_id", order_id, required_description=ID_REQUIRED)
 
 
 def validate_order_id(order_id: str) -> str:
@@ -333,10 +330,7 @@ def list_filters(user_id: str) -> dict[str, str]:
 def validate_list_orders(user_id: str, page_size: int, page_token: str) -> ListOrdersQuery:
     """Every bad field is named at once; reason INVALID_PAGE_TOKEN whenever the token is one of them, so a
     client that pages learns to start again from the first page."""
-    violations: list[FieldViolation] = []
-    _text(violations, "user_id", user_id, MAX_ID_LENGTH)
-    if user_id.strip() and (found := printable_id_violation("user_id", user_id)):
-        violations.append(found)
+    violations = _user_id_violations(user_id)
     limit = pagination.page_limit(page_size, violations)
     after = pagination.instant_page_key(page_token, list_filters(user_id), violations)
     if violations:
