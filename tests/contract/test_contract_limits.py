@@ -14,9 +14,9 @@ from shopmesh_chassis.contract_limits import (
     CURRENCY_CODE,
     MAX_AMOUNT_MINOR,
     MAX_ID_LENGTH,
+    id_violations,
     is_currency_code,
     money_violations,
-    printable_id_violation,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,11 +42,10 @@ def test_the_id_characters_are_the_ones_the_contract_states() -> None:
     assert "No id holds whitespace or an unprintable character" in comment_text()
     assert "INVALID_FORMAT violation on its field" in comment_text()
     for refused in [" ", "\n\r", "\u202e", "ord 1", "ord\t1", "\x1b[2J", "ord_1\u2028"]:
-        found = printable_id_violation("order_id", refused)
-        assert found is not None, repr(refused)
-        assert (found.field, found.reason) == ("order_id", "INVALID_FORMAT")
+        found = id_violations("order_id", refused)
+        assert [(v.field, v.reason) for v in found] == [("order_id", "INVALID_FORMAT")], repr(refused)
     for accepted in ["ord_1", "8b49eee7-5afe-415e-93c1-ec0d52e7d786", "prod_chef_knife", "ÜSD", "../../etc"]:
-        assert printable_id_violation("order_id", accepted) is None, repr(accepted)
+        assert id_violations("order_id", accepted) == [], repr(accepted)
 
 
 def test_the_currency_rule_is_the_one_the_contract_states() -> None:

@@ -8,7 +8,6 @@ the numbers the proto's comments state.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 from shopmesh_chassis.errors import FieldViolation
 
@@ -34,14 +33,6 @@ def is_printable_id(value: str) -> bool:
 PRINTABLE_ID_RULE = "printable characters only, no spaces"
 
 
-def printable_id_violation(field: str, value: str) -> FieldViolation | None:
-    """`field`'s INVALID_FORMAT violation when `value` is no printable id (is_printable_id), else None: the one
-    rule for every id a caller hands a service. An id of "\\n\\r" or "\\u202e" names nothing any service
-    issued, and stored (a payment for order "\\n\\r") it reaches logs, events and mail headers as it is. As
-    for listable_id_violation, an empty or over-long id is left to the REQUIRED / TOO_LONG rule (id_violations)."""
-    return _id_format_violation(field, value, is_printable_id, PRINTABLE_ID_RULE)
-
-
 # What is_listable_id refuses beyond is_printable_id, and how a violation describes the rule.
 LISTABLE_ID_RULE = "printable characters only, no spaces or commas"
 
@@ -52,19 +43,6 @@ def is_listable_id(value: str) -> bool:
     read as several: BatchGetProducts of "prod_gone,prod_chef_knife" named it missing, and the caller,
     splitting the list, took prod_chef_knife for gone. No such id can exist, so it is refused up front."""
     return is_printable_id(value) and "," not in value
-
-
-def listable_id_violation(field: str, value: str) -> FieldViolation | None:
-    """`field`'s INVALID_FORMAT violation when `value` is no listable id (is_listable_id), else None. An empty
-    or over-long id is none of its business: the REQUIRED / TOO_LONG rule (id_violations) refuses those, so one
-    field is not refused twice over."""
-    return _id_format_violation(field, value, is_listable_id, LISTABLE_ID_RULE)
-
-
-def _id_format_violation(field: str, value: str, valid: Callable[[str], bool], rule: str) -> FieldViolation | None:
-    if value and len(value) <= MAX_ID_LENGTH and not valid(value):
-        return FieldViolation(field, rule, "INVALID_FORMAT")
-    return None
 
 
 def id_violations(
@@ -78,8 +56,11 @@ def id_violations(
 ) -> list[FieldViolation]:
     """What is wrong with the id `value` a caller handed in `field`, at most one violation: REQUIRED when empty
     (unless not `required`: an optional filter, empty for "any"), TOO_LONG over MAX_ID_LENGTH, else
-    printable_id_violation's INVALID_FORMAT (listable_id_violation's, if `listable`: an id an error may name in a
-    list, a product id). One at most, so an id with a space is refused once, not by both format rules.
+    INVALID_FORMAT when it is no printable id (is_printable_id; no listable one, is_listable_id, if `listable`: an
+    id an error may name in a list, a product id). One at most, so an id with a space is refused once, not by
+    both format rules. The one rule for every id a caller hands a service: an id of "\\n\\r" or "\\u202e" names
+    nothing any service issued, and stored (a payment for order "\\n\\r") it reaches logs, events and mail
+    headers as it is.
 
     `required_description` is the REQUIRED violation's text: services that answered "required" or "is required"
     before this rule was shared keep their wording, which clients may show. `blank_is_empty` takes an id of
@@ -89,8 +70,8 @@ def id_violations(
         return [FieldViolation(field, required_description, "REQUIRED")] if required else []
     if len(value) > MAX_ID_LENGTH:
         return [too_long(field, MAX_ID_LENGTH)]
-    found = (listable_id_violation if listable else printable_id_violation)(field, value)
-    return [found] if found is not None else []
+    valid, rule = (is_listable_id, LISTABLE_ID_RULE) if listable else (is_printable_id, PRINTABLE_ID_RULE)
+    return [] if valid(value) else [FieldViolation(field, rule, "INVALID_FORMAT")]
 
 
 def event_id_problem(name: str, value: str, *, listable: bool = False) -> str | None:
