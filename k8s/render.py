@@ -45,6 +45,7 @@ VALUE_SETS = ("default", "staging+istio", "staging+linkerd", "istio", "linkerd",
 MESHES = ("istio", "linkerd")
 
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
+from shopmesh_platform.mesh.envoy import CONNECT_TIMEOUT  # noqa: E402
 from shopmesh_platform.topology import SERVICES  # noqa: E402
 
 
@@ -187,10 +188,10 @@ ISTIO_DEFAULT_HTTP_RETRY_POLICY: dict[str, Any] = {"attempts": 2, "retryOn": "co
 
 def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[str, Any]:
     """The IstioOperator overlay k8s/scripts/mesh-istio.sh installs: the mesh's default retry policy
-    (ISTIO_DEFAULT_HTTP_RETRY_POLICY, always), and the tracing provider the charts' Telemetry objects select,
-    at the collector the services export to (global.otel.endpoint), both read from the umbrella as the istio
-    value set (or `values`) renders it: the chart is the one place they are written. No Telemetry (no
-    endpoint): no provider."""
+    (ISTIO_DEFAULT_HTTP_RETRY_POLICY) and connect timeout (the local mesh's), always, and the tracing provider
+    the charts' Telemetry objects select, at the collector the services export to (global.otel.endpoint), both
+    read from the umbrella as the istio value set (or `values`) renders it: the chart is the one place they are
+    written. No Telemetry (no endpoint): no provider."""
     texts = render(helm_dir, UMBRELLA, "istio", values=values).values()
     docs = [d for text in texts for d in documents(text)]
     providers = {
@@ -203,7 +204,14 @@ def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[
     endpoints = {
         d["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] for d in docs if "OTEL_EXPORTER_OTLP_ENDPOINT" in d.get("data", {})
     }
-    mesh_config: dict[str, Any] = {"defaultHttpRetryPolicy": dict(ISTIO_DEFAULT_HTTP_RETRY_POLICY)}
+    mesh_config: dict[str, Any] = {
+        "defaultHttpRetryPolicy": dict(ISTIO_DEFAULT_HTTP_RETRY_POLICY),
+        # Where no DestinationRule sets one: the ingress gateway's connections to the edge (which has none), any
+        # service's with global.meshPolicy.enabled=false. Istio's own is 10 s, past the deadlines the edge's
+        # clients give it, so a connect to a silent gateway pod (its node gone) failed the call instead of being
+        # retried on another pod. The local mesh's, which the charts' DestinationRules set too.
+        "connectTimeout": CONNECT_TIMEOUT,
+    }
     if providers:
         if len(providers) != 1 or len(endpoints) != 1:
             raise ValueError(f"expected one tracing provider and one collector, not {providers} and {endpoints}")

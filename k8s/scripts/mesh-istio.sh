@@ -14,8 +14,9 @@ if [ ! -x "$root/.venv/bin/python" ]; then
 fi
 # The sidecars' spans: the mesh-wide OpenTelemetry provider that the charts' Telemetry objects select, at the
 # collector the services export to, both as the charts render them (docs/mesh.md, "Traces through the mesh");
-# and the mesh's default retry policy, which the ingress gateway's routes to the edge get (docs/mesh.md,
-# "Retries and deadlines"): only requests that never reached the edge, not Istio's own default.
+# and the mesh's default retry policy and connect timeout, which the ingress gateway's routes to the edge get
+# (docs/mesh.md, "Retries and deadlines"): only requests that never reached the edge, not Istio's own default,
+# and the local mesh's 1 s, not Istio's 10 s.
 tracing="$(mktemp)"
 trap 'rm -f "$tracing"' EXIT
 "$root/.venv/bin/python" "$root/k8s/render.py" istio-tracing >"$tracing"

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from shopmesh_platform.http_api import PUBLIC_SERVICE, ROUTE_TIMEOUT
+from shopmesh_platform.mesh.envoy import CONNECT_TIMEOUT
 from shopmesh_platform.topology import SERVICES, is_edge, service_callers
 
 from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, render, validate_custom_resources
@@ -147,6 +148,13 @@ def test_istio_retries_the_gateways_calls_to_the_edge_only_where_they_never_reac
     # The policy calls between the services get, where the charts' VirtualServices set it.
     callee = next(name for name in SERVICES if service_callers(name))
     assert find(rendered["istio", callee], "VirtualService", callee)["spec"]["http"][0]["retries"] == policy
+
+
+def test_istio_gives_up_a_connect_to_the_edge_within_the_local_meshs_connect_timeout(helm_dir: Path) -> None:
+    """The ingress gateway's routes to the edge have no DestinationRule (the edge gets none), so the mesh's
+    default decides: Istio's own is 10 s, past every deadline a client gives the edge, and a connect to a
+    silent gateway pod was never retried on another. The services' DestinationRules set the same."""
+    assert render.istio_tracing(helm_dir)["spec"]["meshConfig"]["connectTimeout"] == CONNECT_TIMEOUT
 
 
 def test_the_mesh_default_retry_policy_comes_without_the_sidecars_spans_too(helm_dir: Path) -> None:

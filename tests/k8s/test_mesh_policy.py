@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shopmesh_platform.mesh.envoy import CONNECT_TIMEOUT
 from shopmesh_platform.topology import SERVICES, is_edge, methods_called, service_callers
 
 from .k8skit import (
@@ -187,6 +188,16 @@ def test_istio_ejects_pods_for_their_own_transport_failures_and_panics_below_hal
     assert spec["subsets"] == [
         {"name": track, "labels": {"shopmesh.io/track": track}} for track in ("stable", "canary")
     ]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if service_callers(n)])
+def test_istio_gives_up_a_connect_to_a_silent_pod_within_the_local_meshs_connect_timeout(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    """Istio's default is 10 s: a connect to a pod that answers nothing (its node gone, a partition) outlasted
+    every caller's deadline, so the connect-failure retry to another pod never happened and ejection came late."""
+    pool = find(rendered["istio", name], "DestinationRule", name)["spec"]["trafficPolicy"]["connectionPool"]
+    assert pool == {"tcp": {"connectTimeout": CONNECT_TIMEOUT}}
 
 
 def test_the_edge_gets_no_route_rules(rendered: dict[tuple[str, str], Docs]) -> None:

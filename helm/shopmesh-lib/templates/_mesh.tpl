@@ -146,6 +146,13 @@ spec:
   host: {{ $host }}
   trafficPolicy:
     # (mTLS: Istio's automatic mutual TLS, required by the PeerAuthentication above.)
+    # The local mesh's connect timeout (shopmesh_platform.mesh.envoy.CONNECT_TIMEOUT, which tests/k8s holds this
+    # to). Istio's default is 10 s: a connect to a pod that answers nothing (its node gone, a partition) failed
+    # past the callers' deadlines (the gateway's, orders' saga steps'), so the connect-failure retry to another
+    # pod never ran, and each failure toward the pod's ejection (outlierDetection) came 10 s late.
+    connectionPool:
+      tcp:
+        connectTimeout: 1s
     outlierDetection:
       # A pod is ejected for its own transport failures only (connect failures, resets, timeouts: Envoy's
       # locally originated errors), never for the statuses it answers. Envoy maps gRPC UNAVAILABLE to 503:
