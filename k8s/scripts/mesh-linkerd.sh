@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install Linkerd (CRDs, the CNI plugin so meshed pods need no NET_ADMIN init container, the control
-# plane) into the kind cluster; Linkerd 2.18 or later (Server v1beta3 with accessPolicy, GRPCRoute v1).
+# plane) into the kind cluster; Linkerd 2.19 or later (Server v1beta3 with accessPolicy, GRPCRoute v1, and a
+# policy controller that finds a native sidecar's linkerd-admin port: docs/mesh.md, "Versions").
 # The charts bring the mesh policy (global.mesh=linkerd); deploy with `make skaffold-dev PROFILE=linkerd`.
 source "$(dirname "$0")/lib.sh"
 require linkerd "$HINT_LINKERD" kubectl "$HINT_KUBECTL"
