@@ -14,9 +14,11 @@ The same rules as the local mesh (`make run MESH=envoy`, shopmesh_platform.mesh.
     a service with no callers listed admits nobody but health and metrics (an empty list never means all);
   - the mesh retries only what never reached the callee (Istio's default also retries UNAVAILABLE,
     which would repeat a Charge or a PlaceOrder the callee may have acted on);
-  - an endpoint answering server errors in a row leaves the load balancer for a while (Istio). gRPC
-    errors count because the chassis sends them trailers-only: the status is in the response headers,
-    where Envoy reads it (tests/mesh/test_envoy_sees_trailers_only_errors.py).
+  - an endpoint whose own connections fail in a row (refused, reset, timed out: Envoy's locally originated
+    errors) leaves the load balancer for a while (Istio); the statuses it answers never count
+    (consecutive5xxErrors: 0): a healthy pod answers UNAVAILABLE, a 503 to Envoy, while a dependency or its
+    database is away, and ejecting it for that took half the service out of rotation (tests/mesh/
+    test_outlier_detection.py).
 */}}
 {{- define "shopmesh-lib.mesh" -}}
 {{- $c := .c -}}
