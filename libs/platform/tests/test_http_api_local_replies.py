@@ -531,6 +531,27 @@ def test_the_edges_own_refusals_are_readable_by_a_page_of_any_origin(
 
 
 @pytest.mark.parametrize(
+    ("edge_fixture", "http_status"),
+    [
+        # A local rate limit ahead of the CORS filter: header_hygiene's headers (`readable_cross_origin`).
+        ("spent_rate_limit", 429),
+        # The gateway away: the router's reply, which the CORS filter sees: its policy's headers.
+        ("edge_without_gateway", 503),
+    ],
+)
+def test_the_edges_come_back_later_exposes_its_retry_after_to_a_page_of_any_origin(
+    request: pytest.FixtureRequest, edge_fixture: str, http_status: int
+) -> None:
+    # A page that reads no JSON waits as Retry-After says (docs/http-api.md), which a browser hides from its
+    # script unless exposed: a header outside CORS's safelist.
+    edge: Edge = request.getfixturevalue(edge_fixture)
+    answer = httpx.get(edge.url + "/v1/products", headers={"origin": ORIGIN}, timeout=10)
+    assert_come_back_later(answer, http_status)
+    exposed = {name.strip() for name in answer.headers.get("access-control-expose-headers", "").split(",")}
+    assert "retry-after" in exposed, answer.headers
+
+
+@pytest.mark.parametrize(
     ("method", "path", "http_status"),
     [
         # A method the path does not take: a cross-origin HEAD or GET comes without a preflight.

@@ -6,19 +6,23 @@ from __future__ import annotations
 from typing import Any
 
 from .challenges import WWW_AUTHENTICATE
+from .local_replies import RETRY_AFTER
 
 CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 _CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 
 _REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "traceparent", "tracestate")
 _GRPC_WEB_HEADERS = ("x-grpc-web", "x-user-agent", "grpc-timeout")
-# WWW-Authenticate: a page's fetch reads a 401's challenge (why its token was refused) only when it is exposed.
+# A page's fetch reads a header outside CORS's safelist only when it is exposed: WWW-Authenticate, a 401's
+# challenge (why its token was refused); Retry-After, when to come back after the edge's own 429 or 503, for a
+# page that reads no JSON.
 _EXPOSED_HEADERS = (
     "idempotency-key",
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
     WWW_AUTHENTICATE,
+    RETRY_AFTER,
 )
 
 

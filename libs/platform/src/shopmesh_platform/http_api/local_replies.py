@@ -115,6 +115,7 @@ REQUEST_TIMEOUT_MESSAGE = (
 # and what a service asks its caller to wait for a dependency that did not say (DEPENDENCY_RETRY_AFTER_SECONDS).
 # The gateway's own 429s and 503s are not Envoy's local replies: they pass with the RetryInfo the gateway chose.
 RETRY_AFTER_SECONDS = 1
+RETRY_AFTER = "retry-after"
 # Envoy's reasons (its response code details, as the access log's `details` has them) for a 503 whose request
 # never reached the gateway: none of it healthy, a connection to it that failed, timed out (a hung gateway whose
 # accept queue is full) or that its circuit breakers kept from being made or used (an upstream reset's reason, its
@@ -207,7 +208,7 @@ def local_reply(status: int, code: int) -> list[dict[str, Any]]:
         return [mapper]
     come_back_later = _as_status(status_is(status, f"local_reply_{status}_no_call"), code, made_no_call(status))
     come_back_later["body_format_override"] = _status_json(code, [_RETRY_INFO])
-    come_back_later["headers_to_add"] = [set_header("retry-after", str(RETRY_AFTER_SECONDS))]
+    come_back_later["headers_to_add"] = [set_header(RETRY_AFTER, str(RETRY_AFTER_SECONDS))]
     # When every reply of the status made no call, there is no other to map.
     return [come_back_later, mapper] if _NO_CALL_CONDITIONS[status] else [come_back_later]
 
