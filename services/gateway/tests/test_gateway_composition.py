@@ -318,6 +318,17 @@ async def test_checkout_to_another_address_than_the_accounts_is_refused_before_o
     assert orders.placed == []
 
 
+async def test_checkout_to_a_non_ascii_look_alike_of_the_accounts_address_is_refused_before_orders_is_called() -> None:
+    # U+212A KELVIN SIGN lower-cases to "k": compared by Unicode's lower case, this passed as the account's
+    # address, and orders then refused it as no address at all (INVALID_FORMAT) instead of EMAIL_NOT_ACCOUNTS.
+    orders = FakeOrders()
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await Checkout(FakeAccounts(), orders).place("usr_kate", shop_order("usr_\u212aate@accounts.example"), "key-1")
+    assert caught.value.reason == "EMAIL_NOT_ACCOUNTS"
+    assert [(v.field, v.reason) for v in caught.value.violations] == [("email", "EMAIL_NOT_ACCOUNTS")]
+    assert orders.placed == []
+
+
 async def test_checkout_sends_orders_the_accounts_address_in_the_letter_case_the_client_typed() -> None:
     # Orders fingerprints the whole request under the idempotency key, and gateways before EMAIL_NOT_ACCOUNTS
     # passed `email` on as typed: a retry through this gateway of an order placed through one of those must

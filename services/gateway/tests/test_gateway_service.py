@@ -526,6 +526,18 @@ async def test_place_order_to_another_address_than_the_accounts_is_refused_and_p
     assert not (await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth, timeout=30)).orders
 
 
+async def test_place_order_to_a_non_ascii_look_alike_of_the_accounts_address_is_email_not_accounts(
+    shop: Shop, fakes: Fakes
+) -> None:
+    # U+212A KELVIN SIGN, which Unicode lower-cases to "k": the contract's EMAIL_NOT_ACCOUNTS, not an order
+    # that orders refuses for its address's format.
+    auth = token_for(fakes, "usr_kate")
+    details = await failure(await place(shop, auth, key="look-alike-1", email="usr_\u212aate@users.example"))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "EMAIL_NOT_ACCOUNTS")
+    assert [(v.field, v.reason) for v in details.field_violations] == [("email", "EMAIL_NOT_ACCOUNTS")]
+    assert not (await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth, timeout=30)).orders
+
+
 async def test_place_order_to_the_accounts_address_in_other_letter_case_is_placed_with_the_address_as_typed(
     shop: Shop, fakes: Fakes
 ) -> None:

@@ -20,6 +20,7 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.client import new_idempotency_key
+from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.idempotency import key_invalid, validate_key
 from shopmesh_gateway.domain.product_page import recommendation_limit, shown
 from shopmesh_gateway.metrics import Cause, Fallback
@@ -197,10 +198,12 @@ EMAIL_NOT_ACCOUNTS = "EMAIL_NOT_ACCOUNTS"
 
 
 def is_accounts_address(sent: str, account: str) -> bool:
-    """Whether a PlaceOrder `email` is the account's address: the same letters in any case (the addresses the
-    shop takes are ASCII, `email_addresses`; mail servers match host names in any case, and users' own sign-up
-    address in the case they typed it at sign-up is no other mailbox)."""
-    return sent.lower() == account.lower()
+    """Whether a PlaceOrder `email` is the account's address: an address by the shop's one rule
+    (`email_addresses`, ASCII only), the same letters in any case (mail servers match host names in any case,
+    and users' own sign-up address in the case they typed it at sign-up is no other mailbox). The rule first:
+    Unicode's lower case maps some non-ASCII letters to ASCII ones (U+212A KELVIN SIGN to "k"), so a look-alike
+    compared equal, and orders refused it as malformed instead of the contract's EMAIL_NOT_ACCOUNTS."""
+    return is_email_address(sent) and sent.lower() == account.lower()
 
 
 class Checkout:
