@@ -98,6 +98,13 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         self.calls.append(("CancelOrder", request.order_id))
         return shop_pb2.CancelOrderResponse()
 
+    def PlaceOrder(
+        self, request: shop_pb2.PlaceOrderRequest, context: grpc.ServicerContext
+    ) -> shop_pb2.PlaceOrderResponse:
+        # The expected total's amount, an int64 (a JSON string): what the body's integer string was read as.
+        self.calls.append(("PlaceOrder", str(request.expected_total.amount_minor)))
+        return shop_pb2.PlaceOrderResponse()
+
     def GetOrder(self, request: shop_pb2.GetOrderRequest, context: grpc.ServicerContext) -> shop_pb2.GetOrderResponse:
         self.calls.append(("GetOrder", request.order_id))
         if request.order_id.startswith(MISSING):

@@ -77,3 +77,13 @@ def test_a_path_variable_in_the_query_is_named_in_the_message_as_its_field(
     status = response.json()
     assert status["details"][1]["fieldViolations"][0]["field"] == "order_id", status
     assert status["message"] == f"{named}: given by the path (/v1/orders/{{order_id}}), not as a query parameter"
+
+
+def test_an_empty_product_id_with_its_trailing_slash_lists_the_products(edge: tuple[str, RecordingShop]) -> None:
+    # docs/http-api.md: a trailing slash is dropped, so `/v1/products/` (a client's `/v1/products/${id}` with an
+    # empty id) is ListProducts, not GetProductPage of an empty id: the client must refuse the empty id itself.
+    url, shop = edge
+    shop.calls.clear()
+    answer = httpx.get(url + "/v1/products/", timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert shop.calls == [("ListProducts", "0")]
