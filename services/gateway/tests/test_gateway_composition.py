@@ -309,21 +309,22 @@ async def test_checkout_places_the_order_for_the_token_subject_with_the_given_ke
     assert sent.card.number == "4242424242424242"
 
 
-async def test_checkout_to_another_address_than_the_accounts_is_refused_before_orders_is_called() -> None:
+@pytest.mark.parametrize(
+    ("user_id", "email"),
+    [
+        ("usr_alice", "victim@other.example"),
+        # U+212A KELVIN SIGN lower-cases to "k": compared by Unicode's lower case, it passed as the account's
+        # address, and orders then refused it as no address at all (INVALID_FORMAT), not EMAIL_NOT_ACCOUNTS.
+        ("usr_kate", "usr_\u212aate@accounts.example"),
+    ],
+    ids=["another address", "a non-ASCII look-alike"],
+)
+async def test_checkout_to_another_address_than_the_accounts_is_refused_before_orders_is_called(
+    user_id: str, email: str
+) -> None:
     orders = FakeOrders()
     with pytest.raises(errors.InvalidArgument) as caught:
-        await Checkout(FakeAccounts(), orders).place("usr_alice", shop_order("victim@other.example"), "key-1")
-    assert caught.value.reason == "EMAIL_NOT_ACCOUNTS"
-    assert [(v.field, v.reason) for v in caught.value.violations] == [("email", "EMAIL_NOT_ACCOUNTS")]
-    assert orders.placed == []
-
-
-async def test_checkout_to_a_non_ascii_look_alike_of_the_accounts_address_is_refused_before_orders_is_called() -> None:
-    # U+212A KELVIN SIGN lower-cases to "k": compared by Unicode's lower case, this passed as the account's
-    # address, and orders then refused it as no address at all (INVALID_FORMAT) instead of EMAIL_NOT_ACCOUNTS.
-    orders = FakeOrders()
-    with pytest.raises(errors.InvalidArgument) as caught:
-        await Checkout(FakeAccounts(), orders).place("usr_kate", shop_order("usr_\u212aate@accounts.example"), "key-1")
+        await Checkout(FakeAccounts(), orders).place(user_id, shop_order(email), "key-1")
     assert caught.value.reason == "EMAIL_NOT_ACCOUNTS"
     assert [(v.field, v.reason) for v in caught.value.violations] == [("email", "EMAIL_NOT_ACCOUNTS")]
     assert orders.placed == []
