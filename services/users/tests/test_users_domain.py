@@ -115,6 +115,8 @@ def test_registration_accepts_the_limits_of_every_field() -> None:
         ("an n@example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
         ("ann.@example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
         (f"{'a' * 65}@example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
+        # U+212A KELVIN SIGN, which Unicode's lower case maps to "k": a look-alike of kate@example.com.
+        ("\u212aate@example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
         (f"a@{'b' * 60}.{'c' * 60}.{'d' * 60}.{'e' * 60}.{'f' * 60}.io", PASSWORD, "Ann", [("email", "TOO_LONG")]),
         ("ann@example.com", "", "Ann", [("password", "REQUIRED")]),
         ("ann@example.com", "7 chars", "Ann", [("password", "TOO_SHORT")]),
@@ -259,6 +261,12 @@ def test_login_normalizes_the_email_as_registration_does() -> None:
     credentials = validate_login("  ANN@example.com\t", "whatever")
     assert credentials.email == "ann@example.com"
     assert credentials.password == "whatever"
+
+
+def test_only_ascii_letters_are_lower_cased_so_a_look_alike_address_is_no_accounts() -> None:
+    # Unicode's lower case maps U+212A KELVIN SIGN to "k" and U+0130 to "i" + a combining dot: the look-alike
+    # would sign in to (or be refused as taken by) the account of the ASCII address it imitates.
+    assert validate_login("\u212aATE@example.com", "whatever").email == "\u212aate@example.com"
 
 
 CREME_BRULEE = "Crème brûlée 2024"

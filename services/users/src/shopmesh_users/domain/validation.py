@@ -4,6 +4,7 @@ VALIDATION_FAILED. Each `validate_*` returns the normalized command the applicat
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from collections.abc import Callable, Sequence
 
@@ -33,8 +34,14 @@ GuessableCheck = Callable[[str, Sequence[str]], bool]
 _WORD_SEPARATORS = re.compile(r"[\W_]+")
 
 
+# Only ASCII letters: Unicode's lower case maps some other letters to ASCII ones (U+212A KELVIN SIGN to "k"),
+# and a look-alike address lower-cased that way signed in to, or was refused as taken by, the account of the
+# address it imitates. Left as typed, it fails `is_email_address` (ASCII only), as at the gateway.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def normalize_email(email: str) -> str:
-    return email.strip().lower()
+    return email.strip().translate(_ASCII_LOWER)
 
 
 def normalize_password(password: str) -> tuple[str, FieldViolation | None]:
