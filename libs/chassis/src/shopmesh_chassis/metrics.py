@@ -4,19 +4,31 @@ Python's grpc does: NOT_FOUND, not NotFound) beside the chassis' own count of sh
 consumers) under `shopmesh_`.
 
 Each server gets its own registry (several servers can share a test process), served over HTTP on a
-separate port by prometheus-client. A service that relays or consumes events makes its `ServerMetrics`
-first, hands `.outbox` to its relay and `.events` to its consumers, and passes the same object to `app.serve`.
+separate port by prometheus-client, with prometheus-client's process and runtime series beside them
+(`add_runtime_collectors`) and the count of the event loop's tasks (`shopmesh_asyncio_tasks`). A service
+that relays or consumes events makes its `ServerMetrics` first, hands `.outbox` to its relay and `.events`
+to its consumers, and passes the same object to `app.serve`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -27,6 +39,20 @@ from shopmesh_chassis.tracing import DROPPED_SPANS, FAILED_EXPORTS
 # library chart lists these bounds too (shopmesh-lib.latencyBuckets, which tests/k8s/test_slo.py keeps equal):
 # change both, or a threshold the chart accepts selects a bucket no service exports.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# How often a serving process' event loop counts its tasks for shopmesh_asyncio_tasks: well inside any scrape
+# interval, and a count of a few thousand tasks every 5 s costs the loop nothing it would notice.
+TASK_COUNT_INTERVAL_SECONDS = 5.0
+
+
+def add_runtime_collectors(registry: CollectorRegistry) -> None:
+    """prometheus-client's own process and runtime collectors, as its default registry carries them: RSS,
+    virtual memory, CPU seconds, open file descriptors and their limit, start time (process_*, read from
+    /proc at each scrape), the interpreter (python_info) and the garbage collector's runs and objects by
+    generation (python_gc_*). Fixed series, no per-request label."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
 
 @dataclass
@@ -51,7 +77,14 @@ class MethodMetrics:
 
 class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        """A registry made here (every service's) carries the process and runtime series too. One passed in is
+        the caller's, and gets the chassis' own series only: a test reading them (promtool's simulations,
+        tests/k8s) gets the same series each time, not the test process' changing memory and descriptors;
+        `add_runtime_collectors` adds the others to it."""
+        if registry is None:
+            registry = CollectorRegistry()
+            add_runtime_collectors(registry)
+        self.registry = registry
         labels = ("grpc_type", "grpc_service", "grpc_method")
         self._started = Counter("grpc_server_started", "RPCs started on the server.", labels, registry=self.registry)
         self._handled = Counter(
@@ -84,6 +117,14 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.registry.register(SpanExportCollector())
+        self._asyncio_tasks = Gauge(
+            "shopmesh_asyncio_tasks",
+            "Tasks of the service's event loop not done yet (handlers, streams, background loops, this count's "
+            f"own), counted by the loop every {TASK_COUNT_INTERVAL_SECONDS:g} s. Climbing while the calls in "
+            "flight do not: tasks leak.",
+            registry=self.registry,
+        )
+        self._task_count: asyncio.Task[None] | None = None
         self._http: WSGIServer | None = None
         self._events: EventMetrics | None = None
         self._outbox: OutboxMetrics | None = None
@@ -144,7 +185,30 @@ class ServerMetrics:
         self._http = server
         return int(server.server_port)
 
+    def count_tasks(self, interval_seconds: float = TASK_COUNT_INTERVAL_SECONDS) -> None:
+        """Count the running event loop's tasks now and every `interval_seconds` until `close` (on the loop).
+
+        The loop counts them itself and the scrape reads the number: prometheus-client serves /metrics from a
+        thread of its own, and asyncio's tasks belong to their loop's thread. asyncio.all_tasks() from the
+        scrape's thread copies a WeakSet the loop adds to meanwhile ("Set changed size during iteration",
+        which 3.11's all_tasks retries 1,000 times, then raises into the scrape) and reads each task's state
+        unlocked; asking the loop at scrape time (call_soon_threadsafe) would hang the scrape behind a
+        blocked loop, when its process series matter most. A Gauge's set and its scrape share the value's
+        lock, so the scrape reads a whole count at most an interval old."""
+        if self._task_count is not None:
+            return
+        self._task_count = asyncio.get_running_loop().create_task(self._count_tasks(interval_seconds))
+        self._asyncio_tasks.set(len(asyncio.all_tasks()))  # the counting task's own included, from the first
+
+    async def _count_tasks(self, interval_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(interval_seconds)
+            self._asyncio_tasks.set(len(asyncio.all_tasks()))
+
     def close(self) -> None:
+        if self._task_count is not None:
+            self._task_count.cancel()
+            self._task_count = None
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -228,6 +228,7 @@ class ChassisServer:
                 raise StartupFailed(
                     f"cannot serve metrics on {address} (METRICS_HOST / METRICS_PORT): {exc.strerror or exc}"
                 ) from None
+            self.metrics.count_tasks()
         await self.server.start()
         # A signal during grpc's start (serve installs the drain before it) or between these awaits: the drain
         # has set NOT_SERVING and may have stopped the server already, so SERVING and "serving" would be untrue.
