@@ -5,7 +5,8 @@
 
 Built with grafanalib from the same metrics the alerts use (docs/chassis.md, docs/operations.md): one row
 per question an on-call engineer asks — are calls failing or slow, do checkouts finish, do events flow,
-is a dependency cut off, do e-mails go out, can shoppers sign up. The umbrella chart ships it as a ConfigMap
+is a dependency cut off, do e-mails go out, can shoppers sign up; and what each pod's process holds (memory,
+file descriptors, CPU, tasks, garbage collections). The umbrella chart ships it as a ConfigMap
 that Grafana's dashboard sidecar (kube-prometheus-stack) loads, when global.monitoring.enabled.
 """
 
@@ -539,6 +540,64 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ],
     ),
     (
+        # prometheus-client's process and GC collectors and the chassis' task count (docs/chassis.md), per pod: a
+        # leak shows on the pod that has it, which a sum over the service's pods would dilute.
+        "Processes",
+        [
+            (
+                "Resident memory",
+                "bytes",
+                "Memory each service's pods hold (RSS), what the pod's memory limit counts. Climbing for hours "
+                "under a steady load: a leak, before the OOM kill.",
+                [(f"max by (job, pod) (process_resident_memory_bytes{{{SELECTOR}}})", "{{pod}}")],
+            ),
+            (
+                "Open file descriptors, share of the limit",
+                "percentunit",
+                "Descriptors each pod holds open (sockets, database and NATS connections, files) over its limit "
+                "(process_max_fds, the soft RLIMIT_NOFILE): at 100 % every accept, connect and open fails (alert "
+                "ShopmeshFileDescriptorsNearLimit, above 80 % for 10 minutes).",
+                [
+                    (
+                        f"max by (job, pod) (process_open_fds{{{SELECTOR}}} / process_max_fds{{{SELECTOR}}})",
+                        "{{pod}}",
+                    )
+                ],
+            ),
+            (
+                "CPU",
+                "short",
+                "CPU seconds each pod uses a second (user and system: 1 is one core). Near the pod's CPU limit: "
+                "throttled, its calls slow (alert ShopmeshSlowCalls).",
+                [(f"sum by (job, pod) (rate(process_cpu_seconds_total{{{SELECTOR}}}[$__rate_interval]))", "{{pod}}")],
+            ),
+            (
+                "asyncio tasks",
+                "short",
+                "Tasks of each pod's event loop not done yet (handlers, streams held, background loops), counted "
+                "by the loop every 5 s. Climbing while the calls in flight do not: tasks leak.",
+                [(f"max by (job, pod) (shopmesh_asyncio_tasks{{{SELECTOR}}})", "{{pod}}")],
+            ),
+            (
+                "Garbage collections",
+                "short",
+                "Runs of the garbage collector a second, by generation, per service; and objects it found "
+                "uncollectable (should be 0). Generation 2 runs far above the usual: the heap churns, and each "
+                "such run pauses the event loop.",
+                [
+                    (
+                        f"sum by (job, generation) (rate(python_gc_collections_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}} generation {{generation}}",
+                    ),
+                    (
+                        f"sum by (job) (rate(python_gc_objects_uncollectable_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}} uncollectable",
+                    ),
+                ],
+            ),
+        ],
+    ),
+    (
         "Sign-ups",
         [
             (
@@ -606,7 +665,8 @@ def dashboard() -> Dashboard:
     return Dashboard(
         title="shopmesh",
         uid="shopmesh-overview",
-        description="The whole shop: SLOs, gRPC calls, checkouts, events, dependencies, e-mail (docs/operations.md).",
+        description="The whole shop: SLOs, gRPC calls, checkouts, events, dependencies, e-mail, processes "
+        "(docs/operations.md).",
         tags=["shopmesh"],
         timezone="utc",
         refresh="30s",

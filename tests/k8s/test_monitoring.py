@@ -20,7 +20,7 @@ import grpc
 import promql_parser
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -28,7 +28,13 @@ from prometheus_client.samples import Sample
 from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.consumer import EventConsumer
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, OutboxMetrics, ServerMetrics
+from shopmesh_chassis.metrics import (
+    BreakerCollector,
+    EventMetrics,
+    OutboxMetrics,
+    ServerMetrics,
+    add_runtime_collectors,
+)
 from shopmesh_gateway.metrics import GatewayMetrics
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
@@ -91,7 +97,13 @@ RE = promql_parser.MatchOp.Re
 
 def expected_alerts(name: str) -> set[str]:
     service = SERVICES[name]
-    alerts = {"ShopmeshServiceDown", "ShopmeshServerErrors", "ShopmeshSlowCalls", "ShopmeshSpansNotExported"}
+    alerts = {
+        "ShopmeshServiceDown",
+        "ShopmeshServerErrors",
+        "ShopmeshSlowCalls",
+        "ShopmeshSpansNotExported",
+        "ShopmeshFileDescriptorsNearLimit",
+    }
     if service.publishes:
         alerts |= {
             "ShopmeshOutboxStuck",
@@ -122,6 +134,7 @@ def exported_metric_labels() -> dict[str, frozenset[str]]:
     running its rendered configuration."""
     registry = RecordingRegistry()
     metrics = ServerMetrics(registry)
+    add_runtime_collectors(registry)  # as on the registry a service's ServerMetrics makes itself
     metrics.outbox  # noqa: B018 - made on first use, as services that run an outbox relay do
     metrics.events  # noqa: B018 - made on first use, as services that consume do
     metrics.watch_breakers("dependency", {"/shopmesh.x.v1.XService/Get": CircuitBreaker()})
@@ -326,7 +339,10 @@ def test_every_alert_selects_its_own_services_series_by_exported_names(rendered:
 UNREAD = {
     "grpc_server_handling_seconds_sum": "latency is read from the buckets",
     "shopmesh_client_breaker_opened_total": "the breaker's state and failed probes are what alert and panel read",
-    "shopmesh_asyncio_tasks": "no panel yet",
+    "process_virtual_memory_bytes": "the resident memory is what the pod's memory limit counts",
+    "process_start_time_seconds": "restarts are Kubernetes' own count (kube_pod_container_status_restarts_total)",
+    "python_gc_objects_collected_total": "the collector's runs by generation are what the panel reads",
+    "python_info": "the interpreter's version, in labels of a constant 1",
 }
 
 
@@ -726,6 +742,67 @@ def test_spans_not_exported_fires_for_a_lasting_collector_outage_not_a_restart(
                 until,
                 silent_between(0, away + hold) | firing_between(fires_by(away, hold), until),
                 dropping=True,
+            ),
+        ],
+        tmp_path,
+    )
+
+
+def open_files_scenario(
+    name: str, open_files: Callable[[float], int], proc: Path, until: int, expected: Expected
+) -> Scenario:
+    """prometheus-client's own ProcessCollector, as every service's registry has it, over a /proc of the test's
+    making (`proc`): a process whose open-file limit is 1000 and which holds `open_files(t)` descriptors at second
+    t (the files of its fd folder, as Linux lists them)."""
+    (proc / "1" / "fd").mkdir(parents=True)
+    (proc / "stat").write_text("btime 1700000000\n")
+    (proc / "1" / "limits").write_text(
+        "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max open files            1000                 4096                 files\n"
+    )
+    registry = CollectorRegistry()
+    ProcessCollector(pid=lambda: 1, proc=str(proc), registry=registry)
+    held: list[Path] = []
+
+    def world(t: float) -> None:
+        while len(held) < open_files(t):
+            held.append(proc / "1" / "fd" / str(len(held)))
+            held[-1].touch()
+        while len(held) > open_files(t):
+            held.pop().unlink()
+
+    return Scenario(name, world, lambda: scraped(registry, "pod-0"), until, expected, {"pod": "pod-0"})
+
+
+def test_file_descriptors_near_limit_fires_for_a_lasting_leak_not_a_burst_nor_a_high_steady_count(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """A pod leaking a descriptor every 2 s from 700 open of its limit of 1000: past 800 from 200 s on, and
+    ShopmeshFileDescriptorsNearLimit fires after its `for`. 750 held steadily, or a burst of 900 for 5 minutes
+    (a rush of connections, closed again): silent."""
+    alert = alert_named(rendered, "orders", "ShopmeshFileDescriptorsNearLimit")
+    hold, until, burst = seconds_of(alert["for"]), 30 * 60, 5 * 60
+    past_80 = 201  # 700 + 201 // 2 = 800 at 200 s; above it from the next descriptor on
+    assert_promtool_passes(
+        alert,
+        "orders",
+        [
+            open_files_scenario(
+                "a descriptor leaked every 2 s",
+                lambda t: min(700 + int(t) // 2, 990),
+                tmp_path / "leak",
+                until,
+                silent_between(0, past_80 + hold) | firing_between(fires_by(past_80, hold), until),
+            ),
+            open_files_scenario(
+                "750 of 1000 held steadily", lambda _t: 750, tmp_path / "steady", until, silent_between(0, until)
+            ),
+            open_files_scenario(
+                "900 of 1000 for 5 minutes, then 300",
+                lambda t: 900 if burst <= t < 2 * burst else 300,
+                tmp_path / "burst",
+                until,
+                silent_between(0, until),
             ),
         ],
         tmp_path,

@@ -320,6 +320,12 @@ however many were served. */ -}}
     "for" "10m" "severity" "warning"
     "summary" (printf "%s: spans are not reaching the tracing collector" $c.name)
     "description" "The service has been losing spans for 10 minutes, {{ $value | humanize }} a second: its OTLP exports to the collector (global.otel.endpoint) fail (shopmesh_spans_export_failed_total), or its batch queue is full and drops them (shopmesh_spans_dropped_total: the collector slower than the spans come). Calls are not affected; their traces are missing. The exporter's log says why, once a minute (logger opentelemetry.exporter.otlp.proto.grpc.exporter).")
+  (dict
+    "alert" "ShopmeshFileDescriptorsNearLimit"
+    "expr" "max by (pod) (process_open_fds{__selector__} / process_max_fds{__selector__}) > 0.8"
+    "for" "10m" "severity" "warning"
+    "summary" (printf "%s: a pod holds most of its file descriptors open" $c.name)
+    "description" "Pod {{ $labels.pod }} has held {{ $value | humanizePercentage }} of its open-file limit (process_max_fds, the process' soft RLIMIT_NOFILE) open for 10 minutes. At the limit every new connection it accepts or makes (its callers', the database's, NATS') and every file it opens fails (EMFILE). Sockets or files leaking, or more connections than the limit was set for (docs/operations.md, ShopmeshFileDescriptorsNearLimit).")
 -}}
 {{- if $c.nats.publishes -}}
 {{- $rules = append $rules (dict
