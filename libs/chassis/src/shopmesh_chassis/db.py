@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, CursorResult, Dialect, Executable, Insert,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, ExceptionContext, make_url
 from sqlalchemy.engine.interfaces import _CoreAnyExecuteParams, _CoreSingleExecuteParams
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
@@ -401,15 +401,48 @@ async def try_session_lock(connection: AsyncConnection, key: int) -> bool:
 
 @asynccontextmanager
 async def _connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A pooled connection. asyncpg reports a server it cannot reach as a plain OSError; only that one,
-    raised while connecting, becomes DatabaseUnreachable (an OSError of the caller's block stays as it is)."""
+    """A pooled connection; DatabaseUnreachable when none could be established (`connect_failures_unreachable`)."""
     async with AsyncExitStack() as stack:
-        try:
+        with connect_failures_unreachable(engine):
             # Entered as a context: its exit closes the connection to the end even when cancelled.
             connection = await stack.enter_async_context(engine.connect())
-        except OSError as error:
-            raise DatabaseUnreachable(f"cannot connect to the database: {error}") from error
         yield connection
+
+
+@contextmanager
+def connect_failures_unreachable(engine: AsyncEngine) -> Iterator[None]:
+    """Around a checkout from `engine`'s pool (`engine.connect()`): any failure to establish the connection
+    becomes DatabaseUnreachable, its message the database's address and the server's SQLSTATE and words.
+
+    Whatever the server answers a connection attempt with (55000 a database that allows no connections,
+    3D000 no such database, 28P01 a password refused, 53300 too many connections, 57P03 starting up), the
+    database cannot serve this service now and the call may work later: SQLAlchemy wraps most of these in a
+    plain DBAPIError that a statement's failure also raises, and only here are they told apart. asyncpg
+    reports a server it cannot reach, or one that does not answer in time, as a plain OSError (TimeoutError
+    is one): only that one, raised while connecting, is the database's (an OSError of the caller's block
+    stays as it is). The pool's own timeout (exc.TimeoutError: every connection in use) is no failure to
+    connect, and stays as it is. The message never holds the password: the URL's is not in it, and the
+    server does not echo it."""
+    try:
+        yield
+    except (OSError, DBAPIError) as error:
+        if isinstance(error, DBAPIError):
+            sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+            said = str(error.orig).splitlines()[0] if error.orig is not None else type(error).__name__
+            reason = f"SQLSTATE {sqlstate}: {said}" if sqlstate else said
+        else:
+            reason = str(error) or type(error).__name__
+        address = postgres_address(engine.url)
+        raise DatabaseUnreachable(f"cannot connect to the database at {address}: {reason}") from error
+
+
+def postgres_address(url: URL) -> str:
+    """Where a PostgreSQL database is, for messages: host:port (the `host` query parameter's value when the URL
+    has one: a socket folder, several hosts). Never the password."""
+    hosts = url.query.get("host")
+    if hosts:
+        return hosts if isinstance(hosts, str) else ",".join(hosts)
+    return f"{url.host or 'localhost'}:{url.port or 5432}"
 
 
 def _configure_sqlite_connections(engine: Engine) -> None:
@@ -575,10 +608,7 @@ class Database:
         url = make_url(self.url)
         if self._sqlite is not None:
             return url.database or ":memory:"
-        hosts = url.query.get("host")
-        if hosts:
-            return hosts if isinstance(hosts, str) else ",".join(hosts)
-        return f"{url.host or 'localhost'}:{url.port or 5432}"
+        return postgres_address(url)
 
     @property
     def postgres_engine(self) -> AsyncEngine:

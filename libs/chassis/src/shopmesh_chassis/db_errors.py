@@ -59,9 +59,12 @@ DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
 
 
 class DatabaseUnreachable(ConnectionError):
-    """Connecting to the database failed at the socket: refused, a host that does not resolve, a missing
-    Unix socket file, a timeout. `Database` raises it in place of the driver's plain OSError, so that an
-    OSError of a handler's own code (a file it cannot open) is not taken for a database outage."""
+    """Connecting to the database failed: at the socket (refused, a host that does not resolve, a missing Unix
+    socket file, a timeout), or the server refused the connection, whatever its SQLSTATE (no connections allowed
+    to the database, no such database, a password refused, too many connections). `Database` raises it in place
+    of the driver's error, raised while connecting (`db.connect_failures_unreachable`), so that an OSError of a
+    handler's own code (a file it cannot open) is not taken for a database outage, and a refused connection not
+    for a statement's failure. Its message names the database's address and the server's SQLSTATE."""
 
 
 class Duplicate(Exception):

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.clocks import utc_now
 from shopmesh_chassis.config import EventSettings
-from shopmesh_chassis.db import Database, DbConnection, as_utc, try_session_lock
+from shopmesh_chassis.db import Database, DbConnection, as_utc, connect_failures_unreachable, try_session_lock
 from shopmesh_chassis.events import EVENT_TYPE, messaging_attributes, refused_for_good, stream_full
 from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, OutboxMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
@@ -369,7 +369,8 @@ class OutboxRelay:
         A failed attempt closes the connection, as a failed pass does.
         """
         if self._leader is None:
-            self._leader = await self._db.postgres_engine.connect()
+            with connect_failures_unreachable(self._db.postgres_engine):
+                self._leader = await self._db.postgres_engine.connect()
             self._leading = False
         if not self._leading:
             try:

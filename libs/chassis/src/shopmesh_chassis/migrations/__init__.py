@@ -65,9 +65,10 @@ class ForeignSchemaAtStart(StartupFailed):
 # PostgreSQL's classes for a refused login (28: invalid authorization, a wrong password) and a database that
 # does not exist (3D): a connection's own failures, never a query's.
 _REFUSED_SQLSTATE_CLASSES = ("28", "3D")
-# Up but taking no connection now: too many connections, shutting down or starting up (with class 08, a
-# connection exception). Not a full disk or a read-only replica: a migration's own statement failing for
-# those keeps its traceback, which says which migration.
+# A migration's statement failing for a server going away under it: shutting down or starting up (with class
+# 08, a connection exception); a failure to connect at all is DatabaseUnreachable, whatever its SQLSTATE. Not a
+# full disk or a read-only replica: a migration's own statement failing for those keeps its traceback, which
+# says which migration.
 _NO_CONNECTION_NOW_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
@@ -256,29 +257,41 @@ async def _no_connection_fails_the_start(database: Database) -> AsyncIterator[No
     try:
         yield
     except DatabaseUnreachable as error:
-        # The driver's OSError says why (refused, no such host); a timeout says nothing.
-        reason = str(error.__cause__ or "") or "timed out"
-        raise DatabaseUnreachableAtStart(
-            f"cannot connect to the database at {database.address} (DATABASE_URL): {reason}; this start fails "
-            "and the next one tries again"
-        ) from None
+        # No connection could be made: the server refused this service (a wrong password, no such database:
+        # the URL to fix), or cannot take it now (down, too many connections, not allowing connections).
+        cause = error.__cause__
+        if isinstance(cause, DBAPIError):
+            reason, sqlstate = _server_said(cause)
+            if sqlstate[:2] in _REFUSED_SQLSTATE_CLASSES:
+                raise DatabaseRefusedAtStart(
+                    f"the database at {database.address} refused this service (DATABASE_URL): {reason}; check the "
+                    "URL's user, password and database name; this start fails and the next one tries again"
+                ) from None
+        else:
+            # The driver's OSError says why (refused, no such host); a timeout says nothing.
+            reason = str(cause or "") or "timed out"
+        raise _unreachable_at_start(database, reason) from None
     except DBAPIError as error:
-        # The server's own words ('password authentication failed for user "shop"'): never the password.
-        reason = str(error.orig).splitlines()[0] if error.orig is not None else "refused"
-        sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+        reason, sqlstate = _server_said(error)
         if sqlstate[:2] == "08" or sqlstate in _NO_CONNECTION_NOW_SQLSTATES:
-            # Up but not taking connections now: too many (replicas starting together past a connection
-            # limit), starting up or shutting down (a database pod restarting), a failover under way.
-            raise DatabaseUnreachableAtStart(
-                f"cannot connect to the database at {database.address} (DATABASE_URL): {reason}; this start "
-                "fails and the next one tries again"
-            ) from None
-        if sqlstate[:2] not in _REFUSED_SQLSTATE_CLASSES:
-            raise
-        raise DatabaseRefusedAtStart(
-            f"the database at {database.address} refused this service (DATABASE_URL): {reason}; check the URL's "
-            "user, password and database name; this start fails and the next one tries again"
-        ) from None
+            # The connection made, then lost or cut by a server going away: a database pod restarting, a
+            # failover under way.
+            raise _unreachable_at_start(database, reason) from None
+        raise
+
+
+def _server_said(error: DBAPIError) -> tuple[str, str]:
+    """The server's own words ('password authentication failed for user "shop"': never the password) and the
+    SQLSTATE."""
+    reason = str(error.orig).splitlines()[0] if error.orig is not None else "refused"
+    return reason, str(getattr(error.orig, "sqlstate", None) or "")
+
+
+def _unreachable_at_start(database: Database, reason: str) -> DatabaseUnreachableAtStart:
+    return DatabaseUnreachableAtStart(
+        f"cannot connect to the database at {database.address} (DATABASE_URL): {reason}; this start fails and "
+        "the next one tries again"
+    )
 
 
 async def migrate(
