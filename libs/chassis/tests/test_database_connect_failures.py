@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from sqlalchemy import text
@@ -33,15 +32,6 @@ class Reading(SampleServicer):
         async with self.database.read() as connection:
             await connection.execute(text("SELECT 1"))
         return await super().Echo(request, context)
-
-
-async def _as_superuser(postgres: PostgresServer, *statements: str) -> None:
-    connection = await asyncpg.connect(postgres.url(driver="postgresql"), timeout=10)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 # What each refusal is, by the SQLSTATE the server answers a connection attempt with.
@@ -73,11 +63,7 @@ async def test_a_database_refusing_new_connections_answers_unavailable_database_
             # A connection in the pool first, as a serving replica has: the refusal meets its pre-ping's reconnect.
             async with database.read() as connection:
                 await connection.execute(text("SELECT 1"))
-            await _as_superuser(
-                postgres,
-                f"ALTER DATABASE {name} ALLOW_CONNECTIONS false",
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
-            )
+            postgres.refuse_connections(name)
         caplog.set_level(logging.WARNING)
         async with (
             serve_in_process(sample_settings(), [binding(Reading(database))]) as server,
@@ -87,7 +73,7 @@ async def test_a_database_refusing_new_connections_answers_unavailable_database_
                 await sample_pb2_grpc.SampleServiceStub(channel).Echo(sample_pb2.EchoRequest(message="hi"), timeout=20)
     finally:
         await database.dispose()
-        await _as_superuser(postgres, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        postgres.allow_connections(name)
     details = details_of(caught.value)
     assert details.code == grpc.StatusCode.UNAVAILABLE, caught.value.details()
     assert details.error_info is not None

@@ -127,12 +127,25 @@ class PostgresServer:
         removal then deleted file by file, for a minute and more at the very end of the run."""
         if not names:
             return
-        drops = (arg for name in names for arg in ("-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._psql(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in names))
+
+    def refuse_connections(self, name: str) -> None:
+        """Have database `name` refuse every new connection (SQLSTATE 55000) and cut those it has, as an
+        operator's `ALTER DATABASE ... ALLOW_CONNECTIONS false` does while the server stays up."""
+        self._psql(
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+        )
+
+    def allow_connections(self, name: str) -> None:
+        self._psql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    def _psql(self, *statements: str) -> None:
         _run(
             self.bin_dir,
             "psql",
             *("-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "--no-password", "-d", "postgres"),
-            *("-v", "ON_ERROR_STOP=1", "-q", *drops),
+            *("-v", "ON_ERROR_STOP=1", "-q", *(arg for statement in statements for arg in ("-c", statement))),
             password=self.password,
         )
 
