@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import hmac
+import logging
 import sqlite3
 import stat
 import threading
@@ -21,13 +22,16 @@ import pytest
 from google.protobuf import wrappers_pb2
 from google.rpc import status_pb2
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.exc import DBAPIError
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import ConfigError, IdempotencySettings, load_settings
 from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.idempotency import IdempotencyStore, RequestFingerprint, fingerprint_key
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.tables import idempotency_records
+from shopmesh_chassis.testing.postgres import PostgresServer
 
 FINGERPRINT = RequestFingerprint(b"test-fingerprint-key-of-32-bytes")
 
@@ -512,6 +516,31 @@ async def test_an_attempt_failing_transiently_after_its_key_was_taken_over_leave
     finish_retry.set()
     assert await retry == "retry"
     assert await count_effects(db) == 1
+
+
+@pytest.mark.parametrize("blank_db", ["postgresql"], indirect=True)
+async def test_a_key_that_cannot_be_released_while_the_database_refuses_connections_is_one_warning_line(
+    store: IdempotencyStore, db: Database, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outage is no bug: the release that fails for it says so in a line, not a traceback per call (the key's
+    lease frees it anyway). The attempt's own connection is cut with the others, so its operation fails too."""
+    name = db.url.rsplit("/", 1)[1]
+
+    async def fails_as_the_database_goes(session: DbConnection) -> wrappers_pb2.StringValue:
+        await asyncio.to_thread(postgres.refuse_connections, name)
+        await session.execute(select(1))
+        raise AssertionError("the statement ran on a connection the server cut")
+
+    caplog.set_level(logging.WARNING, logger="shopmesh.idempotency")
+    try:
+        with pytest.raises(DBAPIError) as caught:
+            await run(store, "k1", request("a"), fails_as_the_database_goes)
+    finally:
+        postgres.allow_connections(name)
+    assert database_unavailable(caught.value)
+    said = [record for record in caplog.records if record.name == "shopmesh.idempotency"]
+    assert [(record.levelno, record.exc_info) for record in said] == [(logging.WARNING, None)]
+    assert "could not release idempotency key" in said[0].getMessage()
 
 
 class BeforeCommit(AfterTransaction):

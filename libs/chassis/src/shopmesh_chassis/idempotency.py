@@ -42,6 +42,7 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.config import IdempotencySettings
 from shopmesh_chassis.db import Database, DbConnection, as_utc
+from shopmesh_chassis.db_errors import cause_line, database_unavailable
 from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
 from shopmesh_chassis.periodic import delete_in_batches
 from shopmesh_chassis.tables import IDEMPOTENCY_SCOPE_LENGTH
@@ -445,9 +446,15 @@ class IdempotencyStore:
                 # Only our claim: after a takeover the key is another attempt's, still running.
                 if await self._lock_unless_locked(session, scope, key, token):
                     await session.execute(_DELETE_MY_CLAIM, {"b_scope": scope, "b_key": key, "b_token": token})
-        except Exception:
+        except Exception as error:
             # The lease still frees the key; a failed release only delays a retry.
-            log.exception("could not release idempotency key")
+            if not database_unavailable(error):
+                log.exception("could not release idempotency key")
+                return
+            # An outage, no bug: a line, not a traceback for every call it fails.
+            log.warning(
+                "could not release idempotency key (its lease frees it): %s", cause_line(error), extra={"scope": scope}
+            )
 
     @staticmethod
     def _replay(row: Any, response_type: type[ResponseT]) -> ResponseT:
