@@ -532,9 +532,9 @@ def has_no_side_effects(method: MethodDescriptor) -> bool:
 
 READ_ONLY_METHODS = [(service, method) for service, method in METHODS if has_no_side_effects(method)]
 # A deadline that bounds a hang only: a read that queued for the write lock never answers as it does
-# without it, whatever the deadline. On SQLite it gives up at the busy timeout (5 s), UNAVAILABLE; on
+# without it, whatever the deadline. On SQLite it gives up after the chassis' 5 s wait for the lock, UNAVAILABLE; on
 # PostgreSQL it waits behind the lock, which is held until this call ends, DEADLINE_EXCEEDED. (2 s, once
-# meant to end such a read before the busy timeout, was less than a loaded machine's plain answer.)
+# meant to end such a read before that wait, was less than a loaded machine's plain answer.)
 LOCKED_ANSWER_SECONDS = 20.0
 
 
@@ -587,7 +587,7 @@ async def test_a_read_only_call_is_answered_while_a_writer_holds_every_database(
 ) -> None:
     """Every RPC the contracts mark NO_SIDE_EFFECTS (the gateway's included) reads a snapshot: while
     another connection holds the write lock of every service's database, its exemplar request gets the
-    answer it gets without the locks, well within SQLite's busy timeout; never UNAVAILABLE (a read that
+    answer it gets without the locks, well within the chassis' 5 s wait for a lock; never UNAVAILABLE (a read that
     queued for the lock and gave up) nor DEADLINE_EXCEEDED (one still waiting). The entities the exemplar
     names exist before the locks are taken; last in the module, when the generated calls' work is done."""
     request = exemplar(method, known.values)

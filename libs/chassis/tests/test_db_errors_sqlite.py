@@ -4,9 +4,12 @@ a consumer would hold its message for ever and a client would retry a bug; it mu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
 import sqlite3
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -15,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from nats.aio.client import Client
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -26,7 +30,7 @@ from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE, as_domain_error, da
 from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM
 from shopmesh_chassis.errors import Unavailable
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_chassis.testing import eventually, health_status, serve_in_process
 from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_chassis.testing.sample_service import SampleServicer, binding
 
@@ -165,6 +169,66 @@ async def test_a_grpc_call_finding_its_sqlite_database_locked_answers_unavailabl
     details = details_of(answer)
     assert (answer.code(), details.reason) == (grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
     assert details.retry_delay_seconds is not None
+
+
+# Another process holding the file's write lock for this long (an operator's `sqlite3` shell, a backup), unless
+# the test ends it first.
+_LOCK_HELD_SECONDS = 20
+_HOLD_THE_WRITE_LOCK = (
+    "import sqlite3, sys, time\n"
+    "holder = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "holder.execute('BEGIN EXCLUSIVE')\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(float(sys.argv[2]))\n"
+)
+
+
+@contextlib.asynccontextmanager
+async def locked_by_another_process(database: Database) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A second process holding `database`'s write lock (BEGIN EXCLUSIVE) for _LOCK_HELD_SECONDS: it is still
+    holding it as long as it has not exited."""
+    path = database.sync_engine.url.database
+    assert path is not None
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_THE_WRITE_LOCK, path, str(_LOCK_HELD_SECONDS), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), timeout=15) == b"locked\n"
+        yield holder
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await asyncio.wait_for(holder.wait(), timeout=15)
+
+
+async def test_a_sqlite_file_another_process_keeps_locked_fails_each_write_unavailable_while_the_service_answers(
+    sqlite_db: Database,
+) -> None:
+    """Writers queued behind a lock of another process wait for it off the event loop, each for the bound only:
+    the service keeps answering (health checks) meanwhile, and every write fails DATABASE_UNAVAILABLE while the
+    lock is still held. Waiting inside SQLite's busy handler, on the loop's thread, each writer in turn froze the
+    whole service for the bound, health checks included, and a queue of them for its sum."""
+    servicer = RunsAStatement(sqlite_db, "INSERT INTO outbox (payload) VALUES (x'00')")
+    async with (
+        serve_in_process(sample_settings(), [binding(servicer)]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+        locked_by_another_process(sqlite_db) as holder,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        writes = [asyncio.ensure_future(stub.Fail(sample_pb2.FailRequest(), timeout=60)) for _ in range(3)]
+        health: list[int | None] = []
+        while not all(write.done() for write in writes):
+            health.append(await health_status(server.address, timeout=2.0))
+            await asyncio.sleep(0.1)
+        still_held = holder.returncode is None
+        answers = await asyncio.gather(*writes, return_exceptions=True)
+    assert still_held, "the lock was released before the writes ended: this proves nothing of the bound"
+    assert health, "no health check ran while the writes waited"
+    assert set(health) == {health_pb2.HealthCheckResponse.SERVING}, health
+    for answer in answers:
+        assert isinstance(answer, grpc.aio.AioRpcError), answer
+        assert (answer.code(), details_of(answer).reason) == (grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE)
 
 
 async def test_a_consumer_parks_an_event_whose_handler_hits_a_missing_sqlite_table(

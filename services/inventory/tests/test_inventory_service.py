@@ -670,7 +670,7 @@ async def test_a_reservation_is_read_while_another_connection_holds_the_write_lo
     try:
         writer.execute("BEGIN IMMEDIATE")
         request = inventory_pb2.GetReservationRequest(reservation_id=reservation.id)
-        # A read behind the lock waits out SQLite's 5 s busy timeout and fails: the deadline only bounds it.
+        # A read behind the lock waits out the chassis' 5 s for it and fails: the deadline only bounds it.
         seen = (await stub.GetReservation(request, timeout=10)).reservation
     finally:
         writer.close()

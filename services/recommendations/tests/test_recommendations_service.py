@@ -232,7 +232,7 @@ async def test_recommendations_are_read_while_another_connection_holds_the_write
     try:
         writer.execute("BEGIN IMMEDIATE")
         response = await offline.stub.ListRecommendations(
-            # Behind the lock it waits out SQLite's 5 s busy timeout and fails: the deadline only bounds it.
+            # Behind the lock it waits out the chassis' 5 s for it and fails: the deadline only bounds it.
             recommendations_pb2.ListRecommendationsRequest(max_results=3, **subject),
             timeout=10,
         )

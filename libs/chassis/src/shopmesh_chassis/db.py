@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -35,9 +37,19 @@ if TYPE_CHECKING:
 
     from shopmesh_chassis.config import DatabaseSettings
 
-# How long SQLite waits for a lock another process holds. Calls run on the event loop, so the whole
-# service waits with it: this bounds that. Inside a service, writers queue on an asyncio lock.
+# How long a write transaction waits for the write lock another process holds (a backup, an operator's sqlite3
+# shell) before it fails DATABASE_UNAVAILABLE, counted from the call's start, its time queued for this service's
+# writer included. Inside a service, writers queue on an asyncio lock, so SQLite's lock is busy only for that.
 _SQLITE_BUSY_SECONDS = 5.0
+# SQLite's own busy timeout, which every statement may wait in on the event loop's thread: the whole service
+# waits with it, health checks included. Short: BEGIN IMMEDIATE, where a writer meets another process's lock,
+# waits for it in `_begin_writing`, sleeping on the loop between tries; this only rides out a blip (a reader
+# meeting another process's WAL recovery or checkpoint).
+_SQLITE_LOOP_BUSY_MS = 5
+# `_begin_writing`'s waits between tries: from the first, doubled up to the last. Never reached while no other
+# process holds the lock, which is the normal path: its cost is one BEGIN IMMEDIATE, as before.
+_SQLITE_RETRY_FIRST_SECONDS = 0.005
+_SQLITE_RETRY_MAX_SECONDS = 0.1
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -95,8 +107,9 @@ class SqliteConnection:
     call, aiosqlite's cursor coroutines and, without more, a hand-off to a worker thread per call) costs
     several times the work: a two-statement transaction took 0.62 ms of CPU through the async engine
     with calls already inline, 0.26 ms this way (docs/benchmarks.md). The price is the one inline calls
-    always had: while SQLite waits for a lock held by another *process*, the loop waits too (bounded by
-    the busy timeout). In shopmesh one process owns each SQLite file, and writers inside it queue on
+    always had: while SQLite waits for a lock held by another *process*, the loop waits too, which the
+    busy timeout keeps to a few milliseconds (a writer waits for such a lock between tries, the loop free:
+    `_begin_writing`). In shopmesh one process owns each SQLite file, and writers inside it queue on
     `Database`'s asyncio lock before they reach SQLite, so SQLite itself never has to wait; PostgreSQL
     is the choice for more than one process per database.
     """
@@ -304,7 +317,7 @@ def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
         url,
         # Calls come from the loop's thread, except that the pool may close a connection it
         # garbage-collects from another one; SQLite's serialized threading mode makes that safe.
-        connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_SECONDS},
+        connect_args={"check_same_thread": False, "timeout": _SQLITE_LOOP_BUSY_MS / 1000},
         poolclass=QueuePool,
         # A full pool would block the event loop's thread while the connections it waits for can only
         # come back through that loop: never wait, open one more (connections beyond pool_size are
@@ -461,7 +474,7 @@ def _configure_sqlite_connections(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_SECONDS * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_LOOP_BUSY_MS}")
         cursor.close()
 
 
@@ -523,6 +536,25 @@ def _begin_sqlite(connection: sqlalchemy.Connection, statement: str) -> None:
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None
     dbapi_connection.execute(statement)
+
+
+async def _begin_writing(connection: sqlalchemy.Connection, started: float) -> None:
+    """BEGIN IMMEDIATE, waiting for a write lock another process holds with the event loop free: tried again
+    after growing sleeps until _SQLITE_BUSY_SECONDS have passed since `started` (monotonic), then SQLITE_BUSY
+    (UNAVAILABLE DATABASE_UNAVAILABLE). A writer that queued for the service's own writer lock past the bound
+    tries once. In SQLite's busy handler, on the loop's thread, each queued writer in turn held up the whole
+    service for the bound, health checks and every other call included."""
+    delay = _SQLITE_RETRY_FIRST_SECONDS
+    while True:
+        try:
+            _begin_sqlite(connection, "BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as error:
+            left = started + _SQLITE_BUSY_SECONDS - time.monotonic()
+            if (getattr(error, "sqlite_errorcode", 0) & 0xFF) != sqlite3.SQLITE_BUSY or left <= 0:
+                raise
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, _SQLITE_RETRY_MAX_SECONDS)
 
 
 class ForeignKeysViolated(Exception):
@@ -635,11 +667,12 @@ class Database:
         each other."""
         if self._sqlite is not None:
             assert self._writer is not None
+            started = time.monotonic()
             async with self._writer:
                 # SQLAlchemy's transaction for the bookkeeping (commit / rollback at the end; its BEGIN
                 # is a no-op on pysqlite), sqlite3's for the lock: IMMEDIATE takes the write lock now.
                 with self._sqlite.connect() as connection, connection.begin():
-                    _begin_sqlite(connection, "BEGIN IMMEDIATE")
+                    await _begin_writing(connection, started)
                     yield SqliteConnection(connection)
             return
         assert self._postgres is not None
@@ -660,6 +693,7 @@ class Database:
         if self._sqlite is None:
             raise TypeError(f"{self.url} is not a SQLite database")
         assert self._writer is not None
+        started = time.monotonic()
         async with self._writer:
             with self._sqlite.connect() as connection:
                 dbapi_connection = connection.connection.dbapi_connection
@@ -667,7 +701,7 @@ class Database:
                 dbapi_connection.execute("PRAGMA foreign_keys=OFF")
                 try:
                     with connection.begin():
-                        _begin_sqlite(connection, "BEGIN IMMEDIATE")
+                        await _begin_writing(connection, started)
                         # Only what this transaction adds is its doing: a row left orphaned before (a database
                         # written with foreign keys off by a tool) must not fail every later start.
                         found = _foreign_key_orphans(dbapi_connection)

@@ -142,8 +142,8 @@ class NotificationSender:
         return attempts
 
     async def _until_next_due(self) -> float:
-        # Looks only: a snapshot, never the write lock (held elsewhere, a write transaction would wait out
-        # SQLite's busy timeout on the event loop's thread, every RPC with it). Each claim takes the lock.
+        # Looks only: a snapshot, never the write lock (held elsewhere, a write transaction would wait 5 s
+        # for it and fail, every idle poll). Each claim takes the lock.
         async with self._db.read() as session:
             due_at = await NotificationRepository(session).next_due_at()
         if due_at is None:
