@@ -399,6 +399,8 @@ async def test_product_page_validates_its_request(shop: Shop) -> None:
     assert details.error_info is not None
     assert details.error_info.domain == "shopmesh.gateway"
     assert [v.field for v in details.field_violations] == ["product_id", "max_recommendations"]
+    # An empty id's wording in every service (contract_limits.id_violations); the gateway answered "required".
+    assert details.field_violations[0].description == "must not be empty"
 
 
 # --- authentication ------------------------------------------------------------------------------

@@ -186,6 +186,16 @@ async def test_reserve_rejects_each_invalid_field_with_a_violation(stub: Stub) -
     ]
 
 
+async def test_an_empty_id_is_refused_in_every_services_wording(stub: Stub) -> None:
+    """An empty id's REQUIRED reads "must not be empty" in every service (contract_limits.id_violations), so a
+    client shows it alike whoever refused it; inventory answered "is required"."""
+    details = await error_of(reserve(stub, "", {"": 1}))
+    assert [(v.field, v.reason, v.description) for v in details.field_violations] == [
+        ("order_id", "REQUIRED", "must not be empty"),
+        ("items[0].product_id", "REQUIRED", "must not be empty"),
+    ]
+
+
 # Ids no order, reservation or product has: whitespace, a line break, a bidi override, a terminal escape.
 # Orders and payments refuse them ("printable characters only"); inventory reserved stock for order "\n\r".
 UNPRINTABLE_IDS = [" ", "\n\r", "\u202e", "ord 1", "\x1b[2J"]

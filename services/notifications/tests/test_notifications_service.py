@@ -161,6 +161,9 @@ async def test_listing_another_users_notifications_is_permission_denied(stub: St
         (listing("usr\n1"), [("user_id", "INVALID_FORMAT")]),
         (listing("usr 1"), [("user_id", "INVALID_FORMAT")]),
         (listing("\u202e"), [("user_id", "INVALID_FORMAT")]),
+        # Blank is no id either (money.proto's Identifiers), not an empty one: answered REQUIRED before.
+        (listing(" "), [("user_id", "INVALID_FORMAT")]),
+        (listing(" " * 65), [("user_id", "TOO_LONG")]),
     ],
 )
 async def test_an_invalid_request_names_each_bad_field(
@@ -171,6 +174,16 @@ async def test_an_invalid_request_names_each_bad_field(
     details = details_of(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
     assert [(v.field, v.reason) for v in details.field_violations] == violations
+
+
+@sqlite_only
+async def test_an_empty_user_id_is_refused_in_every_services_wording(stub: Stub) -> None:
+    """An empty id's REQUIRED reads "must not be empty" in every service (contract_limits.id_violations), so a
+    client shows it alike whoever refused it; notifications answered "required"."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListNotifications(listing(""))
+    described = [(v.field, v.reason, v.description) for v in details_of(caught.value).field_violations]
+    assert described == [("user_id", "REQUIRED", "must not be empty")]
 
 
 @sqlite_only

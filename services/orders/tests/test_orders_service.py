@@ -364,7 +364,7 @@ async def test_an_unprintable_order_id_is_invalid_format(
     assert [(v.field, v.reason) for v in details.field_violations] == [("order_id", "INVALID_FORMAT")]
 
 
-@pytest.mark.parametrize("user_id", ["usr\n1", "\u202e", "usr 1", "\x1b[2J"])
+@pytest.mark.parametrize("user_id", ["usr\n1", "\u202e", "usr 1", "\x1b[2J", " ", "\t\n"])
 async def test_list_orders_of_an_unprintable_user_id_is_invalid_format(
     stub: orders_pb2_grpc.OrdersServiceStub, user_id: str
 ) -> None:
@@ -374,6 +374,43 @@ async def test_list_orders_of_an_unprintable_user_id_is_invalid_format(
     details = details_of(caught.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [(v.field, v.reason) for v in details.field_violations] == [("user_id", "INVALID_FORMAT")]
+
+
+@pytest.mark.parametrize("blank", [" ", "\t\n"])
+async def test_a_blank_user_id_or_cart_product_id_is_invalid_format_not_required(
+    stub: orders_pb2_grpc.OrdersServiceStub, blank: str
+) -> None:
+    """money.proto's Identifiers: an id a request names with whitespace is INVALID_FORMAT, as every other
+    service answers it. Orders alone answered a blank user_id or product id REQUIRED, "required": a client
+    showed "enter a user id" for one it had sent."""
+    bad = request(user_id=blank)
+    bad.items[0].product_id = blank
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(bad, metadata=idempotency_metadata("blank-ids"))
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in details.field_violations] == [
+        ("user_id", "INVALID_FORMAT"),
+        ("items[0].product_id", "INVALID_FORMAT"),
+    ]
+
+
+async def test_an_empty_id_is_refused_in_every_services_wording(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    """An empty id's REQUIRED reads "must not be empty" in every service (contract_limits.id_violations), so a
+    client shows it alike whoever refused it; orders answered "required"."""
+    bad = request(user_id="")
+    bad.items[0].product_id = ""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(bad, metadata=idempotency_metadata("empty-ids"))
+    placing = details_of(caught.value).field_violations
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=""))
+    getting = details_of(caught.value).field_violations
+    assert [(v.field, v.reason, v.description) for v in [*placing, *getting]] == [
+        ("user_id", "REQUIRED", "must not be empty"),
+        ("items[0].product_id", "REQUIRED", "must not be empty"),
+        ("order_id", "REQUIRED", "must not be empty"),
+    ]
 
 
 async def test_cancel_order_names_a_missing_order_id_and_an_over_long_reason_together(

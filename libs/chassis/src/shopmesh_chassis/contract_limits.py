@@ -51,8 +51,6 @@ def id_violations(
     *,
     required: bool = True,
     listable: bool = False,
-    required_description: str = "must not be empty",
-    blank_is_empty: bool = False,
 ) -> list[FieldViolation]:
     """What is wrong with the id `value` a caller handed in `field`, at most one violation: REQUIRED when empty
     (unless not `required`: an optional filter, empty for "any"), TOO_LONG over MAX_ID_LENGTH, else
@@ -62,12 +60,11 @@ def id_violations(
     nothing any service issued, and stored (a payment for order "\\n\\r") it reaches logs, events and mail
     headers as it is.
 
-    `required_description` is the REQUIRED violation's text: services that answered "required" or "is required"
-    before this rule was shared keep their wording, which clients may show. `blank_is_empty` takes an id of
-    whitespace alone (" ", or 65 spaces) for an empty one, REQUIRED rather than INVALID_FORMAT or TOO_LONG, as
-    orders' and notifications' user ids and orders' cart items have always answered it."""
-    if not value or (blank_is_empty and not value.strip()):
-        return [FieldViolation(field, required_description, "REQUIRED")] if required else []
+    One wording and one rule in every service, so a client shows an empty id's violation alike whoever refused it:
+    an id of whitespace alone (" ") is INVALID_FORMAT, as money.proto's Identifiers convention states, not
+    REQUIRED: it was sent, and is no id (65 spaces are TOO_LONG, as any 65 characters)."""
+    if not value:
+        return [FieldViolation(field, "must not be empty", "REQUIRED")] if required else []
     if len(value) > MAX_ID_LENGTH:
         return [too_long(field, MAX_ID_LENGTH)]
     valid, rule = (is_listable_id, LISTABLE_ID_RULE) if listable else (is_printable_id, PRINTABLE_ID_RULE)

@@ -18,7 +18,7 @@ def recommendation_limit(product_id: str, max_recommendations: int) -> int:
     """The number of recommendations to show; INVALID_ARGUMENT for an unusable request."""
     # Catalog's rule for a product id: no product has one that breaks it. Refused here, the page's own field
     # named, rather than by whichever of catalog and inventory (asked at once) answered first.
-    violations = id_violations("product_id", product_id, listable=True, required_description="required")
+    violations = id_violations("product_id", product_id, listable=True)
     if max_recommendations < 0:
         # OUT_OF_RANGE, as every other count's bound in the contracts (page_size, quantity, on_hand).
         violations.append(FieldViolation("max_recommendations", "must not be negative", "OUT_OF_RANGE"))

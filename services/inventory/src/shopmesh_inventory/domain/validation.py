@@ -42,14 +42,10 @@ def _check(what: str, violations: list[FieldViolation]) -> None:
         raise InvalidArgument(f"invalid {what}: {summary}", violations, reason=VALIDATION_FAILED)
 
 
-# Inventory's wording of an empty id's REQUIRED, which its clients have always been answered.
-ID_REQUIRED = "is required"
-
-
 def _id_violations(path: str, value: str) -> list[FieldViolation]:
     # The rule orders and payments hold every id to: no order, reservation or product has an id of " " or
     # "\u202e", and one taken would be stored (a reservation for order "\n\r", stock for product " ").
-    return id_violations(path, value, required_description=ID_REQUIRED)
+    return id_violations(path, value)
 
 
 def _product_id_violations(path: str, value: str) -> list[FieldViolation]:
@@ -57,7 +53,7 @@ def _product_id_violations(path: str, value: str) -> list[FieldViolation]:
     holding a comma would read as several, and the caller take another line for short. Reserve and SetStock
     hold a product id to it: stock set for an id Reserve refuses could never be reserved. Reads (GetStock)
     take one with a comma (but printable, as every id): they store nothing, and answer it as unknown."""
-    return id_violations(path, value, listable=True, required_description=ID_REQUIRED)
+    return id_violations(path, value, listable=True)
 
 
 def stock_query(product_ids: Sequence[str]) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ def validate_list_request(user_id: str, page_size: int, page_token: str) -> tupl
     Every bad field is named at once; reason INVALID_PAGE_TOKEN whenever the token is one of them."""
     # The rule every service holds ids to, and the one OrderEvent's user_id is held to: no notification can be
     # stored for such a user.
-    violations = id_violations("user_id", user_id, required_description="required", blank_is_empty=True)
+    violations = id_violations("user_id", user_id)
     page_limit(page_size, violations)  # only its check here: the application takes the size itself
     after = instant_page_key(page_token, list_filters(user_id), violations)
     if violations:

@@ -87,15 +87,10 @@ def luhn_ok(number: str) -> bool:
     return total % 10 == 0
 
 
-# Orders' wording of an empty id's REQUIRED, which its clients have always been answered.
-ID_REQUIRED = "required"
-
-
 def _user_id_violations(user_id: str) -> list[FieldViolation]:
     # PlaceOrder's OrderConfirmed event carries it to notifications, which refuses an unprintable one: the order
-    # would be charged and confirmed, and its e-mail parked for ever; ListOrders holds it to the same rule. A
-    # blank one is only REQUIRED, not also malformed.
-    return id_violations("user_id", user_id, required_description=ID_REQUIRED, blank_is_empty=True)
+    # would be charged and confirmed, and its e-mail parked for ever; ListOrders holds it to the same rule.
+    return id_violations("user_id", user_id)
 
 
 def _line(violations: list[FieldViolation], field: str, value: str, high: int) -> str:
@@ -158,15 +153,8 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
     seen: set[str] = set()
     for index, item in enumerate(command.items):
         # No product has such an id, and catalog and inventory name ids in comma-separated lists: one with a
-        # comma read as several, another line of the order taken for missing or short. A blank one is only
-        # REQUIRED, not also malformed.
-        violations += id_violations(
-            f"items[{index}].product_id",
-            item.product_id,
-            listable=True,
-            required_description=ID_REQUIRED,
-            blank_is_empty=True,
-        )
+        # comma read as several, another line of the order taken for missing or short.
+        violations += id_violations(f"items[{index}].product_id", item.product_id, listable=True)
         if item.product_id in seen:
             violations.append(FieldViolation(f"items[{index}].product_id", "appears twice", "DUPLICATE"))
         seen.add(item.product_id)
@@ -280,7 +268,7 @@ def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
 
 def order_id_violations(order_id: str) -> list[FieldViolation]:
     # Every service's rule for an id it is handed: no order has such an id.
-    return id_violations("order_id", order_id, required_description=ID_REQUIRED)
+    return id_violations("order_id", order_id)
 
 
 def validate_order_id(order_id: str) -> str:
