@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shopmesh_chassis.email_addresses import is_email_address
+from shopmesh_chassis.email_addresses import canonical_email, is_email_address
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,17 @@ def test_an_ordinary_address_of_either_case_is_taken(address: str) -> None:
 )
 def test_anything_else_is_refused(address: str) -> None:
     assert not is_email_address(address)
+
+
+@pytest.mark.parametrize(
+    ("typed", "canonical"),
+    [
+        ("  Ann.Lee+Shop@Example.COM\t", "ann.lee+shop@example.com"),
+        # Unicode's lower case would make these the ASCII addresses they imitate ("kate@", "ia@").
+        ("\u212aATE@example.com", "\u212aate@example.com"),
+        ("\u0130A@example.com", "\u0130a@example.com"),
+    ],
+)
+def test_the_canonical_address_is_trimmed_with_only_its_ascii_letters_lower_cased(typed: str, canonical: str) -> None:
+    assert canonical_email(typed) == canonical
+    assert is_email_address(canonical) is canonical.isascii()

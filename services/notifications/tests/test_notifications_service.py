@@ -278,8 +278,9 @@ async def test_list_notifications_answers_while_another_connection_holds_the_wri
     migration, another process) does not hold it up (test_a_read_only_call_is_answered_while_a_writer_holds_
     every_database). But the sender, in the same process and on the same event loop, looks for due
     notifications at every idle poll (5 s) in a write transaction (BEGIN IMMEDIATE) that finds nothing, and
-    that waits out the 5 s busy timeout on the event loop's thread: every call arriving meanwhile waits with
-    it, then the sender backs off 0.5 s and waits again."""
+    that waited out the 5 s busy timeout on the event loop's thread (every call arriving meanwhile waited with
+    it; since then it waits up to 5 s for the lock and fails), then the sender backs off 0.5 s and waits
+    again."""
     import asyncio
     import logging
     import sqlite3
@@ -313,7 +314,7 @@ async def test_list_notifications_answers_while_another_connection_holds_the_wri
 
     # An idle pass of the sender's loop is send_due, then the look for the next due time, which only runs when
     # send_due succeeded. A pass that took the write lock while the holder has it could not succeed: it would
-    # wait out the busy timeout on the event loop's thread (every call with it) and fail "database is locked".
+    # wait up to 5 s for the lock and fail DATABASE_UNAVAILABLE.
     # So two passes finished under the lock say the idle sender never asks for it, and calls never wait on it.
     passes_under_lock, polled = [-1], threading.Event()
     until_next_due = sender._until_next_due

@@ -267,6 +267,7 @@ def test_only_ascii_letters_are_lower_cased_so_a_look_alike_address_is_no_accoun
     # Unicode's lower case maps U+212A KELVIN SIGN to "k" and U+0130 to "i" + a combining dot: the look-alike
     # would sign in to (or be refused as taken by) the account of the ASCII address it imitates.
     assert validate_login("\u212aATE@example.com", "whatever").email == "\u212aate@example.com"
+    assert validate_login("\u0130A@example.com", "whatever").email == "\u0130a@example.com"
 
 
 CREME_BRULEE = "Crème brûlée 2024"

@@ -10,6 +10,7 @@ Quoted local parts and address literals are legal but not worth the confusion.
 from __future__ import annotations
 
 import re
+import string
 
 MAX_EMAIL_LENGTH = 254
 MAX_EMAIL_LOCAL_PART_LENGTH = 64
@@ -17,6 +18,10 @@ MAX_EMAIL_LOCAL_PART_LENGTH = 64
 _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}", re.IGNORECASE | re.ASCII)
+# Only ASCII letters: Unicode's lower case maps some other letters to ASCII ones (U+212A KELVIN SIGN to "k"), and
+# an address lower-cased that way was the look-alike of another: it signed in to, or was refused as taken by, the
+# account of the address it imitates. Left as typed, it fails `is_email_address` (ASCII only).
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def is_email_address(text: str) -> bool:
@@ -26,3 +31,10 @@ def is_email_address(text: str) -> bool:
         and _EMAIL.fullmatch(text) is not None
         and len(text.partition("@")[0]) <= MAX_EMAIL_LOCAL_PART_LENGTH
     )
+
+
+def canonical_email(text: str) -> str:
+    """The address as users stores an account's and every service compares one with it: trimmed, its ASCII
+    letters lower-cased (mail servers match host names in any case, and the shop takes the local part alike),
+    any other character as typed."""
+    return text.strip().translate(_ASCII_LOWER)

@@ -20,7 +20,7 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.client import new_idempotency_key
-from shopmesh_chassis.email_addresses import is_email_address
+from shopmesh_chassis.email_addresses import canonical_email, is_email_address
 from shopmesh_chassis.idempotency import key_invalid, validate_key
 from shopmesh_gateway.domain.product_page import recommendation_limit, shown
 from shopmesh_gateway.metrics import Cause, Fallback
@@ -203,7 +203,7 @@ def is_accounts_address(sent: str, account: str) -> bool:
     and users' own sign-up address in the case they typed it at sign-up is no other mailbox). The rule first:
     Unicode's lower case maps some non-ASCII letters to ASCII ones (U+212A KELVIN SIGN to "k"), so a look-alike
     compared equal, and orders refused it as malformed instead of the contract's EMAIL_NOT_ACCOUNTS."""
-    return is_email_address(sent) and sent.lower() == account.lower()
+    return is_email_address(sent) and canonical_email(sent) == canonical_email(account)
 
 
 class Checkout:

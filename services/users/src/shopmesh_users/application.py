@@ -395,7 +395,7 @@ class UsersApplication:
     async def _change_keys(self, plan: KeyPlan, when: KeyCondition = _always) -> Rotation | None:
         if when is not _always:
             # The periodic check finds nothing due nearly every time: decided on a snapshot, it neither
-            # takes the write lock (on SQLite, waited for on the event loop's thread) nor makes a key.
+            # takes the write lock (on SQLite, waited for up to 5 s) nor makes a key.
             async with self._database.read() as session:
                 if not when(await SigningKeyRepository(session).all(), self._clock()):
                     return None

@@ -4,12 +4,11 @@ VALIDATION_FAILED. Each `validate_*` returns the normalized command the applicat
 from __future__ import annotations
 
 import re
-import string
 import unicodedata
 from collections.abc import Callable, Sequence
 
 from shopmesh_chassis.contract_limits import id_violations, too_long
-from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
+from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, canonical_email, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.password_checks import (
     MAX_PASSWORD_LENGTH,
@@ -32,16 +31,6 @@ MAX_DISPLAY_NAME_LENGTH = 50
 # asks, and hands its answer to `validate_registration`.
 GuessableCheck = Callable[[str, Sequence[str]], bool]
 _WORD_SEPARATORS = re.compile(r"[\W_]+")
-
-
-# Only ASCII letters: Unicode's lower case maps some other letters to ASCII ones (U+212A KELVIN SIGN to "k"),
-# and a look-alike address lower-cased that way signed in to, or was refused as taken by, the account of the
-# address it imitates. Left as typed, it fails `is_email_address` (ASCII only), as at the gateway.
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-
-
-def normalize_email(email: str) -> str:
-    return email.strip().translate(_ASCII_LOWER)
 
 
 def normalize_password(password: str) -> tuple[str, FieldViolation | None]:
@@ -138,12 +127,12 @@ def guess_question(email: str, password: str, display_name: str) -> tuple[str, l
     password, _ = normalize_password(password)
     if _password_rule_violation(password) is not None:
         return None
-    return password, _account_words(normalize_email(email), name)
+    return password, _account_words(canonical_email(email), name)
 
 
 def validate_registration(email: str, password: str, display_name: str, *, guessable: bool) -> Registration:
     """`guessable`: the estimate's answer to `guess_question` (False when it asked none)."""
-    normalized = normalize_email(email)
+    normalized = canonical_email(email)
     name, name_violation = _display_name(display_name)
     # The limits apply to what is hashed: normalizing may lengthen a password (a ligature becomes letters).
     # A password too long to normalize comes back as sent, over MAX_PASSWORD_LENGTH whatever its form, so
@@ -167,7 +156,7 @@ def validate_login(email: str, password: str) -> Credentials:
     """Only emptiness is checked, and a password longer than any could be as sent (see `normalize_password`):
     any other e-mail or password fails as INVALID_CREDENTIALS, so a malformed address is not told apart from
     an unknown one."""
-    normalized = normalize_email(email)
+    normalized = canonical_email(email)
     normalized_password, too_long = normalize_password(password)
     violations: list[FieldViolation] = []
     if not normalized:
