@@ -141,10 +141,11 @@ test: lint browser ## Lint, then every test (unit, contract, e2e, the storefront
 
 .PHONY: migration
 # Handed over in the environment, not spliced into the command: a summary's apostrophe ("Products' brand") or a
-# slug that starts with '-' reaches the generator as typed, which refuses what it must in one line.
-migration: export MIGRATION_SERVICE = $(SERVICE)
-migration: export MIGRATION_SLUG = $(SLUG)
-migration: export MIGRATION_SUMMARY = $(SUMMARY)
+# slug that starts with '-' reaches the generator as typed, which refuses what it must in one line. $(value ...):
+# make would expand a '$' in what was typed ("Price in $cents" became "Price in ents").
+migration: export MIGRATION_SERVICE = $(value SERVICE)
+migration: export MIGRATION_SLUG = $(value SLUG)
+migration: export MIGRATION_SUMMARY = $(value SUMMARY)
 migration: setup ## A service's next Alembic revision, chained to its head, and its head in docs/operations.md (SERVICE=catalog SLUG=add_brand, SUMMARY="its one-line summary")
 	$(VENV_BIN)/python -m shopmesh_platform.new_migration $${MIGRATION_SUMMARY:+--summary "$$MIGRATION_SUMMARY"} -- "$$MIGRATION_SERVICE" "$$MIGRATION_SLUG"
 

@@ -136,6 +136,10 @@ async def test_the_revision_once_written_migrates_the_database_to_it(checkout: P
         pytest.param(
             ["catalog", "add_brand", "--summary", "Two\nlines."], "the summary must be one line", id="two-lines"
         ),
+        # Python reads a \r in a file as a line break: the docstring's first line would end there.
+        pytest.param(
+            ["catalog", "add_brand", "--summary", "Two\rlines."], "the summary must be one line", id="carriage-return"
+        ),
         pytest.param(["catalog", "add_brand", "--summary", 'The "brand"'], "not ending in '\"'", id="closing-quote"),
         pytest.param(["catalog", "-x"], "bad slug '-x'", id="option-like"),
     ],
@@ -173,4 +177,18 @@ def test_a_heads_table_that_does_not_name_the_head_is_refused_before_anything_is
 
     assert status == REFUSED
     assert f"has no row '| catalog | {head} |'" in err
+    assert snapshot(checkout) == before
+
+
+def test_a_row_of_the_same_shape_below_the_heads_table_is_not_taken_for_the_branchs(checkout: Path) -> None:
+    doc = checkout / "docs" / "operations.md"
+    head = catalog_head(checkout)
+    doc.write_text(
+        doc.read_text().replace(f"| catalog | {head} |", "| catalog | catalog_0001 |") + f"\n| catalog | {head} |\n"
+    )
+    before = snapshot(checkout)
+
+    status, _, err = run(checkout, "catalog", "add_brand")
+
+    assert status == REFUSED, err
     assert snapshot(checkout) == before

@@ -7,8 +7,9 @@ own `revision` command (the chassis' script.py.mako), its id `<service>_NNNN` th
 down_revision the branch's head, and moves the branch's row of docs/operations.md's heads table ("Rolling back:
 how far") to it: the names and the table that tests/test_migration_summaries.py and
 tests/docs/test_rollback_floor_doc.py hold the revisions to. Exit status 0 written, 2 refused (one line on
-stderr: an unknown service, one without a database, a bad slug, a slug the service already used), and then
-nothing is written.
+stderr: an unknown service, one without a database, a bad slug, a slug the service already used, a summary
+that is not one line or holds a backslash or triple quotes or ends in '"', a branch with more than one head, a
+heads table without the branch's current head), and then nothing is written.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def _checked_summary(summary: str) -> str:
     # Alembic logs it at every start that runs the revision, as one line (tests/test_migration_summaries.py).
     summary = summary.strip()
     # Written into the docstring as typed: a backslash would escape, and a '"' at its end close it early.
-    if not summary or "\n" in summary or '"""' in summary or "\\" in summary or summary.endswith('"'):
+    # splitlines: any line break Python reads in a file (\r, U+2028, ...), not only \n.
+    if len(summary.splitlines()) != 1 or '"""' in summary or "\\" in summary or summary.endswith('"'):
         raise Refused("the summary must be one line of text, without backslashes or triple quotes, not ending in '\"'")
     return summary
 
@@ -119,7 +121,9 @@ def _with_head_moved(doc: Path, branch: str, head: str, revision: str) -> str:
     start = text.find(_HEADS_SECTION)
     table = text.find(_HEADS_HEADER, start) if start >= 0 else -1
     row = re.compile(rf"^(\| {re.escape(branch)} \| ){re.escape(head)}( \|)$", re.MULTILINE)
-    found = row.search(text, table) if table >= 0 else None
+    # Within the table only: a line of the same shape further down the doc is not the branch's row.
+    end = text.find("\n\n", table) if table >= 0 else -1
+    found = row.search(text, table, end if end >= 0 else len(text)) if table >= 0 else None
     if found is None:
         raise Refused(
             f"{_OPERATIONS_DOC} has no row '| {branch} | {head} |' in its table '{_HEADS_HEADER}': fix it "
