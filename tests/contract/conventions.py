@@ -45,6 +45,9 @@ REASON = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
 LEAKS = re.compile(r"Traceback|File \"|sqlalchemy|sqlite|asyncpg|Exception|Error\(", re.IGNORECASE)
 
 
+REQUIRED_DESCRIPTION = "must not be empty"
+
+
 def contract_methods() -> list[tuple[str, MethodDescriptor]]:
     """(service, RPC) for every RPC that the topology's services serve, from the generated contracts."""
     for module in pkgutil.walk_packages(shopmesh.__path__, "shopmesh."):
@@ -57,6 +60,20 @@ def contract_methods() -> list[tuple[str, MethodDescriptor]]:
         for full_name in service.grpc_services
         for method in pool.FindServiceByName(full_name).methods
     ]
+
+
+def names_one_value(descriptor: Descriptor, path: str) -> bool:
+    """Whether a violation's field path names one value (a metadata key, a singular field), not a repeated field or
+    a oneof."""
+    if path in METADATA_KEYS:
+        return True
+    *parents, last = [re.sub(r"\[\d+\]$", "", part) for part in path.split(".")]
+    current: Descriptor | None = descriptor
+    for name in parents:
+        field = current.fields_by_name.get(name) if current is not None else None
+        current = field.message_type if field is not None else None
+    field = current.fields_by_name.get(last) if current is not None else None
+    return field is not None and not field.is_repeated
 
 
 def resolves(descriptor: Descriptor, path: str) -> bool:
@@ -121,6 +138,15 @@ def error_contract_violations(service: str, method: MethodDescriptor, error: grp
                 problems.append(f"violation names {violation.field!r}, not a field of {method.input_type.name}")
             if not violation.description:
                 problems.append(f"violation of {violation.field!r} has no description")
+            # One wording for a missing field in every service: a client shows it alike whoever refused it. A
+            # list ("at least one item") and a oneof ("set product_id or user_id") say what they need.
+            if (
+                violation.reason == "REQUIRED"
+                and violation.description != REQUIRED_DESCRIPTION
+                and names_one_value(method.input_type, violation.field)
+            ):
+                said = violation.description
+                problems.append(f"REQUIRED {violation.field!r} says {said!r}, not {REQUIRED_DESCRIPTION!r}")
     return problems
 
 

@@ -35,6 +35,7 @@ def _status(
     domain: str = "shopmesh.catalog",
     field: str | None = None,
     retry_seconds: int | None = None,
+    violation: tuple[str, str] = ("", "required"),
 ) -> grpc.Status:
     details = []
     if reason:
@@ -43,7 +44,12 @@ def _status(
         details.append(info)
     if field is not None:
         bad = any_pb2.Any()
-        bad.Pack(error_details_pb2.BadRequest(field_violations=[{"field": field, "description": "required"}]))
+        reason_of_field, description = violation
+        bad.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[{"field": field, "description": description, "reason": reason_of_field}]
+            )
+        )
         details.append(bad)
     if retry_seconds is not None:
         retry = any_pb2.Any()
@@ -75,6 +81,16 @@ BEHAVIOURS: dict[str, tuple[grpc.Status | None, str]] = {
         "not a field of GetProductRequest",
     ),
     "no-violations": (_status(code_pb2.INVALID_ARGUMENT, "bad", reason="INVALID"), "without field violations"),
+    "required-worded-otherwise": (
+        _status(
+            code_pb2.INVALID_ARGUMENT,
+            "bad",
+            reason="VALIDATION_FAILED",
+            field="product_id",
+            violation=("REQUIRED", "is required"),
+        ),
+        "REQUIRED 'product_id' says 'is required', not 'must not be empty'",
+    ),
     "conforming-abort": (
         _status(code_pb2.ABORTED, "busy", reason="IDEMPOTENCY_KEY_IN_USE", domain=INVENTORY, retry_seconds=1),
         "",

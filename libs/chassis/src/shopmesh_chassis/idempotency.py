@@ -88,7 +88,7 @@ def validate_key(key: str | None) -> str:
     if not key:
         raise errors.InvalidArgument(
             "this method needs an idempotency-key header",
-            [errors.FieldViolation("idempotency-key", "required", "REQUIRED")],
+            [errors.FieldViolation("idempotency-key", "must not be empty", "REQUIRED")],
             reason="IDEMPOTENCY_KEY_MISSING",
         )
     if len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():

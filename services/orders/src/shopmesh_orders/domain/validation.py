@@ -114,7 +114,7 @@ def validate_card(card: Card | None, today: date, violations: list[FieldViolatio
     """The card's rules, an expiry before `today`'s month included. The fields and reasons
     are payments' (ChargeRequest), so that a customer hears the same about a card from either service."""
     if card is None:
-        violations.append(FieldViolation("card", "required", "REQUIRED"))
+        violations.append(FieldViolation("card", "must not be empty", "REQUIRED"))
         return
     if not CARD_NUMBER.fullmatch(card.number):
         violations.append(FieldViolation("card.number", "must be 12 to 19 digits", INVALID_CARD_NUMBER))
