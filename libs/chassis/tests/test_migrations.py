@@ -26,6 +26,7 @@ from shopmesh_chassis.migrations import (
     DatabaseRefusedAtStart,
     DatabaseUnreachableAtStart,
     ForeignSchemaAtStart,
+    IndexNameTaken,
     MigrationBlocked,
     alembic_config,
     migrate,
@@ -680,6 +681,31 @@ async def test_a_valid_index_of_the_name_built_otherwise_is_replaced_by_the_one_
     message = record.getMessage()
     assert left in message, "the leftover's definition: " + message
     assert "USING btree (id)" in message, "the wanted definition: " + message
+
+
+@pytest.mark.parametrize("valid", [True, False], ids=["valid", "invalid"])
+async def test_an_index_of_the_name_on_another_table_fails_the_migration_naming_both_tables(
+    pg_database: Database, tmp_path: Path, valid: bool
+) -> None:
+    """An index name is schema-wide in PostgreSQL: one of the wanted name on another table (same columns) was
+    taken for the wanted one, the build's IF NOT EXISTS then did nothing, and the migration was recorded with
+    the intended table left unindexed (or, the other's INVALID, dropped another table's index)."""
+    async with widgets_migrated(pg_database, tmp_path) as (versions, other):
+        await other.execute("CREATE TABLE gadgets (id integer)")
+        if valid:
+            await other.execute("CREATE INDEX ix_widgets_id ON gadgets (id)")
+        else:
+            await leave_an_invalid_index(other, "gadgets")
+        elsewhere = await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid")
+        with pytest.raises(IndexNameTaken) as taken:
+            await migrate_with_the_widgets_index(pg_database, versions)
+        message = str(taken.value)
+        assert "of table widgets" in message, message
+        assert "on table gadgets" in message, message
+        assert await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid") == elsewhere, "the other's was dropped"
+        assert await other.fetchval("SELECT version_num FROM alembic_version WHERE version_num LIKE 'svc_%'") == (
+            "svc_0001"
+        ), "the migration was recorded with widgets unindexed"
 
 
 async def test_a_valid_partial_index_of_the_name_as_the_migration_builds_it_is_kept(

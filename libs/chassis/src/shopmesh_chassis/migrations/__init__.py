@@ -62,6 +62,12 @@ class ForeignSchemaAtStart(StartupFailed):
     is fixed, but a start that fails, as for a wrong password, says what to fix."""
 
 
+class IndexNameTaken(StartupFailed):
+    """A migration's index is named as an index of another table: an index name is schema-wide in PostgreSQL,
+    so the wanted one cannot be built beside it, and that other table's index is no one's to drop unasked.
+    Nothing to retry until one of the two is renamed (or the other dropped, if a leftover)."""
+
+
 # PostgreSQL's classes for a refused login (28: invalid authorization, a wrong password) and a database that
 # does not exist (3D): a connection's own failures, never a query's.
 _REFUSED_SQLSTATE_CLASSES = ("28", "3D")
@@ -110,9 +116,11 @@ def branch_of(revision: str) -> str:
 
 # The index named so in the table's schema: where CREATE INDEX puts it and its IF NOT EXISTS looks. The chassis
 # sets no schema: the table is the one the connection's search_path finds (the role's or the database's
-# setting, else public), and an index of the name in another schema of that path is none of this build's.
+# setting, else public), and an index of the name in another schema of that path is none of this build's. It may
+# be another table's of the schema, though (`on_table` false): IF NOT EXISTS would take it for the one wanted.
 _INDEX_BESIDE_TABLE = text(
-    "SELECT n.nspname, i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_class c"
+    "SELECT n.nspname, i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition,"
+    " i.indrelid = to_regclass(:table) AS on_table, i.indrelid::regclass::text AS indexed_table FROM pg_class c"
     " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_index i ON i.indexrelid = c.oid"
     " WHERE c.relname = :name AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass(:table))"
 )
@@ -168,7 +176,8 @@ def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, 
     migration) is kept, not built again from zero, which on a big table takes longer than a start may. Kept
     only if it is the index wanted, though: one of the name with other columns, uniqueness or condition (made
     by hand, or by an earlier draft of the migration) is dropped, with a warning naming both definitions, and
-    the wanted one built; the comparison is PostgreSQL's own rendering of both (`_wanted_shape`). It
+    the wanted one built; the comparison is PostgreSQL's own rendering of both (`_wanted_shape`). An index of the
+    name on another table fails the migration (IndexNameTaken): the name is the schema's, not the table's. It
     runs without migrate()'s lock timeout: a concurrent build blocks nobody, but waits for every older
     snapshot in the database (a backup, a long report), and with the timeout such a transaction would fail
     every start until it ended. Elsewhere (SQLite), a plain CREATE INDEX. `where`, SQL both dialects read
@@ -184,6 +193,12 @@ def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, 
     with op.get_context().autocommit_block():
         bind = op.get_bind()
         index = bind.execute(_INDEX_BESIDE_TABLE, {"name": name, "table": table}).one_or_none()
+        if index is not None and not index.on_table:
+            raise IndexNameTaken(
+                f"the migration's index {name} of table {table} cannot be built: an index of that name exists on "
+                f"table {index.indexed_table} ({index.definition}), and an index name is schema-wide in PostgreSQL; "
+                "rename one of the two (or drop the other, if a leftover); this start fails"
+            )
         if index is not None and (not index.indisvalid or _built_otherwise(bind, name, table, body, index.definition)):
             schema = bind.dialect.identifier_preparer.quote_schema(index.nspname)
             bind.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {schema}.{name}"))
