@@ -708,6 +708,38 @@ async def test_an_index_of_the_name_on_another_table_fails_the_migration_naming_
         ), "the migration was recorded with widgets unindexed"
 
 
+async def test_a_valid_index_of_the_name_is_kept_with_a_warning_when_the_role_may_not_create_temporary_tables(
+    postgres: PostgresServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Managed PostgreSQL is often hardened with REVOKE TEMP ON DATABASE ... FROM PUBLIC: the comparison's
+    temporary table is then refused, and every start that found a valid index of the name failed where it used
+    to keep it. It keeps it, saying in one warning that its definition could not be compared, and why."""
+    postgres.create_database()
+    name = postgres.created[-1]
+    role = f"notemp_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres.url(name, driver="postgresql"))
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 's3cret'")
+        await admin.execute(f"REVOKE TEMP ON DATABASE {name} FROM PUBLIC")
+        await admin.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+    finally:
+        await admin.close()
+    database = Database(postgres.url(name, user=role, password="s3cret"))
+    try:
+        async with widgets_migrated(database, tmp_path) as (versions, other):
+            await other.execute("CREATE INDEX ix_widgets_id ON widgets (id)")
+            built = await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid")
+            with caplog.at_level(logging.WARNING, logger="shopmesh.migrations"):
+                await migrate_with_the_widgets_index(database, versions)
+            assert await other.fetchval("SELECT 'ix_widgets_id'::regclass::oid") == built, "the valid index was rebuilt"
+    finally:
+        await database.dispose()
+    (record,) = [r for r in caplog.records if r.name == "shopmesh.migrations" and r.levelno == logging.WARNING]
+    message = record.getMessage()
+    assert "could not be compared" in message, message
+    assert "permission denied to create temporary tables" in message, message
+
+
 async def test_a_valid_partial_index_of_the_name_as_the_migration_builds_it_is_kept(
     pg_database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -37,6 +37,7 @@ _PG_MIGRATION_LOCK = 0x5350_4D49  # "SHMI"
 # serving it. Better to fail this pod's start (it is restarted and tries again) than to stall them.
 MIGRATION_LOCK_TIMEOUT_SECONDS = 5.0
 _LOCK_NOT_AVAILABLE = "55P03"
+_INSUFFICIENT_PRIVILEGE = "42501"
 _LOCK_POLL_SECONDS = 0.5
 
 
@@ -153,8 +154,26 @@ def _wanted_shape(bind: Connection, table: str, body: str) -> str:
 
 def _built_otherwise(bind: Connection, name: str, table: str, body: str, existing: str) -> bool:
     """Whether the valid index `existing` (its pg_get_indexdef()) is not the one `CREATE INDEX name ON table body`
-    builds; says so in a warning naming both."""
-    wanted = _wanted_shape(bind, table, body)
+    builds; says so in a warning naming both. Kept, with a warning saying why, when the role may not create the
+    comparison's temporary table (managed PostgreSQL hardened with REVOKE TEMP ON DATABASE ... FROM PUBLIC): a
+    start failing on every rerun for a check would be worse than an index that may be an earlier draft's."""
+    try:
+        wanted = _wanted_shape(bind, table, body)
+    except DBAPIError as error:
+        reason, sqlstate = _server_said(error)
+        if sqlstate != _INSUFFICIENT_PRIVILEGE:
+            raise
+        log.warning(
+            "index %s kept as it is: its definition could not be compared with the one this migration builds "
+            "(CREATE INDEX %s ON %s %s), as the comparison needs a temporary table: %s",
+            name,
+            name,
+            table,
+            body,
+            reason,
+            extra={"index": name, "existing_definition": existing},
+        )
+        return False
     if _index_shape(existing) == wanted:
         return False
     log.warning(
