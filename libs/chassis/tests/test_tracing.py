@@ -29,7 +29,14 @@ from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, free_port, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleSettings, binding
-from shopmesh_chassis.tracing import UNVOUCHED_PARENT, batch_processor, configure_tracing, sampler, shutdown_tracing
+from shopmesh_chassis.tracing import (
+    UNVOUCHED_PARENT,
+    _sdk_internal_metrics,
+    batch_processor,
+    configure_tracing,
+    sampler,
+    shutdown_tracing,
+)
 
 from .conftest import Holding, sample_settings
 
@@ -352,3 +359,32 @@ def test_spans_the_full_batch_queue_drops_are_counted_one_each() -> None:
     # The two queued were exported once the exporter came back: nothing more counted as dropped.
     assert registry.get_sample_value("shopmesh_spans_dropped_total") == before + 8
     assert os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) == switch, "the SDK's switch is left as found"
+
+
+def test_a_processor_made_while_another_is_being_made_sees_the_sdk_switch_on_and_leaves_it_as_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK's internal-metrics switch is a process-wide variable, set around a processor's construction and
+    put back. Two made at once undid each other: the first, done, unset it under the second, whose processor then
+    counted no drops, and the second put back the "true" it had found, on for the process."""
+    monkeypatch.delenv(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, raising=False)
+    second_inside = threading.Event()
+    first_done = threading.Event()
+    seen: list[str | None] = []
+
+    def make_the_second() -> None:
+        with _sdk_internal_metrics():
+            second_inside.set()
+            first_done.wait(timeout=10)
+            seen.append(os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED))
+
+    second = threading.Thread(target=make_the_second)
+    with _sdk_internal_metrics():
+        second.start()
+        # Without the lock the second is inside at once; with it, it waits for this one, and this wait runs out.
+        second_inside.wait(timeout=1)
+    first_done.set()
+    second.join(timeout=10)
+    assert not second.is_alive()
+    assert seen == ["true"], "the second processor was made with the switch off"
+    assert os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) is None, "the switch was left on"

@@ -165,21 +165,27 @@ class _DroppedSpanMeterProvider(NoOpMeterProvider):
         return _DroppedSpanMeter(name, version=version, schema_url=schema_url)
 
 
+# One processor made at a time: the switch is the process's, and two setting and putting it back at once undo each
+# other (the first done unsets it under the second, whose processor then counts no drops).
+_SWITCH_LOCK = threading.Lock()
+
+
 @contextmanager
 def _sdk_internal_metrics() -> Iterator[None]:
     """The SDK's internal metrics on while a processor is made: it reports its drops only when
     OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED is true at its construction. Only there: on for the process, the
     tracer provider and the OTLP exporter would report their own through the global meter provider too, on
-    every span, to nothing. Made at startup, before the servers' threads."""
-    before = os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED)
-    os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED] = "true"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED]
-        else:
-            os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED] = before
+    every span, to nothing."""
+    with _SWITCH_LOCK:
+        before = os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED)
+        os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED] = "true"
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED]
+            else:
+                os.environ[OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED] = before
 
 
 def batch_processor(exporter: SpanExporter, **options: int) -> BatchSpanProcessor:
