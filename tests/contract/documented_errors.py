@@ -18,6 +18,7 @@ which only widens what passes. A code named once without any reason is documente
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -82,6 +83,12 @@ class Documented:
 
     paragraph: str
     reasons: dict[grpc.StatusCode, set[str]] = field(default_factory=dict)
+
+
+def header_comment(text: str) -> list[str]:
+    """The comment atop a proto file (`text`): its `//` lines up to the first other one (a blank line, the syntax
+    statement), where a contract writes its conventions and its errors."""
+    return list(itertools.takewhile(lambda line: line.startswith("//"), text.splitlines()))
 
 
 def errors_paragraph(comment: list[str]) -> str | None:

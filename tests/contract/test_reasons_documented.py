@@ -21,10 +21,11 @@ caller translates); they are listed below with where they stay, so that the list
 from __future__ import annotations
 
 import ast
-import itertools
 import re
 from collections import defaultdict
 from pathlib import Path
+
+from .documented_errors import header_comment
 
 ROOT = Path(__file__).resolve().parents[2]
 CHASSIS = ROOT / "libs" / "chassis" / "src"
@@ -182,8 +183,7 @@ def documentation() -> str:
 
 def conventions(text: str | None = None) -> str:
     """The conventions every contract follows: the comment atop common/v1/money.proto (`text`: that file's)."""
-    lines = (CONVENTIONS.read_text() if text is None else text).splitlines()
-    return "\n".join(itertools.takewhile(lambda line: line.startswith("//"), lines))
+    return "\n".join(header_comment(CONVENTIONS.read_text() if text is None else text))
 
 
 def test_the_scan_finds_the_reasons_the_contracts_are_known_to_name() -> None:

@@ -8,7 +8,6 @@ with a code misspelt in it, would be held to nothing, or to less than its client
 from __future__ import annotations
 
 import difflib
-import itertools
 import re
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from .documented_errors import (
     TOKEN,
     allowed,
     documented_errors,
+    header_comment,
     parse,
     undocumented,
 )
@@ -44,10 +44,7 @@ PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].methods_b
 
 def said_of(proto: Path, code: grpc.StatusCode) -> list[str]:
     """What each mention of `code` in the comment atop `proto` says, up to the next code it names."""
-    comment = " ".join(
-        line.removeprefix("//").strip()
-        for line in itertools.takewhile(lambda line: line.startswith("//"), proto.read_text().splitlines())
-    )
+    comment = " ".join(line.removeprefix("//").strip() for line in header_comment(proto.read_text()))
     said = re.split(rf"\b({'|'.join(CODES)})\b", comment)
     return [clause for named, clause in zip(said[1::2], said[2::2], strict=True) if named == code.name]
 

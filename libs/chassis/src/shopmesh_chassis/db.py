@@ -29,7 +29,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
-from shopmesh_chassis.db_errors import DatabaseUnreachable, without_key_values
+from shopmesh_chassis.db_errors import DatabaseUnreachable, server_said, without_key_values
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -440,8 +440,7 @@ def connect_failures_unreachable(engine: AsyncEngine) -> Iterator[None]:
         yield
     except (OSError, DBAPIError) as error:
         if isinstance(error, DBAPIError):
-            sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
-            said = str(error.orig).splitlines()[0] if error.orig is not None else type(error).__name__
+            said, sqlstate = server_said(error)
             reason = f"SQLSTATE {sqlstate}: {said}" if sqlstate else said
         else:
             reason = str(error) or type(error).__name__

@@ -67,6 +67,13 @@ class DatabaseUnreachable(ConnectionError):
     for a statement's failure. Its message names the database's address and the server's SQLSTATE."""
 
 
+def server_said(error: exc.DBAPIError) -> tuple[str, str]:
+    """The server's own words, their first line ('password authentication failed for user "shop"': never the
+    password; the driver's lines after it are detail and hints), and the SQLSTATE ('' when the driver gives none)."""
+    said = str(error.orig).splitlines()[0] if error.orig is not None else type(error).__name__
+    return said, str(getattr(error.orig, "sqlstate", None) or "")
+
+
 class Duplicate(Exception):
     """An insert met a row with the same unique key: most often a concurrent request that inserted it first,
     whose row the use case then reads and answers with. Not a DomainError: one that no use case catches is a

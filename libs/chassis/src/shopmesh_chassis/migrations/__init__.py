@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shopmesh_chassis.config import MigratedOnly, StartupFailed
 from shopmesh_chassis.db import Database, try_session_lock
-from shopmesh_chassis.db_errors import DatabaseUnreachable
+from shopmesh_chassis.db_errors import DatabaseUnreachable, server_said
 
 log = logging.getLogger("shopmesh.migrations")
 
@@ -160,7 +160,7 @@ def _built_otherwise(bind: Connection, name: str, table: str, body: str, existin
     try:
         wanted = _wanted_shape(bind, table, body)
     except DBAPIError as error:
-        reason, sqlstate = _server_said(error)
+        reason, sqlstate = server_said(error)
         if sqlstate != _INSUFFICIENT_PRIVILEGE:
             raise
         log.warning(
@@ -295,7 +295,7 @@ async def _no_connection_fails_the_start(database: Database) -> AsyncIterator[No
         # the URL to fix), or cannot take it now (down, too many connections, not allowing connections).
         cause = error.__cause__
         if isinstance(cause, DBAPIError):
-            reason, sqlstate = _server_said(cause)
+            reason, sqlstate = server_said(cause)
             if sqlstate[:2] in _REFUSED_SQLSTATE_CLASSES:
                 raise DatabaseRefusedAtStart(
                     f"the database at {database.address} refused this service (DATABASE_URL): {reason}; check the "
@@ -306,19 +306,12 @@ async def _no_connection_fails_the_start(database: Database) -> AsyncIterator[No
             reason = str(cause or "") or "timed out"
         raise _unreachable_at_start(database, reason) from None
     except DBAPIError as error:
-        reason, sqlstate = _server_said(error)
+        reason, sqlstate = server_said(error)
         if sqlstate[:2] == "08" or sqlstate in _NO_CONNECTION_NOW_SQLSTATES:
             # The connection made, then lost or cut by a server going away: a database pod restarting, a
             # failover under way.
             raise _unreachable_at_start(database, reason) from None
         raise
-
-
-def _server_said(error: DBAPIError) -> tuple[str, str]:
-    """The server's own words ('password authentication failed for user "shop"': never the password) and the
-    SQLSTATE."""
-    reason = str(error.orig).splitlines()[0] if error.orig is not None else "refused"
-    return reason, str(getattr(error.orig, "sqlstate", None) or "")
 
 
 def _unreachable_at_start(database: Database, reason: str) -> DatabaseUnreachableAtStart:
