@@ -266,8 +266,8 @@ async def test_a_consumer_parks_an_event_whose_handler_hits_a_missing_sqlite_tab
 async def test_a_consumer_holds_an_event_while_its_sqlite_database_is_locked_and_applies_it_once_free(
     db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A lock another process holds past the busy timeout is an outage, not the event's fault: with a single
-    attempt allowed the event is still not parked, and it is applied once the lock is released."""
+    """A lock another process holds past the 5 s a writer waits for it is an outage, not the event's fault: with a
+    single attempt allowed the event is still not parked, and it is applied once the lock is released."""
     caplog.set_level(logging.INFO, "shopmesh.consumer")
     running = consumer(db, nats_srv.url, record, max_attempts=1)
     running.start()

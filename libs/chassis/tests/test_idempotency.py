@@ -197,8 +197,8 @@ async def writer_of_this_service(db: Database, refused: asyncio.Event) -> AsyncI
 @asynccontextmanager
 async def writer_of_another_process(db: Database, refused: asyncio.Event) -> AsyncIterator[list[bool]]:
     """Another connection to the file (a second process, an operator's sqlite3) in BEGIN IMMEDIATE, in a thread
-    of its own: a BEGIN IMMEDIATE of the service waits in SQLite's busy handler, and fails "database is locked"
-    after its busy timeout."""
+    of its own: a BEGIN IMMEDIATE of the service waits for it between tries, the loop free (db._begin_writing),
+    and fails "database is locked" after 5 s."""
     path = db.address
     held, arrived, released_after_refusal = threading.Event(), threading.Event(), []
 
@@ -234,7 +234,7 @@ async def test_a_request_its_check_refuses_is_answered_without_waiting_for_the_w
     """A refusal reads, and never writes: with the write lock held elsewhere (a long write of the service, or
     another connection to the file), a malformed request with a fresh key gets its INVALID_ARGUMENT while the
     lock is still held. Checked under the lock, it waited for it (behind every queued writer) and, with the
-    lock held past SQLite's busy timeout, failed with "database is locked" instead."""
+    lock held past the 5 s a writer waits for it, failed with "database is locked" instead."""
     refused = asyncio.Event()
 
     def refuse() -> None:

@@ -323,11 +323,12 @@ class IdempotencyStore:
             check()
         except errors.DomainError:
             # Refused without the write lock: under it, the refusal queued behind every writer and, on SQLite
-            # with the lock held past its busy timeout, failed "database is locked" instead. But the rules may
-            # have tightened since a release that accepted the request, and its outcome may have been stored
-            # since the look above (an older pod completing it in a rolling update): refusing that retry
-            # would turn a request already done into one refused on every try, so a second look replays
-            # what is there now (or answers IN_USE while it runs). Nothing was written: no key taken.
+            # with the lock held past the 5 s a writer waits for it (db._begin_writing), failed "database is
+            # locked" instead. But the rules may have tightened since a release that accepted the request, and
+            # its outcome may have been stored since the look above (an older pod completing it in a rolling
+            # update): refusing that retry would turn a request already done into one refused on every try, so
+            # a second look replays what is there now (or answers IN_USE while it runs). Nothing was written:
+            # no key taken.
             seen = await self._look(this_key, fingerprint, self._clock())
             if seen is not None:
                 return seen
