@@ -46,6 +46,7 @@ LEAKS = re.compile(r"Traceback|File \"|sqlalchemy|sqlite|asyncpg|Exception|Error
 
 
 REQUIRED_DESCRIPTION = "must not be empty"
+BLANK_DESCRIPTION = "must not be blank"
 
 
 def contract_methods() -> list[tuple[str, MethodDescriptor]]:
@@ -63,17 +64,18 @@ def contract_methods() -> list[tuple[str, MethodDescriptor]]:
 
 
 def names_one_value(descriptor: Descriptor, path: str) -> bool:
-    """Whether a violation's field path names one value (a metadata key, a singular field), not a repeated field or
-    a oneof."""
+    """Whether a violation's field path names one value (a metadata key, a singular field, one element of a list:
+    `product_ids[1]`), not a whole repeated field or a oneof."""
     if path in METADATA_KEYS:
         return True
+    element = re.search(r"\[\d+\]$", path) is not None
     *parents, last = [re.sub(r"\[\d+\]$", "", part) for part in path.split(".")]
     current: Descriptor | None = descriptor
     for name in parents:
         field = current.fields_by_name.get(name) if current is not None else None
         current = field.message_type if field is not None else None
     field = current.fields_by_name.get(last) if current is not None else None
-    return field is not None and not field.is_repeated
+    return field is not None and (element or not field.is_repeated)
 
 
 def resolves(descriptor: Descriptor, path: str) -> bool:
@@ -139,10 +141,12 @@ def error_contract_violations(service: str, method: MethodDescriptor, error: grp
             if not violation.description:
                 problems.append(f"violation of {violation.field!r} has no description")
             # One wording for a missing field in every service: a client shows it alike whoever refused it. A
-            # list ("at least one item") and a oneof ("set product_id or user_id") say what they need.
+            # list ("at least one item") and a oneof ("set product_id or user_id") say what they need, and so
+            # does a value sent with nothing visible in it (users' password: "must not be blank: it needs ...").
             if (
                 violation.reason == "REQUIRED"
                 and violation.description != REQUIRED_DESCRIPTION
+                and not violation.description.startswith(BLANK_DESCRIPTION)
                 and names_one_value(method.input_type, violation.field)
             ):
                 said = violation.description

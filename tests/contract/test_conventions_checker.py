@@ -91,6 +91,16 @@ BEHAVIOURS: dict[str, tuple[grpc.Status | None, str]] = {
         ),
         "REQUIRED 'product_id' says 'is required', not 'must not be empty'",
     ),
+    "required-blank": (
+        _status(
+            code_pb2.INVALID_ARGUMENT,
+            "bad",
+            reason="VALIDATION_FAILED",
+            field="product_id",
+            violation=("REQUIRED", "must not be blank: it needs a visible character"),
+        ),
+        "",
+    ),
     "conforming-abort": (
         _status(code_pb2.ABORTED, "busy", reason="IDEMPOTENCY_KEY_IN_USE", domain=INVENTORY, retry_seconds=1),
         "",

@@ -50,9 +50,9 @@ class NotificationsServiceServicer:
         """Lists a user's notifications, newest first (`created_at` descending, then
         `id` descending).
 
-        Errors: INVALID_ARGUMENT (empty or blank user_id: violation reason
-        REQUIRED; one over 64 characters: TOO_LONG; one with whitespace or
-        unprintable characters: INVALID_FORMAT; negative page_size; ErrorInfo
+        Errors: INVALID_ARGUMENT (empty user_id: violation reason REQUIRED;
+        one over 64 characters: TOO_LONG; one with whitespace or unprintable
+        characters, a blank one included: INVALID_FORMAT; negative page_size; ErrorInfo
         reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
         UNAVAILABLE. A user without notifications yields an empty list.
 

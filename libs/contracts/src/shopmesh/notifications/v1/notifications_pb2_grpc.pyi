@@ -56,9 +56,9 @@ class NotificationsServiceStub:
     """Lists a user's notifications, newest first (`created_at` descending, then
     `id` descending).
 
-    Errors: INVALID_ARGUMENT (empty or blank user_id: violation reason
-    REQUIRED; one over 64 characters: TOO_LONG; one with whitespace or
-    unprintable characters: INVALID_FORMAT; negative page_size; ErrorInfo
+    Errors: INVALID_ARGUMENT (empty user_id: violation reason REQUIRED;
+    one over 64 characters: TOO_LONG; one with whitespace or unprintable
+    characters, a blank one included: INVALID_FORMAT; negative page_size; ErrorInfo
     reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
     UNAVAILABLE. A user without notifications yields an empty list.
 
@@ -74,9 +74,9 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """Lists a user's notifications, newest first (`created_at` descending, then
     `id` descending).
 
-    Errors: INVALID_ARGUMENT (empty or blank user_id: violation reason
-    REQUIRED; one over 64 characters: TOO_LONG; one with whitespace or
-    unprintable characters: INVALID_FORMAT; negative page_size; ErrorInfo
+    Errors: INVALID_ARGUMENT (empty user_id: violation reason REQUIRED;
+    one over 64 characters: TOO_LONG; one with whitespace or unprintable
+    characters, a blank one included: INVALID_FORMAT; negative page_size; ErrorInfo
     reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
     UNAVAILABLE. A user without notifications yields an empty list.
 
@@ -95,9 +95,9 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists a user's notifications, newest first (`created_at` descending, then
         `id` descending).
 
-        Errors: INVALID_ARGUMENT (empty or blank user_id: violation reason
-        REQUIRED; one over 64 characters: TOO_LONG; one with whitespace or
-        unprintable characters: INVALID_FORMAT; negative page_size; ErrorInfo
+        Errors: INVALID_ARGUMENT (empty user_id: violation reason REQUIRED;
+        one over 64 characters: TOO_LONG; one with whitespace or unprintable
+        characters, a blank one included: INVALID_FORMAT; negative page_size; ErrorInfo
         reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
         UNAVAILABLE. A user without notifications yields an empty list.
 

@@ -451,8 +451,8 @@ class PlaceOrderRequest(_message.Message):
     CARD_FIELD_NUMBER: _builtins.int
     EXPECTED_TOTAL_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The user placing the order. Required (empty or blank: a REQUIRED
-    violation on `user_id`); at most 64 characters, otherwise an
+    """The user placing the order. Required (empty: a REQUIRED violation on
+    `user_id`; blank: INVALID_FORMAT, as any id with whitespace); at most 64 characters, otherwise an
     TOO_LONG violation (the reason every service gives a field over its
     maximum, as for order_id); all printable, with no whitespace (no space, tab or line
     break; no control or zero-width character), otherwise an INVALID_FORMAT
