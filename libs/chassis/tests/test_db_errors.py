@@ -18,6 +18,7 @@ from shopmesh_chassis.db_errors import (
     database_did_not_answer,
     database_unavailable,
     duplicates_raised,
+    server_said,
 )
 from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, Aborted, Unavailable
 from shopmesh_chassis.testing import free_port
@@ -295,3 +296,13 @@ async def test_on_postgresql_without_the_keys_detail_the_key_is_known_by_its_con
             await connection.execute(text(f"DROP OWNED BY {role}"))
             await connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
         await database.dispose()
+
+
+class _SilentDriverError(Exception):
+    sqlstate = "57P01"
+
+
+def test_what_the_server_said_is_named_by_the_drivers_error_type_when_it_said_nothing() -> None:
+    # A connect failure or migration error whose driver message is empty must still be reported, not raise.
+    error = DBAPIError("SELECT 1", {}, _SilentDriverError(""))
+    assert server_said(error) == ("_SilentDriverError", "57P01")

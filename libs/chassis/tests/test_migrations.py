@@ -708,6 +708,23 @@ async def test_an_index_of_the_name_on_another_table_fails_the_migration_naming_
         ), "the migration was recorded with widgets unindexed"
 
 
+@pytest.mark.parametrize("kind", ["TABLE", "VIEW", "SEQUENCE"])
+async def test_a_table_view_or_sequence_of_the_index_name_fails_the_migration(
+    pg_database: Database, tmp_path: Path, kind: str
+) -> None:
+    """A relation name is schema-wide too: a table, view or sequence of the wanted index's name made the
+    build's IF NOT EXISTS skip with a NOTICE, and the migration was recorded with the table unindexed."""
+    async with widgets_migrated(pg_database, tmp_path) as (versions, other):
+        body = {"TABLE": "(id integer)", "VIEW": "AS SELECT 1 AS id", "SEQUENCE": ""}[kind]
+        await other.execute(f"CREATE {kind} ix_widgets_id {body}")
+        with pytest.raises(IndexNameTaken) as taken:
+            await migrate_with_the_widgets_index(pg_database, versions)
+        assert f"a {kind.lower()} of that name" in str(taken.value), str(taken.value)
+        assert await other.fetchval("SELECT version_num FROM alembic_version WHERE version_num LIKE 'svc_%'") == (
+            "svc_0001"
+        ), "the migration was recorded with widgets unindexed"
+
+
 async def test_a_valid_index_of_the_name_is_kept_with_a_warning_when_the_role_may_not_create_temporary_tables(
     postgres: PostgresServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

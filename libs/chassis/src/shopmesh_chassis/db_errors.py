@@ -70,7 +70,9 @@ class DatabaseUnreachable(ConnectionError):
 def server_said(error: exc.DBAPIError) -> tuple[str, str]:
     """The server's own words, their first line ('password authentication failed for user "shop"': never the
     password; the driver's lines after it are detail and hints), and the SQLSTATE ('' when the driver gives none)."""
-    said = str(error.orig).splitlines()[0] if error.orig is not None else type(error).__name__
+    # A driver error with no message at all (splitlines() of "" is empty) is named by its type.
+    lines = str(error.orig).splitlines() if error.orig is not None else []
+    said = lines[0] if lines else type(error.orig if error.orig is not None else error).__name__
     return said, str(getattr(error.orig, "sqlstate", None) or "")
 
 

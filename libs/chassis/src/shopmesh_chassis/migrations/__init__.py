@@ -120,11 +120,21 @@ def branch_of(revision: str) -> str:
 # setting, else public), and an index of the name in another schema of that path is none of this build's. It may
 # be another table's of the schema, though (`on_table` false): IF NOT EXISTS would take it for the one wanted.
 _INDEX_BESIDE_TABLE = text(
-    "SELECT n.nspname, i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition,"
+    "SELECT n.nspname, c.relkind::text AS relkind, i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition,"
     " i.indrelid = to_regclass(:table) AS on_table, i.indrelid::regclass::text AS indexed_table FROM pg_class c"
-    " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_index i ON i.indexrelid = c.oid"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_index i ON i.indexrelid = c.oid"
     " WHERE c.relname = :name AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass(:table))"
 )
+# pg_class.relkind of what may hold an index's name instead of an index.
+_RELATION_KINDS = {
+    "r": "table",
+    "p": "table",
+    "v": "view",
+    "m": "materialized view",
+    "S": "sequence",
+    "f": "foreign table",
+    "c": "type",
+}
 # A session's temporary copy of the indexed table's columns (their types and collations), to have PostgreSQL write
 # the wanted index's definition as it writes the existing one's: it stores a condition rewritten (`state =
 # 'pending'` reads back as `((state)::text = 'pending'::text)`), so only its own rendering of both compares.
@@ -212,6 +222,13 @@ def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, 
     with op.get_context().autocommit_block():
         bind = op.get_bind()
         index = bind.execute(_INDEX_BESIDE_TABLE, {"name": name, "table": table}).one_or_none()
+        # Any relation's name is schema-wide: a table, view or sequence of the name made IF NOT EXISTS skip.
+        if index is not None and index.relkind not in ("i", "I"):
+            kind = _RELATION_KINDS.get(index.relkind, "relation")
+            raise IndexNameTaken(
+                f"the migration's index {name} of table {table} cannot be built: a {kind} of that name exists in "
+                "its schema, and a relation name is schema-wide in PostgreSQL; rename one of the two; this start fails"
+            )
         if index is not None and not index.on_table:
             raise IndexNameTaken(
                 f"the migration's index {name} of table {table} cannot be built: an index of that name exists on "
