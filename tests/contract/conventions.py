@@ -20,6 +20,7 @@ from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from grpc_status import rpc_status
 
 import shopmesh
+from shopmesh_chassis import contract_limits
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_platform.topology import SERVICES
 
@@ -44,8 +45,8 @@ REASON = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
 # What must never reach a client: Python internals, the database's words.
 LEAKS = re.compile(r"Traceback|File \"|sqlalchemy|sqlite|asyncpg|Exception|Error\(", re.IGNORECASE)
 
-
-REQUIRED_DESCRIPTION = "must not be empty"
+# A missing field's one wording, the chassis' (contract_limits.required_violation), which every service answers.
+REQUIRED_DESCRIPTION = contract_limits.REQUIRED_DESCRIPTION
 BLANK_DESCRIPTION = "must not be blank"
 
 
@@ -144,7 +145,7 @@ def error_contract_violations(service: str, method: MethodDescriptor, error: grp
             # list ("at least one item") and a oneof ("set product_id or user_id") say what they need, and so
             # does a value sent with nothing visible in it (users' password: "must not be blank: it needs ...").
             if (
-                violation.reason == "REQUIRED"
+                violation.reason == contract_limits.REQUIRED
                 and violation.description != REQUIRED_DESCRIPTION
                 and not violation.description.startswith(BLANK_DESCRIPTION)
                 and names_one_value(method.input_type, violation.field)

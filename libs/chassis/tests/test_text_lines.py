@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from shopmesh_chassis.contract_limits import REQUIRED
 from shopmesh_chassis.text_lines import (
     INVALID_CHARACTERS,
-    REQUIRED,
     characters_violation,
     line_violation,
     normalized_line,

@@ -15,6 +15,18 @@ from shopmesh_chassis.errors import FieldViolation
 MAX_ID_LENGTH = 64
 
 
+# A missing field's reason and wording: every service answers an empty field, id or header with these, and
+# tests/contract holds every answer on the wire to this same wording.
+REQUIRED = "REQUIRED"
+REQUIRED_DESCRIPTION = "must not be empty"
+
+
+def required_violation(field: str) -> FieldViolation:
+    """`field`'s violation when it was left empty: one reason (REQUIRED) and one wording in every service, as
+    too_long's. A list or a oneof left empty says what it needs instead ("at least one item is required")."""
+    return FieldViolation(field, REQUIRED_DESCRIPTION, REQUIRED)
+
+
 def too_long(field: str, limit: int) -> FieldViolation:
     """`field`'s violation for a value over `limit` characters: one reason (TOO_LONG) and one wording in every
     service, so that a client branches on the reason and shows the text alike whoever refused it."""
@@ -64,7 +76,7 @@ def id_violations(
     an id of whitespace alone (" ") is INVALID_FORMAT, as money.proto's Identifiers convention states, not
     REQUIRED: it was sent, and is no id (65 spaces are TOO_LONG, as any 65 characters)."""
     if not value:
-        return [FieldViolation(field, "must not be empty", "REQUIRED")] if required else []
+        return [required_violation(field)] if required else []
     if len(value) > MAX_ID_LENGTH:
         return [too_long(field, MAX_ID_LENGTH)]
     valid, rule = (is_listable_id, LISTABLE_ID_RULE) if listable else (is_printable_id, PRINTABLE_ID_RULE)

@@ -41,6 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.config import IdempotencySettings
+from shopmesh_chassis.contract_limits import required_violation
 from shopmesh_chassis.db import Database, DbConnection, as_utc
 from shopmesh_chassis.db_errors import cause_line, database_unavailable
 from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
@@ -88,7 +89,7 @@ def validate_key(key: str | None) -> str:
     if not key:
         raise errors.InvalidArgument(
             "this method needs an idempotency-key header",
-            [errors.FieldViolation("idempotency-key", "must not be empty", "REQUIRED")],
+            [required_violation("idempotency-key")],
             reason="IDEMPOTENCY_KEY_MISSING",
         )
     if len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():

@@ -24,10 +24,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from shopmesh_chassis.contract_limits import required_violation
 from shopmesh_chassis.errors import FieldViolation
 
 INVALID_CHARACTERS = "INVALID_CHARACTERS"
-REQUIRED = "REQUIRED"
 # Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 15.1): drawn as nothing. Most
 # are format characters (Cf), but not all: the variation selectors, the combining grapheme joiner and the
 # Khmer inherent vowels are marks (Mn), the Hangul fillers letters (Lo). Python's unicodedata lacks the
@@ -92,7 +92,7 @@ def line_violation(field: str, value: str) -> FieldViolation | None:
     """REQUIRED when the (normalized) `value` shows nothing, INVALID_CHARACTERS when it holds a control
     character or a line break of any kind; None otherwise."""
     if not shows_something(value):
-        return FieldViolation(field, "must not be empty", REQUIRED)
+        return required_violation(field)
     return characters_violation(field, value)
 
 

@@ -16,6 +16,7 @@ from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import app, errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import ServiceName, ServiceSettings, load_settings
+from shopmesh_chassis.contract_limits import required_violation
 from shopmesh_chassis.server import ServiceBinding
 
 DESCRIPTOR = sample_pb2.DESCRIPTOR.services_by_name["SampleService"]
@@ -24,7 +25,7 @@ log = logging.getLogger("shopmesh.sample")
 _ERRORS: dict[int, errors.DomainError] = {
     sample_pb2.ERROR_KIND_INVALID_ARGUMENT: errors.InvalidArgument(
         "message must not be empty",
-        [errors.FieldViolation("message", "must not be empty", "REQUIRED")],
+        [required_violation("message")],
     ),
     sample_pb2.ERROR_KIND_NOT_FOUND: errors.NotFound(
         "sample thing_1 not found", reason="THING_NOT_FOUND", metadata={"id": "thing_1"}

@@ -18,6 +18,7 @@ from shopmesh_chassis.contract_limits import (
     MAX_ID_LENGTH,
     id_violations,
     money_violations,
+    required_violation,
     too_long,
 )
 from shopmesh_chassis.errors import FieldViolation
@@ -115,7 +116,7 @@ def _query_terms(query: str, violations: list[FieldViolation]) -> tuple[str, ...
     if not terms:
         # Whitespace and characters drawn as nothing only (a zero-width space, a byte-order mark): `fold` leaves
         # nothing to look for.
-        violations.append(FieldViolation("query", "must not be empty", "REQUIRED"))
+        violations.append(required_violation("query"))
     elif len(terms) > MAX_QUERY_TERMS:
         violations.append(
             FieldViolation("query", f"must have at most {MAX_QUERY_TERMS} distinct terms", "TOO_MANY_TERMS")

@@ -15,6 +15,7 @@ from shopmesh_chassis.contract_limits import (
     currency_violation,
     id_violations,
     money_violations,
+    required_violation,
     too_long,
 )
 from shopmesh_chassis.email_addresses import is_email_address
@@ -114,7 +115,7 @@ def validate_card(card: Card | None, today: date, violations: list[FieldViolatio
     """The card's rules, an expiry before `today`'s month included. The fields and reasons
     are payments' (ChargeRequest), so that a customer hears the same about a card from either service."""
     if card is None:
-        violations.append(FieldViolation("card", "must not be empty", "REQUIRED"))
+        violations.append(required_violation("card"))
         return
     if not CARD_NUMBER.fullmatch(card.number):
         violations.append(FieldViolation("card.number", "must be 12 to 19 digits", INVALID_CARD_NUMBER))

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from shopmesh_chassis.contract_limits import (
     id_violations,
     money_violations,
+    required_violation,
     too_long,
 )
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
@@ -80,7 +81,7 @@ def _fail(violations: Sequence[FieldViolation], *, outcome: bool = True) -> Inva
 
 def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> None:
     if amount is None:
-        violations.append(FieldViolation("amount", "must not be empty", "REQUIRED"))
+        violations.append(required_violation("amount"))
         return
     # Orders holds every order's total to the bound: no caller can charge more than an order could cost.
     # A refund is of a whole captured charge, so it keeps to it too.
@@ -90,7 +91,7 @@ def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> Non
 def _check_card(card: Card | None, today: date | None, violations: list[FieldViolation]) -> None:
     """`today` None leaves out whether the card has expired (see `check_card_current`)."""
     if card is None:
-        violations.append(FieldViolation("card", "must not be empty", "REQUIRED"))
+        violations.append(required_violation("card"))
         return
     if not cards.is_well_formed_number(card.number):
         violations.append(FieldViolation("card.number", "must be 12 to 19 digits", INVALID_CARD_NUMBER))

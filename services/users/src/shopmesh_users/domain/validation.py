@@ -7,7 +7,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 
-from shopmesh_chassis.contract_limits import id_violations, too_long
+from shopmesh_chassis.contract_limits import id_violations, required_violation, too_long
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, canonical_email, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.password_checks import (
@@ -55,7 +55,7 @@ def _fail(violations: Sequence[FieldViolation]) -> InvalidArgument:
 
 def _email_violation(email: str) -> FieldViolation | None:
     if not email:
-        return FieldViolation("email", "must not be empty", "REQUIRED")
+        return required_violation("email")
     if len(email) > MAX_EMAIL_LENGTH:
         return too_long("email", MAX_EMAIL_LENGTH)
     if not is_email_address(email):
@@ -81,7 +81,7 @@ def _password_rule_violation(password: str) -> FieldViolation | None:
     """The violation of a rule checked before the guessability estimate, which only a password meeting them is
     worth."""
     if not password:
-        return FieldViolation("password", "must not be empty", "REQUIRED")
+        return required_violation("password")
     # Eight spaces are a password anyone can guess, and none that a person can see they typed.
     if not shows_something(password):
         return FieldViolation("password", "must not be blank: it needs a visible character", "REQUIRED")
@@ -160,11 +160,11 @@ def validate_login(email: str, password: str) -> Credentials:
     normalized_password, too_long = normalize_password(password)
     violations: list[FieldViolation] = []
     if not normalized:
-        violations.append(FieldViolation("email", "must not be empty", "REQUIRED"))
+        violations.append(required_violation("email"))
     if too_long is not None:
         violations.append(too_long)
     elif not normalized_password:
-        violations.append(FieldViolation("password", "must not be empty", "REQUIRED"))
+        violations.append(required_violation("password"))
     if violations:
         raise _fail(violations)
     return Credentials(
