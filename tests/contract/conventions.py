@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
-from google.protobuf.descriptor import Descriptor, MethodDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from grpc_status import rpc_status
 
 import shopmesh
@@ -64,35 +64,39 @@ def contract_methods() -> list[tuple[str, MethodDescriptor]]:
     ]
 
 
+def _field_at(descriptor: Descriptor, path: str) -> FieldDescriptor | None:
+    """The field a violation's path (`items[0].quantity`, `shipping_address.country`) names, or None."""
+    current: Descriptor | None = descriptor
+    field: FieldDescriptor | None = None
+    for name in (re.sub(r"\[\d+\]$", "", part) for part in path.split(".")):
+        field = current.fields_by_name.get(name) if current is not None else None
+        if field is None:
+            return None
+        current = field.message_type
+    return field
+
+
 def names_one_value(descriptor: Descriptor, path: str) -> bool:
     """Whether a violation's field path names one value (a metadata key, a singular field, one element of a list:
     `product_ids[1]`), not a whole repeated field or a oneof."""
     if path in METADATA_KEYS:
         return True
-    element = re.search(r"\[\d+\]$", path) is not None
-    *parents, last = [re.sub(r"\[\d+\]$", "", part) for part in path.split(".")]
-    current: Descriptor | None = descriptor
-    for name in parents:
-        field = current.fields_by_name.get(name) if current is not None else None
-        current = field.message_type if field is not None else None
-    field = current.fields_by_name.get(last) if current is not None else None
-    return field is not None and (element or not field.is_repeated)
+    field = _field_at(descriptor, path)
+    return field is not None and (re.search(r"\[\d+\]$", path) is not None or not field.is_repeated)
 
 
 def resolves(descriptor: Descriptor, path: str) -> bool:
     """Whether a field path of a violation (`items[0].quantity`, `shipping_address.country`) names a field."""
-    current: Descriptor | None = descriptor
-    parts = path.split(".")
-    for index, part in enumerate(parts):
-        name = re.sub(r"\[\d+\]$", "", part)
-        if current is None:
-            return False
-        if name in current.oneofs_by_name and index == len(parts) - 1:
-            return True  # "exactly one of" names the oneof (`subject`), not one of its members
-        if name not in current.fields_by_name:
-            return False
-        current = current.fields_by_name[name].message_type
-    return True
+    parent, _, last = path.rpartition(".")
+    owner: Descriptor | None = descriptor
+    if parent:
+        field = _field_at(descriptor, parent)
+        owner = field.message_type if field is not None else None
+    if owner is None:
+        return False
+    name = re.sub(r"\[\d+\]$", "", last)
+    # "exactly one of" names the oneof (`subject`), not one of its members
+    return name in owner.oneofs_by_name or name in owner.fields_by_name
 
 
 def error_contract_violations(service: str, method: MethodDescriptor, error: grpc.Call) -> list[str]:

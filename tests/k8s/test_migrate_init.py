@@ -4,7 +4,6 @@ is given to reach the database. A service without one has none."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +21,10 @@ def pod_of(docs: Docs, name: str) -> dict[str, Any]:
     return spec
 
 
-@pytest.fixture(scope="module", params=["default", "staging+istio", "staging+linkerd"])
-def umbrella(helm_dir: Path, request: pytest.FixtureRequest) -> Docs:
-    texts = render.render(helm_dir, "shopmesh", request.param).values()
-    return [doc for text in texts for doc in render.documents(text)]
+@pytest.fixture(params=["default", "staging+istio", "staging+linkerd"])
+def umbrella(rendered: dict[tuple[str, str], Docs], request: pytest.FixtureRequest) -> Docs:
+    # The session's one rendering of every chart (conftest.rendered), not a helm template run of its own.
+    return rendered[request.param, render.UMBRELLA]
 
 
 def test_every_service_but_the_gateway_has_migrations() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import sqlite3
 import time
 from collections import Counter
@@ -29,7 +30,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
-from shopmesh_chassis.db_errors import DatabaseUnreachable, server_said, without_key_values
+from shopmesh_chassis.backoff import backoff_delay
+from shopmesh_chassis.db_errors import DatabaseUnreachable, server_said, sqlite_primary_code, without_key_values
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -543,17 +545,15 @@ async def _begin_writing(connection: sqlalchemy.Connection, started: float) -> N
     (UNAVAILABLE DATABASE_UNAVAILABLE). A writer that queued for the service's own writer lock past the bound
     tries once. In SQLite's busy handler, on the loop's thread, each queued writer in turn held up the whole
     service for the bound, health checks and every other call included."""
-    delay = _SQLITE_RETRY_FIRST_SECONDS
-    while True:
+    for tries in itertools.count():
         try:
             _begin_sqlite(connection, "BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as error:
             left = started + _SQLITE_BUSY_SECONDS - time.monotonic()
-            if (getattr(error, "sqlite_errorcode", 0) & 0xFF) != sqlite3.SQLITE_BUSY or left <= 0:
+            if sqlite_primary_code(error) != sqlite3.SQLITE_BUSY or left <= 0:
                 raise
-        await asyncio.sleep(min(delay, left))
-        delay = min(delay * 2, _SQLITE_RETRY_MAX_SECONDS)
+        await asyncio.sleep(min(backoff_delay(_SQLITE_RETRY_FIRST_SECONDS, tries, cap=_SQLITE_RETRY_MAX_SECONDS), left))
 
 
 class ForeignKeysViolated(Exception):

@@ -67,13 +67,18 @@ class DatabaseUnreachable(ConnectionError):
     for a statement's failure. Its message names the database's address and the server's SQLSTATE."""
 
 
+def _sqlstate(error: exc.DBAPIError) -> str:
+    """The SQLSTATE the driver's error carries ('' when it gives none)."""
+    return str(getattr(error.orig, "sqlstate", None) or "")
+
+
 def server_said(error: exc.DBAPIError) -> tuple[str, str]:
     """The server's own words, their first line ('password authentication failed for user "shop"': never the
     password; the driver's lines after it are detail and hints), and the SQLSTATE ('' when the driver gives none)."""
     # A driver error with no message at all (splitlines() of "" is empty) is named by its type.
     lines = str(error.orig).splitlines() if error.orig is not None else []
     said = lines[0] if lines else type(error.orig if error.orig is not None else error).__name__
-    return said, str(getattr(error.orig, "sqlstate", None) or "")
+    return said, _sqlstate(error)
 
 
 class Duplicate(Exception):
@@ -103,7 +108,7 @@ def duplicates_raised(key: str | tuple[str, ...] | None = None) -> Iterator[None
 def _unique_violation(error: exc.IntegrityError) -> bool:
     if isinstance(error.orig, sqlite3.Error):
         return getattr(error.orig, "sqlite_errorcode", None) in _SQLITE_UNIQUE_VIOLATION_CODES
-    return str(getattr(error.orig, "sqlstate", None) or "") == _UNIQUE_VIOLATION_SQLSTATE
+    return _sqlstate(error) == _UNIQUE_VIOLATION_SQLSTATE
 
 
 _SQLITE_UNIQUE_FAILED = "UNIQUE constraint failed: "
@@ -166,7 +171,7 @@ def as_domain_error(error: BaseException) -> DomainError | None:
         # and BEGIN IMMEDIATE is where a writer finds the database locked.
         return _unavailable() if _sqlite_unavailable(error) else None
     if isinstance(error, exc.DBAPIError):
-        sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+        sqlstate = _sqlstate(error)
         if sqlstate in _CONFLICT_SQLSTATES:
             return Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
         if isinstance(error.orig, sqlite3.Error):
@@ -196,12 +201,18 @@ def database_did_not_answer(within_seconds: float) -> Unavailable:
     return _unavailable(f"no answer from the database within {within_seconds:.1f}s")
 
 
-def _sqlite_unavailable(error: sqlite3.Error) -> bool:
-    """By the result code, which SQLite sets on every error it reports (an extended one: SQLITE_BUSY_SNAPSHOT,
-    SQLITE_IOERR_WRITE...). An error without one is the sqlite3 module refusing the call itself (a value it
-    cannot bind, a closed connection): the caller's bug, as a missing table is."""
+def sqlite_primary_code(error: sqlite3.Error) -> int | None:
+    """The primary result code of an error SQLite reported (its extended one, SQLITE_BUSY_SNAPSHOT or
+    SQLITE_IOERR_WRITE, without the extension), or None: the sqlite3 module refusing the call itself (a value
+    it cannot bind, a closed connection)."""
     code = getattr(error, "sqlite_errorcode", None)
-    return code is not None and (code & 0xFF) in _SQLITE_UNAVAILABLE_CODES
+    return code & 0xFF if code is not None else None
+
+
+def _sqlite_unavailable(error: sqlite3.Error) -> bool:
+    """By the result code, which SQLite sets on every error it reports. An error without one is the caller's
+    bug, as a missing table is."""
+    return sqlite_primary_code(error) in _SQLITE_UNAVAILABLE_CODES
 
 
 def database_unavailable(error: BaseException) -> bool:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from shopmesh.common.v1 import money_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.proto_values import to_money, to_timestamp
-from shopmesh_payments.domain.models import Payment, PaymentState
+from shopmesh_payments.domain.models import Money, Payment, PaymentState
 
 _STATES = {
     PaymentState.CAPTURED: payments_pb2.PAYMENT_STATE_CAPTURED,
@@ -14,11 +15,15 @@ _STATES = {
 }
 
 
+def money_message(amount: Money) -> money_pb2.Money:
+    return to_money(amount.amount_minor, amount.currency)
+
+
 def payment_to_proto(payment: Payment) -> payments_pb2.Payment:
     message = payments_pb2.Payment(
         id=payment.id,
         order_id=payment.order_id,
-        amount=to_money(payment.amount.amount_minor, payment.amount.currency),
+        amount=money_message(payment.amount),
         state=_STATES[payment.state],
         card_last4=payment.card_last4,
         decline_reason=payment.decline_reason,

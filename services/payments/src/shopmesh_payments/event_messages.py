@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from shopmesh.payments.v1 import events_pb2
-from shopmesh_chassis.proto_values import to_money, to_timestamp
+from shopmesh_chassis.proto_values import to_timestamp
+from shopmesh_payments.codec import money_message
 from shopmesh_payments.domain.models import Payment
 
 STREAM = "PAYMENTS"
@@ -18,7 +19,7 @@ def payment_captured(payment: Payment, event_id: str) -> events_pb2.PaymentCaptu
         occurred_at=to_timestamp(payment.created_at),
         payment_id=payment.id,
         order_id=payment.order_id,
-        amount=to_money(payment.amount.amount_minor, payment.amount.currency),
+        amount=money_message(payment.amount),
         card_last4=payment.card_last4,
     )
 
@@ -31,6 +32,6 @@ def payment_refunded(payment: Payment, event_id: str) -> events_pb2.PaymentRefun
         occurred_at=to_timestamp(payment.refunded_at),
         payment_id=payment.id,
         order_id=payment.order_id,
-        amount=to_money(payment.amount.amount_minor, payment.amount.currency),
+        amount=money_message(payment.amount),
         reason=payment.refund_reason,
     )

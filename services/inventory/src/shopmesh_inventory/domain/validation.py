@@ -42,10 +42,9 @@ def _check(what: str, violations: list[FieldViolation]) -> None:
         raise InvalidArgument(f"invalid {what}: {summary}", violations, reason=VALIDATION_FAILED)
 
 
-def _id_violations(path: str, value: str) -> list[FieldViolation]:
-    # The rule orders and payments hold every id to: no order, reservation or product has an id of " " or
-    # "\u202e", and one taken would be stored (a reservation for order "\n\r", stock for product " ").
-    return id_violations(path, value)
+# Every id is held to the chassis' id_violations, the rule orders and payments hold ids to: no order, reservation
+# or product has an id of " " or "\u202e", and one taken would be stored (a reservation for order "\n\r", stock for
+# product " ").
 
 
 def _product_id_violations(path: str, value: str) -> list[FieldViolation]:
@@ -66,7 +65,7 @@ def stock_query(product_ids: Sequence[str]) -> tuple[str, ...]:
             FieldViolation("product_ids", f"at most {MAX_STOCK_QUERY_IDS} product ids per request", "TOO_MANY")
         )
     for i, product_id in enumerate(product_ids):
-        violations += _id_violations(f"product_ids[{i}]", product_id)
+        violations += id_violations(f"product_ids[{i}]", product_id)
     _check("GetStock request", violations)
     return tuple(product_ids)
 
@@ -87,7 +86,7 @@ def reserve_command(
 ) -> ReserveCommand:
     """Reserve: `ttl_seconds` None means the default TTL; `ttl_well_formed` False when the request's ttl is no
     valid Duration (`is_duration`). Items come back sorted by product_id."""
-    violations = _id_violations("order_id", order_id)
+    violations = id_violations("order_id", order_id)
     if not items:
         violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
     elif len(items) > MAX_RESERVATION_ITEMS:
@@ -121,7 +120,7 @@ def reserve_command(
 
 
 def reservation_id(value: str) -> str:
-    _check("request", _id_violations("reservation_id", value))
+    _check("request", id_violations("reservation_id", value))
     return value
 
 
