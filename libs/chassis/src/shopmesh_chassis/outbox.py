@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -48,6 +47,7 @@ from shopmesh_chassis.clocks import utc_now
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.db import Database, DbConnection, as_utc, connect_failures_unreachable, try_session_lock
 from shopmesh_chassis.events import EVENT_TYPE, messaging_attributes, refused_for_good, stream_full
+from shopmesh_chassis.ids import new_id
 from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, OutboxMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
@@ -80,7 +80,7 @@ _FINAL_PASS_SECONDS = 1.0
 
 
 def new_event_id() -> str:
-    return f"evt_{uuid.uuid4().hex}"
+    return new_id("evt_")
 
 
 async def add_event(session: DbConnection, *, subject: str, message: Message, event_id: str) -> None:

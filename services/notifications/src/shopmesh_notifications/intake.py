@@ -8,11 +8,11 @@ was recorded in (its consumer span's context is stored with it)."""
 from __future__ import annotations
 
 import logging
-import uuid
 
 from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import DbConnection
+from shopmesh_chassis.ids import new_id
 from shopmesh_chassis.tracing import stored_trace_context
 from shopmesh_notifications.codec import order_event
 from shopmesh_notifications.domain.emails import message_id_for, render
@@ -24,7 +24,7 @@ log = logging.getLogger("shopmesh.notifications")
 
 
 def new_notification_id() -> str:
-    return f"ntf_{uuid.uuid4().hex}"
+    return new_id("ntf_")
 
 
 class NotificationIntake:

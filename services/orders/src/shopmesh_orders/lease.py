@@ -4,13 +4,13 @@ from a failure of the order's own."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.clocks import Clock
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
+from shopmesh_chassis.ids import new_id
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import OrderRepository
 
@@ -50,7 +50,7 @@ class SagaLeases:
 
     @staticmethod
     def new_lease_owner() -> str:
-        return f"saga-{uuid.uuid4().hex}"
+        return new_id("saga-")
 
     def lease_until(self) -> datetime:
         return self._clock() + self._lease()

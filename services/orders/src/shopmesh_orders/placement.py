@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from functools import partial
 from typing import NamedTuple
 
@@ -16,6 +15,7 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.clocks import Clock
 from shopmesh_chassis.db_errors import Duplicate
 from shopmesh_chassis.idempotency import key_reused, validate_key
+from shopmesh_chassis.ids import new_id
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.tasks import Detached
 from shopmesh_chassis.tracing import stored_trace_context
@@ -117,7 +117,7 @@ class _Priced(NamedTuple):
 
 
 def new_order_id() -> str:
-    return f"ord_{uuid.uuid4().hex}"
+    return new_id("ord_")
 
 
 class OrderPlacement(OrderQueries):

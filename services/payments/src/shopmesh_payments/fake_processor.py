@@ -3,9 +3,8 @@ database, inside the transaction of the payment it serves, so a rolled-back paym
 
 from __future__ import annotations
 
-import uuid
-
 from shopmesh_chassis.clocks import Clock
+from shopmesh_chassis.ids import new_id
 from shopmesh_payments.domain.card_responses import CardResponse, response_for
 from shopmesh_payments.domain.models import Card, Money
 from shopmesh_payments.domain.payments import processor_unavailable
@@ -23,7 +22,7 @@ class FakeCardProcessor:
         if response is CardResponse.PROCESSOR_UNAVAILABLE:
             raise processor_unavailable()
         decline_code = "" if response is CardResponse.APPROVED else response.value
-        charge_id = f"ch_{uuid.uuid4().hex}"
+        charge_id = new_id("ch_")
         await self._ledger.record(
             charge_id=charge_id,
             reference=reference,

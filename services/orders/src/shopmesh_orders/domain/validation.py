@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -10,12 +9,12 @@ from datetime import date, datetime
 import pycountry
 
 from shopmesh_chassis import errors, pagination
+from shopmesh_chassis.card_checks import card_violations, refusal_reason
 from shopmesh_chassis.contract_limits import (
     MAX_AMOUNT_MINOR,
     currency_violation,
     id_violations,
     money_violations,
-    required_violation,
     too_long,
 )
 from shopmesh_chassis.email_addresses import is_email_address
@@ -29,15 +28,6 @@ MAX_QUANTITY = 100
 # user-assigned and reserved ones too ("ZZ", "XK", "UK"), which name no country orders.proto ships to.
 COUNTRIES = frozenset(country.alpha_2 for country in pycountry.countries)
 COUNTRY_RULE = 'an assigned ISO 3166-1 alpha-2 code in upper case, e.g. "DE"'
-# The card rules of payments' contract (ChargeRequest), checked here before any stock is reserved: a card
-# that orders let through and payments refused would be cancelled as a decline. [0-9], not \d or
-# str.isdigit(): those take other scripts' digits and superscripts, which no card carries (int("²") fails).
-CARD_NUMBER = re.compile(r"[0-9]{12,19}")
-CVV = re.compile(r"[0-9]{3,4}")
-EXP_YEARS = range(1000, 10000)
-INVALID_CARD_NUMBER = "INVALID_CARD_NUMBER"
-CARD_EXPIRED = "CARD_EXPIRED"
-_CARD_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +67,6 @@ class PlaceOrder:
     expected_total: ExpectedTotal | None = None
 
 
-def luhn_ok(number: str) -> bool:
-    """The Luhn checksum of a CARD_NUMBER."""
-    total = 0
-    for index, char in enumerate(reversed(number)):
-        digit = int(char)
-        if index % 2 == 1:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
-
-
 def _user_id_violations(user_id: str) -> list[FieldViolation]:
     # PlaceOrder's OrderConfirmed event carries it to notifications, which refuses an unprintable one: the order
     # would be charged and confirmed, and its e-mail parked for ever; ListOrders holds it to the same rule.
@@ -111,35 +90,9 @@ def _line(violations: list[FieldViolation], field: str, value: str, high: int) -
     return line
 
 
-def validate_card(card: Card | None, today: date, violations: list[FieldViolation]) -> None:
-    """The card's rules, an expiry before `today`'s month included. The fields and reasons
-    are payments' (ChargeRequest), so that a customer hears the same about a card from either service."""
-    if card is None:
-        violations.append(required_violation("card"))
-        return
-    if not CARD_NUMBER.fullmatch(card.number):
-        violations.append(FieldViolation("card.number", "must be 12 to 19 digits", INVALID_CARD_NUMBER))
-    elif not luhn_ok(card.number):
-        violations.append(FieldViolation("card.number", "fails the Luhn check", INVALID_CARD_NUMBER))
-    month_ok = 1 <= card.exp_month <= 12
-    year_ok = card.exp_year in EXP_YEARS
-    if not month_ok:
-        violations.append(FieldViolation("card.exp_month", "must be 1 to 12", "OUT_OF_RANGE"))
-    if not year_ok:
-        violations.append(FieldViolation("card.exp_year", "must be a four-digit year", "OUT_OF_RANGE"))
-    if month_ok and year_ok and (card.exp_year, card.exp_month) < (today.year, today.month):
-        # As payments (and Stripe) do: blame the year when it is past, else the month of this year.
-        field = "card.exp_year" if card.exp_year < today.year else "card.exp_month"
-        violations.append(FieldViolation(field, "the card has expired", CARD_EXPIRED))
-    if not CVV.fullmatch(card.cvv):
-        violations.append(FieldViolation("card.cvv", "must be 3 or 4 digits", "INVALID_FORMAT"))
-
-
 def _invalid_order(violations: list[FieldViolation]) -> errors.InvalidArgument:
     # Payments' rule: a specific reason when it is all that is wrong, so the caller can tell the customer just that.
-    reasons = {v.reason for v in violations}
-    reason = reasons.pop() if len(reasons) == 1 and reasons <= _CARD_REASONS else "VALIDATION_FAILED"
-    return errors.InvalidArgument("the order request is invalid", violations, reason=reason)
+    return errors.InvalidArgument("the order request is invalid", violations, reason=refusal_reason(violations))
 
 
 def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
@@ -177,7 +130,9 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
         violations.append(FieldViolation("shipping_address.country", COUNTRY_RULE, "INVALID_FORMAT"))
     if not is_email_address(command.email):
         violations.append(FieldViolation("email", "a valid e-mail address", "INVALID_FORMAT"))
-    validate_card(command.card, today, violations)
+    # Payments' own rules (ChargeRequest), checked before any stock is reserved: a card that orders let through
+    # and payments refused would be cancelled as a decline.
+    violations += card_violations("card", command.card, today)
     _expected_total(violations, command.expected_total, command.currency)
     if violations:
         raise _invalid_order(violations)

@@ -3,11 +3,11 @@ errors the contract names for each refusal."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from datetime import datetime
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.ids import new_id
 from shopmesh_payments.domain.models import Card, Money, Payment, PaymentState
 from shopmesh_payments.domain.processor import ProcessorResult
 
@@ -21,7 +21,7 @@ PROCESSOR_RETRY_DELAY_SECONDS = 1.0
 
 
 def new_payment_id() -> str:
-    return f"pay_{uuid.uuid4().hex}"
+    return new_id("pay_")
 
 
 def record_attempt(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from shopmesh_chassis.card_checks import CARD_EXPIRED, card_violations, refusal_reason
 from shopmesh_chassis.contract_limits import (
     id_violations,
     money_violations,
@@ -27,14 +28,7 @@ from shopmesh_chassis.pagination import (
     page_token_key,
 )
 from shopmesh_chassis.text_lines import characters_violation
-from shopmesh_payments.domain import cards
 from shopmesh_payments.domain.models import Card, Money, Payment
-
-VALIDATION_FAILED = "VALIDATION_FAILED"
-INVALID_CARD_NUMBER = "INVALID_CARD_NUMBER"
-CARD_EXPIRED = "CARD_EXPIRED"
-# Reasons that name the whole problem when every violation has them.
-_SPECIFIC_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
 
 MAX_REFUND_REASON_LENGTH = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -73,10 +67,10 @@ def _list_filters(order_id: str) -> dict[str, str]:
 
 
 def _fail(violations: Sequence[FieldViolation], *, outcome: bool = True) -> InvalidArgument:
-    reasons = {v.reason for v in violations}
-    reason = reasons.pop() if len(reasons) == 1 and reasons <= _SPECIFIC_REASONS else VALIDATION_FAILED
     summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return InvalidArgument(f"invalid request: {summary}", violations, reason=reason, outcome=outcome)
+    return InvalidArgument(
+        f"invalid request: {summary}", violations, reason=refusal_reason(violations), outcome=outcome
+    )
 
 
 def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> None:
@@ -88,36 +82,13 @@ def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> Non
     violations.extend(money_violations("amount", amount.amount_minor, amount.currency))
 
 
-def _check_card(card: Card | None, today: date | None, violations: list[FieldViolation]) -> None:
-    """`today` None leaves out whether the card has expired (see `check_card_current`)."""
-    if card is None:
-        violations.append(required_violation("card"))
-        return
-    if not cards.is_well_formed_number(card.number):
-        violations.append(FieldViolation("card.number", "must be 12 to 19 digits", INVALID_CARD_NUMBER))
-    elif not cards.luhn_valid(card.number):
-        violations.append(FieldViolation("card.number", "fails the Luhn check", INVALID_CARD_NUMBER))
-    month_ok = 1 <= card.exp_month <= 12
-    year_ok = cards.MIN_EXP_YEAR <= card.exp_year <= cards.MAX_EXP_YEAR
-    if not month_ok:
-        violations.append(FieldViolation("card.exp_month", "must be 1 to 12", "OUT_OF_RANGE"))
-    if not year_ok:
-        violations.append(FieldViolation("card.exp_year", "must be a four-digit year", "OUT_OF_RANGE"))
-    if month_ok and year_ok and today is not None and cards.is_expired(card.exp_month, card.exp_year, today):
-        # As Stripe does: blame the year when it is past, else the month of this year.
-        field = "card.exp_year" if card.exp_year < today.year else "card.exp_month"
-        violations.append(FieldViolation(field, "the card has expired", CARD_EXPIRED))
-    if not cards.is_well_formed_cvv(card.cvv):
-        violations.append(FieldViolation("card.cvv", "must be 3 or 4 digits", "INVALID_FORMAT"))
-
-
 def validate_charge(order_id: str, amount: Money | None, card: Card | None, today: date | None) -> ChargeCommand:
     """`amount` and `card` are None when the request leaves them unset. With `today` None, every rule but
     the card's expiry (`check_card_current`)."""
     violations: list[FieldViolation] = []
     violations.extend(id_violations("order_id", order_id))
     _check_amount(amount, violations)
-    _check_card(card, today, violations)
+    violations.extend(card_violations("card", card, today))
     # amount and card are never None here without a violation saying so; the test only narrows their types.
     if violations or amount is None or card is None:
         raise _fail(violations)
@@ -133,7 +104,7 @@ def validate_charge_before_lookup(order_id: str, amount: Money | None, card: Car
     violations: list[FieldViolation] = []
     violations.extend(id_violations("order_id", order_id))
     _check_amount(amount, violations)
-    _check_card(card, today, violations)
+    violations.extend(card_violations("card", card, today))
     if all(v.reason == CARD_EXPIRED for v in violations) and amount is not None and card is not None:
         return ChargeCommand(order_id=order_id, amount=amount, card=card)
     raise _fail(violations)
@@ -144,8 +115,7 @@ def check_card_current(card: Card, today: date) -> None:
     is not charged already: a retry of a charge made before the card's expiry month ended must read that
     charge (its replay, or ORDER_ALREADY_CHARGED once the key's record is purged), not fail CARD_EXPIRED.
     The refusal is no outcome of the key (`outcome=False`): nothing is stored, as for the rules above."""
-    violations: list[FieldViolation] = []
-    _check_card(card, today, violations)
+    violations = card_violations("card", card, today)
     if violations:
         raise _fail(violations, outcome=False)
 
