@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Protocol
 
+from stdnum import luhn
+
 from shopmesh_chassis.contract_limits import required_violation
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import VALIDATION_FAILED
@@ -46,18 +48,8 @@ class CardFields(Protocol):
 
 
 def luhn_valid(number: str) -> bool:
-    """The Luhn (mod 10) checksum of an all-digit string: every second digit from the right doubled."""
-    if not number.isascii() or not number.isdigit():
-        return False
-    total = 0
-    for position, char in enumerate(reversed(number)):
-        digit = ord(char) - ord("0")
-        if position % 2 == 1:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return total % 10 == 0
+    """The Luhn (mod 10) checksum of an all-ASCII-digit string (stdnum takes other digits for letters)."""
+    return number.isascii() and number.isdigit() and luhn.is_valid(number)
 
 
 def is_expired(exp_month: int, exp_year: int, today: date) -> bool:
