@@ -6,7 +6,7 @@
 Built with grafanalib from the same metrics the alerts use (docs/chassis.md, docs/operations.md): one row
 per question an on-call engineer asks — are calls failing or slow, do checkouts finish, do events flow,
 is a dependency cut off, do e-mails go out, can shoppers sign up; and what each pod's process holds (memory,
-file descriptors, CPU, tasks, garbage collections). The umbrella chart ships it as a ConfigMap
+file descriptors, CPU, tasks, garbage collections and their pauses). The umbrella chart ships it as a ConfigMap
 that Grafana's dashboard sidecar (kube-prometheus-stack) loads, when global.monitoring.enabled.
 """
 
@@ -360,13 +360,20 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (
                 "Events published",
                 "reqps",
-                "Events each outbox relay published and JetStream acknowledged.",
+                "Events each outbox relay published and JetStream acknowledged as new; and those it sent again "
+                "that JetStream already had and dropped (deduplicated: sent before a relay died or failed its pass "
+                "before marking them published).",
                 [
                     (
                         f"sum by (job, subject) (rate(shopmesh_outbox_events_published_total{{{SELECTOR}}}"
                         "[$__rate_interval]))",
                         "{{job}} {{subject}}",
-                    )
+                    ),
+                    (
+                        f"sum by (job, subject) (rate(shopmesh_outbox_events_deduplicated_total{{{SELECTOR}}}"
+                        "[$__rate_interval]))",
+                        "{{job}} {{subject}} deduplicated",
+                    ),
                 ],
             ),
             (
@@ -593,6 +600,33 @@ ROWS: list[tuple[str, list[Panel]]] = [
                         f"sum by (job) (rate(python_gc_objects_uncollectable_total{{{SELECTOR}}}[$__rate_interval]))",
                         "{{job}} uncollectable",
                     ),
+                ],
+            ),
+            (
+                "Garbage-collection pauses, p99",
+                "s",
+                "How long a garbage collection paused its pod's event loop, 99th percentile by generation, per "
+                "service (shopmesh_python_gc_pause_seconds). Generation 2 in the tens of milliseconds: every call "
+                "in flight waits that long, and the checkout's p99 shows it.",
+                [
+                    (
+                        "histogram_quantile(0.99, sum by (le, job, generation) "
+                        f"(rate(shopmesh_python_gc_pause_seconds_bucket{{{SELECTOR}}}[$__rate_interval])))",
+                        "{{job}} generation {{generation}}",
+                    )
+                ],
+            ),
+            (
+                "Time paused for garbage collection",
+                "percentunit",
+                "Share of each pod's time its garbage collections paused its Python threads (the event loop's among "
+                "them): collection pauses summed over all generations, per second.",
+                [
+                    (
+                        f"sum by (job, pod) (rate(shopmesh_python_gc_pause_seconds_sum{{{SELECTOR}}}"
+                        "[$__rate_interval]))",
+                        "{{pod}}",
+                    )
                 ],
             ),
         ],

@@ -342,6 +342,7 @@ UNREAD = {
     "process_virtual_memory_bytes": "the resident memory is what the pod's memory limit counts",
     "process_start_time_seconds": "restarts are Kubernetes' own count (kube_pod_container_status_restarts_total)",
     "python_gc_objects_collected_total": "the collector's runs by generation are what the panel reads",
+    "shopmesh_python_gc_pause_seconds_count": "python_gc_collections_total counts the same runs, for its panel",
     "python_info": "the interpreter's version, in labels of a constant 1",
 }
 

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from shopmesh_chassis.app import run_shutdown_hooks
 from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, DatabaseSettings, ServiceName, load_settings
@@ -126,6 +126,25 @@ async def test_relay_killed_between_publish_and_mark_causes_no_duplicate(db: Dat
     # "b" reached the stream but is still unpublished in the outbox: the next relay sends it again.
     assert await OutboxRelay(db, JetStreamPublisher(client)).publish_pending() == 2
     assert await stream_contents(client) == list(zip(ids, ["a", "b", "c"], strict=True))
+
+
+async def test_a_republish_jetstream_drops_as_a_duplicate_is_counted_apart_from_the_events_published(
+    db: Database, client: Client
+) -> None:
+    registry = CollectorRegistry()
+    relay = OutboxRelay(db, JetStreamPublisher(client), metrics=OutboxMetrics(registry))
+    [event_id] = await add(db, "once")
+    assert await relay.publish_pending() == 1
+    # As a relay that died between the publish and the mark leaves it: sent, still unpublished in the outbox.
+    async with db.transaction() as session:
+        await session.execute(update(outbox_events).values(published_at=None))
+    assert await relay.publish_pending() == 1
+
+    def counted(name: str) -> float | None:
+        return registry.get_sample_value(f"shopmesh_outbox_events_{name}_total", {"subject": SUBJECT})
+
+    assert (counted("published"), counted("deduplicated")) == (1, 1)
+    assert await stream_contents(client) == [(event_id, "once")]
 
 
 async def test_relay_keeps_events_while_nats_is_down_sends_them_later_and_its_metrics_say_so(

@@ -1,15 +1,17 @@
-"""Every server's /metrics carries its process' and runtime's series (prometheus-client's own collectors) and
-the number of its event loop's tasks, counted by the loop and read by the scrape's thread."""
+"""Every server's /metrics carries its process' and runtime's series (prometheus-client's own collectors, and the
+chassis' garbage-collection pauses) and the number of its event loop's tasks, counted by the loop and read by the
+scrape's thread."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import urllib.request
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from shopmesh_chassis.metrics import ServerMetrics, add_runtime_collectors
+from shopmesh_chassis.metrics import GC_PAUSES, ServerMetrics, add_runtime_collectors
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import binding
 
@@ -26,6 +28,9 @@ RUNTIME_SERIES = {
     "python_gc_collections_total",
     "python_gc_objects_collected_total",
     "python_gc_objects_uncollectable_total",
+    "shopmesh_python_gc_pause_seconds_bucket",
+    "shopmesh_python_gc_pause_seconds_count",
+    "shopmesh_python_gc_pause_seconds_sum",
 }
 
 
@@ -99,3 +104,20 @@ async def test_the_asyncio_task_count_rises_with_the_loops_tasks_and_falls_back_
     finally:
         go.set()
         metrics.close()
+
+
+def of_generation_2(series: dict[str, list[tuple[dict[str, str], float]]], suffix: str) -> float:
+    [value] = [value for labels, value in series[f"{GC_PAUSES.name}_{suffix}"] if labels["generation"] == "2"]
+    return value
+
+
+async def test_a_full_garbage_collection_is_counted_in_the_scraped_pause_histogram_of_generation_2() -> None:
+    async with serve_in_process(sample_settings(metrics_port=0), [binding()]) as server:
+        assert server.metrics_port
+        before = await asyncio.to_thread(scraped, server.metrics_port)
+        gc.collect(2)
+        after = await asyncio.to_thread(scraped, server.metrics_port)
+
+    # At least one: the scrape's own allocations may set off a full collection of their own.
+    assert of_generation_2(after, "count") >= of_generation_2(before, "count") + 1
+    assert of_generation_2(after, "sum") > of_generation_2(before, "sum")

@@ -4,16 +4,19 @@ Python's grpc does: NOT_FOUND, not NotFound) beside the chassis' own count of sh
 consumers) under `shopmesh_`.
 
 Each server gets its own registry (several servers can share a test process), served over HTTP on a
-separate port by prometheus-client, with prometheus-client's process and runtime series beside them
-(`add_runtime_collectors`) and the count of the event loop's tasks (`shopmesh_asyncio_tasks`). A service
-that relays or consumes events makes its `ServerMetrics` first, hands `.outbox` to its relay and `.events`
-to its consumers, and passes the same object to `app.serve`.
+separate port by prometheus-client, with prometheus-client's process and runtime series beside them and the
+chassis' histogram of garbage-collection pauses (`add_runtime_collectors`), and the count of the event loop's
+tasks (`shopmesh_asyncio_tasks`). A service that relays or consumes events makes its `ServerMetrics` first,
+hands `.outbox` to its relay and `.events` to its consumers, and passes the same object to `app.serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
@@ -29,8 +32,9 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from shopmesh_chassis.breaker import BreakerState, CircuitBreaker
 from shopmesh_chassis.tracing import DROPPED_SPANS, FAILED_EXPORTS
@@ -45,14 +49,80 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 TASK_COUNT_INTERVAL_SECONDS = 5.0
 
 
+# Collection pauses: a young generation's take tens of microseconds, a full collection of a large heap up to
+# a second (the 50-170 ms that made app.freeze_startup_heap worth it sit in the middle).
+GC_PAUSE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
 def add_runtime_collectors(registry: CollectorRegistry) -> None:
     """prometheus-client's own process and runtime collectors, as its default registry carries them: RSS,
     virtual memory, CPU seconds, open file descriptors and their limit, start time (process_*, read from
     /proc at each scrape), the interpreter (python_info) and the garbage collector's runs and objects by
-    generation (python_gc_*). Fixed series, no per-request label."""
+    generation (python_gc_*); and the chassis' histogram of the collector's pauses by generation
+    (shopmesh_python_gc_pause_seconds), which prometheus-client does not measure. Fixed series, no
+    per-request label."""
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    GC_PAUSES.install()
+    registry.register(GC_PAUSES)
+
+
+class GcPauseCollector(Collector):
+    """How long each garbage collection paused the interpreter (it holds the GIL throughout: the event loop and
+    every other Python thread wait), by generation, timed by a `gc.callbacks` pair and read as a histogram at
+    scrape time. One per process, as the garbage collector is, registered with each server's registry.
+
+    Counted in plain lists rather than a prometheus-client Histogram: a collection runs inside whatever code
+    allocated, and that may be a scrape's thread holding the lock of one of the histogram's own values (its
+    read), which the callback would then wait on for ever, with the event loop behind it the next time it
+    collects (prometheus/client_python#363, why its own GC collector dropped its callbacks). Collections never
+    overlap (they hold the GIL, and none starts during another), so the callback needs no lock; a scrape's
+    copy of a generation's counts is whole, and its sum at most a collection apart from them."""
+
+    name = "shopmesh_python_gc_pause_seconds"
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._started = 0.0
+        generations = len(gc.get_threshold())
+        # Per generation, the collections per bucket of GC_PAUSE_BUCKETS (not cumulative), the last +Inf's.
+        self._counts = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(generations)]
+        self._sums = [0.0] * generations
+        self._bounds = [*map(floatToGoString, GC_PAUSE_BUCKETS), "+Inf"]
+
+    def install(self) -> None:
+        """Time the process' collections from now on; once, however many servers the process runs."""
+        if self.on_collection not in gc.callbacks:
+            gc.callbacks.append(self.on_collection)
+
+    def on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+            return
+        paused = self._clock() - self._started
+        generation = info["generation"]
+        # bisect_left: a pause equal to a bound counts in that bound's bucket, as Prometheus' le means.
+        self._counts[generation][bisect_left(GC_PAUSE_BUCKETS, paused)] += 1
+        self._sums[generation] += paused
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            self.name,
+            "How long each garbage collection paused the process' Python threads (the event loop's among them), "
+            "by generation. A full (generation 2) collection walks every object the process holds that is not "
+            "frozen: a long one pauses every call in flight.",
+            labels=("generation",),
+        )
+        for generation, (counts, paused) in enumerate(zip(self._counts, self._sums, strict=True)):
+            cumulative = itertools.accumulate(list(counts))  # list(): one copy, whole, of what the callback adds to
+            family.add_metric(
+                (str(generation),), list(zip(self._bounds, map(float, cumulative), strict=True)), sum_value=paused
+            )
+        yield family
+
+
+GC_PAUSES = GcPauseCollector()
 
 
 @dataclass
@@ -228,7 +298,17 @@ class OutboxMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.published = Counter(
             "shopmesh_outbox_events_published",
-            "Events the outbox relay published and JetStream acknowledged, by subject.",
+            "Events the outbox relay published and JetStream acknowledged as new, by subject.",
+            ("subject",),
+            registry=registry,
+        )
+        # A counter of its own rather than an outcome label on the one above: every query of that one (the
+        # dashboard's, an operator's) goes on counting what reached the stream, without a matcher added to each.
+        self.deduplicated = Counter(
+            "shopmesh_outbox_events_deduplicated",
+            "Events the outbox relay published again that JetStream already had (its PubAck said duplicate) and "
+            "dropped, by subject: sent before a relay died or lost its pass before marking them published. Not "
+            "in shopmesh_outbox_events_published_total. A steady rate: relay passes keep failing after sending.",
             ("subject",),
             registry=registry,
         )

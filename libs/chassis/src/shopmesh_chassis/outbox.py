@@ -430,8 +430,6 @@ class OutboxRelay:
                     stop_if_cancelled()
                     continue
                 sent.append(row.seq)
-                if self._metrics is not None:
-                    self._metrics.published.labels(row.subject).inc()
                 if self._on_published is not None:
                     self._on_published(row.event_id)
                 # Stopping, though the publish lost the cancel: the rows sent are marked below, the rest wait.
@@ -486,6 +484,8 @@ class OutboxRelay:
                 return why
             # A duplicate: JetStream had it already (sent before a crash kept it from being marked published).
             span.set_attribute("shopmesh.outcome", "published" if fresh else "duplicate")
+            if self._metrics is not None:
+                (self._metrics.published if fresh else self._metrics.deduplicated).labels(row.subject).inc()
             return None
 
     @staticmethod
