@@ -17,7 +17,7 @@ import subprocess
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -61,6 +61,50 @@ async def test_an_over_long_server_line_is_dropped_and_the_output_after_it_still
     await asyncio.wait_for(run._keep_last_lines(server, kept, log), 10)
     assert list(kept) == [OVER_LONG_LINE, "LOG:  after it"]
     assert log.read_text().splitlines() == [OVER_LONG_LINE, "LOG:  after it"]
+
+
+async def test_the_log_file_is_opened_once_for_all_the_server_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was opened, and its folder made, for each line: a busy server's every statement logged cost that.
+    output = asyncio.StreamReader()
+    for n in range(5):
+        output.feed_data(f"LOG:  line {n}\n".encode())
+    output.feed_eof()
+    server = cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+    log = tmp_path / "postgres" / "server.log"
+    opened: list[str] = []
+    real_open = os.open
+
+    def counted_open(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counted_open)
+    await asyncio.wait_for(run._keep_last_lines(server, deque(maxlen=20), log), 10)
+    assert opened.count(str(log)) == 1, opened
+    assert log.read_text().splitlines() == [f"LOG:  line {n}" for n in range(5)]
+    assert stat.S_IMODE(log.stat().st_mode) == PRIVATE_FILE_MODE
+
+
+async def test_a_log_file_removed_while_written_is_made_again(tmp_path: Path) -> None:
+    """`--reset` empties the data directory once the server runs: the lines after it go to a new log file,
+    not to the removed one, which nobody can read."""
+    output = asyncio.StreamReader()
+    server = cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+    log = tmp_path / "postgres" / "server.log"
+    drain = asyncio.create_task(run._keep_last_lines(server, deque(maxlen=20), log))
+    try:
+        output.feed_data(b"LOG:  before the reset\n")
+        await eventually(lambda: log.exists() and "before" in log.read_text(), "the first line in the log")
+        shutil.rmtree(log.parent)
+        output.feed_data(b"LOG:  after the reset\n")
+        output.feed_eof()
+        await asyncio.wait_for(drain, 10)
+    finally:
+        drain.cancel()
+    assert log.read_text().splitlines() == ["LOG:  after the reset"]
+    assert stat.S_IMODE(log.stat().st_mode) == PRIVATE_FILE_MODE
 
 
 def log_path(lines: list[str]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,10 +81,40 @@ class FileLogSink:
 
 def append_private_line(path: Path, line: str) -> None:
     """Append `line` to the log file `path`, made (with its folder) this user's alone if it is not there."""
-    # This user's alone, as the rest of the data directory (`make_private_folder`): logs name customers.
-    path.parent.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
     # Opened per line: no handle outlives a test, a restarted process appends to the same file, and one that
     # `--reset` removed while it was written to is made again.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
-    with open(fd, "a", encoding="utf-8") as file:
+    with _opened_private(path) as file:
         file.write(line + "\n")
+
+
+class PrivateLog:
+    """A log file that one writer appends to line by line, opened once (`append_private_line` opens it per line,
+    a system call or two more for each line of a chatty process): made (with its folder) this user's alone if it
+    is not there, and made again if it is removed while written to (`--reset` empties the data directory once
+    the launcher's PostgreSQL server runs). OSError where it cannot be opened or written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+
+    def write(self, line: str) -> None:
+        if self._file is not None and os.fstat(self._file.fileno()).st_nlink == 0:
+            self.close()
+        if self._file is None:
+            self._file = _opened_private(self.path)
+        self._file.write(line + "\n")
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            # What a full disk refused to take is not written on closing either.
+            with contextlib.suppress(OSError):
+                file.close()
+
+
+def _opened_private(path: Path) -> TextIO:
+    # This user's alone, as the rest of the data directory (`make_private_folder`): logs name customers.
+    path.parent.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+    # Line-buffered: each line is in the file as soon as it is written, for whoever reads it meanwhile.
+    return open(fd, "a", encoding="utf-8", buffering=1)

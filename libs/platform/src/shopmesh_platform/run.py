@@ -49,7 +49,7 @@ import socket
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 
 from tabulate import tabulate
@@ -62,7 +62,7 @@ from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server
 from . import console
 from .arguments import seconds
 from .console import say
-from .logsink import append_private_line
+from .logsink import PrivateLog
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.layout import sidecar_name, sockets_link
 from .mesh.protoset import PROTOSET_FILE, methods_of
@@ -330,7 +330,7 @@ def removed(entries: Sequence[str]) -> str:
     """What a data directory's `entries` (all the stack's) held, in a few words: the services' databases and
     idempotency keys by service, the rest (NATS' store, mail, traces, mesh, stack.json) by name, without the
     SQLite journals and half-written files that go with them."""
-    databases = [stem for stem, _, suffix in (entry.partition(".") for entry in entries) if suffix == "db"]
+    databases = sqlite_databases(entries)
     keys = [stem for stem, _, suffix in (entry.partition(".") for entry in entries) if suffix == FINGERPRINT_KEY_SUFFIX]
     others = [entry for entry in entries if not entry.startswith(".") and entry.partition(".")[0] not in SERVICES]
     said = [
@@ -339,6 +339,31 @@ def removed(entries: Sequence[str]) -> str:
         *([", ".join(others)] if others else []),
     ]
     return "; ".join(said) or "it was empty"
+
+
+def sqlite_databases(entries: Iterable[str]) -> list[str]:
+    """The services whose SQLite database is among a data directory's `entries`."""
+    return [
+        stem for stem, _, suffix in (entry.partition(".") for entry in entries) if suffix == "db" and stem in SERVICES
+    ]
+
+
+def unused_sqlite_warning(data_dir: Path) -> str | None:
+    """The line that names the SQLite databases `data_dir` holds from runs without --postgres, which a run with it
+    does not open: the services started quietly on empty PostgreSQL databases, and their data looked lost.
+    (The reverse has nothing to say: --postgres leaves no database in the data directory, its server is thrown
+    away on stop.)"""
+    try:
+        found = sqlite_databases(sorted(entry.name for entry in data_dir.iterdir()))
+    except OSError:  # not there yet, not readable: the start says so, or makes it
+        return None
+    if not found:
+        return None
+    files = ", ".join(f"{name}.db" for name in found)
+    return (
+        f"warning: --postgres: the services start on empty PostgreSQL databases; the SQLite databases in {data_dir} "
+        f"({files}) are not used: run without --postgres to use them"
+    )
 
 
 def _grpcurl() -> str:
@@ -739,17 +764,23 @@ async def _stop_and_drain(process: asyncio.subprocess.Process, drain: asyncio.Ta
 
 async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str], log: Path | None) -> None:
     assert process.stdout is not None
-    async for line in output_lines(process.stdout):
-        lines.append(line)
-        if log is None:
-            continue
-        try:
-            append_private_line(log, line)
-        except OSError as exc:
-            # A full or read-only disk must not end the draining: the server would block on its full pipe,
-            # and every query with it. Said once: the log stops here, and the crash message keeps the last lines.
-            say(f"{POSTGRES}'s log {log} is no longer written ({exc.strerror}); its last lines are still kept")
-            log = None
+    written = None if log is None else PrivateLog(log)
+    try:
+        async for line in output_lines(process.stdout):
+            lines.append(line)
+            if written is None:
+                continue
+            try:
+                written.write(line)
+            except OSError as exc:
+                # A full or read-only disk must not end the draining: the server would block on its full pipe,
+                # and every query with it. Said once: the log stops here, and the crash message keeps the last lines.
+                say(f"{POSTGRES}'s log {log} is no longer written ({exc.strerror}); its last lines are still kept")
+                written.close()
+                written = None
+    finally:
+        if written is not None:
+            written.close()
 
 
 def _kept(server: PostgresServer) -> str:
@@ -896,6 +927,10 @@ async def run(args: argparse.Namespace) -> int:
         try:
             if not args.postgres:
                 return await run_stack(args, None, signals)
+            # None with --reset: it deletes them (later, in run_stack, once the server runs).
+            warning = None if args.reset else unused_sqlite_warning(args.data_dir)
+            if warning is not None:
+                say(warning)
             say("starting a throwaway PostgreSQL server ...")
             log = args.data_dir / POSTGRES_FOLDER / "server.log"
             async with throwaway_postgres(signals.postgres_spawned, signals.start_failed, log) as database:
