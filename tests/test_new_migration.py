@@ -7,7 +7,9 @@ writing nothing."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,10 @@ from alembic.script import ScriptDirectory
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import alembic_config, branch_of, migrate
-from shopmesh_platform.new_migration import REFUSED, main, versions_dir
+from shopmesh_platform.new_migration import REFUSED, documented_heads, main, versions_dir
 
 from .contract.migration_sql import SERVICE_VERSIONS
-from .docs.test_rollback_floor_doc import ROOT, branch_heads, documented_heads
+from .docs.test_rollback_floor_doc import ROOT, branch_heads
 from .test_migration_summaries import misnamed_revisions, multi_line_summaries
 
 WRITTEN_UPGRADE = 'op.add_column("products", sa.Column("brand", sa.String(100), nullable=True))'
@@ -36,6 +38,25 @@ def checkout(tmp_path: Path) -> Path:
     (tmp_path / "docs").mkdir()
     shutil.copy(ROOT / "docs" / "operations.md", tmp_path / "docs" / "operations.md")
     return tmp_path
+
+
+@pytest.fixture
+def make_checkout(checkout: Path) -> Path:
+    """The copy, with what `make migration` itself reads: the Makefile (and the file it includes), and the venv."""
+    shutil.copy(ROOT / "Makefile", checkout / "Makefile")
+    (checkout / "k8s").mkdir()
+    shutil.copy(ROOT / "k8s" / "k8s.mk", checkout / "k8s" / "k8s.mk")
+    (checkout / ".venv").symlink_to(ROOT / ".venv")
+    return checkout
+
+
+def make_migration(root: Path, *variables: str) -> subprocess.CompletedProcess[str]:
+    """The real `make migration` in `root`, each variable one argument as a shell hands it over once unquoted.
+    `-o setup`: the venv is there already, and setup would install tools into the copy. Without the make
+    variables of a `make test` this runs under, whose jobserver and flags are not this make's."""
+    env = {name: value for name, value in os.environ.items() if name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    argv = ["make", "--no-print-directory", "-o", "setup", "migration", *variables]
+    return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def service_versions(root: Path) -> list[Path]:
@@ -117,6 +138,32 @@ async def test_the_revision_once_written_migrates_the_database_to_it(checkout: P
     finally:
         await database.dispose()
     assert path.stem.removesuffix("_add_brand") in versions
+
+
+def test_make_migration_hands_the_summary_over_verbatim(make_checkout: Path) -> None:
+    """Dollars (make expands them, `$(value ...)` must not), quotes of both kinds and runs of spaces."""
+    summary = 'Price in $cents and $(cents), the "list" one:  it\'s `kept`  as typed.'
+    head = catalog_head(make_checkout)
+
+    made = make_migration(make_checkout, "SERVICE=catalog", "SLUG=add_price", f"SUMMARY={summary}")
+
+    assert made.returncode == 0, made.stderr
+    [path] = versions_dir(make_checkout, "catalog").glob("catalog_*_add_price.py")
+    new = ScriptDirectory.from_config(alembic_config(versions_dir(make_checkout, "catalog"))).get_revision(
+        path.stem.removesuffix("_add_price")
+    )
+    assert new is not None
+    assert (new.doc, new.down_revision) == (summary, head)
+
+
+def test_make_migration_refuses_a_bad_slug_as_typed_and_writes_nothing(make_checkout: Path) -> None:
+    before = snapshot(make_checkout)
+
+    made = make_migration(make_checkout, "SERVICE=catalog", "SLUG=add $brand; touch pwned")
+
+    assert made.returncode != 0
+    assert "error: bad slug 'add $brand; touch pwned'" in made.stderr, made.stderr
+    assert snapshot(make_checkout) == before
 
 
 @pytest.mark.parametrize(

@@ -13,14 +13,15 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 
 from shopmesh_chassis.migrations import CHASSIS_VERSIONS, alembic_config, branch_of
+from shopmesh_platform.new_migration import documented_heads
 
 from ..contract.migration_sql import SERVICE_VERSIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def section(root: Path = ROOT) -> str:
-    text = (root / "docs" / "operations.md").read_text()
+def section() -> str:
+    text = (ROOT / "docs" / "operations.md").read_text()
     start = text.index("## Rolling back: how far")
     return text[start : text.index("\n## ", start + 1)]
 
@@ -35,11 +36,6 @@ def is_row(line: str) -> bool:
     return line.startswith("|")
 
 
-def documented_heads(root: Path = ROOT) -> dict[str, str]:
-    """The table '| Database branch | Head on main |': each branch's head, as the doc names it."""
-    return {branch.split()[0]: head for branch, head in table_rows(section(root), "| Database branch |")}
-
-
 def branch_heads(service_versions: Iterable[Path] = SERVICE_VERSIONS) -> dict[str, str]:
     heads: dict[str, str] = {}
     for versions in service_versions:
@@ -50,7 +46,7 @@ def branch_heads(service_versions: Iterable[Path] = SERVICE_VERSIONS) -> dict[st
 
 def test_the_heads_table_names_each_branchs_head_on_main() -> None:
     assert len(SERVICE_VERSIONS) == 7, SERVICE_VERSIONS  # every service but the gateway owns data
-    assert documented_heads() == branch_heads(), (
+    assert documented_heads(ROOT) == branch_heads(), (
         "docs/operations.md, 'Rolling back: how far': set each branch's row of the table '| Database branch | Head on "
         "main |' to its head revision (a new migration moves its branch's head; docs/services.md's migration section)"
     )

@@ -37,6 +37,8 @@ _SLUG_MAX = 40
 _OPERATIONS_DOC = Path("docs") / "operations.md"
 _HEADS_SECTION = "## Rolling back: how far"
 _HEADS_HEADER = "| Database branch | Head on main |"
+# One row of it: `| catalog | catalog_0003 |`.
+_HEAD_ROW = re.compile(r"^\|[ \t]*(?P<branch>[^|\s][^|\n]*?)[ \t]*\|[ \t]*(?P<head>[^|\s]+)[ \t]*\|$", re.MULTILINE)
 
 
 class Refused(Exception):
@@ -116,20 +118,41 @@ def _branch_head(scripts: ScriptDirectory, service: str) -> str:
     return heads[0]
 
 
-def _with_head_moved(doc: Path, branch: str, head: str, revision: str) -> str:
-    text = doc.read_text()
+def documented_heads(root: Path) -> dict[str, str]:
+    """docs/operations.md's heads table under `root`: each branch's head, as the doc names it (a branch cell's
+    first word: `chassis (in every service's database)` is chassis's row)."""
+    return {_branch_of_row(row): row["head"] for row in _head_rows((root / _OPERATIONS_DOC).read_text())}
+
+
+def _head_rows(text: str) -> list[re.Match[str]]:
+    """The rows of the heads table, its header and separator rows left out, each with its `branch` and `head`
+    cells; the table ends at the first blank line. Within the table only: a line of the same shape further down
+    the doc is not a branch's row."""
     start = text.find(_HEADS_SECTION)
     table = text.find(_HEADS_HEADER, start) if start >= 0 else -1
-    row = re.compile(rf"^(\| {re.escape(branch)} \| ){re.escape(head)}( \|)$", re.MULTILINE)
-    # Within the table only: a line of the same shape further down the doc is not the branch's row.
-    end = text.find("\n\n", table) if table >= 0 else -1
-    found = row.search(text, table, end if end >= 0 else len(text)) if table >= 0 else None
+    if table < 0:
+        return []
+    # The newline that ends the separator row: the first row starts after it.
+    rows = text.find("\n", text.find("\n", table) + 1)
+    end = text.find("\n\n", table)
+    if rows < 0 or (end >= 0 and rows >= end):
+        return []
+    return list(_HEAD_ROW.finditer(text, rows, end if end >= 0 else len(text)))
+
+
+def _branch_of_row(row: re.Match[str]) -> str:
+    return row["branch"].split()[0]
+
+
+def _with_head_moved(doc: Path, branch: str, head: str, revision: str) -> str:
+    text = doc.read_text()
+    found = next((row for row in _head_rows(text) if _branch_of_row(row) == branch and row["head"] == head), None)
     if found is None:
         raise Refused(
             f"{_OPERATIONS_DOC} has no row '| {branch} | {head} |' in its table '{_HEADS_HEADER}': fix it "
             "(tests/docs/test_rollback_floor_doc.py), then run this again"
         )
-    return text[: found.start()] + found.group(1) + revision + found.group(2) + text[found.end() :]
+    return text[: found.start("head")] + revision + text[found.end("head") :]
 
 
 def _next_steps(new: NewRevision, root: Path, service: str) -> str:
