@@ -109,10 +109,6 @@ def never(_: Refusal) -> bool:
     return False
 
 
-def whole(_: dict[str, Any]) -> str:
-    return ""
-
-
 def page_variant(page: dict[str, Any]) -> str:
     """DEGRADED for a product page the gateway served without its recommendations (they failed or missed their
     share of the page's time): a 200 the storefront shows, so a success, but counted apart; otherwise a run with
@@ -320,7 +316,7 @@ class Shopper(HttpUser):
         headers: dict[str, str] | None = None,
         signed_in: bool = True,
         settles: Settles = never,
-        variant: Variant = whole,
+        variant: Variant | None = None,
     ) -> tuple[dict[str, Any] | None, Refusal | None]:
         """One call of the API, named by its route (`name`, else the path, then what `variant` finds in a 200's
         body), and its answer: the JSON body on success, else the refusal. An error is a failure in Locust's
@@ -347,7 +343,7 @@ class Shopper(HttpUser):
                 except ValueError:
                     body = None
                 if response.status_code == 200 and isinstance(body, dict):
-                    suffix = variant(body)
+                    suffix = "" if variant is None else variant(body)
                     if suffix:
                         # The name is only known from the answer; Locust reports the request on leaving the block
                         # from this dict (typed read-only, a plain dict in the pinned 2.47), so it is renamed here.
