@@ -34,12 +34,17 @@ async def stack(module_dir: Path, postgres: PostgresServer) -> AsyncIterator[Sta
         yield s
 
 
+def put_back_splits() -> None:
+    """Every caller of catalog back on the weight its canary started with: the next test starts from there."""
+    assert split.main(["catalog", "--reset"], io.StringIO()) == 0
+
+
 @pytest.fixture
 def sidecars(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """The tools find the stack's sidecars (as `make run MESH=envoy`'s); every split put back after."""
     monkeypatch.setattr(faults, "local_admin_socket", stack.sidecar_admin_socket)
     yield stack
-    assert split.main(["catalog", "--reset"], io.StringIO()) == 0
+    put_back_splits()
 
 
 @pytest.fixture
@@ -49,7 +54,7 @@ def listed(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.chdir(tmp_path)
     write_stack_file(replace(local_stack(stack), path=stack_file(Path(".data"))))
     yield stack
-    assert split.main(["catalog", "--reset"], io.StringIO()) == 0
+    put_back_splits()
 
 
 def shown(argv: list[str]) -> tuple[int, list[str], str]:
