@@ -32,15 +32,28 @@ from .run_kit import ctrl_c, database_passfile, database_port, kept_folders, lau
 POSTGRES_ONLY = ("--services", "", "--http-port", "0", "--postgres")
 
 
+def server_reading(output: asyncio.StreamReader) -> asyncio.subprocess.Process:
+    """A stand-in for the server whose output is `output`: all that `_keep_last_lines` reads of it."""
+    return cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+
+
+def server_that_wrote(data: bytes, *, limit: int | None = None) -> asyncio.subprocess.Process:
+    """A stand-in for the server whose whole output was `data` (read `limit` bytes a line at most)."""
+    output = asyncio.StreamReader() if limit is None else asyncio.StreamReader(limit=limit)
+    output.feed_data(data)
+    output.feed_eof()
+    return server_reading(output)
+
+
+def log_lines(count: int) -> bytes:
+    return b"".join(f"LOG:  line {n}\n".encode() for n in range(count))
+
+
 async def test_a_log_file_that_cannot_be_written_says_so_once_and_the_server_output_is_still_drained(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A drain that ended with the write left the server blocked on its full pipe, and every query with it.
-    output = asyncio.StreamReader()
-    for n in range(3):
-        output.feed_data(f"LOG:  line {n}\n".encode())
-    output.feed_eof()
-    server = cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+    server = server_that_wrote(log_lines(3))
     kept: deque[str] = deque(maxlen=20)
     # A folder where the file should be: as a read-only or full disk, every append fails.
     await asyncio.wait_for(run._keep_last_lines(server, kept, tmp_path), 10)
@@ -52,10 +65,7 @@ async def test_a_log_file_that_cannot_be_written_says_so_once_and_the_server_out
 
 async def test_an_over_long_server_line_is_dropped_and_the_output_after_it_still_drained(tmp_path: Path) -> None:
     # asyncio raises on a line past the reader's limit; a drain that ended there blocked the server as above.
-    output = asyncio.StreamReader(limit=64)
-    output.feed_data(b"STATEMENT:  " + b"x" * 200 + b"\nLOG:  after it\n")
-    output.feed_eof()
-    server = cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+    server = server_that_wrote(b"STATEMENT:  " + b"x" * 200 + b"\nLOG:  after it\n", limit=64)
     kept: deque[str] = deque(maxlen=20)
     log = tmp_path / "server.log"
     await asyncio.wait_for(run._keep_last_lines(server, kept, log), 10)
@@ -67,11 +77,7 @@ async def test_the_log_file_is_opened_once_for_all_the_server_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # It was opened, and its folder made, for each line: a busy server's every statement logged cost that.
-    output = asyncio.StreamReader()
-    for n in range(5):
-        output.feed_data(f"LOG:  line {n}\n".encode())
-    output.feed_eof()
-    server = cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+    server = server_that_wrote(log_lines(5))
     log = tmp_path / "postgres" / "server.log"
     opened: list[str] = []
     real_open = os.open
@@ -91,7 +97,7 @@ async def test_a_log_file_removed_while_written_is_made_again(tmp_path: Path) ->
     """`--reset` empties the data directory once the server runs: the lines after it go to a new log file,
     not to the removed one, which nobody can read."""
     output = asyncio.StreamReader()
-    server = cast(asyncio.subprocess.Process, SimpleNamespace(stdout=output))
+    server = server_reading(output)
     log = tmp_path / "postgres" / "server.log"
     drain = asyncio.create_task(run._keep_last_lines(server, deque(maxlen=20), log))
     try:
