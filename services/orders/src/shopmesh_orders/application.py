@@ -15,6 +15,7 @@ from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.tasks import Detached
+from shopmesh_orders.card_drives import CardDrives
 from shopmesh_orders.domain.model import Order, SagaStep
 from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import validate_cancel, validate_cancel_reason
@@ -67,14 +68,7 @@ class OrdersApplication(OrderPlacement, OrderRecovery):
         self._on_unreadable = on_unreadable
         self._on_waiting = on_waiting
         self._running = Detached()
-        # The orders this process drives with the customer's card (PlaceOrder), or has a retry with the card
-        # waiting for (`_wait_for_other_driver`), as a count per order: a retry's drive may start while the one
-        # it retries is still unwinding. The recovery pass leaves them alone even when their lease looks lapsed
-        # or they were released with no owner: the process was paused (a GC pause, CPU throttling, a VM freeze)
-        # longer than lease and grace, its drive is still in the charge call, or a retry is between two polls;
-        # the pass, which has no card, would find no capture and cancel the order CHECKOUT_INTERRUPTED under the
-        # customer's PlaceOrder.
-        self._driving_with_card: dict[str, int] = {}
+        self._driving_with_card = CardDrives()
         self._tracer = trace.get_tracer("shopmesh.orders.recovery", tracer_provider=tracer_provider)
 
     # --- CancelOrder ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from shopmesh_chassis.ids import new_id
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.tasks import Detached
 from shopmesh_chassis.tracing import stored_trace_context
+from shopmesh_orders.card_drives import CardDrives
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
 from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
@@ -128,8 +129,8 @@ class OrderPlacement(OrderQueries):
     _clock: Clock
     # The sagas driven for callers, which shutdown waits for (`OrdersApplication.wait_running`).
     _running: Detached
-    # The orders this process drives with the customer's card, as a count per order (`OrdersApplication`).
-    _driving_with_card: dict[str, int]
+    # The orders this process drives with the customer's card (`OrdersApplication`).
+    _driving_with_card: CardDrives
 
     async def place_order(self, command: PlaceOrder, key: str | None, scope: str, fingerprint: str) -> Order:
         # The request's rules wait for the idempotency lookup: a retry of a request accepted before gets that
@@ -289,36 +290,25 @@ class OrderPlacement(OrderQueries):
         """Drive the saga in a task of its own, which shutdown waits for (`wait_running`), and answer with
         where it ended (or with the outcome of another driver that holds the order). `placement`: for
         PlaceOrder, which a CONFIRMED order answers (`_answered`)."""
+        answer_at = _answer_at(least_wait=_EARLY_ANSWER_MIN_WAIT_SECONDS)
         try:
-            return await self._drive_shielded(
-                order_id,
-                card,
-                owner,
-                recorded,
-                placement=placement,
-                answer_at=_answer_at(least_wait=_EARLY_ANSWER_MIN_WAIT_SECONDS),
-            )
+            task = self._start_drive(order_id, card, owner, recorded)
+            return await self._answer_in_time(order_id, task, placement=placement, answer_at=answer_at)
         except LeaseHeld:
             return await self._wait_for_other_driver(order_id, card, placement=placement)
 
-    async def _drive_shielded(
-        self,
-        order_id: str,
-        card: Card | None,
-        owner: str | None = None,
-        recorded: Order | None = None,
-        *,
-        placement: bool,
-        answer_at: float | None,
-    ) -> Order:
+    def _start_drive(
+        self, order_id: str, card: Card | None, owner: str | None = None, recorded: Order | None = None
+    ) -> asyncio.Task[Order]:
+        """The saga's drive as a task detached from the call (`_answer_in_time` says when the call stops waiting
+        for it); with the card, counted in `_driving_with_card` for as long as the task runs, not the caller's
+        wait: the drive outlives a caller gone."""
         task = self._running.start(
             self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context(), name=order_id
         )
         if card is not None:
-            # Counted for as long as the task runs, not the caller's wait: the drive outlives a caller gone.
-            self._card_held(order_id)
-            task.add_done_callback(lambda _: self._card_released(order_id))
-        return await self._answer_in_time(order_id, task, placement=placement, answer_at=answer_at)
+            self._driving_with_card.held_while(order_id, task)
+        return task
 
     async def _answer_in_time(
         self, order_id: str, task: asyncio.Task[Order], *, placement: bool, answer_at: float | None
@@ -357,16 +347,6 @@ class OrderPlacement(OrderQueries):
             metadata={"order_id": order_id, "step": order.step.value},
         )
 
-    def _card_held(self, order_id: str) -> None:
-        self._driving_with_card[order_id] = self._driving_with_card.get(order_id, 0) + 1
-
-    def _card_released(self, order_id: str) -> None:
-        left = self._driving_with_card[order_id] - 1
-        if left:
-            self._driving_with_card[order_id] = left
-        else:
-            del self._driving_with_card[order_id]
-
     async def _wait_for_other_driver(self, order_id: str, card: Card | None, *, placement: bool) -> Order:
         """Wait a while for the driver holding the order to finish it. A caller with the card (a PlaceOrder
         retry) also tries to take the order on each poll: the holder may be a driver that died (its pod killed
@@ -387,11 +367,8 @@ class OrderPlacement(OrderQueries):
         loop for a while (`SagaDriver._kept_for_the_card`)."""
         if card is None:
             return await self._poll_other_driver(order_id, None, placement=placement)
-        self._card_held(order_id)
-        try:
+        with self._driving_with_card.held(order_id):
             return await self._poll_other_driver(order_id, card, placement=placement)
-        finally:
-            self._card_released(order_id)
 
     async def _poll_other_driver(self, order_id: str, card: Card | None, *, placement: bool) -> Order:
         """`_wait_for_other_driver`'s polls."""
@@ -406,7 +383,9 @@ class OrderPlacement(OrderQueries):
                 return order
             if card is not None and order.state is not OrderState.CONFIRMED:
                 try:
-                    return await self._drive_shielded(order_id, card, placement=placement, answer_at=answer_at)
+                    return await self._answer_in_time(
+                        order_id, self._start_drive(order_id, card), placement=placement, answer_at=answer_at
+                    )
                 except LeaseHeld:
                     pass  # still held: its driver is alive, or its lease has not lapsed yet
             left = ends - loop.time()

@@ -5,9 +5,8 @@ then the count of orders waiting for a dependency."""
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from functools import partial
 
 from opentelemetry import trace
@@ -18,6 +17,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.tracing import stored_context
+from shopmesh_orders.card_drives import CardDrives
 from shopmesh_orders.domain.model import SagaStep
 from shopmesh_orders.lease import LeaseHeld, lost_race
 from shopmesh_orders.recheck import RecheckPostponed
@@ -56,33 +56,6 @@ def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[
     return False
 
 
-class _Unclaimed(enum.Enum):
-    """A recovery pass's claim of an order due that it did not get (`_claim`)."""
-
-    SKIP = "skip"  # on to the next order
-    STOP = "stop"  # the pass stops here
-
-
-async def _claim(
-    claim: Callable[[str], Awaitable[str]],
-    order_id: str,
-    what: str,
-    on_error: Callable[[], None],
-    held: str | None = None,
-) -> str | _Unclaimed:
-    """A recovery pass's `claim` of one order due: its lease owner, or SKIP when another driver holds it (logged
-    at INFO as "order X `held`: ..." when `held` is given) or it failed there (`_pass_stops_at`), STOP when the
-    pass stops."""
-    try:
-        return await claim(order_id)
-    except LeaseHeld as exc:
-        if held is not None:
-            log.info("order %s %s: %s", order_id, held, exc, extra={"order_id": order_id})
-        return _Unclaimed.SKIP
-    except Exception as exc:
-        return _Unclaimed.STOP if _pass_stops_at(exc, what, order_id, on_error) else _Unclaimed.SKIP
-
-
 def _failed_in_span(exc: Exception) -> None:
     """Mark the current RECOVER_SPAN failed with `exc`, which the pass handles (logs, counts) itself."""
     span = trace.get_current_span()
@@ -118,7 +91,7 @@ class OrderRecovery:
     _clock: Clock
     _tracer: trace.Tracer
     # The orders this process drives with the customer's card (`OrdersApplication`): a pass leaves them alone.
-    _driving_with_card: dict[str, int]
+    _driving_with_card: CardDrives
     # Called with "resume" or "recheck" for each order a recovery pass failed on with an error, and for each
     # pass that failed so before reaching any order.
     _on_recovery_error: Callable[[str], None]
@@ -129,37 +102,32 @@ class OrderRecovery:
         """Drive every saga no live driver holds (after a crash, or one that waited on a dependency)."""
         async with self._db.read() as session:
             due = await OrderRepository(session).unfinished(self._clock(), limit)
-        for order_due in due:
-            order_id = order_due.order_id
-            if order_id in self._driving_with_card:
-                # Its lease lapsed while this process stood still, but the drive holding the card is alive here
-                # and renews the lease with its next step: not claimed, so no span in its checkout's trace.
-                log.info(
-                    "order %s not resumed: this process drives it with the card", order_id, extra={"order_id": order_id}
-                )
-                continue
-            on_error = partial(self._on_recovery_error, "resume")
-            # Another driver took it since the query: nothing was done, so nothing goes into its trace.
-            owner = await _claim(self._saga.claim_to_resume, order_id, "resuming order", on_error, "not resumed yet")
-            if owner is _Unclaimed.STOP:
-                break
-            if owner is _Unclaimed.SKIP:
-                continue
-            # Only once claimed: an attempt that finds the order taken must not add a span to its checkout's
-            # trace, which a busy order would otherwise grow by one a pass.
-            with self._recovering(order_due, "resume"):
-                try:
-                    # Not `drive`: an order that must wait is left alone for a while, not tried first next pass.
-                    order = await self._saga.resume(order_id, owner)
-                    why = f" ({order.cancel_code.value})" if order.cancel_code else ""
-                    log.info("resumed order %s: %s%s", order_id, order.state.value, why, extra={"order_id": order_id})
-                except (LeaseHeld, errors.Unavailable) as exc:
-                    log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
-                except Exception as exc:
-                    _failed_in_span(exc)
-                    if _pass_stops_at(exc, "resuming order", order_id, on_error):
-                        break
+        await self._recover(
+            due, "resume", "resuming order", self._claim_to_resume, self._resume, held="not resumed yet"
+        )
         return len(due)
+
+    async def _claim_to_resume(self, order_id: str) -> str | None:
+        """The resume pass's claim: None for an order this process drives with the card."""
+        if order_id in self._driving_with_card:
+            # Its lease lapsed while this process stood still, but the drive holding the card is alive here
+            # and renews the lease with its next step: not claimed, so no span in its checkout's trace.
+            log.info(
+                "order %s not resumed: this process drives it with the card", order_id, extra={"order_id": order_id}
+            )
+            return None
+        return await self._saga.claim_to_resume(order_id)
+
+    async def _resume(self, order_id: str, owner: str) -> bool:
+        """The resume pass's work on an order it claimed; an order that waits stops no pass."""
+        try:
+            # Not `drive`: an order that must wait is left alone for a while, not tried first next pass.
+            order = await self._saga.resume(order_id, owner)
+            why = f" ({order.cancel_code.value})" if order.cancel_code else ""
+            log.info("resumed order %s: %s%s", order_id, order.state.value, why, extra={"order_id": order_id})
+        except (LeaseHeld, errors.Unavailable) as exc:
+            log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
+        return False
 
     async def recheck_charges(self, limit: int = 50) -> int:
         """Ask payments again about the charges of cancelled orders that were in doubt when they were
@@ -170,34 +138,66 @@ class OrderRecovery:
         (giving up its lease), before any recheck of it is due (the charge's settle time, in the future then)."""
         async with self._db.read() as session:
             due = await OrderRepository(session).charges_to_recheck(self._clock(), limit)
+        await self._recover(due, "recheck", "checking the charge of order", self._saga.claim_recheck, self._recheck)
+        return len(due)
+
+    async def _recheck(self, order_id: str, owner: str) -> bool:
+        """The recheck pass's work on an order it claimed: True when payments or the database does not answer."""
+        try:
+            await self._saga.recheck_charge(order_id, owner)
+        except LeaseHeld:
+            pass
+        except RecheckPostponed as exc:
+            # About this order alone (payments answered; the saga put the recheck off): go on with the others.
+            log.warning("%s; its charge is checked again later", exc, extra={"order_id": order_id})
+        except errors.Unavailable as exc:
+            # Payments (DependencyDown) or the database does not answer: the others would fare no better.
+            # They stay due; the next pass asks.
+            log.warning("order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id})
+            return True
+        return False
+
+    async def _recover(
+        self,
+        due: Sequence[Due],
+        recovery_pass: str,
+        what: str,
+        claim: Callable[[str], Awaitable[str | None]],
+        work: Callable[[str, str], Awaitable[bool]],
+        *,
+        held: str | None = None,
+    ) -> None:
+        """A recovery pass (`recovery_pass`, "resume" or "recheck") over the orders `due`: each `claim`ed (its
+        lease owner; None when the pass leaves it alone, said so itself), then worked on (`work`, True when
+        the pass stops there) in its checkout's trace (`_recovering`). An order another driver holds is
+        skipped, logged at INFO as "order X `held`: ..." when `held` is given; any other failure on an order,
+        in its claim or its work (`what`: "resuming order", ...), is told by `_pass_stops_at`."""
+        on_error = partial(self._on_recovery_error, recovery_pass)
         for order_due in due:
             order_id = order_due.order_id
-            on_error = partial(self._on_recovery_error, "recheck")
-            owner = await _claim(self._saga.claim_recheck, order_id, "checking the charge of order", on_error)
-            if owner is _Unclaimed.STOP:
-                break
-            if owner is _Unclaimed.SKIP:
+            try:
+                owner = await claim(order_id)
+            except LeaseHeld as exc:
+                # Another driver took it since the query: nothing was done, so nothing goes into its trace.
+                if held is not None:
+                    log.info("order %s %s: %s", order_id, held, exc, extra={"order_id": order_id})
                 continue
-            with self._recovering(order_due, "recheck"):
-                try:
-                    await self._saga.recheck_charge(order_id, owner)
-                except LeaseHeld:
-                    continue
-                except RecheckPostponed as exc:
-                    # About this order alone (payments answered; the saga put the recheck off): go on with the others.
-                    log.warning("%s; its charge is checked again later", exc, extra={"order_id": order_id})
-                except errors.Unavailable as exc:
-                    # Payments (DependencyDown) or the database does not answer: the others would fare no better.
-                    # They stay due; the next pass asks.
-                    log.warning(
-                        "order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id}
-                    )
+            except Exception as exc:
+                if _pass_stops_at(exc, what, order_id, on_error):
                     break
+                continue
+            if owner is None:
+                continue
+            # Only once claimed: an attempt that finds the order taken must not add a span to its checkout's
+            # trace, which a busy order would otherwise grow by one a pass.
+            with self._recovering(order_due, recovery_pass):
+                try:
+                    if await work(order_id, owner):
+                        break
                 except Exception as exc:
                     _failed_in_span(exc)
-                    if _pass_stops_at(exc, "checking the charge of order", order_id, on_error):
+                    if _pass_stops_at(exc, what, order_id, on_error):
                         break
-        return len(due)
 
     @contextlib.contextmanager
     def _recovering(self, due: Due, recovery_pass: str) -> Iterator[None]:
