@@ -59,6 +59,16 @@ def _unavailable(
     )
 
 
+def _call_failed(
+    service: str, error: grpc.aio.AioRpcError, reason: str = errors.DEPENDENCY_UNAVAILABLE
+) -> errors.Unavailable | RuntimeError:
+    """A status of a call to `service` that the step does not tell apart itself: worth another try
+    (`_unavailable`), or one the contract does not promise (`unexpected_status`)."""
+    if error.code() in IDEMPOTENT_RETRY_CODES:
+        return _unavailable(service, error, reason)
+    return unexpected_status(service, error)
+
+
 _RESERVATION_STATE_UNKNOWN = "RESERVATION_STATE_UNKNOWN"
 # Inventory's answers about a reservation it deleted past its retention (RESERVATION_RETENTION_SECONDS): a
 # Reserve for the order is refused with this reason; Commit and Release answer RESERVATION_NOT_FOUND, whose
@@ -136,9 +146,7 @@ class CatalogClient:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise _products_not_found(error) from None
-            if error.code() in IDEMPOTENT_RETRY_CODES:
-                raise _unavailable("catalog", error) from None
-            raise unexpected_status("catalog", error) from None
+            raise _call_failed("catalog", error) from None
         return {p.id: PricedProduct(p.id, p.name, p.price.amount_minor, p.price.currency) for p in response.products}
 
 
@@ -199,9 +207,7 @@ class InventoryClient:
                 # lapsed one. Only an order this saga could not move on for that long meets it.
                 log.warning("reservation of order %s was purged by inventory: %s", order_id, details.message)
                 raise ReservationExpired(_metadata(details).get("reservation_id", "")) from None
-            if error.code() in IDEMPOTENT_RETRY_CODES:
-                raise _unavailable("inventory", error) from None
-            raise unexpected_status("inventory", error) from None
+            raise _call_failed("inventory", error) from None
         reservation = response.reservation
         # Reserve replays the order's reservation whatever its state: a lapsed one holds nothing to commit.
         if reservation.state in (inventory_pb2.RESERVATION_STATE_EXPIRED, inventory_pb2.RESERVATION_STATE_RELEASED):
@@ -221,6 +227,16 @@ class InventoryClient:
                 self._unknown_state_wait,
             )
         return reservation.id
+
+    def _reservation_call_failed(
+        self, error: grpc.aio.AioRpcError, reason: str | None
+    ) -> errors.Unavailable | RuntimeError:
+        """`_call_failed` for a call about a reservation, which may be in a state a newer inventory stored."""
+        if reason == _RESERVATION_STATE_UNKNOWN:
+            return _refused_for_unknown_state(
+                "inventory", error, errors.DEPENDENCY_UNAVAILABLE, self._unknown_state_wait
+            )
+        return _call_failed("inventory", error)
 
     async def commit(self, reservation_id: str) -> None:
         try:
@@ -244,13 +260,7 @@ class InventoryClient:
                 raise ReservationExpired(reservation_id) from None
             if reason in ("RESERVATION_EXPIRED", "RESERVATION_RELEASED"):
                 raise ReservationExpired(reservation_id) from None
-            if reason == _RESERVATION_STATE_UNKNOWN:
-                raise _refused_for_unknown_state(
-                    "inventory", error, errors.DEPENDENCY_UNAVAILABLE, self._unknown_state_wait
-                ) from None
-            if error.code() in IDEMPOTENT_RETRY_CODES:
-                raise _unavailable("inventory", error) from None
-            raise unexpected_status("inventory", error) from None
+            raise self._reservation_call_failed(error, reason) from None
 
     async def release(self, reservation_id: str) -> None:
         try:
@@ -275,13 +285,7 @@ class InventoryClient:
                 # (Raised, compensation would answer INTERNAL for ever.)
                 log.warning("reservation %s is unknown to inventory: nothing to release", reservation_id)
                 return
-            if reason == _RESERVATION_STATE_UNKNOWN:
-                raise _refused_for_unknown_state(
-                    "inventory", error, errors.DEPENDENCY_UNAVAILABLE, self._unknown_state_wait
-                ) from None
-            if error.code() in IDEMPOTENT_RETRY_CODES:
-                raise _unavailable("inventory", error) from None
-            raise unexpected_status("inventory", error) from None
+            raise self._reservation_call_failed(error, reason) from None
 
 
 # The states ListPayments may answer that orders can act on; any other is a newer release's.
@@ -393,9 +397,7 @@ class PaymentsClient:
                 payments_pb2.ListPaymentsRequest(order_id=order_id, page_size=100), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() in IDEMPOTENT_RETRY_CODES:
-                raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
-            raise unexpected_status("payments", error) from None
+            raise _call_failed("payments", error, "PAYMENT_UNAVAILABLE") from None
         records = []
         for payment in response.payments:
             if payment.state not in _PAYMENT_STATES_KNOWN:
