@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
+import math
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -30,8 +33,15 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
+from shopmesh_chassis import call_context
 from shopmesh_chassis.backoff import backoff_delay
-from shopmesh_chassis.db_errors import DatabaseUnreachable, server_said, sqlite_primary_code, without_key_values
+from shopmesh_chassis.db_errors import (
+    DatabaseUnreachable,
+    database_did_not_answer,
+    server_said,
+    sqlite_primary_code,
+    without_key_values,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -52,6 +62,27 @@ _SQLITE_LOOP_BUSY_MS = 5
 # process holds the lock, which is the normal path: its cost is one BEGIN IMMEDIATE, as before.
 _SQLITE_RETRY_FIRST_SECONDS = 0.005
 _SQLITE_RETRY_MAX_SECONDS = 0.1
+
+# What a call's PostgreSQL work leaves of the time its call has left, for the service to send its answer: a tenth,
+# at most a quarter of a second (a 2 s call's work gets 1.8 s, a 15 s checkout's 14.75 s). Enough for the answer
+# to cross a mesh's sidecars, small beside the deadlines the services set (the gateway's floor included).
+_ANSWER_SHARE = 0.1
+_ANSWER_MARGIN_MAX_SECONDS = 0.25
+# PostgreSQL's own end of the same bound, set on each bounded write transaction (a round trip more): a statement it
+# has not finished by the call's deadline it cancels itself. The client's bound, earlier, cuts the connection; a
+# backend waiting on a row lock notices that only once it has the lock, and would hold its place in the queue, the
+# locks its transaction took and a connection slot until then (each call cut off behind a long lock one more, up to
+# max_connections). Not on reads, the hot path: they take no row locks, and wait only behind a schema change's
+# table lock, which the migrations' lock timeout bounds.
+_SERVER_BOUND = sqlalchemy.text("SELECT set_config('statement_timeout', :milliseconds, true)")
+# PostgreSQL's query_canceled: in a bounded write, its statement_timeout (above) met before the client's bound, on
+# a loop late to it.
+_QUERY_CANCELED = "57014"
+# Set while a call's PostgreSQL work runs under its bound: a connection invalidated then is closed without a word
+# to the server (`_close_at_once`).
+_BOUNDED: ContextVar[bool] = ContextVar("shopmesh_database_bounded", default=False)
+
+log = logging.getLogger("shopmesh.db")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -364,7 +395,81 @@ def create_postgres_engine(
         isolation_level="READ COMMITTED",
     )
     event.listen(engine.sync_engine, "handle_error", _without_postgres_detail)
+    event.listen(engine.sync_engine, "invalidate", _close_at_once)
     return engine
+
+
+def _close_at_once(dbapi_connection: Any, _record: Any, _error: BaseException | None) -> None:
+    """A connection invalidated under a call's bound (its statement, its commit or its checkout's ping cut off)
+    is closed at once: SQLAlchemy's close first says goodbye to the server and waits up to 2 s for it, which a
+    server that stopped answering never does, and the call's answer would wait with it."""
+    if _BOUNDED.get() and dbapi_connection is not None:
+        dbapi_connection.driver_connection.terminate()
+
+
+def database_time_bound(remaining: float) -> float:
+    """How long a call with `remaining` seconds before its deadline gives its PostgreSQL work (a transaction, a
+    read, the checkout of their connection): all but the margin its answer needs."""
+    return remaining - min(remaining * _ANSWER_SHARE, _ANSWER_MARGIN_MAX_SECONDS)
+
+
+@asynccontextmanager
+async def _postgres_transaction(engine: AsyncEngine, address: str, *, writer: bool) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection of `engine`'s in a transaction, committed at the end for a `writer`, else rolled back;
+    within the inbound call's time (`database_time_bound`) when it has a deadline. Work outside a call (migrations,
+    the outbox relay, consumers, purges) and a call's detached work (a saga's) have none, and wait as long as the
+    database takes.
+
+    Past the bound (a stopped server answers nothing, a statement waits behind another session's lock), the
+    connection is discarded, never returned to the pool mid-statement; one warning; and the call answers
+    UNAVAILABLE DATABASE_UNAVAILABLE with a retry delay (`database_did_not_answer`), as for a database that
+    refuses connections, rather than DEADLINE_EXCEEDED naming nothing, which no breaker takes for an outage."""
+    remaining = call_context.inbound_time_remaining()
+    token = _BOUNDED.set(remaining is not None)  # not inherited by detached work started inside a bounded one
+    try:
+        if remaining is None:
+            async with _in_transaction(engine, writer=writer) as connection:
+                yield connection
+            return
+        bound = database_time_bound(remaining)
+        try:
+            async with asyncio.timeout(bound) as scope, _in_transaction(engine, writer=writer) as connection:
+                if writer:
+                    milliseconds = str(max(1, math.ceil(remaining * 1000)))  # 0 would be no timeout at all
+                    await connection.execute(_SERVER_BOUND, {"milliseconds": milliseconds})
+                try:
+                    yield connection
+                except asyncio.CancelledError:
+                    # Cut off between statements: its ROLLBACK would wait for the server as long as it likes.
+                    await connection.invalidate()
+                    raise
+        except (TimeoutError, DBAPIError) as error:
+            if isinstance(error, TimeoutError) and not scope.expired():
+                raise
+            if isinstance(error, DBAPIError) and not (writer and server_said(error)[1] == _QUERY_CANCELED):
+                raise
+            log.warning(
+                "the database at %s did not answer within %.1fs (the call had %.1fs left): the call answers "
+                "UNAVAILABLE DATABASE_UNAVAILABLE",
+                address,
+                bound,
+                remaining,
+            )
+            raise database_did_not_answer(bound) from error
+    finally:
+        _BOUNDED.reset(token)
+
+
+@asynccontextmanager
+async def _in_transaction(engine: AsyncEngine, *, writer: bool) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection; for a `writer`, in a transaction committed on success. Else the transaction its first
+    statement begins is rolled back when the connection goes back to the pool."""
+    async with _connected(engine) as connection:
+        if not writer:
+            yield connection
+            return
+        async with connection.begin():
+            yield connection
 
 
 def _without_postgres_detail(context: ExceptionContext) -> None:
@@ -443,11 +548,15 @@ def connect_failures_unreachable(engine: AsyncEngine) -> Iterator[None]:
     except (OSError, DBAPIError) as error:
         if isinstance(error, DBAPIError):
             said, sqlstate = server_said(error)
-            reason = f"SQLSTATE {sqlstate}: {said}" if sqlstate else said
         else:
-            reason = str(error) or type(error).__name__
+            # The socket's error says why (refused, no such host); a timeout says nothing of itself.
+            said = str(error) or ("timed out" if isinstance(error, TimeoutError) else type(error).__name__)
+            sqlstate = ""
+        reason = f"SQLSTATE {sqlstate}: {said}" if sqlstate else said
         address = postgres_address(engine.url)
-        raise DatabaseUnreachable(f"cannot connect to the database at {address}: {reason}") from error
+        raise DatabaseUnreachable(
+            f"cannot connect to the database at {address}: {reason}", reason=said, sqlstate=sqlstate
+        ) from error
 
 
 def postgres_address(url: URL) -> str:
@@ -675,7 +784,7 @@ class Database:
                     yield SqliteConnection(connection)
             return
         assert self._postgres is not None
-        async with _connected(self._postgres) as async_connection, async_connection.begin():
+        async with _postgres_transaction(self._postgres, self.address, writer=True) as async_connection:
             yield async_connection
 
     @asynccontextmanager
@@ -727,9 +836,8 @@ class Database:
                 _begin_sqlite(connection, "BEGIN")
                 yield SqliteConnection(connection)
             return
-        assert self._postgres is not None
         assert self._postgres_reader is not None
-        async with _connected(self._postgres_reader) as async_connection:
+        async with _postgres_transaction(self._postgres_reader, self.address, writer=False) as async_connection:
             yield async_connection
 
     async def ping(self, timeout: float) -> None:

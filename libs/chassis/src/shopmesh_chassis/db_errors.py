@@ -64,7 +64,14 @@ class DatabaseUnreachable(ConnectionError):
     to the database, no such database, a password refused, too many connections). `Database` raises it in place
     of the driver's error, raised while connecting (`db.connect_failures_unreachable`), so that an OSError of a
     handler's own code (a file it cannot open) is not taken for a database outage, and a refused connection not
-    for a statement's failure. Its message names the database's address and the server's SQLSTATE."""
+    for a statement's failure. Its message names the database's address and the server's SQLSTATE; `reason` is
+    what went wrong without the address (the server's words, the socket's error), `sqlstate` the server's code
+    ('' when the server said none: a socket that failed)."""
+
+    def __init__(self, message: str, *, reason: str = "", sqlstate: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.sqlstate = sqlstate
 
 
 def _sqlstate(error: exc.DBAPIError) -> str:

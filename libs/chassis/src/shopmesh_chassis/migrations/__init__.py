@@ -72,11 +72,11 @@ class IndexNameTaken(StartupFailed):
 # PostgreSQL's classes for a refused login (28: invalid authorization, a wrong password) and a database that
 # does not exist (3D): a connection's own failures, never a query's.
 _REFUSED_SQLSTATE_CLASSES = ("28", "3D")
-# A migration's statement failing for a server going away under it: shutting down or starting up (with class
-# 08, a connection exception); a failure to connect at all is DatabaseUnreachable, whatever its SQLSTATE. Not a
-# full disk or a read-only replica: a migration's own statement failing for those keeps its traceback, which
-# says which migration.
-_NO_CONNECTION_NOW_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+# A migration's statement failing for a server going away under it: shutting down (with class 08, a connection
+# exception). A server starting up or out of connection slots (57P03, 53300) refuses only a connection, which is
+# DatabaseUnreachable whatever its SQLSTATE. Not a full disk or a read-only replica: a migration's own statement
+# failing for those keeps its traceback, which says which migration.
+_CONNECTION_LOST_SQLSTATES = frozenset({"57P01", "57P02"})
 
 
 def _as_option(path: Path) -> str:
@@ -310,21 +310,15 @@ async def _no_connection_fails_the_start(database: Database) -> AsyncIterator[No
     except DatabaseUnreachable as error:
         # No connection could be made: the server refused this service (a wrong password, no such database:
         # the URL to fix), or cannot take it now (down, too many connections, not allowing connections).
-        cause = error.__cause__
-        if isinstance(cause, DBAPIError):
-            reason, sqlstate = server_said(cause)
-            if sqlstate[:2] in _REFUSED_SQLSTATE_CLASSES:
-                raise DatabaseRefusedAtStart(
-                    f"the database at {database.address} refused this service (DATABASE_URL): {reason}; check the "
-                    "URL's user, password and database name; this start fails and the next one tries again"
-                ) from None
-        else:
-            # The driver's OSError says why (refused, no such host); a timeout says nothing.
-            reason = str(cause or "") or "timed out"
-        raise _unreachable_at_start(database, reason) from None
+        if error.sqlstate[:2] in _REFUSED_SQLSTATE_CLASSES:
+            raise DatabaseRefusedAtStart(
+                f"the database at {database.address} refused this service (DATABASE_URL): {error.reason}; check the "
+                "URL's user, password and database name; this start fails and the next one tries again"
+            ) from None
+        raise _unreachable_at_start(database, error.reason) from None
     except DBAPIError as error:
         reason, sqlstate = server_said(error)
-        if sqlstate[:2] == "08" or sqlstate in _NO_CONNECTION_NOW_SQLSTATES:
+        if sqlstate[:2] == "08" or sqlstate in _CONNECTION_LOST_SQLSTATES:
             # The connection made, then lost or cut by a server going away: a database pod restarting, a
             # failover under way.
             raise _unreachable_at_start(database, reason) from None
