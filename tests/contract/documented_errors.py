@@ -146,34 +146,41 @@ def parse(paragraph: str) -> dict[grpc.StatusCode, set[str]]:
     return {code: set() if code in bare else named for code, named in reasons.items()}
 
 
-def rpc_comments() -> dict[str, list[str]]:
-    """`package.Service.Method` -> the lines of the comment right above its `rpc`, for every RPC in protos/."""
+def rpc_comments(text: str) -> dict[str, list[str]]:
+    """`package.Service.Method` -> the lines of the comment right above its `rpc`, for every RPC of one proto
+    file's `text`."""
+    lines = text.splitlines()
+    package = next(m.group(1) for line in lines if (m := re.match(r"package ([\w.]+);", line)))
     found: dict[str, list[str]] = {}
-    for path in sorted(PROTOS.rglob("*.proto")):
-        lines = path.read_text().splitlines()
-        package = next(m.group(1) for line in lines if (m := re.match(r"package ([\w.]+);", line)))
-        service = ""
-        for index, line in enumerate(lines):
-            if opened := re.match(r"service (\w+)", line):
-                service = opened.group(1)
-            elif rpc := re.match(r"\s+rpc (\w+)\(", line):
-                comment: list[str] = []
-                above = index - 1
-                while above >= 0 and lines[above].strip().startswith("//"):
-                    comment.insert(0, lines[above].strip().removeprefix("//").strip())
-                    above -= 1
-                found[f"{package}.{service}.{rpc.group(1)}"] = comment
+    service = ""
+    for index, line in enumerate(lines):
+        if opened := re.match(r"service (\w+)", line):
+            service = opened.group(1)
+        elif rpc := re.match(r"\s+rpc (\w+)\(", line):
+            comment: list[str] = []
+            above = index - 1
+            while above >= 0 and lines[above].strip().startswith("//"):
+                comment.insert(0, lines[above].strip().removeprefix("//").strip())
+                above -= 1
+            found[f"{package}.{service}.{rpc.group(1)}"] = comment
     return found
+
+
+def documented_in(*protos: str) -> dict[str, Documented]:
+    """`package.Service.Method` -> its documented errors, for every RPC of these proto files' texts whose comment
+    has an Errors paragraph."""
+    documented = {}
+    for text in protos:
+        for name, comment in rpc_comments(text).items():
+            if (paragraph := errors_paragraph(comment)) is not None:
+                documented[name] = Documented(paragraph, parse(paragraph))
+    return documented
 
 
 @functools.cache  # the protos do not change while tests run
 def documented_errors() -> dict[str, Documented]:
-    """`package.Service.Method` -> its documented errors, for every RPC whose comment has an Errors paragraph."""
-    documented = {}
-    for name, comment in rpc_comments().items():
-        if (paragraph := errors_paragraph(comment)) is not None:
-            documented[name] = Documented(paragraph, parse(paragraph))
-    return documented
+    """Every RPC of protos/ whose comment has an Errors paragraph -> its documented errors."""
+    return documented_in(*(path.read_text() for path in sorted(PROTOS.rglob("*.proto"))))
 
 
 def allowed(method: MethodDescriptor) -> dict[grpc.StatusCode, set[str]]:

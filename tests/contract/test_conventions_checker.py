@@ -21,7 +21,7 @@ from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.inventory.v1 import inventory_pb2
 
 from .conventions import call, contract_methods
-from .exemplars import TEMPLATES, exemplar
+from .exemplars import TEMPLATES, MissingExemplar, exemplar
 
 GET_PRODUCT = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name["GetProduct"]
 # A read documents no ABORTED: the answers about ABORTED's RetryInfo come from a writer that documents it.
@@ -206,3 +206,11 @@ def test_every_rpc_of_the_contracts_has_an_exemplar_that_parses() -> None:
         # the shoppers, README's walk-through): the valid request that mutations start from carries one too.
         if "expected_total" in method.input_type.fields_by_name:
             assert request.HasField("expected_total"), f"{method.full_name}: no expected_total confirmed"
+
+
+def test_an_rpc_without_an_exemplar_fails_saying_where_to_add_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new RPC's servicer checked (-k) before its exemplar is written fails with what to do, not a KeyError."""
+    monkeypatch.delitem(TEMPLATES, GET_PRODUCT.full_name)
+    expected = f"add an exemplar for {GET_PRODUCT.full_name} to tests/contract/exemplars.py TEMPLATES"
+    with pytest.raises(MissingExemplar, match=re.escape(expected)):
+        exemplar(GET_PRODUCT, {"product": "p1"})

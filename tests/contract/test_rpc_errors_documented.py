@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
+from grpc_tools import protoc
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 
+from . import documented_errors as documented_errors_module
 from .conventions import SERVER_FAULTS, contract_methods
 from .documented_errors import (
     CHASSIS_REASONS,
@@ -29,6 +33,7 @@ from .documented_errors import (
     TOKEN,
     allowed,
     documented_errors,
+    documented_in,
     header_comment,
     parse,
     undocumented,
@@ -40,6 +45,82 @@ SHOP = shop_pb2.DESCRIPTOR.services_by_name["ShopService"].methods_by_name
 SHOP_PROTO = PROTOS / "gateway" / "v1" / "shop.proto"
 CONVENTIONS_PROTO = PROTOS / "common" / "v1" / "money.proto"
 PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].methods_by_name
+
+
+# Contracts of a service and of a gateway whose paragraphs the tests of the reading choose, so that a change to
+# the shop's own contracts changes no test of how a paragraph is read.
+_READ = """
+  // Reads a thing.
+  //
+  // Errors: UNAVAILABLE.
+  //
+  // A paragraph after the Errors paragraph: FAILED_PRECONDITION, reason THING_GONE.
+  rpc Read(Request) returns (Response) {
+    option idempotency_level = NO_SIDE_EFFECTS;
+  }
+"""
+_SERVICE = """
+syntax = "proto3";
+
+package shopmesh.%s.v1;
+
+// Things.
+service %s {%s}
+
+// A request.
+message Request {
+  // The thing's id.
+  string id = 1;
+}
+
+// A response.
+message Response {}
+"""
+_WRITE = """
+  // Writes a thing.
+  //
+  // Errors: INVALID_ARGUMENT (empty id); FAILED_PRECONDITION, reason THING_LOCKED;
+  // UNAVAILABLE, reason STORE_DOWN.
+  rpc Write(Request) returns (Response);
+"""
+FIXTURE_PROTOS = {
+    "shopmesh/fixture/v1/fixture.proto": _SERVICE % ("fixture", "FixtureService", _READ + _WRITE),
+    "shopmesh/gateway/fixture/v1/shop.proto": _SERVICE % ("gateway.fixture", "FixtureShop", _READ),
+}
+
+
+@dataclass
+class Fixture:
+    """The fixture contracts' RPCs, with their paragraphs the only ones documented."""
+
+    read: MethodDescriptor
+    write: MethodDescriptor
+    gateway_read: MethodDescriptor
+
+
+@pytest.fixture(scope="module")
+def fixture_pool(tmp_path_factory: pytest.TempPathFactory) -> descriptor_pool.DescriptorPool:
+    root = tmp_path_factory.mktemp("protos")
+    for name, text in FIXTURE_PROTOS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    out = root / "fixture.binpb"
+    assert protoc.main(["protoc", f"--proto_path={root}", f"--descriptor_set_out={out}", *FIXTURE_PROTOS]) == 0
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file:
+        pool.Add(file)
+    return pool
+
+
+@pytest.fixture
+def fixture(fixture_pool: descriptor_pool.DescriptorPool, monkeypatch: pytest.MonkeyPatch) -> Fixture:
+    # allowed() reads every paragraph through documented_errors(): these become the only ones.
+    monkeypatch.setattr(documented_errors_module, "documented_errors", lambda: documented_in(*FIXTURE_PROTOS.values()))
+    return Fixture(
+        fixture_pool.FindMethodByName("shopmesh.fixture.v1.FixtureService.Read"),
+        fixture_pool.FindMethodByName("shopmesh.fixture.v1.FixtureService.Write"),
+        fixture_pool.FindMethodByName("shopmesh.gateway.fixture.v1.FixtureShop.Read"),
+    )
 
 
 def said_of(proto: Path, code: grpc.StatusCode) -> list[str]:
@@ -135,17 +216,16 @@ def test_the_conventions_let_every_rpc_answer_what_they_imply() -> None:
     assert undocumented(charge, grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_DOWN") is not None
 
 
-def test_every_rpc_may_answer_what_the_chassis_answers_for_every_service() -> None:
+def test_every_rpc_may_answer_what_the_chassis_answers_for_every_service(fixture: Fixture) -> None:
     """money.proto, Errors: SERVER_OVERLOADED, DEPENDENCY_UNAVAILABLE, INTERRUPTED, MALFORMED_REQUEST and NOT_UTF8
-    may come from any RPC, though no RPC's own paragraph lists them (ListCategories' is "Errors: UNAVAILABLE.");
-    they widen only the codes and reasons the chassis answers."""
-    for method in (CATALOG["ListCategories"], PAYMENTS["Charge"], SHOP["ListProducts"]):
+    may come from any RPC, a read, a writer or the gateway's, though its own paragraph lists none of them (Read's
+    is "Errors: UNAVAILABLE."); they widen only the codes and reasons the chassis answers."""
+    for method in (fixture.read, fixture.write, fixture.gateway_read):
         for code, reasons in CHASSIS_REASONS.items():
             for reason in reasons:
                 assert undocumented(method, code, reason) is None, (method.full_name, code, reason)
-    list_categories = CATALOG["ListCategories"]
-    assert undocumented(list_categories, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is not None
-    assert undocumented(list_categories, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN") is not None
+    assert undocumented(fixture.read, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is not None
+    assert undocumented(fixture.read, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN") is not None
 
 
 @pytest.mark.parametrize(("code", "reason"), [(c, r) for c, named in CHASSIS_REASONS.items() for r in sorted(named)])
@@ -155,23 +235,24 @@ def test_each_chassis_wide_error_is_one_the_conventions_document(code: grpc.Stat
     assert any(re.search(rf"\breason {reason}\b", clause) for clause in said_of(CONVENTIONS_PROTO, code)), code.name
 
 
-def test_validation_failed_is_implied_only_where_the_rpc_documents_invalid_argument() -> None:
+def test_validation_failed_is_implied_only_where_the_rpc_documents_invalid_argument(fixture: Fixture) -> None:
     """money.proto makes VALIDATION_FAILED the reason of an INVALID_ARGUMENT an RPC answers, not a licence for
     every RPC to answer one; only NUL_CHARACTER applies to any RPC."""
-    list_categories = CATALOG["ListCategories"]  # "Errors: UNAVAILABLE."
-    assert undocumented(list_categories, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED") is not None
-    assert undocumented(list_categories, grpc.StatusCode.INVALID_ARGUMENT, "NUL_CHARACTER") is None
+    assert undocumented(fixture.read, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED") is not None
+    assert undocumented(fixture.read, grpc.StatusCode.INVALID_ARGUMENT, "NUL_CHARACTER") is None
+    assert undocumented(fixture.write, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED") is None
 
 
-def test_a_gateway_rpc_may_answer_the_gateways_service_wide_errors_and_only_a_gateway_rpc() -> None:
-    """shop.proto's service comment: any gateway call may be rate limited (RATE_LIMITED), among others; catalog's
-    own ListProducts, which the gateway's delegates to, documents no such answer."""
-    list_products = SHOP["ListProducts"]
-    assert undocumented(list_products, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is None
-    assert undocumented(list_products, grpc.StatusCode.INVALID_ARGUMENT, "DEADLINE_TOO_SHORT") is None
-    assert undocumented(list_products, grpc.StatusCode.RESOURCE_EXHAUSTED, "PASSWORD_HASHING_BUSY") is not None
-    assert undocumented(CATALOG["ListProducts"], grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is not None
-    assert undocumented(CATALOG["ListProducts"], grpc.StatusCode.INVALID_ARGUMENT, "DEADLINE_TOO_SHORT") is not None
+def test_a_gateway_rpc_may_answer_the_gateways_service_wide_errors_and_only_a_gateway_rpc(fixture: Fixture) -> None:
+    """shop.proto's service comment: any gateway call may be rate limited (RATE_LIMITED), among others; an RPC of
+    another package with the same paragraph (as catalog's ListProducts, which the gateway's delegates to) documents
+    no such answer."""
+    gateway, internal = fixture.gateway_read, fixture.read
+    assert undocumented(gateway, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is None
+    assert undocumented(gateway, grpc.StatusCode.INVALID_ARGUMENT, "DEADLINE_TOO_SHORT") is None
+    assert undocumented(gateway, grpc.StatusCode.RESOURCE_EXHAUSTED, "PASSWORD_HASHING_BUSY") is not None
+    assert undocumented(internal, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") is not None
+    assert undocumented(internal, grpc.StatusCode.INVALID_ARGUMENT, "DEADLINE_TOO_SHORT") is not None
 
 
 @pytest.mark.parametrize(("code", "reason"), [(c, r) for c, named in GATEWAY_REASONS.items() for r in sorted(named)])
@@ -182,6 +263,9 @@ def test_each_gateway_service_wide_error_is_one_shop_proto_documents(code: grpc.
 
 
 def test_the_paragraph_is_the_comments_own() -> None:
-    """The parse reads the Errors paragraph of the RPC's comment, not of its neighbour's."""
-    paragraph = documented_errors()[CATALOG["ListCategories"].full_name].paragraph
-    assert re.fullmatch(r"Errors: UNAVAILABLE\.", paragraph), paragraph
+    """The parse reads the Errors paragraph of the RPC's comment, to its end, not of its neighbour's."""
+    documented = documented_in(*FIXTURE_PROTOS.values())
+    assert documented["shopmesh.fixture.v1.FixtureService.Read"].paragraph == "Errors: UNAVAILABLE."
+    assert documented["shopmesh.fixture.v1.FixtureService.Write"].paragraph == (
+        "Errors: INVALID_ARGUMENT (empty id); FAILED_PRECONDITION, reason THING_LOCKED; UNAVAILABLE, reason STORE_DOWN."
+    )
