@@ -1958,3 +1958,72 @@ def test_an_alert_on_the_first_event_fires_for_one_counted_before_a_new_pods_fir
     }[name]()
     assert scenario.until == FIRST_EVENT_FOR
     assert_promtool_passes(alert, service, [scenario], tmp_path)
+
+
+@dataclass
+class EdgeEnvoy:
+    """The http-api Envoy's downstream request counters, as its /stats/prometheus exports them for one pod:
+    `per_second` requests arrive each second, and each ends `seconds` later as `outcome` says: "200" or "503"
+    answered, "cut" at the edge's bound (a gRPC call's DEADLINE_EXCEEDED, HTTP 200), "abandoned" by its client
+    (reset before any answer: in rq_total and rq_rx_reset, never in rq_completed). What a real Envoy counts so,
+    each way, is docs/operations.md's (ShopmeshHttpApiErrors)."""
+
+    per_second: int
+    seconds: int
+    outcome: str
+    counts: dict[str, float] = field(default_factory=dict)
+    ending: dict[int, int] = field(default_factory=dict)
+
+    def world(self, t: float) -> None:
+        second = int(t)
+        self.add("rq_total", self.per_second)
+        self.ending[second + self.seconds] = self.ending.get(second + self.seconds, 0) + self.per_second
+        ended = self.ending.pop(second, 0)
+        if self.outcome == "abandoned":
+            self.add("rq_rx_reset", ended)
+            return
+        self.add("rq_completed", ended)
+        self.add("rq_xx_5" if self.outcome == "503" else "rq_xx_2", ended)
+        self.add("rq_max_duration_reached", ended * (self.outcome == "cut"))
+
+    def add(self, name: str, amount: int) -> None:
+        self.counts[name] = self.counts.get(name, 0.0) + amount
+
+    def scrape(self) -> list[Sample]:
+        edge = {"envoy_http_conn_manager_prefix": "http_api", "pod": "gateway-0"}
+        samples = [
+            Sample(f"envoy_http_downstream_{name}", edge, self.counts.get(name, 0.0))
+            for name in ("rq_total", "rq_completed", "rq_rx_reset", "rq_max_duration_reached")
+        ]
+        return samples + [
+            Sample(
+                "envoy_http_downstream_rq_xx",
+                {**edge, "envoy_response_code_class": code_class},
+                self.counts.get(f"rq_xx_{code_class}", 0.0),
+            )
+            for code_class in "12345"
+        ]
+
+
+def test_http_api_errors_fires_for_a_hung_gateway_and_not_for_slow_answers(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """A gateway that answers nothing (SIGSTOPped, its loop blocked) counts nothing itself and the edge answers
+    no 5xx for gRPC: its calls end at the edge's bound as HTTP 200 DEADLINE_EXCEEDED, or their clients give up
+    first and they are never answered. Either fires the alert, as a gateway answering 503 does. Calls answered
+    in 25 s (checkout's longest path, under the bound) fail nothing: the requests in flight meanwhile (in
+    rq_total, not yet in rq_completed) were not abandoned."""
+    alert = alert_named(rendered, "gateway", "ShopmeshHttpApiErrors")
+    hold, until = seconds_of(alert["for"]), 20 * 60
+
+    def scenario(name: str, envoy: EdgeEnvoy, expected: Expected) -> Scenario:
+        return Scenario(name, envoy.world, envoy.scrape, until, expected)
+
+    failing = silent_between(0, hold) | firing_between(fires_by(0, hold) + 30, until)
+    scenarios = [
+        scenario("every call answered 503", EdgeEnvoy(10, 0, "503"), failing),
+        scenario("every gRPC call cut at the edge's 30 s bound", EdgeEnvoy(10, 30, "cut"), failing),
+        scenario("every client gives up after 10 s", EdgeEnvoy(10, 10, "abandoned"), failing),
+        scenario("every call answered in 25 s", EdgeEnvoy(10, 25, "200"), silent_between(0, until)),
+    ]
+    assert_promtool_passes(alert, "gateway", scenarios, tmp_path)

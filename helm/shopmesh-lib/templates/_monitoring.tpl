@@ -143,7 +143,7 @@ libs/chassis/src/shopmesh_chassis/metrics.py; tests/k8s/test_slo.py keeps the tw
 threshold must be one of them: a share of calls answered within it is read from that bucket alone.
 */}}
 {{- define "shopmesh-lib.latencyBuckets" -}}
-0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1.0 2.5 5.0 10.0
+0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1.0 2.5 5.0 10.0 15.0 20.0 30.0
 {{- end -}}
 
 {{/*
@@ -163,7 +163,9 @@ ticket at 3 times over 1 day and 2 hours (10 % in the day), or once over 3 days 
 The long window says enough budget went to matter; the short one that it is still going, so an alert
 resolves minutes after the burn stops instead of an hour or days later. The factors are fractions of a
 30-day budget: the period is not a setting.
-A window without calls has no error ratio (not 0/0, NaN): nothing fires for a service nobody calls.
+A window without calls has no error ratio (not 0/0, NaN): nothing fires for a service nobody calls. Nor does
+a condition whose long window Prometheus holds less than 90 % of (a new Prometheus, a new deployment): its
+ratio would be the few minutes' there are, and a blip would read as days of burn.
 */}}
 {{/*
 The matcher, after a comma, that leaves out slo.latency.excludedMethods (those slow by design: the password
@@ -195,10 +197,10 @@ hashing of Login and Register), for the latency SLO and ShopmeshSlowCalls alike;
 {{- $record := "job:shopmesh_slo_errors:ratio_rate" -}}
 {{- $objectives := dict "availability" $slo.availability "latency" $slo.latency -}}
 {{- $conditions := list
-  (dict "severity" "critical" "long" "1h" "short" "5m" "factor" 14.4)
-  (dict "severity" "critical" "long" "6h" "short" "30m" "factor" 6)
-  (dict "severity" "warning" "long" "1d" "short" "2h" "factor" 3)
-  (dict "severity" "warning" "long" "3d" "short" "6h" "factor" 1) -}}
+  (dict "severity" "critical" "long" "1h" "minutes" 60 "short" "5m" "factor" 14.4)
+  (dict "severity" "critical" "long" "6h" "minutes" 360 "short" "30m" "factor" 6)
+  (dict "severity" "warning" "long" "1d" "minutes" 1440 "short" "2h" "factor" 3)
+  (dict "severity" "warning" "long" "3d" "minutes" 4320 "short" "6h" "factor" 1) -}}
 {{- $selector := printf "job=%q, namespace=%q" $c.name $c.namespace -}}
 - name: shopmesh-{{ $c.name }}-slo
   rules:
@@ -251,7 +253,12 @@ hashing of Login and Register), for the latency SLO and ShopmeshSlowCalls alike;
     {{- if eq $page (eq $condition.severity "critical") }}
     {{- range $name := list "availability" "latency" }}
     {{- $over := printf "%v * (1 - %v)" $condition.factor (get $objectives $name) }}
-    {{- $burns = append $burns (printf "(%s{__selector__, slo=%q, window=%q} > %s and ignoring (window) %s{__selector__, slo=%q, window=%q} > %s)" $record $name $condition.long $over $record $name $condition.short $over) }}
+    {{- /* The long window holds what Prometheus has of it: with 10 minutes of history, every window's ratio is
+         those 10 minutes', and a 26 s blip was 1 % of "the last 3 days". A condition holds only once the
+         service's targets were scraped in the oldest tenth of its long window (time enough for a restart's
+         gap), so a new Prometheus or a new deployment pages through each window only once it is ~full. */}}
+    {{- $filled := printf "present_over_time(up{__selector__}[%dm] offset %dm)" (div $condition.minutes 10) (div (mul $condition.minutes 9) 10) }}
+    {{- $burns = append $burns (printf "(%s{__selector__, slo=%q, window=%q} > %s and ignoring (window) %s{__selector__, slo=%q, window=%q} > %s and on (job, namespace) %s)" $record $name $condition.long $over $record $name $condition.short $over $filled) }}
     {{- end }}
     {{- end }}
     {{- end }}
@@ -390,13 +397,21 @@ as ShopmeshEventsDropped is. */ -}}
     "description" "The stream of consumer {{ $labels.consumer }} deleted {{ $value | humanize }} message(s) in the last 15 minutes before the consumer acknowledged them: a size limit under discard old (set live, before the publisher made it discard new) or the stream's max age removed them, and they are never applied (no e-mail, no recommendation). The consumer's ERROR log (`lost ... event(s) of stream`) names the stream and the sequences. Make the stream discard new, then have the events published again from their service's data (docs/operations.md, ShopmeshEventsLost). Blind spot: a consumer of some of the stream's subjects whose service was down past the max age counts nothing (its deleted messages cannot be told from the others').") -}}
 {{- end -}}
 {{- if $c.httpApi.enabled -}}
-{{- $edge := `envoy_http_conn_manager_prefix="http_api"` -}}
+{{- /* The http-api Envoy's requests over 5 minutes that failed: answered 5xx; cut at the edge's bound (a hung
+gateway: a gRPC or gRPC-Web call's DEADLINE_EXCEEDED is HTTP 200, and no gateway counter sees the call); or
+abandoned, reset by their client before any answer (rq_rx_reset: never in rq_xx nor rq_completed). Not
+rq_total minus rq_completed: that holds the requests still in flight too, and a slow but answered request is no
+failure. An HTTP/JSON 504 at the bound counts twice (5xx and cut): a failure either way. */ -}}
+{{- $requests := printf "__selector__, %s" `envoy_http_conn_manager_prefix="http_api"` -}}
+{{- $abandoned := printf "sum(increase(envoy_http_downstream_rq_rx_reset{%s}[5m]))" $requests -}}
+{{- $answered := printf "sum(increase(envoy_http_downstream_rq_xx{%s}[5m]))" $requests -}}
+{{- $failed := printf "sum(increase(envoy_http_downstream_rq_xx{%s, envoy_response_code_class=\"5\"}[5m])) + sum(increase(envoy_http_downstream_rq_max_duration_reached{%s}[5m])) + %s" $requests $requests $abandoned -}}
 {{- $rules = append $rules (dict
     "alert" "ShopmeshHttpApiErrors"
-    "expr" (printf "sum(rate(envoy_http_downstream_rq_xx{__selector__, %s, envoy_response_code_class=\"5\"}[5m])) / sum(rate(envoy_http_downstream_rq_xx{__selector__, %s}[5m])) > %v" $edge $edge $m.errorRatio)
+    "expr" (printf "(%s) / (%s + %s) > %v" $failed $answered $abandoned $m.errorRatio)
     "for" "5m" "severity" "critical"
     "summary" (printf "%s: HTTP/JSON requests failing" $c.name)
-    "description" (printf "More than %v%% of the requests to the http-api container have been answered 5xx for 5 minutes: the service behind it fails, or the container cannot reach it. HTTP/JSON requests, and gRPC-Web calls Envoy answered after the request reached the gateway (a reset's 503, a 502, a 504: they keep their HTTP status); gRPC calls, and gRPC-Web calls the gateway answered or the edge refused before any call (UNAVAILABLE), answer 200 with their status in grpc-status and do not count (ShopmeshServerErrors covers those the gateway answered; envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"gateway\"} shows the edge failing to reach it)." (mulf $m.errorRatio 100))) -}}
+    "description" (printf "More than %v%% of the requests to the http-api container have failed for 5 minutes: answered 5xx, cut at the edge's 30 s bound, or given up by their client before any answer (envoy_http_downstream_rq_rx_reset). The service behind it fails, hangs, or cannot be reached. 5xx: HTTP/JSON requests, and gRPC-Web calls Envoy answered after the request reached the gateway (a reset's 503, a 502, a 504); gRPC calls, and gRPC-Web calls the gateway answered or the edge refused before any call (UNAVAILABLE), answer 200 with their status in grpc-status and count only when cut or abandoned (ShopmeshServerErrors covers those the gateway answered). A hung gateway (stopped, deadlocked, its event loop blocked) answers nothing and counts nothing of its own: envoy_http_downstream_rq_max_duration_reached{envoy_http_conn_manager_prefix=\"http_api\"} grows and the edge's access log says max_duration_timeout; envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"gateway\"} shows the edge failing to reach a gateway that is not listening." (mulf $m.errorRatio 100))) -}}
 {{- end -}}
 {{- if $c.calls -}}
 {{- $rules = append $rules (dict
