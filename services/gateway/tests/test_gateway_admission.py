@@ -64,8 +64,10 @@ def test_the_bearer_token_is_read_from_the_authorization_header() -> None:
         ([("authorization", "Basic dXNlcjpwYXNz")], "TOKEN_INVALID"),
         ([("authorization", "Bearer")], "TOKEN_INVALID"),
         ([("authorization", "Bearer a"), ("authorization", "Bearer b")], "TOKEN_INVALID"),
+        ([("authorization", ""), ("authorization", "Bearer b")], "TOKEN_INVALID"),
+        ([("authorization", " "), ("authorization", " ")], "TOKEN_INVALID"),
     ],
-    ids=["absent", "blank", "other-scheme", "no-token", "two-headers"],
+    ids=["absent", "blank", "other-scheme", "no-token", "two-headers", "two-headers-first-empty", "two-blank-headers"],
 )
 def test_a_missing_or_malformed_authorization_header_is_unauthenticated(
     metadata: list[tuple[str, str]], reason: str

@@ -55,10 +55,11 @@ def _metadata_values(context: Context, key: str) -> list[str]:
 def bearer_token(context: Context) -> str:
     """The token of the `authorization: Bearer <token>` header; UNAUTHENTICATED when there is none."""
     values = _metadata_values(context, AUTHORIZATION)
-    if not values or not values[0].strip():
-        raise errors.Unauthenticated("this method needs an authorization: Bearer <token> header", reason=TOKEN_MISSING)
+    # The count first: two headers are refused whatever the first holds, an empty one among them too.
     if len(values) > 1:
         raise errors.Unauthenticated("send one authorization header", reason=TOKEN_INVALID)
+    if not values or not values[0].strip():
+        raise errors.Unauthenticated("this method needs an authorization: Bearer <token> header", reason=TOKEN_MISSING)
     scheme, _, token = values[0].strip().partition(" ")
     if scheme.lower() != _BEARER or not token.strip():
         raise errors.Unauthenticated("the authorization header must be: Bearer <token>", reason=TOKEN_INVALID)
