@@ -104,6 +104,16 @@ async def test_two_different_idempotency_keys_are_invalid_argument_and_charge_no
     assert await payments.ledger("ord_1") == []
 
 
+async def test_a_key_with_a_comma_is_invalid_as_the_two_keys_a_proxy_joined_into_it_would_be(
+    payments: Payments,
+) -> None:
+    joined = (("x-caller", "orders"), ("idempotency-key", "ord_1:charge, ord_1:charge-2"))
+    details = await failure(payments.stub().Charge(charge_request("ord_1"), metadata=joined))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")
+    assert [(v.field, v.reason) for v in details.field_violations] == [("idempotency-key", "INVALID_FORMAT")]
+    assert payments.processor.charges == 0
+
+
 # --- transient failures are not stored ---------------------------------------------------------------------
 
 

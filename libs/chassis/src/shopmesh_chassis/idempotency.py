@@ -55,6 +55,8 @@ ResponseT = TypeVar("ResponseT", bound=Message)
 Operation = Callable[[DbConnection], Awaitable[ResponseT]]
 
 MAX_KEY_LENGTH = 255
+# A key as the contract states it (common/v1), in the answer to one that breaks it.
+KEY_RULE = "1 to 255 printable ASCII characters, no comma"
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
 
@@ -92,19 +94,21 @@ def validate_key(key: str | None) -> str:
             [required_violation("idempotency-key")],
             reason="IDEMPOTENCY_KEY_MISSING",
         )
-    if len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+    # No comma: HTTP joins a header sent twice into one, comma-separated, so a proxy merging two keys (which
+    # are refused) would otherwise turn them into one key that is accepted.
+    if len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable() or "," in key:
         raise key_invalid()
     return key
 
 
 def key_invalid(
-    message: str = "the idempotency key must be 1 to 255 printable ASCII characters",
+    message: str = f"the idempotency key must be {KEY_RULE}",
 ) -> errors.InvalidArgument:
     """The key sent cannot be used (IDEMPOTENCY_KEY_INVALID, INVALID_FORMAT on the header); `message` may say
     more about this key, the violation stays the contract's."""
     return errors.InvalidArgument(
         message,
-        [errors.FieldViolation("idempotency-key", "1 to 255 printable ASCII characters", "INVALID_FORMAT")],
+        [errors.FieldViolation("idempotency-key", KEY_RULE, "INVALID_FORMAT")],
         reason="IDEMPOTENCY_KEY_INVALID",
     )
 

@@ -306,7 +306,7 @@ def _operation(
                 "name": IDEMPOTENCY_KEY,
                 "in": "header",
                 "required": False,
-                "description": "1-255 printable ASCII characters, a UUID per attempt at this change; "
+                "description": "1-255 printable ASCII characters, no comma, a UUID per attempt at this change; "
                 "the gateway makes one up when it is missing. A retry with the same key never repeats it.",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
             }

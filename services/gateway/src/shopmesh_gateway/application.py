@@ -21,7 +21,7 @@ from shopmesh.recommendations.v1 import recommendations_pb2
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.client import new_idempotency_key
 from shopmesh_chassis.email_addresses import canonical_email, is_email_address
-from shopmesh_chassis.idempotency import key_invalid, validate_key
+from shopmesh_chassis.idempotency import KEY_RULE, key_invalid, validate_key
 from shopmesh_gateway.domain.product_page import recommendation_limit, shown
 from shopmesh_gateway.metrics import Cause, Fallback
 
@@ -189,7 +189,7 @@ def idempotency_key(sent: str | None) -> str:
     if sent is None:
         return new_idempotency_key()
     if not sent:
-        raise key_invalid("the idempotency-key header is empty: send 1 to 255 printable ASCII characters, or no header")
+        raise key_invalid(f"the idempotency-key header is empty: send {KEY_RULE}, or no header")
     return validate_key(sent)
 
 

@@ -50,8 +50,10 @@ Request metadata (gRPC headers)
     naming another user fails with PERMISSION_DENIED, ErrorInfo reason
     USER_MISMATCH.
   - `idempotency-key`: required on the mutations that document it. 1-255
-    printable ASCII characters; a UUID is recommended. A longer key, or one
-    with any other character, fails with INVALID_ARGUMENT reason
+    printable ASCII characters other than a comma (HTTP joins a header sent
+    twice into one, comma-separated: `a, b` is two keys, which are
+    refused); a UUID is recommended. A longer key, or one with any other
+    character, fails with INVALID_ARGUMENT reason
     IDEMPOTENCY_KEY_INVALID (a BadRequest violation on "idempotency-key",
     INVALID_FORMAT) and is not stored. The server stores the
     outcome under the key (scoped to the method and caller) for at least 24

@@ -245,7 +245,7 @@ class ShopServiceServicer:
 
         Idempotency: the client should send an `idempotency-key` request header
         (for example a UUID per checkout attempt): 1-255 printable ASCII
-        characters, else INVALID_ARGUMENT, ErrorInfo reason
+        characters, no comma, else INVALID_ARGUMENT, ErrorInfo reason
         IDEMPOTENCY_KEY_INVALID (see common/v1); an empty header, or the header
         twice with different values, is invalid too. If it is absent, the gateway
         generates a UUIDv4. Either way the key used is returned in the
@@ -317,7 +317,8 @@ class ShopServiceServicer:
 
         Idempotency: as for PlaceOrder, the client should send an
         `idempotency-key` header (INVALID_ARGUMENT, reason
-        IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters);
+        IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters,
+        no comma);
         if absent the gateway generates one, and the key used is returned in the
         `idempotency-key` response trailer (and header).
 

@@ -213,7 +213,7 @@ class ShopServiceStub:
 
     Idempotency: the client should send an `idempotency-key` request header
     (for example a UUID per checkout attempt): 1-255 printable ASCII
-    characters, else INVALID_ARGUMENT, ErrorInfo reason
+    characters, no comma, else INVALID_ARGUMENT, ErrorInfo reason
     IDEMPOTENCY_KEY_INVALID (see common/v1); an empty header, or the header
     twice with different values, is invalid too. If it is absent, the gateway
     generates a UUIDv4. Either way the key used is returned in the
@@ -273,7 +273,8 @@ class ShopServiceStub:
 
     Idempotency: as for PlaceOrder, the client should send an
     `idempotency-key` header (INVALID_ARGUMENT, reason
-    IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters);
+    IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters,
+    no comma);
     if absent the gateway generates one, and the key used is returned in the
     `idempotency-key` response trailer (and header).
 
@@ -425,7 +426,7 @@ class ShopServiceAsyncStub(ShopServiceStub):
 
     Idempotency: the client should send an `idempotency-key` request header
     (for example a UUID per checkout attempt): 1-255 printable ASCII
-    characters, else INVALID_ARGUMENT, ErrorInfo reason
+    characters, no comma, else INVALID_ARGUMENT, ErrorInfo reason
     IDEMPOTENCY_KEY_INVALID (see common/v1); an empty header, or the header
     twice with different values, is invalid too. If it is absent, the gateway
     generates a UUIDv4. Either way the key used is returned in the
@@ -485,7 +486,8 @@ class ShopServiceAsyncStub(ShopServiceStub):
 
     Idempotency: as for PlaceOrder, the client should send an
     `idempotency-key` header (INVALID_ARGUMENT, reason
-    IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters);
+    IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters,
+    no comma);
     if absent the gateway generates one, and the key used is returned in the
     `idempotency-key` response trailer (and header).
 
@@ -676,7 +678,7 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Idempotency: the client should send an `idempotency-key` request header
         (for example a UUID per checkout attempt): 1-255 printable ASCII
-        characters, else INVALID_ARGUMENT, ErrorInfo reason
+        characters, no comma, else INVALID_ARGUMENT, ErrorInfo reason
         IDEMPOTENCY_KEY_INVALID (see common/v1); an empty header, or the header
         twice with different values, is invalid too. If it is absent, the gateway
         generates a UUIDv4. Either way the key used is returned in the
@@ -754,7 +756,8 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Idempotency: as for PlaceOrder, the client should send an
         `idempotency-key` header (INVALID_ARGUMENT, reason
-        IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters);
+        IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters,
+        no comma);
         if absent the gateway generates one, and the key used is returned in the
         `idempotency-key` response trailer (and header).
 
