@@ -60,7 +60,7 @@ from shopmesh_notifications.sender import NotificationSender
 from shopmesh_notifications.settings import NotificationsSettings
 from shopmesh_notifications.store.repository import NotificationRepository
 from shopmesh_notifications.transport import DESCRIPTOR, NotificationsServicer
-from shopmesh_notifications.wiring import build_consumer, build_sender, retry_policy
+from shopmesh_notifications.wiring import build_consumer, build_intake, build_sender, retry_policy
 from shopmesh_platform.smtp_sink import MailFolder, SmtpSink, read_mail, start_sink
 
 Stub = notifications_pb2_grpc.NotificationsServiceStub
@@ -108,6 +108,9 @@ def cancelled_event(
     user_id: str = "usr_1",
     code: int = orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED,
     message: str = "Your card was declined.",
+    *,
+    answered_at_placement: bool = False,
+    email: str = "ada@example.com",
 ) -> bytes:
     usd = money_pb2.Money
     item = orders_pb2.OrderItem(
@@ -120,10 +123,11 @@ def cancelled_event(
         event_id=event_id,
         order_id=order_id,
         user_id=user_id,
-        email="ada@example.com",
+        email=email,
         items=[item],
         total=usd(amount_minor=500, currency="USD"),
         refunded=False,
+        answered_at_placement=answered_at_placement,
     )
     event.reason.code = code  # type: ignore[assignment]
     event.reason.message = message
@@ -187,6 +191,10 @@ class Running:
         labels = {"outcome": outcome}
         return self.metrics.registry.get_sample_value("shopmesh_notifications_delivery_attempts_total", labels) or 0
 
+    def suppressed(self, reason: str) -> float:
+        labels = {"reason": reason}
+        return self.metrics.registry.get_sample_value("shopmesh_notifications_suppressed_total", labels) or 0
+
     async def publish(self, subject: str, payload: bytes, event_id: str) -> None:
         await self.js.jetstream().publish(subject, payload, headers={"Nats-Msg-Id": event_id})
 
@@ -238,8 +246,9 @@ async def running(
     )
     metrics = ServerMetrics()
     provider, exporter = exported
-    sender = build_sender(settings, database, NotificationMetrics(metrics.registry), tracer_provider=provider)
-    consumer = build_consumer(settings, database, sender, metrics.events)
+    notification_metrics = NotificationMetrics(metrics.registry)
+    sender = build_sender(settings, database, notification_metrics, tracer_provider=provider)
+    consumer = build_consumer(settings, database, sender, metrics.events, build_intake(settings, notification_metrics))
     servicer = NotificationsServicer(NotificationsApplication(database))
     binding = ServiceBinding(DESCRIPTOR, servicer, notifications_pb2_grpc.add_NotificationsServiceServicer_to_server)
     sender.start()
@@ -394,6 +403,48 @@ async def test_a_cancellation_is_mailed_with_its_reason(running: Running) -> Non
     assert "Reason: Your card was declined." in mail.get_content()
     (listed,) = await running.listed()
     assert listed.kind == notifications_pb2.NOTIFICATION_KIND_ORDER_CANCELLED
+
+
+@sqlite_only
+async def test_cancellations_placeorder_answered_send_no_email_and_a_customers_own_cancellation_still_does(
+    running: Running,
+) -> None:
+    """The audit's loop: an account signed up with someone else's address places orders that fail (a declined
+    card, more than the stock), each told on screen by PlaceOrder; the shop mailed every one of them."""
+    for n in range(3):
+        payload = cancelled_event(f"evt_p{n}", f"ord_p{n}", answered_at_placement=True)
+        await running.publish(ORDER_CANCELLED, payload, f"evt_p{n}")
+    customers = cancelled_event("evt_c", "ord_c", code=orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED, message="")
+    await running.publish(ORDER_CANCELLED, customers, "evt_c")
+
+    await eventually(lambda: mail_for(running.sink.directory, "ord_c"), "the customer's cancellation e-mail")
+    await eventually(lambda: running.suppressed("answered_at_placement") == 3, "the three applied without e-mail")
+    assert [mail["X-Shopmesh-Order-Id"] for mail in read_mail(running.sink.directory)] == ["ord_c"]
+    assert [n.order_id for n in await running.listed()] == ["ord_c"]
+
+
+@sqlite_only
+@pytest.mark.parametrize("overrides", [{"recipient_mail_burst": 2, "recipient_mails_per_hour": 0.01}])
+async def test_emails_to_one_address_beyond_its_cap_are_not_sent_counted_and_logged_once(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="shopmesh.notifications")
+    for n in range(5):
+        # The address as typed, in any case: the same mailbox.
+        email = "Ada@Example.com" if n % 2 else "ada@example.com"
+        await running.publish(ORDER_CANCELLED, cancelled_event(f"evt_k{n}", f"ord_k{n}", email=email), f"evt_k{n}")
+    await running.publish(ORDER_CANCELLED, cancelled_event("evt_g", "ord_g", email="grace@example.com"), "evt_g")
+
+    await eventually(lambda: running.suppressed("recipient_cap") == 3, "three held back")
+    await eventually(lambda: len(read_mail(running.sink.directory)) == 3, "two to ada, one to grace")
+    assert sorted(str(mail["To"]).lower() for mail in read_mail(running.sink.directory)) == [
+        "ada@example.com",
+        "ada@example.com",
+        "grace@example.com",
+    ]
+    held_back = [r for r in caplog.records if "held back" in r.getMessage()]
+    assert [r.levelno for r in held_back] == [logging.WARNING]
+    assert "ada@" not in held_back[0].getMessage().lower()
 
 
 @sqlite_only

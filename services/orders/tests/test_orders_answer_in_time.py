@@ -61,7 +61,7 @@ async def test_a_saga_whose_caller_cancelled_has_its_failure_logged(
     driving, fail = asyncio.Event(), asyncio.Event()
 
     async def failing_drive(
-        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
     ) -> Order:
         driving.set()
         await fail.wait()
@@ -91,7 +91,7 @@ async def test_place_order_reading_its_order_confirmed_with_a_cancellation_pendi
     drive, release = saga.drive, asyncio.Event()
 
     async def confirm_then_linger(
-        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
     ) -> Order:
         confirmed = await drive(order_id, card, owner, order)
         cancelling = confirmed.cancellation_requested("changed my mind", confirmed.updated_at)
@@ -123,11 +123,13 @@ async def test_a_wait_for_another_driver_ends_before_the_callers_deadline_naming
     (when its caller has long given up)."""
 
     async def inventory_away(
-        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
     ) -> Order:
         raise errors.Unavailable("inventory is away", reason=errors.DEPENDENCY_UNAVAILABLE)
 
-    async def held(order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None) -> Order:
+    async def held(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
+    ) -> Order:
         raise LeaseHeld(order_id)
 
     # The first PlaceOrder records the order (at step RESERVE) and its drive waits on inventory; the retry's
@@ -156,13 +158,13 @@ async def test_a_retry_waiting_for_another_driver_answers_the_order_it_reads_con
     drive, first_owner = saga.drive, []
 
     async def inventory_away(
-        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
     ) -> Order:
         first_owner.append(owner)  # its lease stays held: the other driver, which the retry finds
         raise errors.Unavailable("inventory is away", reason=errors.DEPENDENCY_UNAVAILABLE)
 
     async def confirmed_by_another_then_cancelling(
-        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
     ) -> Order:
         confirmed = await drive(order_id, card, first_owner[0])  # the other driver goes on, and confirms
         cancelling = confirmed.cancellation_requested("changed my mind", confirmed.updated_at)
@@ -183,7 +185,7 @@ async def _recorded_and_left_held(app: OrdersApplication, saga: SagaDriver, monk
     """The first PlaceOrder records the order (at step RESERVE, its lease held) and its drive waits on inventory."""
 
     async def inventory_away(
-        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
     ) -> Order:
         raise errors.Unavailable("inventory is away", reason=errors.DEPENDENCY_UNAVAILABLE)
 
@@ -199,7 +201,9 @@ async def test_a_wait_for_another_driver_under_a_deadline_too_short_to_answer_ea
     order held by another driver: it answers UNAVAILABLE naming the order before its deadline, not after the
     poll's own 5 s, when its caller has given up and got DEADLINE_EXCEEDED naming no order."""
 
-    async def held(order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None) -> Order:
+    async def held(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
+    ) -> Order:
         raise LeaseHeld(order_id)
 
     await _recorded_and_left_held(app, saga, monkeypatch)
@@ -222,7 +226,7 @@ async def test_a_retry_taking_over_a_lapsed_lease_mid_wait_answers_by_its_first_
     takes_over_at = loop.time() + 1.0
 
     async def held_then_taken_over(
-        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None, **_: object
     ) -> Order:
         if loop.time() < takes_over_at:
             raise LeaseHeld(order_id)

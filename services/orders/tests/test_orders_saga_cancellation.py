@@ -280,9 +280,9 @@ async def test_a_cancellation_whose_order_another_driver_holds_is_accepted_not_a
     order_id = await place(app, command())
     original = saga.drive
 
-    async def recovery_took_it_first(order_id: str, *args: Any) -> Order:
+    async def recovery_took_it_first(order_id: str, *args: Any, **kwargs: Any) -> Order:
         assert await saga._claim(order_id, saga.new_lease_owner(), for_customer=False)
-        return await original(order_id, *args)
+        return await original(order_id, *args, **kwargs)
 
     monkeypatch.setattr(saga, "drive", recovery_took_it_first)
     with pytest.raises(errors.Unavailable) as caught:

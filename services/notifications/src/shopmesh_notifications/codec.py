@@ -67,7 +67,7 @@ def order_event(event: Event) -> OrderEvent:
 
     A payload that is not the subject's message raises the chassis' InvalidEvent (decode_event: the reason
     every consumer parks such an event with); a subject not consumed here, notifications' InvalidEvent."""
-    by_customer = False
+    by_customer = answered_at_placement = False
     if event.subject == ORDER_CONFIRMED:
         decoded: events_pb2.OrderConfirmed | events_pb2.OrderCancelled = decode_event(events_pb2.OrderConfirmed, event)
         kind, reason, refunded = EventKind.ORDER_CONFIRMED, "", False
@@ -75,6 +75,7 @@ def order_event(event: Event) -> OrderEvent:
         cancelled = decode_event(events_pb2.OrderCancelled, event)
         decoded = cancelled
         kind, refunded = EventKind.ORDER_CANCELLED, cancelled.refunded
+        answered_at_placement = cancelled.answered_at_placement
         by_customer = cancelled.reason.code == orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED
         if by_customer:
             reason = ""  # the customer's own text (CancelOrder's reason): never into an e-mail
@@ -96,6 +97,7 @@ def order_event(event: Event) -> OrderEvent:
         reason=reason,
         refunded=refunded,
         cancelled_by_customer=by_customer,
+        answered_at_placement=answered_at_placement,
     )
 
 

@@ -1,5 +1,6 @@
 """Notifications' own metrics, beside the chassis' gRPC and event ones on the same endpoint: what became
-of each delivery attempt. `failed` (given up) is the one to alert on: a customer got no e-mail.
+of each delivery attempt, and the e-mails not sent at all. `failed` (given up) is the one to alert on: a
+customer got no e-mail.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter
 
 from shopmesh_notifications.domain.model import Notification, State
+from shopmesh_notifications.intake import ANSWERED_AT_PLACEMENT, RECIPIENT_CAP
 
 # The state a notification is left in after an attempt, as the metric's label (and the attempt's span's
 # `shopmesh.outcome`).
@@ -31,6 +33,19 @@ class NotificationMetrics:
         # increase() over it reads 0, so the first e-mail given up in a pod would never raise the alert.
         for outcome in _OUTCOMES.values():
             self._attempts.labels(outcome)
+        self._suppressed = Counter(
+            "shopmesh_notifications_suppressed",
+            "Order events applied without an e-mail, by reason: answered_at_placement (a cancellation PlaceOrder "
+            "answered with: the customer saw it); recipient_cap (beyond RECIPIENT_MAIL_BURST / "
+            "RECIPIENT_MAILS_PER_HOUR to one address).",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in (ANSWERED_AT_PLACEMENT, RECIPIENT_CAP):
+            self._suppressed.labels(reason)
 
     def attempted(self, notification: Notification) -> None:
         self._attempts.labels(outcome_of(notification)).inc()
+
+    def suppressed(self, reason: str) -> None:
+        self._suppressed.labels(reason).inc()

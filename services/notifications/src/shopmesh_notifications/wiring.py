@@ -18,7 +18,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.codec import SUBJECTS
 from shopmesh_notifications.domain.model import RetryPolicy
-from shopmesh_notifications.intake import NotificationIntake
+from shopmesh_notifications.intake import NotificationIntake, RecipientCap
 from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
 from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_notifications.sender import NotificationSender
@@ -68,11 +68,17 @@ def build_sender(
     )
 
 
+def build_intake(settings: NotificationsSettings, metrics: NotificationMetrics) -> NotificationIntake:
+    cap = RecipientCap(settings.recipient_mails_per_hour, settings.recipient_mail_burst)
+    return NotificationIntake(cap=cap, on_suppressed=metrics.suppressed)
+
+
 def build_consumer(
     settings: NotificationsSettings,
     database: Database,
     sender: NotificationSender,
     metrics: EventMetrics,
+    intake: NotificationIntake,
 ) -> EventConsumer:
     return EventConsumer.from_settings(
         settings,
@@ -81,7 +87,7 @@ def build_consumer(
         stream=STREAM,
         stream_subjects=STREAM_SUBJECTS,
         subjects=list(SUBJECTS),
-        handler=NotificationIntake(),
+        handler=intake,
         metrics=metrics,
         # The sender must not look for the new notification before its transaction has committed.
         on_applied=lambda _event: sender.wake(),
@@ -95,9 +101,10 @@ async def _main() -> None:
     await migrate(database, VERSIONS, metadata)
 
     metrics = ServerMetrics()
-    sender = build_sender(settings, database, NotificationMetrics(metrics.registry), tracer_provider=tracer_provider)
+    notification_metrics = NotificationMetrics(metrics.registry)
+    sender = build_sender(settings, database, notification_metrics, tracer_provider=tracer_provider)
     # Keeps trying in the background: the service serves ListNotifications while NATS is away.
-    consumer = build_consumer(settings, database, sender, metrics.events)
+    consumer = build_consumer(settings, database, sender, metrics.events, build_intake(settings, notification_metrics))
     sender.start()
     consumer.start()
 

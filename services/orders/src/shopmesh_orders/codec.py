@@ -76,7 +76,9 @@ def confirmed_event(order: Order, event_id: str, at: datetime) -> events_pb2.Ord
     )
 
 
-def cancelled_event(order: Order, event_id: str, at: datetime) -> events_pb2.OrderCancelled:
+def cancelled_event(
+    order: Order, event_id: str, at: datetime, *, answered_at_placement: bool = False
+) -> events_pb2.OrderCancelled:
     event = events_pb2.OrderCancelled(
         event_id=event_id,
         occurred_at=to_timestamp(at),
@@ -86,6 +88,7 @@ def cancelled_event(order: Order, event_id: str, at: datetime) -> events_pb2.Ord
         items=order_items(order),
         total=to_money(order.total_minor, order.currency),
         refunded=order.refunded,
+        answered_at_placement=answered_at_placement,
     )
     if order.cancel_code is not None:
         event.reason.code = cancel_reason_code(order.cancel_code)

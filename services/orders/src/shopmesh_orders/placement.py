@@ -34,7 +34,7 @@ from shopmesh_orders.domain.validation import (
 )
 from shopmesh_orders.lease import LeaseHeld
 from shopmesh_orders.queries import OrderQueries, from_newer_release
-from shopmesh_orders.saga import ORDER_ID_ATTRIBUTE, SagaDriver
+from shopmesh_orders.saga import ORDER_ID_ATTRIBUTE, PlacementCall, SagaDriver
 from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository, UnreadableOrder
 
 log = logging.getLogger("shopmesh.orders")
@@ -292,36 +292,75 @@ class OrderPlacement(OrderQueries):
         PlaceOrder, which a CONFIRMED order answers (`_answered`)."""
         answer_at = _answer_at(least_wait=_EARLY_ANSWER_MIN_WAIT_SECONDS)
         try:
-            task = self._start_drive(order_id, card, owner, recorded)
-            return await self._answer_in_time(order_id, task, placement=placement, answer_at=answer_at)
+            return await self._drive_for_caller(
+                order_id, card, owner, recorded, placement=placement, answer_at=answer_at
+            )
         except LeaseHeld:
             return await self._wait_for_other_driver(order_id, card, placement=placement)
 
+    async def _drive_for_caller(
+        self,
+        order_id: str,
+        card: Card | None,
+        owner: str | None = None,
+        recorded: Order | None = None,
+        *,
+        placement: bool,
+        answer_at: float | None,
+    ) -> Order:
+        """The saga driven detached from the call (`_start_drive`), and the call's answer in time
+        (`_answer_in_time`); for PlaceOrder (`placement`), with the PlacementCall the saga tells a cancellation
+        the call answers by."""
+        caller = PlacementCall() if placement else None
+        task = self._start_drive(order_id, card, owner, recorded, caller=caller)
+        return await self._answer_in_time(order_id, task, caller, placement=placement, answer_at=answer_at)
+
     def _start_drive(
-        self, order_id: str, card: Card | None, owner: str | None = None, recorded: Order | None = None
+        self,
+        order_id: str,
+        card: Card | None,
+        owner: str | None = None,
+        recorded: Order | None = None,
+        *,
+        caller: PlacementCall | None,
     ) -> asyncio.Task[Order]:
         """The saga's drive as a task detached from the call (`_answer_in_time` says when the call stops waiting
         for it); with the card, counted in `_driving_with_card` for as long as the task runs, not the caller's
         wait: the drive outlives a caller gone."""
         task = self._running.start(
-            self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context(), name=order_id
+            self._saga.drive(order_id, card, owner, recorded, caller=caller),
+            context=call_context.detached_context(),
+            name=order_id,
         )
         if card is not None:
             self._driving_with_card.held_while(order_id, task)
         return task
 
     async def _answer_in_time(
-        self, order_id: str, task: asyncio.Task[Order], *, placement: bool, answer_at: float | None
+        self,
+        order_id: str,
+        task: asyncio.Task[Order],
+        caller: PlacementCall | None,
+        *,
+        placement: bool,
+        answer_at: float | None,
     ) -> Order:
         """Where the saga `task` ended, or, when it is still driving at `answer_at` (as the inbound call's deadline
         nears: `_answer_at`), UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the order and its step, as the
         saga's own give-up does: the caller learns the order was recorded and goes on, and can read it. The
         task is not cancelled (nor by the caller's cancellation: `asyncio.wait` leaves it running), so the
-        saga finishes detached, as it does for a caller gone."""
+        saga finishes detached, as it does for a caller gone. `caller`, PlaceOrder's: a cancellation the saga
+        writes from then on is no longer this call's answer (it is e-mailed), unless it was written already."""
         try:
             timeout = None if answer_at is None else max(answer_at - asyncio.get_running_loop().time(), 0.0)
             done, _ = await asyncio.wait({task}, timeout=timeout)
+            if task not in done and caller is not None and not caller.stop_waiting():
+                # The saga is committing the cancellation as this call's answer (its event says "no e-mail"): it
+                # is a transaction away, and the answer must carry it.
+                done, _ = await asyncio.wait({task})
         except asyncio.CancelledError:
+            if caller is not None:
+                caller.stop_waiting()
             # The caller gave up: nobody awaits the task any more either.
             task.add_done_callback(partial(_log_detached_end, order_id))
             raise
@@ -383,9 +422,7 @@ class OrderPlacement(OrderQueries):
                 return order
             if card is not None and order.state is not OrderState.CONFIRMED:
                 try:
-                    return await self._answer_in_time(
-                        order_id, self._start_drive(order_id, card), placement=placement, answer_at=answer_at
-                    )
+                    return await self._drive_for_caller(order_id, card, placement=placement, answer_at=answer_at)
                 except LeaseHeld:
                     pass  # still held: its driver is alive, or its lease has not lapsed yet
             left = ends - loop.time()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 
 from opentelemetry import trace
@@ -105,6 +106,37 @@ def _reservation_in_doubt(order: Order, cause: errors.Unavailable) -> errors.Una
     )
 
 
+class PlacementCall:
+    """The PlaceOrder call a drive answers, as much as the order's cancellation event needs of it: whether the
+    call still waits for the drive, and so tells the customer of the cancellation itself (OrderCancelled's
+    `answered_at_placement`: then no e-mail). The drive and the call settle it between them on the event loop,
+    so that neither a call that stops waiting as the cancellation is written nor one still waiting leaves the
+    customer untold: once the drive took the cancellation for the call's answer, the call waits on for it."""
+
+    def __init__(self) -> None:
+        self._waiting = True
+        self._answered = False
+
+    def answers_with_cancellation(self) -> bool:
+        """The drive, about to write the order's cancellation: whether the call still waits for it (it then
+        waits on until the drive ends: `stop_waiting` says so)."""
+        self._answered = self._waiting
+        return self._answered
+
+    def stop_waiting(self) -> bool:
+        """The call, about to answer without the drive's outcome (or gone): False when the drive has already
+        written its cancellation as this call's answer, which is then a commit away: the call waits for it."""
+        if self._answered:
+            return False
+        self._waiting = False
+        return True
+
+
+# The PlaceOrder call the drive running in this task answers, if any: set by `drive` in the task's own context
+# (placement starts each drive in a copy of its own), read where the cancellation is written, steps below.
+_PLACEMENT_CALL: ContextVar[PlacementCall | None] = ContextVar("placement_call", default=None)
+
+
 def charge_key(order_id: str) -> str:
     return f"{order_id}:charge"
 
@@ -138,7 +170,13 @@ class SagaDriver(ChargeRecheck):
         self._clock = clock
 
     async def drive(
-        self, order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+        self,
+        order_id: str,
+        card: Card | None,
+        owner: str | None = None,
+        order: Order | None = None,
+        *,
+        caller: PlacementCall | None = None,
     ) -> Order:
         """Run the saga of `order_id` until it is done or a dependency stays unavailable.
 
@@ -149,7 +187,10 @@ class SagaDriver(ChargeRecheck):
         Raises `errors.Unavailable` when the saga must wait; the order stays PENDING with its lease
         released, and the recovery loop (or a retried PlaceOrder) continues it: with the card before the
         pivot, the loop only after a while the retry has to itself (`_kept_for_the_card`).
+        `caller`: the PlaceOrder call waiting for this drive, when it is one (CancelOrder's is not): a
+        cancellation it ends in while that call waits is the call's answer, and its event says so.
         """
+        _PLACEMENT_CALL.set(caller)
         return await self._drive(order_id, card, owner, order, resumed=False)
 
     async def claim_to_resume(self, order_id: str) -> str:
@@ -590,7 +631,9 @@ class SagaDriver(ChargeRecheck):
                 event = codec.confirmed_event(after, event_id, now)
                 await add_event(session, subject=ORDER_CONFIRMED, message=event, event_id=event_id)
             else:
-                cancelled = codec.cancelled_event(after, event_id, now)
+                caller = _PLACEMENT_CALL.get()
+                answered = caller is not None and caller.answers_with_cancellation()
+                cancelled = codec.cancelled_event(after, event_id, now, answered_at_placement=answered)
                 await add_event(session, subject=ORDER_CANCELLED, message=cancelled, event_id=event_id)
         self._on_event()
         self._on_finished(after)

@@ -53,6 +53,9 @@ class OrderEvent:
     # empty: the reason they typed is their own free text, and quoted, it let anyone have the shop mail a
     # text of theirs to the address an order names.
     cancelled_by_customer: bool = False
+    # A cancellation that PlaceOrder answered with (OrderCancelled.answered_at_placement): the customer saw it
+    # on screen, and no e-mail is sent for it.
+    answered_at_placement: bool = False
 
 
 def validate_event(event: OrderEvent) -> OrderEvent:

@@ -27,7 +27,7 @@ from shopmesh.common.v1 import money_pb2 as shopmesh_dot_common_dot_v1_dot_money
 from shopmesh.orders.v1 import orders_pb2 as shopmesh_dot_orders_dot_v1_dot_orders__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshopmesh/orders/v1/events.proto\x12\x12shopmesh.orders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eshopmesh/common/v1/money.proto\x1a\x1fshopmesh/orders/v1/orders.proto\"\xdd\x01\n\x0eOrderConfirmed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12,\n\x05items\x18\x06 \x03(\x0b\x32\x1d.shopmesh.orders.v1.OrderItem\x12(\n\x05total\x18\x07 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\"\xa1\x02\n\x0eOrderCancelled\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12,\n\x05items\x18\x06 \x03(\x0b\x32\x1d.shopmesh.orders.v1.OrderItem\x12(\n\x05total\x18\x07 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\x12\x30\n\x06reason\x18\x08 \x01(\x0b\x32 .shopmesh.orders.v1.CancelReason\x12\x10\n\x08refunded\x18\t \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshopmesh/orders/v1/events.proto\x12\x12shopmesh.orders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eshopmesh/common/v1/money.proto\x1a\x1fshopmesh/orders/v1/orders.proto\"\xdd\x01\n\x0eOrderConfirmed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12,\n\x05items\x18\x06 \x03(\x0b\x32\x1d.shopmesh.orders.v1.OrderItem\x12(\n\x05total\x18\x07 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\"\xc0\x02\n\x0eOrderCancelled\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12,\n\x05items\x18\x06 \x03(\x0b\x32\x1d.shopmesh.orders.v1.OrderItem\x12(\n\x05total\x18\x07 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\x12\x30\n\x06reason\x18\x08 \x01(\x0b\x32 .shopmesh.orders.v1.CancelReason\x12\x10\n\x08refunded\x18\t \x01(\x08\x12\x1d\n\x15\x61nswered_at_placement\x18\n \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,5 +37,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERCONFIRMED']._serialized_start=154
   _globals['_ORDERCONFIRMED']._serialized_end=375
   _globals['_ORDERCANCELLED']._serialized_start=378
-  _globals['_ORDERCANCELLED']._serialized_end=667
+  _globals['_ORDERCANCELLED']._serialized_end=698
 # @@protoc_insertion_point(module_scope)

@@ -103,6 +103,7 @@ class OrderCancelled(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REFUNDED_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_PLACEMENT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique event id, for example "evt_01HV6Z..."; also the `Nats-Msg-Id`."""
     order_id: _builtins.str
@@ -113,6 +114,21 @@ class OrderCancelled(_message.Message):
     """E-mail address for order notifications, from the order."""
     refunded: _builtins.bool
     """True when a captured payment was refunded as part of the cancellation."""
+    answered_at_placement: _builtins.bool
+    """True when this cancellation was the answer to the PlaceOrder call that
+    placed the order: its checkout ended (out of stock, a declined card, ...)
+    while that call waited, and the call's error told the customer, on screen.
+    Notifications sends no e-mail for it: one for every refused checkout let
+    anyone have the shop mail an address they signed up with, as fast as they
+    could place orders. False for a cancellation the customer learns of later:
+    their own (CancelOrder), the recovery loop's end of an interrupted
+    checkout, a checkout whose PlaceOrder had stopped waiting for it (answered
+    UNAVAILABLE naming the order, or gone): those are e-mailed. An orders
+    release older than this field never sets it, so false must mean what it
+    meant before the field: e-mail the cancellation. That is the safe side
+    during a rollout (at worst a mail the customer did not need, never a
+    cancellation they are not told of).
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the order was cancelled."""
@@ -144,10 +160,11 @@ class OrderCancelled(_message.Message):
         total: _money_pb2.Money | None = ...,
         reason: _orders_pb2.CancelReason | None = ...,
         refunded: _builtins.bool = ...,
+        answered_at_placement: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "reason", b"reason", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "event_id", b"event_id", "items", b"items", "occurred_at", b"occurred_at", "order_id", b"order_id", "reason", b"reason", "refunded", b"refunded", "total", b"total", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at_placement", b"answered_at_placement", "email", b"email", "event_id", b"event_id", "items", b"items", "occurred_at", b"occurred_at", "order_id", b"order_id", "reason", b"reason", "refunded", b"refunded", "total", b"total", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,102 @@
+"""Which cancellations the customer was told of by PlaceOrder's own answer (OrderCancelled's
+`answered_at_placement`, which notifications mails no e-mail for): a checkout refused while its PlaceOrder
+waited (out of stock, a declined card) is; the customer's own cancellation, a checkout the recovery loop ended
+and one whose PlaceOrder had stopped waiting are not, and are e-mailed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from shopmesh.orders.v1 import events_pb2
+from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.db import Database
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.validation import Card, CartLine
+from shopmesh_orders.saga import ORDER_CANCELLED, PlacementCall
+
+from .conftest import FakeInventory, FakePayments
+from .saga_kit import DECLINED, GOOD, _not_retried, command, events, place
+
+
+async def cancellations(database: Database) -> list[tuple[str, bool]]:
+    """Each OrderCancelled in the outbox: its order's reason code and whether PlaceOrder answered with it."""
+    cancelled = [events_pb2.OrderCancelled.FromString(p) for s, p in await events(database) if s == ORDER_CANCELLED]
+    return [(str(event.reason.code), event.answered_at_placement) for event in cancelled]
+
+
+async def test_checkouts_refused_while_placeorder_waited_are_cancellations_it_answered(
+    app: OrdersApplication, database: Database
+) -> None:
+    """The audit's loop: declined cards and more than the stock, placed again and again, each told on screen."""
+    for attempt in range(3):
+        with pytest.raises(errors.FailedPrecondition) as declined:
+            await place(app, command(DECLINED), key=f"declined-{attempt}")
+        assert declined.value.reason == "CARD_DECLINED"
+        with pytest.raises(errors.FailedPrecondition) as short:
+            await place(app, command(GOOD, CartLine("prod_a", 100)), key=f"short-{attempt}")
+        assert short.value.reason == "INSUFFICIENT_STOCK"
+    answered = [answered for _code, answered in await cancellations(database)]
+    assert answered == [True] * 6
+
+
+async def test_a_customers_cancellation_of_a_confirmed_order_is_not_one_placeorder_answered(
+    app: OrdersApplication, database: Database
+) -> None:
+    order_id = await place(app, command())
+    await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert [answered for _code, answered in await cancellations(database)] == [False]
+
+
+async def test_a_checkout_the_recovery_loop_ends_is_not_one_placeorder_answered(
+    app: OrdersApplication, inventory: FakeInventory, database: Database
+) -> None:
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    inventory.down = False
+    await _not_retried(database, caught.value.metadata["order_id"])
+    assert await app.resume_unfinished() == 1
+    assert [answered for _code, answered in await cancellations(database)] == [False]
+
+
+@contextmanager
+def _inbound_deadline(seconds: float) -> Iterator[None]:
+    token = call_context.enter(seconds, None)
+    try:
+        yield
+    finally:
+        call_context.leave(token)
+
+
+async def test_a_checkout_declined_after_placeorder_stopped_waiting_is_not_one_it_answered(
+    app: OrdersApplication, payments: FakePayments, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PlaceOrder answered UNAVAILABLE naming the order (the saga goes on without it); the decline that comes
+    after is news to the customer, to be e-mailed."""
+    charge, answered = payments.charge, asyncio.Event()
+
+    async def declined_once_the_caller_is_answered(
+        order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str
+    ) -> str:
+        await answered.wait()
+        return await charge(order_id, amount_minor, currency, card, idempotency_key)
+
+    monkeypatch.setattr(payments, "charge", declined_once_the_caller_is_answered)
+    with _inbound_deadline(1.5), pytest.raises(errors.Unavailable) as caught:
+        await place(app, command(DECLINED))
+    assert caught.value.metadata["order_id"]
+    answered.set()
+    await app.wait_running(10)
+    assert [answered for _code, answered in await cancellations(database)] == [False]
+
+
+def test_a_call_that_would_stop_waiting_once_the_cancellation_was_written_as_its_answer_waits_for_it() -> None:
+    written_first, stopped_first = PlacementCall(), PlacementCall()
+    assert written_first.answers_with_cancellation()
+    assert not written_first.stop_waiting()
+    assert stopped_first.stop_waiting()
+    assert not stopped_first.answers_with_cancellation()
