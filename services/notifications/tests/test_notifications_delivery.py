@@ -53,7 +53,7 @@ from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, Refusal, RetryPolicy, State
-from shopmesh_notifications.intake import NotificationIntake
+from shopmesh_notifications.intake import NotificationIntake, RecipientCap
 from shopmesh_notifications.mailer import DeliveryFailed, SmtpMailer, SmtpOptions
 from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_notifications.sender import NotificationSender
@@ -445,6 +445,27 @@ async def test_emails_to_one_address_beyond_its_cap_are_not_sent_counted_and_log
     held_back = [r for r in caplog.records if "held back" in r.getMessage()]
     assert [r.levelno for r in held_back] == [logging.WARNING]
     assert "ada@" not in held_back[0].getMessage().lower()
+
+
+@sqlite_only
+async def test_an_email_whose_recording_failed_gives_its_place_under_the_cap_back_to_the_events_retry(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intake = NotificationIntake(cap=RecipientCap(0.01, 1))
+    event = Event("evt_b", ORDER_CANCELLED, cancelled_event("evt_b", "ord_b"), {}, 1)
+    add = NotificationRepository.add
+
+    async def fails_once(self: NotificationRepository, notification: Notification) -> None:
+        monkeypatch.setattr(NotificationRepository, "add", add)
+        raise sqlalchemy_exc.OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(NotificationRepository, "add", fails_once)
+    with pytest.raises(sqlalchemy_exc.OperationalError):
+        async with database.transaction() as session:
+            await intake(session, event)
+    async with database.transaction() as session:
+        await intake(session, replace(event, attempt=2))
+        assert [n.event_id for n in await NotificationRepository(session).list_for_user("usr_1", 10, None)] == ["evt_b"]
 
 
 @sqlite_only

@@ -73,6 +73,11 @@ class RecipientCap:
             )
         return False
 
+    def give_back(self, order: OrderEvent) -> None:
+        """The place `allows` took for an e-mail that was not recorded after all (its transaction failed): the
+        event's retry takes it again."""
+        self._mails.give_back(order.email.casefold())
+
 
 class NotificationIntake:
     def __init__(
@@ -132,6 +137,14 @@ class NotificationIntake:
         if self._cap is not None and not self._cap.allows(order):
             self._on_suppressed(RECIPIENT_CAP)
             return
+        try:
+            await self._record(repository, order)
+        except BaseException:
+            if self._cap is not None:
+                self._cap.give_back(order)
+            raise
+
+    async def _record(self, repository: NotificationRepository, order: OrderEvent) -> None:
         email = render(order)
         now = self._clock()
         notification = Notification(
@@ -151,4 +164,4 @@ class NotificationIntake:
             trace_context=stored_trace_context(),
         )
         await repository.add(notification)
-        log.info("notification %s recorded for %s", notification.id, event.event_id, extra={"order_id": order.order_id})
+        log.info("notification %s recorded for %s", notification.id, order.event_id, extra={"order_id": order.order_id})
