@@ -1,4 +1,5 @@
-"""What the checkout saga's tests share: the test cards, a PlaceOrder command and how a test places it, the
+"""What the checkout saga's tests share: the test cards, a PlaceOrder command and how a test places it (under
+an inbound deadline, `inbound_deadline`), the
 outbox's events, a clock the test moves (`Clock`, `Clocked`: orders' application built on it), and the
 states a test leaves an order in (as a killed driver left it, a late capture, refunds held in payments).
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import select, update
 
+from shopmesh_chassis import call_context
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tables import outbox_events
@@ -52,6 +55,16 @@ def command(card: Card = GOOD, *items: CartLine) -> PlaceOrder:
 async def place(app: OrdersApplication, cmd: PlaceOrder, key: str = "key-1") -> str:
     fingerprint = hashlib.sha256(repr(cmd).encode()).hexdigest()
     return (await app.place_order(cmd, key, scope="usr_1|PlaceOrder", fingerprint=fingerprint)).id
+
+
+@contextmanager
+def inbound_deadline(seconds: float) -> Iterator[None]:
+    """As the chassis' server interceptor enters each call: the inbound call's deadline `seconds` away."""
+    token = call_context.enter(seconds, None)
+    try:
+        yield
+    finally:
+        call_context.leave(token)
 
 
 async def events(database: Database) -> list[tuple[str, bytes]]:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import pytest
 
-from shopmesh_chassis import call_context, errors
+from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
 from shopmesh_orders import placement
 from shopmesh_orders.application import OrdersApplication
@@ -22,17 +21,7 @@ from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.store.repository import OrderRepository
 
 from .conftest import FakeInventory
-from .saga_kit import command, place
-
-
-@contextmanager
-def _inbound_deadline(seconds: float) -> Iterator[None]:
-    """As the chassis' server interceptor enters each call: the inbound call's deadline `seconds` away."""
-    token = call_context.enter(seconds, None)
-    try:
-        yield
-    finally:
-        call_context.leave(token)
+from .saga_kit import command, inbound_deadline, place
 
 
 async def test_a_short_legal_deadline_waits_for_the_saga_rather_than_answer_unavailable_at_once(
@@ -48,7 +37,7 @@ async def test_a_short_legal_deadline_waits_for_the_saga_rather_than_answer_unav
         return await reserve(order_id, items, ttl_seconds)
 
     monkeypatch.setattr(inventory, "reserve", slow_reserve)
-    with _inbound_deadline(0.35):
+    with inbound_deadline(0.35):
         order_id = await place(app, command())
     assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
 
@@ -105,7 +94,7 @@ async def test_place_order_reading_its_order_confirmed_with_a_cancellation_pendi
         # 3 s, not 1.5: the early-answer point needs what is left, when PlaceOrder reckons it, to be at least
         # the margin and the least wait (1.3 s); on a loaded machine 1.5 s was under it by then, PlaceOrder
         # waited for the lingering drive and the drive for this test: a hang. Bounded all the same.
-        with _inbound_deadline(3.0):
+        with inbound_deadline(3.0):
             async with asyncio.timeout(10):
                 order_id = await place(app, command())
     finally:
@@ -143,7 +132,7 @@ async def test_a_wait_for_another_driver_ends_before_the_callers_deadline_naming
     # first. The margin's size is not what this proves; that the wait ends by it, well before the poll's 5 s, is.
     monkeypatch.setattr(placement, "_ANSWER_MARGIN_SECONDS", 1.0)
     # The caller's deadline enforced as its channel does: an answer after it would be no answer.
-    with _inbound_deadline(2.5), pytest.raises(errors.Unavailable) as caught:
+    with inbound_deadline(2.5), pytest.raises(errors.Unavailable) as caught:
         async with asyncio.timeout(2.5):
             await place(app, command())
     assert (caught.value.reason, caught.value.metadata["step"]) == (errors.DEPENDENCY_UNAVAILABLE, "RESERVE")
@@ -208,7 +197,7 @@ async def test_a_wait_for_another_driver_under_a_deadline_too_short_to_answer_ea
 
     await _recorded_and_left_held(app, saga, monkeypatch)
     monkeypatch.setattr(saga, "drive", held)
-    with _inbound_deadline(1.0), pytest.raises(errors.Unavailable) as caught:
+    with inbound_deadline(1.0), pytest.raises(errors.Unavailable) as caught:
         async with asyncio.timeout(1.0):
             await place(app, command())
     assert (caught.value.reason, caught.value.metadata["step"]) == (errors.DEPENDENCY_UNAVAILABLE, "RESERVE")
@@ -236,7 +225,7 @@ async def test_a_retry_taking_over_a_lapsed_lease_mid_wait_answers_by_its_first_
     await _recorded_and_left_held(app, saga, monkeypatch)
     monkeypatch.setattr(saga, "drive", held_then_taken_over)
     try:
-        with _inbound_deadline(2.0), pytest.raises(errors.Unavailable) as caught:
+        with inbound_deadline(2.0), pytest.raises(errors.Unavailable) as caught:
             async with asyncio.timeout(2.0):
                 await place(app, command())
     finally:

@@ -6,20 +6,18 @@ and one whose PlaceOrder had stopped waiting are not, and are e-mailed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from shopmesh.orders.v1 import events_pb2
-from shopmesh_chassis import call_context, errors
+from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.validation import Card, CartLine
 from shopmesh_orders.saga import ORDER_CANCELLED, PlacementCall
 
 from .conftest import FakeInventory, FakePayments
-from .saga_kit import DECLINED, GOOD, _not_retried, command, events, place
+from .saga_kit import DECLINED, GOOD, _not_retried, command, events, inbound_deadline, place
 
 
 async def cancellations(database: Database) -> list[tuple[str, bool]]:
@@ -63,15 +61,6 @@ async def test_a_checkout_the_recovery_loop_ends_is_not_one_placeorder_answered(
     assert [answered for _code, answered in await cancellations(database)] == [False]
 
 
-@contextmanager
-def _inbound_deadline(seconds: float) -> Iterator[None]:
-    token = call_context.enter(seconds, None)
-    try:
-        yield
-    finally:
-        call_context.leave(token)
-
-
 async def test_a_checkout_declined_after_placeorder_stopped_waiting_is_not_one_it_answered(
     app: OrdersApplication, payments: FakePayments, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,7 +76,7 @@ async def test_a_checkout_declined_after_placeorder_stopped_waiting_is_not_one_i
 
     monkeypatch.setattr(payments, "charge", declined_once_the_caller_is_answered)
     # Room for the early answer however slow the machine is to price and record the order first.
-    with _inbound_deadline(3.0), pytest.raises(errors.Unavailable) as caught:
+    with inbound_deadline(3.0), pytest.raises(errors.Unavailable) as caught:
         await place(app, command(DECLINED))
     assert caught.value.metadata["order_id"]
     answered.set()
