@@ -62,7 +62,8 @@ INTERNAL = {
     # the card meets it, at the CHARGE step: the recovery loop, which logs it. PlaceOrder drives with its
     # card, and CancelOrder (no card) only drives a CONFIRMED order, past the charge.
     "CHARGE_IN_DOUBT",
-    # The chassis' client channel (client.py): local errors in domain "shopmesh.chassis", which the gateway
+    # The chassis' client channel (client.py; INBOUND_DEADLINE_EXCEEDED also from the database's work of a call out
+    # of time, db.py): local errors in domain "shopmesh.chassis", which the gateway
     # (grpc_errors.relayed) and every other server's interceptor answer as their own UNAVAILABLE
     # DEPENDENCY_UNAVAILABLE or INTERNAL, never with this reason.
     "INBOUND_DEADLINE_EXCEEDED",

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +210,67 @@ def test_the_database_bound_leaves_the_smaller_of_a_tenth_and_a_quarter_second_t
     remaining: float, bound: float
 ) -> None:
     assert database_time_bound(remaining) == pytest.approx(bound)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.01], ids=["passed", "10ms"])
+async def test_a_call_with_no_time_left_for_the_database_answers_deadline_exceeded_not_database_unavailable(
+    postgres: PostgresServer, caplog: pytest.LogCaptureFixture, seconds: float
+) -> None:
+    database = await counters_database(postgres.create_database())
+    caplog.set_level(logging.WARNING)
+    try:
+        for work in (bump, counter):
+            with call_context.deadline_within(seconds), pytest.raises(grpc.aio.AioRpcError) as caught:
+                await work(database)
+            details = details_of(caught.value)
+            assert details.code == grpc.StatusCode.DEADLINE_EXCEEDED, (caught.value.code(), caught.value.details())
+            assert details.error_info is not None
+            assert details.error_info.reason == "INBOUND_DEADLINE_EXCEEDED"
+        assert await counter(database) == 0
+    finally:
+        await database.dispose()
+    # The database did nothing wrong: no warning about it.
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+# A commit that takes 1.95 s, past a 2 s call's database bound (1.8 s) yet within the statement_timeout the write
+# sets (the call's whole remaining time, counted from the COMMIT's own start): a deferred constraint trigger runs
+# at COMMIT.
+SLOW_COMMIT = (
+    "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN PERFORM pg_sleep(1.95); RETURN NULL; END $$",
+    "CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON counters DEFERRABLE INITIALLY DEFERRED "
+    "FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+)
+
+
+async def test_a_commit_still_running_at_the_bound_is_never_answered_database_unavailable(
+    postgres: PostgresServer,
+) -> None:
+    database = await counters_database(postgres.create_database())
+    async with database.transaction() as connection:
+        for statement in SLOW_COMMIT:
+            await connection.execute(text(statement))
+    try:
+        async with serve_in_process(sample_settings(), [binding(Bumping(database))]) as server:
+            # The write may be stored: only the call's own deadline may end it, which says nothing is sure.
+            assert await answered(echo(server.address, timeout=2)) in {
+                grpc.StatusCode.OK,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            }
+        # And it was: DATABASE_UNAVAILABLE, which says retrying is safe, would have had it applied twice.
+        await eventually(lambda: counted(database, 1), "the bump committed")
+    finally:
+        await database.dispose()
+
+
+async def counted(database: Database, n: int) -> bool:
+    return await counter(database) == n
+
+
+async def answered(call: Awaitable[object]) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK

@@ -28,7 +28,7 @@ from opentelemetry.trace import TracerProvider
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
-from shopmesh_chassis.grpc_errors import CHASSIS_DOMAIN, details_from, to_rpc_status
+from shopmesh_chassis.grpc_errors import CHASSIS_DOMAIN, details_from, inbound_deadline_passed, local_error
 
 IDEMPOTENCY_KEY = "idempotency-key"
 
@@ -133,17 +133,6 @@ def service_config(services: Iterable[ServiceDescriptor], retry: RetryPolicy | N
     return json.dumps(config)
 
 
-def _local_error(code: grpc.StatusCode, message: str, error: errors.DomainError) -> grpc.aio.AioRpcError:
-    status = to_rpc_status(error, CHASSIS_DOMAIN)
-    status.code = code.value[0]
-    return grpc.aio.AioRpcError(
-        code=code,
-        initial_metadata=Metadata(),
-        trailing_metadata=Metadata(("grpc-status-details-bin", status.SerializeToString())),
-        details=message,
-    )
-
-
 async def _answered_by_the_target(call: grpc.aio.UnaryUnaryCall[Any, Any], code: grpc.StatusCode) -> bool:
     """Whether a failed call's status is the target's own answer: it carries the target's ErrorInfo (orders'
     UNAVAILABLE DEPENDENCY_UNAVAILABLE while payments is away). Then the target is up and answering, and
@@ -183,11 +172,7 @@ class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         inbound = call_context.current()
         remaining = call_context.inbound_time_remaining()
         if remaining is not None and remaining <= 0:
-            raise _local_error(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "the inbound call's deadline has passed",
-                errors.DomainError("deadline exceeded", reason="INBOUND_DEADLINE_EXCEEDED"),
-            )
+            raise inbound_deadline_passed()
         # Set for every call, never left from another: the chain of one call runs in a task of its own.
         _OWN_TIMEOUT_CUT_BY_CALLER.set(timeout if remaining is not None and remaining < timeout else None)
         if remaining is not None:
@@ -201,7 +186,7 @@ class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         if unsendable is not None:
             # grpc.aio fails such a call in a task nobody awaits, and the caller waits for its deadline (or
             # for ever): a value from outside (a token's subject) must never hang the call that carries it.
-            raise _local_error(
+            raise local_error(
                 grpc.StatusCode.INTERNAL,
                 f"metadata {unsendable!r} holds a value gRPC cannot send",
                 errors.DomainError("unsendable metadata", reason="UNSENDABLE_METADATA"),
@@ -380,7 +365,7 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         # the breaker was closed, ending without a verdict now, would free the running probe's slot).
         probing = breaker.state is BreakerState.HALF_OPEN
         if not breaker.allow():
-            raise _local_error(
+            raise local_error(
                 grpc.StatusCode.UNAVAILABLE,
                 f"circuit open for {name} at {self._target}",
                 errors.Unavailable(

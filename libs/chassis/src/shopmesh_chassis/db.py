@@ -42,6 +42,7 @@ from shopmesh_chassis.db_errors import (
     sqlite_primary_code,
     without_key_values,
 )
+from shopmesh_chassis.grpc_errors import inbound_deadline_passed
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -68,15 +69,24 @@ _SQLITE_RETRY_MAX_SECONDS = 0.1
 # to cross a mesh's sidecars, small beside the deadlines the services set (the gateway's floor included).
 _ANSWER_SHARE = 0.1
 _ANSWER_MARGIN_MAX_SECONDS = 0.25
-# PostgreSQL's own end of the same bound, set on each bounded write transaction (a round trip more): a statement it
-# has not finished by the call's deadline it cancels itself. The client's bound, earlier, cuts the connection; a
-# backend waiting on a row lock notices that only once it has the lock, and would hold its place in the queue, the
-# locks its transaction took and a connection slot until then (each call cut off behind a long lock one more, up to
-# max_connections). Not on reads, the hot path: they take no row locks, and wait only behind a schema change's
-# table lock, which the migrations' lock timeout bounds.
+# A call with less time left than this starts no database work: it answers as an outbound call past its deadline
+# does (DEADLINE_EXCEEDED INBOUND_DEADLINE_EXCEEDED), not UNAVAILABLE DATABASE_UNAVAILABLE, which callers' breakers
+# count against this service. Within a few milliseconds a healthy server under load may not get through a checkout,
+# its pre-ping and a statement or two; missing them would then say how short the caller was of time, not that the
+# database is away. 50 ms is several such round trips on a loaded node, and far below any deadline a service sets.
+_DATABASE_TIME_FLOOR_SECONDS = 0.05
+# PostgreSQL's own end of the same bound, set on each bounded write transaction (a round trip more): a statement
+# that runs longer than the call's remaining time, counted from that statement's own start, it cancels itself. Per
+# statement, not per call: it never ends the call's work by the deadline (the client's bound does that, cutting the
+# connection), but it stops what the client cannot: a backend waiting on a row lock notices its client gone only
+# once it has the lock, and would hold its place in the queue, the locks its transaction took and a connection slot
+# until then (each call cut off behind a long lock one more, up to max_connections). Not on reads, the hot path:
+# they take no row locks, and queue only behind a table lock (a migration's rewrite, an operator's LOCK TABLE).
+# Nothing bounds how long that lock is held (the migrations' lock_timeout bounds only their own wait to take it),
+# so reads cut off behind it do queue up on the server until it is released: the price of no round trip more.
 _SERVER_BOUND = sqlalchemy.text("SELECT set_config('statement_timeout', :milliseconds, true)")
 # PostgreSQL's query_canceled: in a bounded write, its statement_timeout (above) met before the client's bound, on
-# a loop late to it.
+# a loop late to it. Met at COMMIT, too, the transaction is rolled back: nothing was stored.
 _QUERY_CANCELED = "57014"
 # Set while a call's PostgreSQL work runs under its bound: a connection invalidated then is closed without a word
 # to the server (`_close_at_once`).
@@ -423,8 +433,14 @@ async def _postgres_transaction(engine: AsyncEngine, address: str, *, writer: bo
     Past the bound (a stopped server answers nothing, a statement waits behind another session's lock), the
     connection is discarded, never returned to the pool mid-statement; one warning; and the call answers
     UNAVAILABLE DATABASE_UNAVAILABLE with a retry delay (`database_did_not_answer`), as for a database that
-    refuses connections, rather than DEADLINE_EXCEEDED naming nothing, which no breaker takes for an outage."""
+    refuses connections, rather than DEADLINE_EXCEEDED naming nothing, which no breaker takes for an outage.
+    The bound ends where a write's COMMIT begins: cut off once COMMIT is sent, the write may be stored, and
+    DATABASE_UNAVAILABLE tells the caller that retrying is safe. Only the call's own deadline ends a commit, which
+    answers DEADLINE_EXCEEDED: the outcome unknown. A call with almost no time left (`_DATABASE_TIME_FLOOR_SECONDS`)
+    starts nothing and answers `inbound_deadline_passed`."""
     remaining = call_context.inbound_time_remaining()
+    if remaining is not None and remaining < _DATABASE_TIME_FLOOR_SECONDS:
+        raise inbound_deadline_passed()
     token = _BOUNDED.set(remaining is not None)  # not inherited by detached work started inside a bounded one
     try:
         if remaining is None:
@@ -433,14 +449,21 @@ async def _postgres_transaction(engine: AsyncEngine, address: str, *, writer: bo
             return
         bound = database_time_bound(remaining)
         try:
-            async with asyncio.timeout(bound) as scope, _in_transaction(engine, writer=writer) as connection:
-                if writer:
-                    milliseconds = str(max(1, math.ceil(remaining * 1000)))  # 0 would be no timeout at all
-                    await connection.execute(_SERVER_BOUND, {"milliseconds": milliseconds})
+            async with asyncio.timeout(bound) as scope, _connected(engine) as connection:
                 try:
+                    if writer:
+                        await connection.begin()
+                        milliseconds = str(max(1, math.ceil(remaining * 1000)))  # 0 would be no timeout at all
+                        await connection.execute(_SERVER_BOUND, {"milliseconds": milliseconds})
                     yield connection
+                    if writer:
+                        # Once sent, COMMIT may store the write however it is cut off: only the call's deadline
+                        # ends it (outcome unknown), never the bound's DATABASE_UNAVAILABLE (safe to retry).
+                        scope.reschedule(None)
+                        await connection.commit()
                 except asyncio.CancelledError:
-                    # Cut off between statements: its ROLLBACK would wait for the server as long as it likes.
+                    # Cut off (by the bound, or the call's end during a commit): its ROLLBACK would wait for the
+                    # server as long as it likes.
                     await connection.invalidate()
                     raise
         except (TimeoutError, DBAPIError) as error:
@@ -449,7 +472,7 @@ async def _postgres_transaction(engine: AsyncEngine, address: str, *, writer: bo
             if isinstance(error, DBAPIError) and not (writer and server_said(error)[1] == _QUERY_CANCELED):
                 raise
             log.warning(
-                "the database at %s did not answer within %.1fs (the call had %.1fs left): the call answers "
+                "the database at %s did not answer within %.3gs (the call had %.3gs left): the call answers "
                 "UNAVAILABLE DATABASE_UNAVAILABLE",
                 address,
                 bound,
@@ -552,10 +575,10 @@ def connect_failures_unreachable(engine: AsyncEngine) -> Iterator[None]:
             # The socket's error says why (refused, no such host); a timeout says nothing of itself.
             said = str(error) or ("timed out" if isinstance(error, TimeoutError) else type(error).__name__)
             sqlstate = ""
-        reason = f"SQLSTATE {sqlstate}: {said}" if sqlstate else said
+        why = f"SQLSTATE {sqlstate}: {said}" if sqlstate else said
         address = postgres_address(engine.url)
         raise DatabaseUnreachable(
-            f"cannot connect to the database at {address}: {reason}", reason=said, sqlstate=sqlstate
+            f"cannot connect to the database at {address}: {why}", said=said, sqlstate=sqlstate
         ) from error
 
 

@@ -64,13 +64,13 @@ class DatabaseUnreachable(ConnectionError):
     to the database, no such database, a password refused, too many connections). `Database` raises it in place
     of the driver's error, raised while connecting (`db.connect_failures_unreachable`), so that an OSError of a
     handler's own code (a file it cannot open) is not taken for a database outage, and a refused connection not
-    for a statement's failure. Its message names the database's address and the server's SQLSTATE; `reason` is
-    what went wrong without the address (the server's words, the socket's error), `sqlstate` the server's code
-    ('' when the server said none: a socket that failed)."""
+    for a statement's failure. Its message names the database's address and the server's SQLSTATE; `said` is
+    what went wrong without the address (the server's words, the socket's error: free text, no ErrorInfo reason),
+    `sqlstate` the server's code ('' when the server said none: a socket that failed)."""
 
-    def __init__(self, message: str, *, reason: str = "", sqlstate: str = "") -> None:
+    def __init__(self, message: str, *, said: str = "", sqlstate: str = "") -> None:
         super().__init__(message)
-        self.reason = reason or message
+        self.said = said or message
         self.sqlstate = sqlstate
 
 
@@ -205,7 +205,7 @@ def database_did_not_answer(within_seconds: float) -> Unavailable:
     shorter than the pool's checkout or the driver's connect timeout): the same as the pool timing out
     would be mapped to, so `database_unavailable` and the retry it names treat both alike, and the caller
     need not raise a SQLAlchemy error of its own to say so."""
-    return _unavailable(f"no answer from the database within {within_seconds:.1f}s")
+    return _unavailable(f"no answer from the database within {within_seconds:.3g}s")
 
 
 def sqlite_primary_code(error: sqlite3.Error) -> int | None:

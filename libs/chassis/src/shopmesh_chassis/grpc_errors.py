@@ -184,6 +184,29 @@ def _error_info(error: errors.DomainError, default_domain: str) -> error_details
     return info
 
 
+def local_error(code: grpc.StatusCode, message: str, error: errors.DomainError) -> grpc.aio.AioRpcError:
+    """An outbound call's failure made up on this side, in CHASSIS_DOMAIN, as the target's answer would read."""
+    status = to_rpc_status(error, CHASSIS_DOMAIN)
+    status.code = code.value[0]
+    return grpc.aio.AioRpcError(
+        code=code,
+        initial_metadata=grpc.aio.Metadata(),
+        trailing_metadata=grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString())),
+        details=message,
+    )
+
+
+def inbound_deadline_passed() -> grpc.aio.AioRpcError:
+    """What work for a call whose deadline has passed fails with before it starts (an outbound call, the database's
+    work): DEADLINE_EXCEEDED INBOUND_DEADLINE_EXCEEDED, which names the caller's lack of time, not the target's
+    health, so no breaker counts it against a target (a server relays it as its own DEPENDENCY_UNAVAILABLE)."""
+    return local_error(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "the inbound call's deadline has passed",
+        errors.DomainError("deadline exceeded", reason="INBOUND_DEADLINE_EXCEEDED"),
+    )
+
+
 def to_rpc_status(error: errors.DomainError, default_domain: str) -> status_pb2.Status:
     """The google.rpc.Status for a domain error: ErrorInfo always, BadRequest and RetryInfo when known.
     Bounded in size: a long message or metadata value is cut (ending in "…"), metadata entries past

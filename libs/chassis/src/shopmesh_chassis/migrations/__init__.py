@@ -312,22 +312,22 @@ async def _no_connection_fails_the_start(database: Database) -> AsyncIterator[No
         # the URL to fix), or cannot take it now (down, too many connections, not allowing connections).
         if error.sqlstate[:2] in _REFUSED_SQLSTATE_CLASSES:
             raise DatabaseRefusedAtStart(
-                f"the database at {database.address} refused this service (DATABASE_URL): {error.reason}; check the "
+                f"the database at {database.address} refused this service (DATABASE_URL): {error.said}; check the "
                 "URL's user, password and database name; this start fails and the next one tries again"
             ) from None
-        raise _unreachable_at_start(database, error.reason) from None
+        raise _unreachable_at_start(database, error.said) from None
     except DBAPIError as error:
-        reason, sqlstate = server_said(error)
+        said, sqlstate = server_said(error)
         if sqlstate[:2] == "08" or sqlstate in _CONNECTION_LOST_SQLSTATES:
             # The connection made, then lost or cut by a server going away: a database pod restarting, a
             # failover under way.
-            raise _unreachable_at_start(database, reason) from None
+            raise _unreachable_at_start(database, said) from None
         raise
 
 
-def _unreachable_at_start(database: Database, reason: str) -> DatabaseUnreachableAtStart:
+def _unreachable_at_start(database: Database, said: str) -> DatabaseUnreachableAtStart:
     return DatabaseUnreachableAtStart(
-        f"cannot connect to the database at {database.address} (DATABASE_URL): {reason}; this start fails and "
+        f"cannot connect to the database at {database.address} (DATABASE_URL): {said}; this start fails and "
         "the next one tries again"
     )
 
