@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +19,36 @@ from shopmesh_chassis.config import (
     ConfigError,
     ConsumerSettings,
     DatabaseSettings,
+    EventSettings,
     GrpcPort,
+    GrpcTarget,
     IdempotencySettings,
+    ServiceName,
     ServiceSettings,
+    StartupFailed,
     load_settings,
 )
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.server import bind_failure, check_listen_host, port_taken
 from shopmesh_chassis.testing.sample_service import SampleSettings
+
+# A child's environment with no settings in it, importing the code under test (a worktree's, by PYTHONPATH).
+BARE_ENVIRONMENT = {
+    "PATH": "/usr/bin:/bin",
+    **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+}
+
+
+def started_alone(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """A run of `python argv` (by default the sample service) with no setting but `env`; its output kept."""
+    return subprocess.run(
+        [sys.executable, *(argv or ("-m", "shopmesh_chassis.testing.sample_service"))],
+        env={**env, **BARE_ENVIRONMENT},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,14 +196,7 @@ def test_consumer_settings_must_be_ones_jetstream_can_take(
     ],
 )
 def test_bad_configuration_stops_the_process_with_one_line(variable: str, value: str, line: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"],
-        env={variable: value, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = started_alone({variable: value})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [line]
 
@@ -208,14 +226,7 @@ def test_a_fingerprint_key_too_short_is_refused_without_writing_the_secret_to_th
     ],
 )
 def test_a_grpc_duration_grpc_cannot_take_stops_the_process_with_one_line_naming_it(variable: str, value: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"],
-        env={variable: value, "GRPC_PORT": "0", "METRICS_PORT": "-1", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = started_alone({variable: value, "GRPC_PORT": "0", "METRICS_PORT": "-1"})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(lines) == 1
@@ -361,3 +372,139 @@ def test_a_connection_bound_grpc_cannot_take_is_refused_naming_it(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=f"^invalid configuration: {variable}="):
         load_settings(SampleSettings, grpc_port=0, metrics_port=-1)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        # nats-py, given no server, retried an empty pool for ever at full CPU, deaf to SIGTERM.
+        ("", "names no server"),
+        (" , ", "names no server"),
+        # Read by nats-py as the host "http": a DNS failure, retried for ever.
+        ("http://127.0.0.1:1", "scheme 'http' is not one of nats, tls, ws or wss"),
+        ("nats://", "names no host"),
+        ("nats://tok@", "names no host"),
+        ("nats://nats:99999", "port cannot be read"),
+        ("nats://nats:0", "port is 0"),
+        ("nats://[::1", "cannot be read"),
+        ("nats://a:4222,ws://b:80", "mixes TCP"),
+    ],
+)
+def test_a_nats_url_naming_no_server_nats_py_could_reach_stops_startup_naming_it(value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(EventSettings, service_name="svc", nats_url=value)
+    message = str(caught.value)
+    assert message.startswith("invalid configuration: NATS_URL="), message
+    assert says in message
+    assert "tok" not in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "nats://nats:4222",
+        "nats:4222",
+        "nats",
+        "tls://a:4222, nats://b:4222,c",
+        "nats://shop:s3cret@nats:4222",
+        "nats://[::1]:4222",
+        "[::1]:4222",
+        "ws://nats:8080,wss://nats/path",
+    ],
+)
+def test_every_nats_url_nats_py_connects_with_is_accepted(value: str) -> None:
+    assert load_settings(EventSettings, service_name="svc", nats_url=value).nats_url == value
+
+
+def test_a_complex_setting_that_is_not_json_names_the_variable_and_the_form_it_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pydantic-settings reads a tuple as JSON and raised SettingsError past load_settings: a 57-line traceback.
+    monkeypatch.setenv("CONSUMER_BACKOFF_SECONDS", "0.5,1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(ConsumerSettings, service_name="svc")
+    assert str(caught.value) == (
+        "invalid configuration: CONSUMER_BACKOFF_SECONDS: is not valid JSON; give a JSON list, e.g. '[0.5, 1]'"
+    )
+
+
+def test_a_complex_setting_that_is_not_json_stops_the_process_with_one_line() -> None:
+    main = (
+        "from shopmesh_chassis.app import run\n"
+        "from shopmesh_chassis.config import ConsumerSettings, load_settings\n"
+        "async def main() -> None:\n"
+        "    load_settings(ConsumerSettings)\n"
+        "run(main)\n"
+    )
+    result = started_alone({"SERVICE_NAME": "svc", "CONSUMER_BACKOFF_SECONDS": "0.5,1"}, "-c", main)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: CONSUMER_BACKOFF_SECONDS: is not valid JSON; give a JSON list, e.g. '[0.5, 1]'"
+    ]
+
+
+class CallerSettings(ServiceSettings):
+    service_name: ServiceName = "caller"
+    callee_address: GrpcTarget = "127.0.0.1:50052"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "catalog:50052",
+        "catalog.shop.svc.cluster.local:50052",
+        "10.0.0.1:50052",
+        "[::1]:50052",
+        "dns:///catalog:50052",
+        "unix:/run/shopmesh/catalog.sock",
+        "unix-abstract:catalog",
+        "ipv4:10.0.0.1:50052,10.0.0.2:50052",
+        "ipv6:[::1]:50052",
+    ],
+)
+def test_an_address_setting_takes_every_form_of_grpc_target(value: str) -> None:
+    assert load_settings(CallerSettings, callee_address=value).callee_address == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "catalog", "catalog:", ":50052", "http://127.0.0.1:50052", "catalog:70000", "catalog:0", "dns:", "unix:"],
+)
+def test_an_address_setting_no_call_could_reach_stops_startup_naming_it(value: str) -> None:
+    # Accepted, the service said SERVING and failed every call to that dependency (Login INTERNAL).
+    with pytest.raises(ConfigError, match=f"^invalid configuration: CALLEE_ADDRESS={re.escape(repr(value))}: "):
+        load_settings(CallerSettings, callee_address=value)
+
+
+def test_an_empty_grpc_host_stops_startup_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_HOST", "")
+    with pytest.raises(ConfigError, match=r"^invalid configuration: GRPC_HOST=''"):
+        load_settings(SampleSettings)
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        ("not.a.host.invalid", "no address to listen on"),
+        # TEST-NET-3: resolves, but is no address of this machine.
+        ("203.0.113.9", "not an address of this machine"),
+    ],
+)
+def test_a_grpc_host_no_server_could_listen_on_stops_the_process_naming_it(host: str, says: str) -> None:
+    """It said StartupFailed, "is another process using it?", exit 1: the orchestrator restarted it for ever."""
+    result = started_alone({"GRPC_HOST": host, "GRPC_PORT": "0", "METRICS_PORT": "-1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("invalid configuration")]
+    assert line.startswith(f"invalid configuration: GRPC_HOST={host!r}: {says}")
+    assert "another process" not in result.stderr
+
+
+def test_a_port_another_process_holds_is_said_so_and_may_work_next_time() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        failure = bind_failure("127.0.0.1", port)
+    assert isinstance(failure, StartupFailed)
+    assert str(failure) == port_taken(f"127.0.0.1:{port}")
+    check_listen_host("127.0.0.1")  # the host itself is fine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any
 
 import grpc
@@ -13,7 +14,13 @@ from google.rpc import error_details_pb2, status_pb2
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import ErrorDetails, details_from, details_of, to_rpc_status
+from shopmesh_chassis.grpc_errors import (
+    MAX_RETRY_DELAY_SECONDS,
+    ErrorDetails,
+    details_from,
+    details_of,
+    to_rpc_status,
+)
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, serve_in_process
@@ -218,6 +225,19 @@ def test_an_error_status_stays_small_enough_for_a_clients_trailers(text: str) ->
     assert _wire_size(to_rpc_status(retryable, "shopmesh.test")) < 7 * 1024
     small = errors.InvalidArgument("bad", [errors.FieldViolation("a", "b", "C")])
     assert to_rpc_status(small, "shopmesh.test").message == "bad"
+
+
+@pytest.mark.parametrize(
+    ("asked", "sent"),
+    [(1e300, MAX_RETRY_DELAY_SECONDS), (math.inf, MAX_RETRY_DELAY_SECONDS), (math.nan, 0.0), (-1.0, 0.0), (1.5, 1.5)],
+)
+def test_a_retry_delay_out_of_range_is_sent_clamped_never_as_a_failure_of_its_own(asked: float, sent: float) -> None:
+    """A rate limit of 1e-300 a second hinted 1e300 s, which no Duration holds: the refusal became INTERNAL."""
+    status = to_rpc_status(errors.ResourceExhausted("slow down", retry_after_seconds=asked), "shopmesh.test")
+    [packed] = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    info = error_details_pb2.RetryInfo()
+    packed.Unpack(info)
+    assert info.retry_delay.ToTimedelta().total_seconds() == sent
 
 
 def test_a_long_list_of_ids_names_whole_ids_only_and_counts_them_all() -> None:

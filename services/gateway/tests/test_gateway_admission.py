@@ -369,6 +369,17 @@ def test_an_outbound_timeout_no_call_can_have_is_refused_at_startup(variable: st
         load_settings(GatewaySettings, **{variable: value})
 
 
+@pytest.mark.parametrize(
+    "variable", ["rate_limit_per_second", "password_rate_limit_per_second", "password_site_rate_limit_per_second"]
+)
+@pytest.mark.parametrize("value", ["1e-300", "0", "inf", "nan", "1e300"])
+def test_a_rate_no_bucket_can_refill_at_is_refused_at_startup(variable: str, value: str) -> None:
+    """Audit finding: RATE_LIMIT_PER_SECOND=1e-300 was taken, and every call it then limited was INTERNAL (its
+    RetryInfo, 1e300 s, no Duration can hold)."""
+    with pytest.raises(ConfigError, match=f"^invalid configuration: {variable.upper()}="):
+        load_settings(GatewaySettings, **{variable: value})
+
+
 # users' places for a password hash: PASSWORD_HASH_CONCURRENCY (2) running + PASSWORD_HASH_QUEUE (32) waiting,
 # shared by every shopper (docs/auth.md, "Login throttling").
 USERS_HASHING_PLACES = 34

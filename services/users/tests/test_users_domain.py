@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 
 from shopmesh_chassis import call_context
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
@@ -60,7 +61,7 @@ from shopmesh_users.password_strength import (
     too_guessable,
 )
 from shopmesh_users.passwords import BUSY_REASON, Passwords
-from shopmesh_users.settings import UsersSettings
+from shopmesh_users.settings import PASSWORD_HASH_MAX_PARALLELISM, UsersSettings
 from shopmesh_users.signing import jwk_thumbprint
 from shopmesh_users.wiring import key_policy
 
@@ -853,6 +854,31 @@ def test_settings_defaults_follow_the_topology_and_the_contract() -> None:
 def test_inconsistent_settings_stop_startup_naming_the_variable(overrides: dict[str, int], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings(UsersSettings, **overrides)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        # argon2 took these and failed: an OverflowError traceback at start, a HashingError on every hash.
+        ("PASSWORD_HASH_MEMORY_KIB", "99999999999"),
+        ("PASSWORD_HASH_PARALLELISM", str(2**24)),
+        # Past what a pod could give, or than a Login could wait for.
+        ("PASSWORD_HASH_MEMORY_KIB", str(4 * 1024 * 1024 + 1)),
+        ("PASSWORD_HASH_TIME_COST", "65"),
+    ],
+)
+def test_argon2_costs_argon2_or_a_pod_cannot_take_stop_startup_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=rf"^invalid configuration: {variable}='{value}': .*less than or equal"):
+        load_settings(UsersSettings)
+
+
+def test_the_largest_argon2_costs_the_settings_take_can_hash() -> None:
+    PasswordHasher(
+        time_cost=1, memory_cost=8 * PASSWORD_HASH_MAX_PARALLELISM, parallelism=PASSWORD_HASH_MAX_PARALLELISM
+    ).hash("a password")
 
 
 @pytest.mark.parametrize("variable", ["TOKEN_LIFETIME_SECONDS", "KEY_ROTATION_INTERVAL_SECONDS"])

@@ -9,12 +9,13 @@ and exits with status 2. Secrets may come as files instead (SECRETS_DIR, see `lo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from shopmesh_chassis.db import POSTGRES_MAX_OVERFLOW, POSTGRES_POOL_SIZE, normalize_url
 from shopmesh_chassis.nats_urls import InvalidNatsUrl, parse_nats_url, shown_nats_url
@@ -73,6 +74,32 @@ DEFAULT_MAX_CONCURRENT_RPCS = 1000
 # A gRPC message size limit: gRPC takes it as a C int.
 MessageBytes = Annotated[int, Field(ge=64 * 1024, le=2**31 - 1)]
 
+# The name-resolver schemes gRPC's core takes in a target besides a bare host:port (dns:///catalog:50052,
+# unix:/run/catalog.sock, ipv4:10.0.0.1:50052, ...). Any other scheme (http://) gRPC reads as part of a host
+# name, and every call fails at its first resolution, Login INTERNAL.
+GRPC_TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:")
+_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.%\w]+\]|[^\s:/\[\]@]+):(?P<port>[0-9]{1,5})$")
+
+
+def _a_grpc_target(value: str) -> str:
+    # Checked here, the mistake is one line naming the variable (exit 2); the service otherwise started, said
+    # SERVING, and failed every call that needed this dependency.
+    if value.startswith(GRPC_TARGET_SCHEMES):
+        if not value.partition(":")[2].strip("/"):
+            raise ValueError("names no address after its scheme (e.g. dns:///catalog:50052)")
+        return value
+    found = _HOST_PORT.match(value)
+    if found is None or not 0 < int(found["port"]) <= 65535:
+        raise ValueError(
+            "must be host:port (e.g. catalog:50052, [::1]:50052) or a target with one of the schemes gRPC "
+            f"takes ({', '.join(GRPC_TARGET_SCHEMES)})"
+        )
+    return value
+
+
+# Where a service's client channel calls another service (USERS_ADDRESS, CATALOG_ADDRESS, ...): a gRPC target.
+GrpcTarget = Annotated[str, AfterValidator(_a_grpc_target)]
+
 
 class RuntimeSettings(BaseSettings):
     """What the process needs before its event loop runs (read by `shopmesh_chassis.app.run`)."""
@@ -99,7 +126,8 @@ class ServiceSettings(RuntimeSettings):
     # database, which never migrates.
     migrate_only: bool = False
 
-    grpc_host: str = "127.0.0.1"
+    # Empty would be taken by grpcio as every address; a name that does not resolve stops the start (exit 2).
+    grpc_host: str = Field(default="127.0.0.1", min_length=1)
     # 0 picks a free port (tests); the bound port is logged and exposed by the server.
     grpc_port: GrpcPort = 50051
     # An absolute path: serve on this Unix domain socket instead of GRPC_HOST:GRPC_PORT (no TCP port at all).
@@ -509,3 +537,22 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
     except ValidationError as exc:
         problems = "; ".join(_describe(dict(e), _secret_fields(cls)) for e in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {_unparsed(cls, exc)}") from None
+
+
+_UNPARSED_FIELD = re.compile(r'field "(?P<field>\w+)"')
+
+
+def _unparsed(cls: type[BaseSettings], error: SettingsError) -> str:
+    """The line for a value pydantic-settings could not decode before validation: a complex field's (a tuple,
+    a list, a dict) is read as JSON, and anything else (CONSUMER_BACKOFF_SECONDS=0.5,1) is a SettingsError,
+    whose message names the field in its own words. The value is not shown: it may be a secret's file."""
+    found = _UNPARSED_FIELD.search(str(error))
+    field = cls.model_fields.get(found["field"]) if found else None
+    if found is None or field is None:
+        return str(error)
+    form = (
+        "a JSON object, e.g. '{\"a\": 1}'" if get_origin(field.annotation) is dict else "a JSON list, e.g. '[0.5, 1]'"
+    )
+    return f"{found['field'].upper()}: is not valid JSON; give {form}"

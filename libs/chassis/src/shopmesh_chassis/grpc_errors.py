@@ -145,7 +145,15 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+# The longest RetryInfo delay sent: no wait of this system is longer, and a Duration holds at most ~10,000
+# years (a rate of 1e-300 a second hinted 1e300 s, and the refusal became INTERNAL, "Value out of range").
+MAX_RETRY_DELAY_SECONDS = 86400.0
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
+    """A retry delay as a Duration, within [0, MAX_RETRY_DELAY_SECONDS] (NaN as 0): a hint out of range must
+    not turn the answer it rides on into INTERNAL."""
+    seconds = min(seconds, MAX_RETRY_DELAY_SECONDS) if seconds >= 0 else 0.0
     whole = math.floor(seconds)
     return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 # What ends a URL's user part or splits it, unless percent-encoded (':' splits user and password once).
 _RESERVED = "/?#@"
@@ -24,8 +24,14 @@ _HOW = (
 )
 
 
+# The schemes nats-py connects with, in two families it refuses to mix in one pool (TCP, WebSocket).
+_TCP_SCHEMES = frozenset({"nats", "tls"})
+_WEBSOCKET_SCHEMES = frozenset({"ws", "wss"})
+
+
 class InvalidNatsUrl(ValueError):
-    """A NATS_URL whose credentials cannot be read as meant; `problem` says why, without the secret."""
+    """A NATS_URL that names no server to connect to, or whose credentials cannot be read as meant; `problem`
+    says why, without the secret."""
 
     def __init__(self, url: str, problem: str, *, name: str = "NATS_URL") -> None:
         self.problem = problem
@@ -54,10 +60,12 @@ def nats_servers(url: str) -> list[str]:
 
 
 def parse_nats_url(url: str, *, name: str = "NATS_URL") -> NatsTarget:
-    """The servers of `url` and its credentials, decoded. Raises InvalidNatsUrl (naming `name`) when a user
-    part holds a raw reserved character or a '%' that escapes nothing: read as nats-py would, it would be
-    another token or host than meant. Credentials may be given on one server or on each, the same on each:
-    nats-py sends one set to every server of its pool (also to those a cluster tells it about)."""
+    """The servers of `url` and its credentials, decoded. Raises InvalidNatsUrl (naming `name`) when it names
+    no server, a server nats-py cannot reach (another scheme than nats, tls, ws or wss, no host, a port out of
+    range, TCP and WebSocket servers mixed), or when a user part holds a raw reserved character or a '%' that
+    escapes nothing: read as nats-py would, it would be another token or host than meant. Credentials may be
+    given on one server or on each, the same on each: nats-py sends one set to every server of its pool (also
+    to those a cluster tells it about)."""
     servers: list[str] = []
     credentials: set[tuple[str | None, str | None, str | None]] = set()
     for server in nats_servers(url):
@@ -65,6 +73,7 @@ def parse_nats_url(url: str, *, name: str = "NATS_URL") -> NatsTarget:
         # The user part ends at the last '@': what a URL parser would stop at before is in it, and refused.
         userinfo, at, hosts = rest.rpartition("@")
         servers.append(f"{scheme}{separator}{hosts}")
+        _check_server(url, scheme, hosts, name=name)
         if not at:
             continue
         if any(char in userinfo for char in _RESERVED) or userinfo.count(":") > 1 or _BAD_ESCAPE.search(userinfo):
@@ -78,8 +87,32 @@ def parse_nats_url(url: str, *, name: str = "NATS_URL") -> NatsTarget:
         raise InvalidNatsUrl(
             url, "its servers give different credentials; give the same credentials on each, or on one", name=name
         )
+    if not servers:
+        # nats-py, given no server, retries an empty pool for ever at full speed, deaf to SIGTERM.
+        raise InvalidNatsUrl(url, "names no server (e.g. nats://nats:4222)", name=name)
+    schemes = {_split_scheme(server)[0] or "nats" for server in servers}
+    if schemes & _TCP_SCHEMES and schemes & _WEBSOCKET_SCHEMES:
+        raise InvalidNatsUrl(
+            url, "mixes TCP (nats, tls) and WebSocket (ws, wss) servers, which nats-py refuses", name=name
+        )
     given = credentials.pop() if credentials else (None, None, None)
     return NatsTarget(tuple(servers), user=given[0], password=given[1], token=given[2])
+
+
+def _check_server(url: str, scheme: str, hosts: str, *, name: str) -> None:
+    # What nats-py would fail on at each reconnect, for ever and as a DNS error (`http://nats:4222` is read as
+    # the host "http"), refused at start instead. Without a scheme nats-py takes nats://.
+    if scheme not in _TCP_SCHEMES | _WEBSOCKET_SCHEMES | {""}:
+        raise InvalidNatsUrl(url, f"a server's scheme {scheme!r} is not one of nats, tls, ws or wss", name=name)
+    try:
+        parts = urlsplit(f"nats://{hosts}")
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidNatsUrl(url, f"a server's host and port cannot be read: {exc}", name=name) from None
+    if not parts.hostname:
+        raise InvalidNatsUrl(url, "a server names no host (e.g. nats://nats:4222)", name=name)
+    if port == 0:
+        raise InvalidNatsUrl(url, "a server's port is 0, which nothing listens on", name=name)
 
 
 def shown_nats_url(url: str) -> str:

@@ -4,8 +4,10 @@ error mapping, limits, keepalive, and graceful drain on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,7 +22,7 @@ from grpc_health.v1.health_pb2 import HealthListRequest, HealthListResponse  # t
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
-from shopmesh_chassis.config import ServiceSettings, StartupFailed, host_port
+from shopmesh_chassis.config import ConfigError, ServiceSettings, StartupFailed, host_port
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server_interceptor import ChassisServerInterceptor
 
@@ -116,6 +118,48 @@ def port_taken(bind: str) -> str:
     return f"cannot listen on {bind} (GRPC_HOST / GRPC_PORT): is another process using it?"
 
 
+def _bind_errors(host: str, port: int) -> list[OSError]:
+    """Why each address `host` resolves to cannot take `port` now (binding there as a server would); raises
+    ConfigError naming GRPC_HOST when it resolves to none."""
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"invalid configuration: GRPC_HOST={host!r}: no address to listen on ({exc.strerror})"
+        ) from None
+    failures: list[OSError] = []
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            # As servers bind: a stopped server's connections in TIME_WAIT do not hold the port.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                failures.append(exc)
+    return failures
+
+
+def check_listen_host(host: str) -> None:
+    """Raise ConfigError naming GRPC_HOST when no server could ever listen there: a name that does not resolve,
+    or an address that is not this machine's. Before grpcio binds, which says only "Failed to bind" (and logs its
+    own line), the same for a port another process holds, which may be gone next time."""
+    for failure in _bind_errors(host, 0):
+        if failure.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"invalid configuration: GRPC_HOST={host!r}: not an address of this machine")
+
+
+def bind_failure(host: str, port: int) -> StartupFailed:
+    """Why a server could not listen on host:port, whose host check_listen_host let through: another process
+    on the port says port_taken's line, which the local launcher acts on; anything else says what binding there
+    found."""
+    bind = host_port(host, port)
+    failures = _bind_errors(host, port)
+    if any(failure.errno == errno.EADDRINUSE for failure in failures):
+        return StartupFailed(port_taken(bind))
+    why = f": {failures[0].strerror}" if failures else ""
+    return StartupFailed(f"cannot listen on {bind} (GRPC_HOST / GRPC_PORT){why}")
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """One servicer and how to add it: `register` is the generated `add_XServicer_to_server`."""
@@ -204,10 +248,13 @@ class ChassisServer:
     async def start(self) -> None:
         """Bind, start serving, and report SERVING for the server and each service."""
         bind = self.settings.grpc_listen_address
-        # Another process on the port (a replica left running, a host port taken): this start cannot go on,
-        # the next may. grpcio raises RuntimeError itself ("Failed to bind"), or returns port 0. On a Unix
-        # socket it fails only when the folder is missing or not writable: it replaces a socket file that is
-        # there (a leftover of a killed process, or a running copy's: the launcher checks for that first).
+        # A host no server could listen on is a configuration error, found before grpcio tries it. Another
+        # process on the port (a replica left running, a host port taken): this start cannot go on, the next
+        # may. grpcio raises RuntimeError itself ("Failed to bind"), or returns port 0. On a Unix socket it
+        # fails only when the folder is missing or not writable: it replaces a socket file that is there (a
+        # leftover of a killed process, or a running copy's: the launcher checks for that first).
+        if not self.settings.grpc_unix_socket:
+            check_listen_host(self.settings.grpc_host)
         try:
             bound = self.server.add_insecure_port(bind)
         except RuntimeError:
@@ -217,7 +264,7 @@ class ChassisServer:
                 raise StartupFailed(
                     f"cannot listen on {bind} (GRPC_UNIX_SOCKET): does its folder exist, writable by this user?"
                 )
-            raise StartupFailed(port_taken(bind))
+            raise bind_failure(self.settings.grpc_host, self.settings.grpc_port)
         # No TCP port on a Unix socket (grpcio answers 1 there).
         self.port = 0 if self.settings.grpc_unix_socket else bound
         if self.settings.metrics_port >= 0:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
 from shopmesh_chassis.config import (
     GrpcPort,
+    GrpcTarget,
     Interval,
     MessageBytes,
     MetricsPort,
@@ -21,6 +23,10 @@ from shopmesh_chassis.config import (
 )
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_gateway.guard import UNIX_PEERS, TrustedProxy, is_trusted_proxy
+
+# A token bucket's refill: a slower one (1e-300) made each refusal's RetryInfo a delay no Duration can hold, a
+# faster one refuses nothing; finite, as a bucket's arithmetic needs.
+RatePerSecond = Annotated[float, Field(ge=0.001, le=1e6, allow_inf_nan=False)]
 
 
 class GatewaySettings(ServiceSettings):
@@ -33,12 +39,12 @@ class GatewaySettings(ServiceSettings):
     # order refused by orders' server came back as "orders is unavailable", with a retry hint).
     grpc_max_receive_message_bytes: MessageBytes = 1024 * 1024
 
-    users_address: str = "127.0.0.1:50051"
-    catalog_address: str = "127.0.0.1:50052"
-    inventory_address: str = "127.0.0.1:50053"
-    orders_address: str = "127.0.0.1:50054"
-    notifications_address: str = "127.0.0.1:50056"
-    recommendations_address: str = "127.0.0.1:50057"
+    users_address: GrpcTarget = "127.0.0.1:50051"
+    catalog_address: GrpcTarget = "127.0.0.1:50052"
+    inventory_address: GrpcTarget = "127.0.0.1:50053"
+    orders_address: GrpcTarget = "127.0.0.1:50054"
+    notifications_address: GrpcTarget = "127.0.0.1:50056"
+    recommendations_address: GrpcTarget = "127.0.0.1:50057"
 
     # Deadline of each outbound call, never later than the client's own deadline.
     catalog_timeout_seconds: OutboundTimeout = 2.0
@@ -75,7 +81,7 @@ class GatewaySettings(ServiceSettings):
     )
 
     # Token bucket per client (the token's subject, else the peer address), in memory per replica.
-    rate_limit_per_second: float = Field(default=20.0, gt=0)
+    rate_limit_per_second: RatePerSecond = 20.0
     rate_limit_burst: int = Field(default=40, ge=1)
     # A second, far smaller bucket per client address for the calls that have users hash a password
     # (Register, Login), taken besides the ordinary one. users hashes PASSWORD_HASH_CONCURRENCY (2) at a
@@ -84,13 +90,13 @@ class GatewaySettings(ServiceSettings):
     # other login was refused PASSWORD_HASHING_BUSY. 5 at once is 1/7 of the places, and one every 2 s
     # is 1/8 of the hashing, per gateway replica: a household registering and logging in a few people
     # never meets it.
-    password_rate_limit_per_second: float = Field(default=0.5, gt=0)
+    password_rate_limit_per_second: RatePerSecond = 0.5
     password_rate_limit_burst: int = Field(default=5, ge=1)
     # The same for an IPv6 client's /48 as a whole (IPv4 addresses have none), taken besides its /64's: a
     # customer with a /56 has 256 /64s, one with a tunnel broker's free /48 65,536, and per /64 alone they held
     # 5 places each, all 34 of them. 8 at once is under a quarter of the places (two gateway replicas: under
     # half), one a second a quarter of the hashing, per gateway replica; a site's shoppers share it.
-    password_site_rate_limit_per_second: float = Field(default=1.0, gt=0)
+    password_site_rate_limit_per_second: RatePerSecond = 1.0
     password_site_rate_limit_burst: int = Field(default=8, ge=1)
     # Buckets kept at once, of each kind; the least recently used is dropped beyond it, so memory stays bounded.
     rate_limit_max_clients: int = Field(default=100_000, ge=1)

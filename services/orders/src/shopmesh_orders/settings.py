@@ -7,6 +7,7 @@ from shopmesh_chassis.clocks import MAX_CLOCK_SKEW_SECONDS
 from shopmesh_chassis.config import (
     EventSettings,
     GrpcPort,
+    GrpcTarget,
     IdempotencySettings,
     Interval,
     MetricsPort,
@@ -20,9 +21,9 @@ class OrdersSettings(IdempotencySettings, EventSettings):
     grpc_port: GrpcPort = 50054
     metrics_port: MetricsPort = 9464
 
-    catalog_address: str = "127.0.0.1:50052"
-    inventory_address: str = "127.0.0.1:50053"
-    payments_address: str = "127.0.0.1:50055"
+    catalog_address: GrpcTarget = "127.0.0.1:50052"
+    inventory_address: GrpcTarget = "127.0.0.1:50053"
+    payments_address: GrpcTarget = "127.0.0.1:50055"
 
     # Prices asked of catalog are remembered this long (0 = ask for every order): a price change
     # reaches new orders at most this much later. Products not in the catalog are never remembered.

@@ -10,6 +10,7 @@ from shopmesh_chassis.config import (
     ConsumerSettings,
     DatabaseSettings,
     GrpcPort,
+    GrpcTarget,
     MetricsPort,
     OutboundTimeout,
     ServiceName,
@@ -23,7 +24,7 @@ class RecommendationsSettings(DatabaseSettings, ConsumerSettings):
     grpc_port: GrpcPort = 50057
     metrics_port: MetricsPort = 9467
 
-    catalog_address: str = "127.0.0.1:50052"
+    catalog_address: GrpcTarget = "127.0.0.1:50052"
     # Recommendations sit on the product page's critical path although they are optional: a slow
     # catalog must not make them slow, so catalog calls get a short deadline of their own.
     catalog_timeout_seconds: OutboundTimeout = 1.0

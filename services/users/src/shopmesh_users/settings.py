@@ -8,6 +8,10 @@ from shopmesh_chassis.config import DAY_SECONDS, DatabaseSettings, GrpcPort, Int
 from shopmesh_users.domain.keys import LONGEST_TOKEN_LIFETIME
 
 _DAY_SECONDS = int(DAY_SECONDS)  # its fields are whole seconds
+PASSWORD_HASH_MAX_TIME_COST = 64
+PASSWORD_HASH_MAX_MEMORY_KIB = 4 * 1024 * 1024
+# argon2 takes up to 2^24 - 1 lanes; no pod has more than 64 cores to run them on.
+PASSWORD_HASH_MAX_PARALLELISM = 64
 
 
 class UsersSettings(DatabaseSettings):
@@ -34,9 +38,12 @@ class UsersSettings(DatabaseSettings):
     # is safe: stored hashes are upgraded at each user's next successful login. Until then a wrong password
     # for such an account is checked at the old cost, an unknown e-mail at the new one, so timing can tell
     # the two apart (as Register's EMAIL_ALREADY_REGISTERED tells anyone anyway).
-    password_hash_time_cost: int = Field(default=3, ge=1)
-    password_hash_memory_kib: int = Field(default=65536, ge=8)
-    password_hash_parallelism: int = Field(default=4, ge=1)
+    # The bounds are argon2's own (a larger parallelism or memory fails every hash, or overflows its C types)
+    # and what a pod could give: memory at most 4 GiB per hash; 64 passes at the default memory take ~10 s, twice
+    # the gateway's users timeout, so every Login past them would time out.
+    password_hash_time_cost: int = Field(default=3, ge=1, le=PASSWORD_HASH_MAX_TIME_COST)
+    password_hash_memory_kib: int = Field(default=65536, ge=8, le=PASSWORD_HASH_MAX_MEMORY_KIB)
+    password_hash_parallelism: int = Field(default=4, ge=1, le=PASSWORD_HASH_MAX_PARALLELISM)
     # Hashes at once (each holds PASSWORD_HASH_MEMORY_KIB while it runs: 2 x 64 MiB fits the pod's 384 MiB
     # beside the service's ~170 MB), and how many more may wait for a turn before a caller is told to
     # retry (RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY). The queue is the hard cap: a call with a
