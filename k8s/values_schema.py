@@ -13,8 +13,9 @@ service chart alone) and each chart's own keys, and written into each chart. Not
 chart itself: Helm validates a dependency's schema against values[<its name>] (`shopmesh-lib:`, which holds
 only the copied `global:`), never against the service chart's keys that the library's templates read.
 
-Maps whose keys are the user's (env, labels, nodeSelector, Kubernetes objects passed through: peers,
-affinity, tolerations, parentRefs) take any key; every other map refuses a key it does not know.
+Maps whose keys are the user's (labels, nodeSelector, Kubernetes objects passed through: peers, affinity,
+tolerations, parentRefs) take any key; `env:` takes the variables its service's settings class reads; every
+other map refuses a key it does not know.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
 sys.path.insert(0, str(ROOT / "libs" / "chassis" / "src"))
-sys.path.insert(0, str(ROOT / "services" / "notifications" / "src"))
+# Every service's, for the settings classes that say which env: keys its chart takes.
+for _service_src in sorted((ROOT / "services").glob("*/src")):
+    sys.path.insert(0, str(_service_src))
 from pydantic import BaseModel  # noqa: E402
 
-from shopmesh_chassis.config import DatabaseSettings, ServiceSettings  # noqa: E402
+from shopmesh_chassis.config import SECRETS_DIR, DatabaseSettings, ServiceSettings  # noqa: E402
 from shopmesh_notifications.settings import NotificationsSettings  # noqa: E402
 from shopmesh_platform.generated_files import stale, write_or_check  # noqa: E402
-from shopmesh_platform.topology import SERVICES  # noqa: E402
+from shopmesh_platform.topology import SERVICES, settings_class  # noqa: E402
 
 Schema = dict[str, Any]
 
@@ -386,10 +389,18 @@ OWN: dict[str, dict[str, Schema]] = {
 }
 
 
+def env(service: str) -> Schema:
+    """A service chart's env: only the variables its service reads (its settings class's, and SECRETS_DIR): a
+    misspelt one (RATE_LIMIT_PER_SECONDS) rendered into the ConfigMap and was ignored, the default in force."""
+    names = sorted({*(name.upper() for name in settings_class(service).model_fields), SECRETS_DIR})
+    # By pattern, not propertyNames, as keyed(): Helm then names the map the key is in (`at '/env'`).
+    values = LIBRARY["env"]["additionalProperties"]
+    return {**LIBRARY["env"], "patternProperties": {f"^({'|'.join(names)})$": values}, "additionalProperties": False}
+
+
 def schema(chart: str) -> Schema:
-    properties = {
-        key: nullable(value) for key, value in {**(LIBRARY if chart in SERVICES else {}), **OWN.get(chart, {})}.items()
-    }
+    library = {**LIBRARY, "env": env(chart)} if chart in SERVICES else {}
+    properties = {key: nullable(value) for key, value in {**library, **OWN.get(chart, {})}.items()}
     return {
         "$schema": DRAFT,
         "title": f"values of the {chart} chart",

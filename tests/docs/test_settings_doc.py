@@ -6,7 +6,6 @@ relay: a newcomer had to read settings.py), and a default changed in code leaves
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from shopmesh_chassis import config
-from shopmesh_platform.topology import SERVICES
+from shopmesh_platform.topology import SERVICES, settings_class
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -25,16 +24,6 @@ SERVICES_DOC = ROOT / "docs" / "services.md"
 # Read by load_settings itself, before any settings class.
 NOT_A_FIELD = {config.SECRETS_DIR}
 CHASSIS_CLASSES: tuple[type[BaseSettings], ...] = (config.ConsumerSettings, config.IdempotencySettings)
-
-
-def settings_class(service: str) -> type[BaseSettings]:
-    module = importlib.import_module(f"shopmesh_{service}.settings")
-    (found,) = (
-        value
-        for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__ == module.__name__
-    )
-    return found
 
 
 def variables(cls: type[BaseSettings]) -> dict[str, Any]:

@@ -129,6 +129,18 @@ def test_an_alert_needs_either_its_expression_or_its_counter(
     assert refused in refusal(helm_dir, "catalog", {"alerts": [alert]})
 
 
+def test_an_env_variable_its_service_does_not_read_is_refused_naming_it(helm_dir: Path) -> None:
+    """A misspelt setting (one S too many) rendered into the ConfigMap and was ignored: the default in force."""
+    message = refusal(helm_dir, "gateway", {"env": {"RATE_LIMIT_PER_SECONDS": 5}})
+    assert "- at '/env': additional properties 'RATE_LIMIT_PER_SECONDS' not allowed" in message, message
+    # Another service's setting is not this one's: users reads no rate limit.
+    assert "'RATE_LIMIT_PER_SECOND'" in refusal(helm_dir, "users", {"env": {"RATE_LIMIT_PER_SECOND": 5}})
+    # Through the umbrella as well.
+    message = refusal(helm_dir, render.UMBRELLA, {"orders": {"env": {"SAGA_LEASE_SECOND": 30}}})
+    assert "orders:\n- at '/env': additional properties 'SAGA_LEASE_SECOND' not allowed" in message, message
+    objects_of(helm_dir, "gateway", {"env": {"RATE_LIMIT_PER_SECOND": 5}})
+
+
 @pytest.mark.parametrize("chart", SERVICES)
 def test_every_service_chart_has_the_schema(helm_dir: Path, chart: str) -> None:
     assert f"{chart}:\n- at '': additional properties 'replica' not allowed" in refusal(helm_dir, chart, {"replica": 2})

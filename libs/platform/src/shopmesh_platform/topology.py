@@ -6,8 +6,13 @@ launcher (`make run`), Kubernetes NetworkPolicies, mesh authorization, the archi
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,20 @@ def callers_of(name: str) -> tuple[str, ...]:
 def is_edge(name: str) -> bool:
     """Called from outside the service graph (by clients), not only by services."""
     return CLIENTS in callers_of(name)
+
+
+def settings_class(service: str) -> type[BaseSettings]:
+    """The settings class `service` reads its environment with: the one its `settings` module defines. Imported
+    when asked, so that the platform depends on no service."""
+    from pydantic_settings import BaseSettings
+
+    module = importlib.import_module(f"shopmesh_{service}.settings")
+    (found,) = (
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__ == module.__name__
+    )
+    return found
 
 
 def service_callers(name: str) -> tuple[str, ...]:
