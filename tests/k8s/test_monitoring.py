@@ -1960,31 +1960,44 @@ def test_an_alert_on_the_first_event_fires_for_one_counted_before_a_new_pods_fir
     assert_promtool_passes(alert, service, [scenario], tmp_path)
 
 
-@dataclass
-class EdgeEnvoy:
-    """The http-api Envoy's downstream request counters, as its /stats/prometheus exports them for one pod:
-    `per_second` requests arrive each second, and each ends `seconds` later as `outcome` says: "200" or "503"
-    answered, "cut" at the edge's bound (a gRPC call's DEADLINE_EXCEEDED, HTTP 200), "abandoned" by its client
-    (reset before any answer: in rq_total and rq_rx_reset, never in rq_completed). What a real Envoy counts so,
-    each way, is docs/operations.md's (ShopmeshHttpApiErrors)."""
+@dataclass(frozen=True)
+class EdgeFlow:
+    """`per_second` requests arrive each second, and each ends `seconds` later as `outcome` says: "200" or "503"
+    answered; "cut" at the edge's bound (a gRPC call's DEADLINE_EXCEEDED, HTTP 200); "504 cut" at the bound too,
+    an HTTP/JSON or gRPC-Web call's 504 (in rq_max_duration_reached and the 5xx alike); "reset" before any
+    answer, for any reason (in rq_total and rq_rx_reset, never in rq_completed)."""
 
     per_second: int
     seconds: int
     outcome: str
+
+
+@dataclass
+class EdgeEnvoy:
+    """The http-api Envoy's downstream request counters, as its /stats/prometheus exports them for one pod,
+    for these flows of requests at once. What a real Envoy counts so, each way, is docs/operations.md's
+    (ShopmeshHttpApiErrors)."""
+
+    flows: tuple[EdgeFlow, ...]
     counts: dict[str, float] = field(default_factory=dict)
-    ending: dict[int, int] = field(default_factory=dict)
+    ending: dict[tuple[int, str], int] = field(default_factory=dict)
 
     def world(self, t: float) -> None:
         second = int(t)
-        self.add("rq_total", self.per_second)
-        self.ending[second + self.seconds] = self.ending.get(second + self.seconds, 0) + self.per_second
-        ended = self.ending.pop(second, 0)
-        if self.outcome == "abandoned":
+        for flow in self.flows:
+            self.add("rq_total", flow.per_second)
+            end = (second + flow.seconds, flow.outcome)
+            self.ending[end] = self.ending.get(end, 0) + flow.per_second
+        for outcome in {flow.outcome for flow in self.flows}:
+            self.end(outcome, self.ending.pop((second, outcome), 0))
+
+    def end(self, outcome: str, ended: int) -> None:
+        if outcome == "reset":
             self.add("rq_rx_reset", ended)
             return
         self.add("rq_completed", ended)
-        self.add("rq_xx_5" if self.outcome == "503" else "rq_xx_2", ended)
-        self.add("rq_max_duration_reached", ended * (self.outcome == "cut"))
+        self.add("rq_xx_5" if outcome in {"503", "504 cut"} else "rq_xx_2", ended)
+        self.add("rq_max_duration_reached", ended * outcome.endswith("cut"))
 
     def add(self, name: str, amount: int) -> None:
         self.counts[name] = self.counts.get(name, 0.0) + amount
@@ -2005,25 +2018,33 @@ class EdgeEnvoy:
         ]
 
 
-def test_http_api_errors_fires_for_a_hung_gateway_and_not_for_slow_answers(
+def test_http_api_errors_fires_for_a_hung_gateway_and_not_for_slow_answers_nor_resets(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path
 ) -> None:
     """A gateway that answers nothing (SIGSTOPped, its loop blocked) counts nothing itself and the edge answers
-    no 5xx for gRPC: its calls end at the edge's bound as HTTP 200 DEADLINE_EXCEEDED, or their clients give up
-    first and they are never answered. Either fires the alert, as a gateway answering 503 does. Calls answered
-    in 25 s (checkout's longest path, under the bound) fail nothing: the requests in flight meanwhile (in
-    rq_total, not yet in rq_completed) were not abandoned."""
+    no 5xx for gRPC: its calls end at the edge's bound as HTTP 200 DEADLINE_EXCEEDED, an HTTP/JSON one as a 504
+    also counted as cut. Either fires the alert, as a gateway answering 503 does. Calls answered in 25 s
+    (checkout's longest path, under the bound) fail nothing: the requests in flight meanwhile (in rq_total, not
+    yet in rq_completed) were not abandoned. Nor do reset streams beside answers that are all fine: rq_rx_reset
+    counts a client's malformed HTTP/2 and the overload manager's resets as much as a client giving up, and a
+    client's mistake is no page."""
     alert = alert_named(rendered, "gateway", "ShopmeshHttpApiErrors")
     hold, until = seconds_of(alert["for"]), 20 * 60
 
-    def scenario(name: str, envoy: EdgeEnvoy, expected: Expected) -> Scenario:
+    def scenario(name: str, flows: list[EdgeFlow], expected: Expected) -> Scenario:
+        envoy = EdgeEnvoy(tuple(flows))
         return Scenario(name, envoy.world, envoy.scrape, until, expected)
 
     failing = silent_between(0, hold) | firing_between(fires_by(0, hold) + 30, until)
     scenarios = [
-        scenario("every call answered 503", EdgeEnvoy(10, 0, "503"), failing),
-        scenario("every gRPC call cut at the edge's 30 s bound", EdgeEnvoy(10, 30, "cut"), failing),
-        scenario("every client gives up after 10 s", EdgeEnvoy(10, 10, "abandoned"), failing),
-        scenario("every call answered in 25 s", EdgeEnvoy(10, 25, "200"), silent_between(0, until)),
+        scenario("every call answered 503", [EdgeFlow(10, 0, "503")], failing),
+        scenario("every gRPC call cut at the edge's 30 s bound", [EdgeFlow(10, 30, "cut")], failing),
+        scenario("every HTTP/JSON call cut at the edge's 30 s bound", [EdgeFlow(10, 30, "504 cut")], failing),
+        scenario("every call answered in 25 s", [EdgeFlow(10, 25, "200")], silent_between(0, until)),
+        scenario(
+            "as many streams reset as answered, every answer fine",
+            [EdgeFlow(10, 0, "200"), EdgeFlow(10, 1, "reset")],
+            silent_between(0, until),
+        ),
     ]
     assert_promtool_passes(alert, "gateway", scenarios, tmp_path)
