@@ -22,6 +22,10 @@ const SIGNED_OUT = "shopmesh.signedOut";
 // sessionStorage slots of requests whose outcome is not settled yet: their idempotency keys.
 const CHECKOUT = "shopmesh.checkout";
 const CANCEL = "shopmesh.cancel.";
+// sessionStorage: what was typed into a form whose session ended as it was sent (its fields marked `keep`: the
+// shipping address, never a card's number or CVV), put back when the form is shown again after signing in.
+const KEPT_FORM = "shopmesh.form.";
+const SESSION_ENDED = "Your session has ended; sign in to continue.";
 // The checkout form's id: the cart's quantity inputs, outside it, belong to it.
 const CHECKOUT_FORM = "checkout";
 // A kept key is reused for this long at most (the services keep theirs for 48 hours).
@@ -52,6 +56,23 @@ const SETTLED = new Set([INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION]);
 // HTTP statuses of the edge's own answers when the gateway is away (502, 503) or slow past its bound (504).
 const GATEWAY_AWAY = new Set([502, 503, 504]);
 const SHOP_AWAY = "The shop is unavailable right now; please try again shortly.";
+// Codes whose messages are written for the person who asked (a declined card, a wrong password, an order not
+// found, an address already registered). Any other code's message is about the shop's insides ("orders is
+// unavailable (DEADLINE_EXCEEDED)": a service's name and a gRPC code), and the page says its own sentence.
+const CUSTOMER_MESSAGES = new Set([INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, UNAUTHENTICATED]);
+const PERMISSION_DENIED = 7;
+const RESOURCE_EXHAUSTED = 8;
+const OWN_SENTENCES = new Map([
+  [PERMISSION_DENIED, "This cannot be done with your account."],
+  [ABORTED, "Your earlier request is still being carried out; please try again shortly."],
+  [RESOURCE_EXHAUSTED, "The shop is busy with too many requests; please try again shortly."],
+]);
+// An INVALID_ARGUMENT's message is the service's ("invalid request: password: is too easy to guess"): each
+// violation is said beside its field, or listed under one of these, in words of the shop's.
+const FIX_MARKED = "Please correct the fields marked on this page.";
+const FIX_LISTED = "Please correct the following:";
+// ErrorInfo's reason when a request's idempotency key was already used for another request (common/v1).
+const KEY_REUSED = "IDEMPOTENCY_KEY_REUSED";
 
 // ---- The API ------------------------------------------------------------------------------------------
 
@@ -150,8 +171,13 @@ async function call(
       // the gateway's own answers carry one): its text is Envoy's ("upstream connect error ..."), not for a
       // shopper.
       data = { code: Number.isInteger(data.code) ? data.code : UNAVAILABLE, message: SHOP_AWAY };
+    } else if (Number.isInteger(data.code) && !CUSTOMER_MESSAGES.has(data.code)) {
+      data = { ...data, message: OWN_SENTENCES.get(data.code) ?? SHOP_AWAY };
     }
-    throw new ApiError(response.status, data, { authRequired: auth, traceId });
+    const error = new ApiError(response.status, data, { authRequired: auth, traceId });
+    // The service's own refusal of the request's fields: its message is said in the shop's words (errorBox).
+    error.fieldRefusal = error.code === INVALID_ARGUMENT && error.violations.length > 0;
+    throw error;
   }
   return data;
 }
@@ -227,7 +253,8 @@ function endSession() {
 // cancellations (what identifies a checkout is its shipping address and card's last four and expiry).
 function forgetSession() {
   for (const slot of Object.keys(sessionStorage)) {
-    if (slot === SESSION || slot === CHECKOUT || slot.startsWith(CANCEL)) sessionStorage.removeItem(slot);
+    if (slot === SESSION || slot === CHECKOUT || slot.startsWith(CANCEL) || slot.startsWith(KEPT_FORM))
+      sessionStorage.removeItem(slot);
   }
 }
 
@@ -379,7 +406,11 @@ async function idempotently(slot, what, send) {
   if (!session) throw new ApiError(401, { code: UNAUTHENTICATED, message: "Please sign in." }, { authRequired: true });
   const fingerprint = JSON.stringify([session.userId, what]);
   const pending = readJson(sessionStorage, slot, null);
-  const reuse = pending?.fingerprint === fingerprint && Date.now() - pending.since < KEY_LIFETIME_MS;
+  // A key left by an earlier load of the page, whose answer it never saw, stays with the next attempt even
+  // when the request changed: under a new key a corrected re-submit placed and charged a second order. Under
+  // it, the first order (if it came through) answers instead (or IDEMPOTENCY_KEY_REUSED for another request).
+  const carried = pending !== null && pending.key === unseenCheckout?.key && ownSlot(pending, session);
+  const reuse = (pending?.fingerprint === fingerprint || carried) && Date.now() - pending.since < KEY_LIFETIME_MS;
   const key = reuse ? pending.key : newIdempotencyKey();
   if (!reuse) sessionStorage.setItem(slot, JSON.stringify({ fingerprint, key, since: Date.now() }));
   try {
@@ -392,6 +423,15 @@ async function idempotently(slot, what, send) {
     if (error instanceof ApiError && error.settled) sessionStorage.removeItem(slot);
     else if (error instanceof ApiError && error.outcomeUnknown) error.retrySafe = true;
     throw error;
+  }
+}
+
+// Whether a kept slot was made for the user of `session` (its fingerprint's first part).
+function ownSlot(pending, session) {
+  try {
+    return JSON.parse(pending.fingerprint)[0] === session.userId;
+  } catch {
+    return false;
   }
 }
 
@@ -530,14 +570,16 @@ function retryIn(retryDelay) {
 }
 
 function errorBox(error) {
-  const box = h("div", { class: "error", role: "alert" }, error.message);
   const loose = error.violations?.filter((violation) => !violation.shown) ?? [];
+  const message = error.fieldRefusal ? (loose.length ? FIX_LISTED : FIX_MARKED) : error.message;
+  const box = h("div", { class: "error", role: "alert" }, message);
   if (loose.length) {
+    // A field path (`query`, `items[0].quantity`) names a field of the request, no words of the page.
     box.append(
       h(
         "ul",
         {},
-        loose.map((violation) => h("li", {}, `${violation.field}: ${violation.description}`)),
+        loose.map((violation) => h("li", {}, violation.description)),
       ),
     );
   }
@@ -546,8 +588,10 @@ function errorBox(error) {
     box.append(h("p", {}, "It may or may not have gone through: trying again is safe (it is never done twice)."));
   }
   // (Not for NOT_FOUND: the order named is the one that was not found.)
+  // Nor for the order whose page this is: a link to it changes no fragment and does nothing.
   const orderId = error.code === NOT_FOUND ? null : error.info?.metadata?.order_id;
-  if (orderId) box.append(h("p", {}, h("a", { href: `#/orders/${encodeURIComponent(orderId)}` }, `Order ${orderId}`)));
+  if (orderId && location.hash !== `#/orders/${encodeURIComponent(orderId)}`)
+    box.append(h("p", {}, h("a", { href: `#/orders/${encodeURIComponent(orderId)}` }, `Order ${orderId}`)));
   if (error.traceId) box.append(h("p", { class: "muted" }, `Reference: ${error.traceId}`));
   return box;
 }
@@ -572,8 +616,12 @@ function nextPageLink(token, query) {
 // is chosen for the shopper, and the service says so beside it when nothing was.
 // Inputs outside the form may belong to it (the cart's quantities, `items[0].quantity`, by their `form`
 // attribute, with the form's `id`).
-function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
+// `busy`: what the page says while the form's call is out (a checkout's saga takes seconds).
+function fieldsForm(fields, submitLabel, onSubmit, { id: formId, busy = "Sending…" } = {}) {
   const form = h("form", { class: "fields", novalidate: true, id: formId });
+  const keptSlot = `${KEPT_FORM}${formId}`;
+  const kept = formId ? readJson(sessionStorage, keptSlot, {}) : {};
+  if (formId) sessionStorage.removeItem(keptSlot);
   for (const field of fields) {
     const id = `field-${field.name.replaceAll(/[^a-z0-9]/gi, "-")}`;
     const named = { id, name: field.name, autocomplete: field.autocomplete ?? "off" };
@@ -585,6 +633,7 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
           field.options.map(([value, label]) => h("option", { value }, label)),
         )
       : h("input", { ...named, type: field.type ?? "text", value: field.value ?? "", inputmode: field.inputmode });
+    if (field.keep && typeof kept?.[field.name] === "string") control.value = kept[field.name];
     form.append(
       h(
         "div",
@@ -596,8 +645,9 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
     );
   }
   const button = h("button", { type: "submit" }, submitLabel);
-  const status = h("div", { class: "actions" }, button);
-  form.append(status);
+  // A polite live region, there before it speaks: a disabled button alone said nothing of a 15 s wait.
+  const progress = h("span", { class: "progress", role: "status" });
+  form.append(h("div", { class: "actions" }, button, progress));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     for (const input of inputsOf(form)) {
@@ -608,17 +658,25 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
     form.querySelector(".error")?.remove();
     const values = Object.fromEntries(new FormData(form));
     button.disabled = true;
+    form.setAttribute("aria-busy", "true");
+    progress.textContent = busy;
     try {
       await onSubmit(values);
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
       if (error.needsSignIn) {
-        signInAndReturn();
+        if (formId) {
+          const keep = fields.filter((field) => field.keep).map((field) => [field.name, values[field.name]]);
+          sessionStorage.setItem(keptSlot, JSON.stringify(Object.fromEntries(keep)));
+        }
+        signInAndReturn(SESSION_ENDED);
         return;
       }
       showProblems(form, error);
     } finally {
       button.disabled = false;
+      form.removeAttribute("aria-busy");
+      progress.textContent = "";
     }
   });
   return form;
@@ -703,6 +761,15 @@ async function productsView(query) {
 }
 
 const NOT_WHOLE = "A quantity is a whole number.";
+const NEGATIVE = "A quantity cannot be below 0 (0 takes the line out).";
+
+// What is wrong with a cart quantity as typed, or null: a fraction, or a number below 0, which had taken the
+// line out of the cart without a word.
+function quantityProblem(input) {
+  const typed = wholeNumber(input);
+  if (typed === null) return NOT_WHOLE;
+  return typed < 0 ? NEGATIVE : null;
+}
 
 // What a number input holds, as the number it is: NaN when empty, null for a fraction, which no quantity is.
 // Not parseInt: the input takes "1e3", which parseInt read as 1, a quantity the shopper never typed.
@@ -788,10 +855,60 @@ function cartTotal(items) {
   return totals.length === 1 ? totals[0] : null;
 }
 
-function cartView() {
+// The checkout slot an earlier load of the page left (reloaded or restored while "Place order" was out): the
+// page never saw its answer, so the order may have been placed. The cart page looks for it before it offers
+// to place another, once; `unseenCheckout.key` stays the key of the next attempt (idempotently).
+const unseenCheckout = readJson(sessionStorage, CHECKOUT, null);
+let unseenChecked = false;
+// Orders are stamped by the server's clock, the slot by the browser's: this much apart they still match.
+const CLOCK_SKEW_MS = 5 * 60 * 1000;
+
+// What became of the checkout left unseen, said above the cart: the order found in the customer's recent
+// orders (its lines then leave the cart, as after a checkout seen through, unless it was cancelled), or that
+// none is there yet and that placing it again here is safe.
+async function unseenCheckoutNotice(session) {
+  const pending = readJson(sessionStorage, CHECKOUT, null);
+  if (unseenChecked || !session || pending?.key !== unseenCheckout?.key || !ownSlot(pending, session)) return null;
+  unseenChecked = true;
+  const [, what] = JSON.parse(pending.fingerprint);
+  const lines = (items) => JSON.stringify((items ?? []).map((item) => [item.productId, Number(item.quantity)]).sort());
+  let orders = [];
+  try {
+    ({ orders = [] } = await api.orders({}));
+  } catch (error) {
+    if (error instanceof ApiError && error.needsSignIn) throw error;
+  }
+  const placed = orders.find(
+    (order) =>
+      lines(order.items) === lines(what?.items) && Date.parse(order.createdAt) >= pending.since - CLOCK_SKEW_MS,
+  );
+  if (!placed) {
+    return h(
+      "p",
+      { class: "notice", role: "status" },
+      "An order placed before this page was reloaded may already have gone through, though it is not in your " +
+        "orders yet. Placing it again here is safe: it is sent as the same checkout, never ordered or charged twice.",
+    );
+  }
+  sessionStorage.removeItem(CHECKOUT);
+  const state = enumName(placed.state, "ORDER_STATE_");
+  const went = !["CANCELLED", "FAILED"].includes(state);
+  if (went) cart.takeOut(what.items);
+  return h(
+    "p",
+    { class: "notice", role: "status" },
+    "The order placed before this page was reloaded went through: ",
+    h("a", { href: `#/orders/${encodeURIComponent(placed.id)}` }, `Order ${placed.id}`),
+    ` is ${state}.`,
+    went ? " Its lines are taken out of your cart; nothing more was ordered." : "",
+  );
+}
+
+async function cartView() {
+  const notice = await unseenCheckoutNotice(currentSession());
   const items = cart.items();
   cartShown = items;
-  if (!items.length) return [h("h1", {}, "Your cart"), h("p", {}, "Your cart is empty.")];
+  if (!items.length) return [h("h1", {}, "Your cart"), notice, h("p", {}, "Your cart is empty.")];
   // A quantity changed updates the total in place (the lines' currencies stay what they were). A cart of
   // several currencies has no one total to check out with: it shows each currency's, as no single amount
   // is what the customer would pay.
@@ -822,17 +939,18 @@ function cartView() {
     checkout.answer = null;
     const typed = wholeNumber(input);
     const problem = problemOf(input);
-    if (typed === null) {
+    const refused = quantityProblem(input);
+    if (refused) {
       // Said beside the quantity, as the services' complaints about a line are; the cart keeps the line's.
       input.setAttribute("aria-invalid", "true");
       input.setAttribute("aria-describedby", problem.id);
-      problem.textContent = NOT_WHOLE;
+      problem.textContent = refused;
       return;
     }
     input.removeAttribute("aria-invalid");
     input.removeAttribute("aria-describedby");
     problem.textContent = "";
-    const quantity = int32(Math.max(0, Number.isNaN(typed) ? 0 : typed));
+    const quantity = int32(Number.isNaN(typed) ? 0 : typed);
     // Shown as the cart now holds it ("1e3" as 1000).
     input.value = String(quantity);
     cart.setQuantity(item.productId, quantity);
@@ -876,6 +994,7 @@ function cartView() {
   const session = currentSession();
   return [
     h("h1", {}, "Your cart"),
+    notice,
     table({ class: "panel" }, [["Product"], ["Quantity", NUMBER], ["Price", NUMBER]], rows),
     total
       ? h("p", {}, "Total: ", estimate, " (a price changed before you check out is shown to you to confirm first)")
@@ -913,12 +1032,13 @@ function countryOptions() {
 
 function checkoutForm(currency, session, showPrices) {
   const fields = [
-    { name: "shipping_address.full_name", label: "Full name", autocomplete: "name" },
-    { name: "shipping_address.street", label: "Street", autocomplete: "street-address" },
-    { name: "shipping_address.city", label: "City", autocomplete: "address-level2" },
-    { name: "shipping_address.postal_code", label: "Postal code", autocomplete: "postal-code" },
+    { name: "shipping_address.full_name", label: "Full name", autocomplete: "name", keep: true },
+    { name: "shipping_address.street", label: "Street", autocomplete: "street-address", keep: true },
+    { name: "shipping_address.city", label: "City", autocomplete: "address-level2", keep: true },
+    { name: "shipping_address.postal_code", label: "Postal code", autocomplete: "postal-code", keep: true },
     {
       name: "shipping_address.country",
+      keep: true,
       label: "Country",
       autocomplete: "country",
       choose: "Choose a country",
@@ -934,15 +1054,13 @@ function checkoutForm(currency, session, showPrices) {
     // cart holds: ordered, the cart's quantity went out while the field showed another. Nothing is sent, and the
     // field is marked again, as the refusal of the press cleared it. Putting the cart's quantity back into the
     // field instead would order, on the same press, a quantity the shopper had just typed over.
-    const fractions = [...document.querySelectorAll(`input[form="${CHECKOUT_FORM}"]`)].filter(
-      (input) => wholeNumber(input) === null,
-    );
+    const fractions = [...document.querySelectorAll(`input[form="${CHECKOUT_FORM}"]`)].filter(quantityProblem);
     if (fractions.length) {
-      const fieldViolations = fractions.map((input) => ({ field: input.name, description: NOT_WHOLE }));
+      const fieldViolations = fractions.map((input) => ({ field: input.name, description: quantityProblem(input) }));
       // 400, as a refusal of the request would be: 0 is an outcome unknown, and this one is known (nothing sent).
       throw new ApiError(400, {
         code: INVALID_ARGUMENT,
-        message: "Nothing was ordered: a quantity in your cart is not a whole number.",
+        message: "Nothing was ordered: a quantity in your cart is not one the cart can hold.",
         details: [{ "@type": BAD_REQUEST, fieldViolations }],
       });
     }
@@ -1006,6 +1124,12 @@ function checkoutForm(currency, session, showPrices) {
         showPrices();
       }
       const failure = withLineProblems(error, order.items);
+      if (failure instanceof ApiError && failure.info?.reason === KEY_REUSED) {
+        // The key carried over a reload (idempotently) already placed an order, of the request as it was then.
+        failure.message =
+          "The order placed before this page was reloaded went through, as it was then: see Your orders. " +
+          "Nothing more was ordered or charged.";
+      }
       checkout.unknown = onThisPage && failure instanceof ApiError && Boolean(failure.retrySafe);
       // Kept for a redraw is what another tab's change leaves true: the order's refusal or cancellation (its
       // link) and the complaints about lines, put on the lines as then shown. Not a complaint about a field of
@@ -1048,7 +1172,7 @@ function checkoutForm(currency, session, showPrices) {
     });
     location.hash = `#/orders/${encodeURIComponent(answer.order.id)}`;
   };
-  const form = fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM });
+  const form = fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM, busy: "Placing your order…" });
   // An edit answers the refusal kept for a redraw (a quantity set does too, in setQuantity).
   form.addEventListener("input", () => {
     checkout.answer = null;
@@ -1174,20 +1298,37 @@ async function orderView(orderId) {
   const address = order.shippingAddress ?? {};
   const cancel =
     state === "CONFIRMED" && !order.pendingCancellation
-      ? fieldsForm([], "Cancel order", async () => {
-          // One key per order until a settled answer: a retry after UNAVAILABLE (the refund could not be
-          // done yet) must carry the same key, or orders answers that the order is already being cancelled.
-          try {
-            await idempotently(`${CANCEL}${order.id}`, order.id, (key) => api.cancelOrder(order.id, key));
-          } catch (error) {
-            if (!cancellationAccepted(error, order.id)) throw error;
-            flash(`Cancellation of order ${order.id} accepted; it completes on its own and the payment is refunded.`);
+      ? fieldsForm(
+          [],
+          "Cancel order",
+          async () => {
+            // One key per order until a settled answer: a retry after UNAVAILABLE (the refund could not be
+            // done yet) must carry the same key, or orders answers that the order is already being cancelled.
+            try {
+              await idempotently(`${CANCEL}${order.id}`, order.id, (key) => api.cancelOrder(order.id, key));
+            } catch (error) {
+              if (error instanceof ApiError && error.code === FAILED_PRECONDITION && !error.needsSignIn) {
+                // Cancelled, or being cancelled, since this page was drawn (another tab, another device): the
+                // page shows the order as it now is, not a refusal beside a state and a button that are stale.
+                const cancelled = error.info?.metadata?.state === "ORDER_STATE_CANCELLED";
+                flash(
+                  cancelled
+                    ? `Order ${order.id} was already cancelled; it is shown below as it now is.`
+                    : `Order ${order.id} cannot be cancelled now; it is shown below as it now is.`,
+                );
+                redraw();
+                return;
+              }
+              if (!cancellationAccepted(error, order.id)) throw error;
+              flash(`Cancellation of order ${order.id} accepted; it completes on its own and the payment is refunded.`);
+              redraw();
+              return;
+            }
+            flash(`Order ${order.id} is being cancelled; the payment is refunded.`);
             redraw();
-            return;
-          }
-          flash(`Order ${order.id} is being cancelled; the payment is refunded.`);
-          redraw();
-        })
+          },
+          { busy: "Cancelling the order…" },
+        )
       : null;
   return [
     h("h1", {}, `Order ${order.id}`),
@@ -1281,6 +1422,7 @@ function loginView(query) {
         showSession();
         location.hash = next;
       },
+      { busy: "Signing in…" },
     ),
     h("p", {}, "New here? ", h("a", { href: "#/register" }, "Create an account"), "."),
   ];
@@ -1318,6 +1460,7 @@ function registerView() {
         flash(greeting, { acrossNavigation: true });
         location.hash = "#/";
       },
+      { busy: "Creating your account…" },
     ),
   ];
 }
@@ -1361,7 +1504,9 @@ function errorPage(error) {
 
 // To the sign-in page, which comes back here once signed in. It takes the place of this page in the history:
 // a new entry led Back to the page that asks to sign in, which came forward again, so Back never left.
-function signInAndReturn() {
+// `why`: said on the sign-in page (a session that ended under a page or a form, not one never started).
+function signInAndReturn(why = null) {
+  if (why) flash(why, { acrossNavigation: true });
   location.replace(`#/login?next=${encodeURIComponent(location.hash || "#/")}`);
 }
 
@@ -1412,7 +1557,7 @@ async function route() {
       }
       if (mine !== shown) return;
       if (error.needsSignIn) {
-        signInAndReturn();
+        signInAndReturn(SESSION_ENDED);
         return;
       }
       if (error.info?.reason === INVALID_PAGE_TOKEN && query.pageToken) {
