@@ -340,6 +340,9 @@ OUTAGES = {
 }
 
 
+# promtool evaluates every rule at each minute of three simulated days here: 38-67 s alone on a busy machine, past the
+# suite's 120 s hang guard when the machine runs other suites beside it. Still a bound, for a promtool that hangs.
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("outage", list(OUTAGES))
 def test_a_fast_burn_pages_within_minutes_before_any_ticket(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path, outage: str
