@@ -6,12 +6,18 @@ and one whose PlaceOrder had stopped waiting are not, and are e-mailed."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from shopmesh.orders.v1 import events_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
+from shopmesh_orders import placement
+from shopmesh_orders import saga as saga_module
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.validation import Card, CartLine
 from shopmesh_orders.saga import ORDER_CANCELLED, PlacementCall
@@ -90,3 +96,107 @@ def test_a_call_that_would_stop_waiting_once_the_cancellation_was_written_as_its
     assert not written_first.stop_waiting()
     assert stopped_first.stop_waiting()
     assert not stopped_first.answers_with_cancellation()
+
+
+@dataclass(frozen=True)
+class HeldCommit:
+    """The saga's cancellation held between `answers_with_cancellation` and its commit (its outbox event not
+    yet added), until `release`; `reached` is set once the call stopped waiting for the saga (its early answer)."""
+
+    reached: asyncio.Event
+    release: asyncio.Event
+
+
+@pytest.fixture
+def held_commit(monkeypatch: pytest.MonkeyPatch) -> HeldCommit:
+    held = HeldCommit(asyncio.Event(), asyncio.Event())
+    add_event: Callable[..., Awaitable[Any]] = saga_module.add_event
+    stop_waiting = PlacementCall.stop_waiting
+
+    async def held_if_cancelled(session: Any, *, subject: str, **kwargs: Any) -> Any:
+        if subject == ORDER_CANCELLED:
+            await held.release.wait()
+        return await add_event(session, subject=subject, **kwargs)
+
+    def reached(call: PlacementCall) -> bool:
+        held.reached.set()
+        return stop_waiting(call)
+
+    monkeypatch.setattr(saga_module, "add_event", held_if_cancelled)
+    monkeypatch.setattr(PlacementCall, "stop_waiting", reached)
+    # The early answer two seconds before the deadline, so that the commit's wait has room on a slow machine.
+    monkeypatch.setattr(placement, "_ANSWER_MARGIN_SECONDS", 2.0)
+    return held
+
+
+def _untold(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.order_id for r in caplog.records if "ended without it" in r.getMessage() and r.levelno == logging.WARNING]
+
+
+async def test_a_placeorder_whose_early_answer_meets_its_cancellation_being_committed_answers_with_it(
+    app: OrdersApplication, database: Database, held_commit: HeldCommit
+) -> None:
+    async def committed_a_while_after_the_call_stops_waiting() -> None:
+        await held_commit.reached.wait()
+        # Long enough for a call that did not wait for the commit to have read its order still PENDING (and
+        # answered UNAVAILABLE), well within the commit's wait (1.8 s) for one that does.
+        await asyncio.sleep(0.3)
+        held_commit.release.set()
+
+    committing = asyncio.create_task(committed_a_while_after_the_call_stops_waiting())
+    # Room for the early answer however slow the machine is to price and record the order first; bounded all
+    # the same (the call waits no longer than the commit's wait).
+    with inbound_deadline(6.0), pytest.raises(errors.FailedPrecondition) as caught:
+        async with asyncio.timeout(10):
+            await place(app, command(DECLINED))
+    await committing
+    assert caught.value.reason == "CARD_DECLINED"
+    await app.wait_running(10)
+    assert [answered for _code, answered in await cancellations(database)] == [True]
+
+
+async def test_a_placeorder_whose_cancellation_commit_hangs_answers_naming_the_order_before_its_deadline(
+    app: OrdersApplication, database: Database, held_commit: HeldCommit, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hung commit of the cancellation written as the call's answer: the call answers UNAVAILABLE naming the
+    order by its deadline, not DEADLINE_EXCEEDED naming none, and the customer left untold is logged."""
+    caplog.set_level(logging.WARNING, logger="shopmesh.orders")
+    try:
+        # As in the test above. Before the bound, the call waited for the commit for ever.
+        with inbound_deadline(6.0), pytest.raises(errors.Unavailable) as caught:
+            async with asyncio.timeout(10):
+                await place(app, command(DECLINED))
+    finally:
+        held_commit.release.set()
+    assert held_commit.reached.is_set()
+    assert _untold(caplog) == [caught.value.metadata["order_id"]]
+    await app.wait_running(10)
+    assert [answered for _code, answered in await cancellations(database)] == [True]
+
+
+async def test_a_placeorder_gone_while_its_cancellation_is_committed_logs_the_customer_untold(
+    app: OrdersApplication,
+    database: Database,
+    held_commit: HeldCommit,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="shopmesh.orders")
+    cancelling = asyncio.Event()
+    add_event = saga_module.add_event
+
+    async def cancelling_is_held(session: Any, *, subject: str, **kwargs: Any) -> Any:
+        cancelling.set()
+        return await add_event(session, subject=subject, **kwargs)
+
+    monkeypatch.setattr(saga_module, "add_event", cancelling_is_held)
+    call = asyncio.create_task(place(app, command(DECLINED)))
+    await cancelling.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    held_commit.release.set()
+    await app.wait_running(10)
+    (order_id,) = _untold(caplog)
+    assert [r.order_id for r in caplog.records if r.levelno == logging.WARNING] == [order_id]
+    assert [answered for _code, answered in await cancellations(database)] == [True]

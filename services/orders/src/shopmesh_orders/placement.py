@@ -62,6 +62,12 @@ _ANSWER_MARGIN_SECONDS = 3 * DEADLINE_SKEW_TOLERANCE_SECONDS
 # saga still driving then is waiting for a dependency indeed. Not the step timeout: it is the settings' (5 s
 # by default) and would keep the answer from every caller with less than 5.3 s, the gateway's 15 s aside.
 _EARLY_ANSWER_MIN_WAIT_SECONDS = 1.0
+# How long before the inbound deadline a PlaceOrder stops waiting for the commit of a cancellation the saga
+# wrote as its answer (`_answer_in_time`): that wait starts at the early answer, `_ANSWER_MARGIN_SECONDS`
+# before the deadline, and must leave the answer that follows a hung commit what it needs of that margin: the
+# caller's deadline, up to one skew tolerance earlier than the server's, and the read of the order and its trip
+# back, one more.
+_COMMIT_WAIT_MARGIN_SECONDS = 2 * DEADLINE_SKEW_TOLERANCE_SECONDS
 
 
 def _answer_at(*, least_wait: float | None) -> float | None:
@@ -91,6 +97,27 @@ def _answered(order: Order, placement: bool) -> bool:
     one, a cancellation pending on it or not (`_settle` answers it as it is, the cancellation being not the
     placement's to wait for)."""
     return order.is_terminal or (placement and order.state is OrderState.CONFIRMED)
+
+
+def _commit_wait() -> float | None:
+    """How long a PlaceOrder may still wait for the commit of the cancellation its saga wrote as its answer:
+    until `_COMMIT_WAIT_MARGIN_SECONDS` before the inbound deadline (None without one)."""
+    remaining = call_context.inbound_time_remaining()
+    return None if remaining is None else max(remaining - _COMMIT_WAIT_MARGIN_SECONDS, 0.0)
+
+
+def _log_untold(order_id: str) -> None:
+    """The narrow gap `PlacementCall` leaves: its saga wrote the order's cancellation as this call's answer (its
+    event says "no e-mail"), and the call ends without carrying it: gone (its caller cancelled, or its deadline
+    passed) or answering before the commit landed. The flag is in the outbox event of the cancellation's own
+    transaction, so it cannot be taken back once the call knows; the customer learns of the cancellation only
+    by reading the order. Logged so that an operator can tell them."""
+    log.warning(
+        "order %s: its cancellation was written as the answer to a PlaceOrder that ended without it; the "
+        "customer is neither answered with it nor e-mailed (OrderCancelled.answered_at_placement)",
+        order_id,
+        extra={"order_id": order_id},
+    )
 
 
 def _log_detached_end(order_id: str, task: asyncio.Task[Order]) -> None:
@@ -350,17 +377,21 @@ class OrderPlacement(OrderQueries):
         saga's own give-up does: the caller learns the order was recorded and goes on, and can read it. The
         task is not cancelled (nor by the caller's cancellation: `asyncio.wait` leaves it running), so the
         saga finishes detached, as it does for a caller gone. `caller`, PlaceOrder's: a cancellation the saga
-        writes from then on is no longer this call's answer (it is e-mailed), unless it was written already."""
+        writes from then on is no longer this call's answer (it is e-mailed), unless it was written already:
+        then the call waits for its commit, until shortly before its deadline (`_commit_wait`)."""
+        written = False
         try:
             timeout = None if answer_at is None else max(answer_at - asyncio.get_running_loop().time(), 0.0)
             done, _ = await asyncio.wait({task}, timeout=timeout)
             if task not in done and caller is not None and not caller.stop_waiting():
                 # The saga is committing the cancellation as this call's answer (its event says "no e-mail"): it
-                # is a transaction away, and the answer must carry it.
-                done, _ = await asyncio.wait({task})
+                # is a transaction away, and the answer must carry it. Not past the deadline though: a hung
+                # commit would have the caller's channel answer DEADLINE_EXCEEDED naming no order.
+                written = True
+                done, _ = await asyncio.wait({task}, timeout=_commit_wait())
         except asyncio.CancelledError:
-            if caller is not None:
-                caller.stop_waiting()
+            if caller is not None and not caller.stop_waiting():
+                _log_untold(order_id)
             # The caller gave up: nobody awaits the task any more either.
             task.add_done_callback(partial(_log_detached_end, order_id))
             raise
@@ -368,15 +399,20 @@ class OrderPlacement(OrderQueries):
             return task.result()
         # Nobody awaits it any more: its end is logged here, not as asyncio's "exception never retrieved".
         task.add_done_callback(partial(_log_detached_end, order_id))
-        return await self._answer_still_driven(order_id, placement)
+        return await self._answer_still_driven(order_id, placement, cancellation_written=written)
 
-    async def _answer_still_driven(self, order_id: str, placement: bool) -> Order:
+    async def _answer_still_driven(
+        self, order_id: str, placement: bool, *, cancellation_written: bool = False
+    ) -> Order:
         """The early answer (`_answer_at`) for an order still driven: the order as re-read when that
         answers the call (`_answered`: finished since, or CONFIRMED for PlaceOrder), else UNAVAILABLE
-        DEPENDENCY_UNAVAILABLE naming it and its step."""
+        DEPENDENCY_UNAVAILABLE naming it and its step. `cancellation_written`: the saga wrote its cancellation
+        as this call's answer, and the answer goes without it (`_log_untold`)."""
         order = await self._load(order_id)
         if _answered(order, placement):
             return order
+        if cancellation_written:
+            _log_untold(order_id)
         raise errors.Unavailable(
             f"order {order_id} is waiting for a dependency at step {order.step.value}; it goes on without this "
             "call, which could wait no longer",

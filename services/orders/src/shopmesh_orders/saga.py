@@ -110,8 +110,13 @@ class PlacementCall:
     """The PlaceOrder call a drive answers, as much as the order's cancellation event needs of it: whether the
     call still waits for the drive, and so tells the customer of the cancellation itself (OrderCancelled's
     `answered_at_placement`: then no e-mail). The drive and the call settle it between them on the event loop,
-    so that neither a call that stops waiting as the cancellation is written nor one still waiting leaves the
-    customer untold: once the drive took the cancellation for the call's answer, the call waits on for it."""
+    so that a call that stops waiting for the saga as the cancellation is written does not leave the customer
+    untold: once the drive took the cancellation for the call's answer, the call waits on for its commit.
+
+    One narrow gap is left, logged as a WARNING naming the order (placement's `_log_untold`): a call that goes
+    away in that wait (its caller cancels, its deadline passes), or whose wait for the commit reaches its deadline
+    (a hung database), ends without the cancellation, and the event already says "no e-mail". Closing it would
+    need the flag set after the commit, and it is in the outbox event of the same transaction."""
 
     def __init__(self) -> None:
         self._waiting = True

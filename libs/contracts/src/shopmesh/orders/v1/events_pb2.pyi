@@ -126,8 +126,13 @@ class OrderCancelled(_message.Message):
     UNAVAILABLE naming the order, or gone): those are e-mailed. An orders
     release older than this field never sets it, so false must mean what it
     meant before the field: e-mail the cancellation. That is the safe side
-    during a rollout (at worst a mail the customer did not need, never a
-    cancellation they are not told of).
+    during a rollout (at worst a mail the customer did not need).
+    One narrow gap: the flag is written with the cancellation, in the same
+    transaction, and the call then waits for that commit to answer with it;
+    a call that goes away meanwhile (its caller cancels, its deadline passes)
+    or whose wait reaches its deadline (a hung commit; it then answers
+    UNAVAILABLE naming the order) leaves the flag set and the customer untold.
+    Orders logs each such order at WARNING.
     """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
