@@ -447,11 +447,26 @@ async def test_emails_to_one_address_beyond_its_cap_are_not_sent_counted_and_log
     assert "ada@" not in held_back[0].getMessage().lower()
 
 
+class _CommitFailed(Exception):
+    """The consumer's commit failing after the handler returned (a dropped connection): the event is retried."""
+
+
+async def _applied(database: Database, intake: NotificationIntake, event: Event, *, commits: bool = True) -> None:
+    try:
+        async with database.transaction() as session:
+            await intake(session, event)
+            if not commits:
+                raise _CommitFailed
+    except _CommitFailed:
+        pass
+
+
 @sqlite_only
-async def test_an_email_whose_recording_failed_gives_its_place_under_the_cap_back_to_the_events_retry(
+async def test_an_event_retried_after_its_transaction_failed_takes_one_place_under_the_cap_and_counts_once(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    intake = NotificationIntake(cap=RecipientCap(0.01, 1))
+    suppressed: list[str] = []
+    intake = NotificationIntake(cap=RecipientCap(0.01, 1), on_suppressed=suppressed.append)
     event = Event("evt_b", ORDER_CANCELLED, cancelled_event("evt_b", "ord_b"), {}, 1)
     add = NotificationRepository.add
 
@@ -461,11 +476,33 @@ async def test_an_email_whose_recording_failed_gives_its_place_under_the_cap_bac
 
     monkeypatch.setattr(NotificationRepository, "add", fails_once)
     with pytest.raises(sqlalchemy_exc.OperationalError):
-        async with database.transaction() as session:
-            await intake(session, event)
-    async with database.transaction() as session:
-        await intake(session, replace(event, attempt=2))
+        await _applied(database, intake, event)
+    await _applied(database, intake, replace(event, attempt=2), commits=False)
+    await _applied(database, intake, replace(event, attempt=3))
+    held = Event("evt_h", ORDER_CANCELLED, cancelled_event("evt_h", "ord_h", email="ADA@example.com"), {}, 1)
+    for attempt in (1, 2):
+        await _applied(database, intake, replace(held, attempt=attempt), commits=attempt == 2)
+    async with database.read() as session:
         assert [n.event_id for n in await NotificationRepository(session).list_for_user("usr_1", 10, None)] == ["evt_b"]
+    assert suppressed == ["recipient_cap"]
+
+
+@sqlite_only
+async def test_a_cancellation_held_back_by_the_cap_keeps_its_orders_later_confirmation_from_being_mailed(
+    database: Database,
+) -> None:
+    """Not listed, as nothing was e-mailed; recorded all the same, so that a confirmation of the order applied
+    once the address's bucket refilled (a replay) is not mailed "confirmed" for a cancelled order."""
+    now = [0.0]
+    intake = NotificationIntake(cap=RecipientCap(1, 1, clock=lambda: now[0]))
+    await _applied(database, intake, Event("evt_a", ORDER_CONFIRMED, confirmed_event("evt_a", "ord_a"), {}, 1))
+    await _applied(database, intake, Event("evt_c", ORDER_CANCELLED, cancelled_event("evt_c", "ord_c"), {}, 1))
+    now[0] += 3600
+    await _applied(database, intake, Event("evt_r", ORDER_CONFIRMED, confirmed_event("evt_r", "ord_c"), {}, 1))
+    async with database.read() as session:
+        repository = NotificationRepository(session)
+        assert [n.event_id for n in await repository.list_for_user("usr_1", 10, None)] == ["evt_a"]
+        assert await repository.order_cancelled("ord_c")
 
 
 @sqlite_only

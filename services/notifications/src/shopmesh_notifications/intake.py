@@ -5,26 +5,30 @@ ids (none for a confirmation applied after its order's cancellation). Nothing is
 sender delivers it after the commit, outside any transaction, in a span of the trace the notification
 was recorded in (its consumer span's context is stored with it).
 
-Two kinds of event record no notification, so no e-mail, though the event is applied: a cancellation that
-PlaceOrder answered with (the customer saw it on screen), and one beyond the cap on e-mails to one address
-(`RecipientCap`). Each is counted (`shopmesh_notifications_suppressed_total`)."""
+Two kinds of event send no e-mail, though the event is applied: a cancellation that PlaceOrder answered
+with (the customer saw it on screen; no notification recorded), and one beyond the cap on e-mails to one
+address (`RecipientCap`; a cancellation is recorded WITHHELD, unlisted, so that its order's confirmation is not
+sent after it). Each event is counted once (`shopmesh_notifications_suppressed_total`)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
 from shopmesh_chassis.clocks import Clock, utc_now
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import DbConnection
+from shopmesh_chassis.email_addresses import canonical_email
 from shopmesh_chassis.ids import new_id
 from shopmesh_chassis.token_buckets import TokenBuckets
 from shopmesh_chassis.tracing import stored_trace_context
 from shopmesh_notifications.codec import order_event
 from shopmesh_notifications.domain.emails import message_id_for, render
 from shopmesh_notifications.domain.events import EventKind, OrderEvent, validate_event
-from shopmesh_notifications.domain.model import Channel, Notification
+from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.store.repository import NotificationRepository
 
 log = logging.getLogger("shopmesh.notifications")
@@ -36,6 +40,10 @@ RECIPIENT_CAP = "recipient_cap"
 # How many addresses the cap remembers: the least recently mailed beyond it start again with a full bucket,
 # as they would after an hour or so of quiet anyway.
 _CAP_ADDRESSES = 100_000
+# How many events' decisions the cap remembers, so that a retry of one (its transaction failed, the consumer's
+# commit included, after the place was taken) reuses its place rather than take a second. Retries follow within
+# the consumer's backoff, seconds apart; an event forgotten by then takes a place again, one e-mail fewer.
+_CAP_EVENTS = 10_000
 _SECONDS_PER_HOUR = 3600.0
 
 
@@ -43,21 +51,42 @@ def new_notification_id() -> str:
     return new_id("ntf_")
 
 
+class CapDecision(NamedTuple):
+    allowed: bool
+    # The event's decision taken before, by an attempt whose transaction failed: not to be counted again.
+    repeated: bool
+
+
 class RecipientCap:
     """At most `burst` e-mails at once to one address, then `per_hour`: defence in depth against having the
     shop mail an address over and over (an account signed up with someone else's address, whatever makes its
     orders end). In each replica's memory, as the gateway's limits are: the cap with N replicas is N times this.
-    An address is compared case-insensitively (its domain is; its local part is at nearly every provider). The
-    first e-mail held back to an address logs a WARNING, the next ones within the hour only count."""
+    An address is compared as every service compares one (`canonical_email`). The first e-mail held back to an
+    address logs a WARNING, the next ones within the hour only count. A place is the event's: its retries reuse
+    it (or stay held back), however its attempt failed."""
 
     def __init__(self, per_hour: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._mails = TokenBuckets[str](per_hour / _SECONDS_PER_HOUR, burst, _CAP_ADDRESSES, clock)
         self._warnings = TokenBuckets[str](1 / _SECONDS_PER_HOUR, 1, _CAP_ADDRESSES, clock)
         self._per_hour, self._burst = per_hour, burst
+        # event id → allowed. An OrderedDict as the LRU: the chassis' TokenBuckets bounds its keys alike, and
+        # cachetools is no dependency of notifications.
+        self._decided: OrderedDict[str, bool] = OrderedDict()
 
-    def allows(self, order: OrderEvent) -> bool:
-        """Whether the e-mail of `order` may go out, taking its place under the cap if so."""
-        address = order.email.casefold()
+    def decide(self, order: OrderEvent) -> CapDecision:
+        """Whether the e-mail of `order` may go out, taking its place under the cap if so (once per event)."""
+        decided = self._decided.get(order.event_id)
+        if decided is not None:
+            self._decided.move_to_end(order.event_id)
+            return CapDecision(decided, repeated=True)
+        allowed = self._allows(order)
+        self._decided[order.event_id] = allowed
+        if len(self._decided) > _CAP_EVENTS:
+            self._decided.popitem(last=False)
+        return CapDecision(allowed, repeated=False)
+
+    def _allows(self, order: OrderEvent) -> bool:
+        address = canonical_email(order.email)
         if not self._mails.take(address):
             return True
         if not self._warnings.take(address):
@@ -72,11 +101,6 @@ class RecipientCap:
                 extra={"order_id": order.order_id, "user_id": order.user_id},
             )
         return False
-
-    def give_back(self, order: OrderEvent) -> None:
-        """The place `allows` took for an e-mail that was not recorded after all (its transaction failed): the
-        event's retry takes it again."""
-        self._mails.give_back(order.email.casefold())
 
 
 class NotificationIntake:
@@ -134,17 +158,19 @@ class NotificationIntake:
                 extra={"order_id": order.order_id},
             )
             return
-        if self._cap is not None and not self._cap.allows(order):
-            self._on_suppressed(RECIPIENT_CAP)
+        decision = CapDecision(allowed=True, repeated=False) if self._cap is None else self._cap.decide(order)
+        if not decision.allowed:
+            if not decision.repeated:
+                self._on_suppressed(RECIPIENT_CAP)
+            if order.kind is EventKind.ORDER_CANCELLED:
+                # Recorded, never sent: unrecorded, the guards above (and the sender's) did not see the order
+                # cancelled, and its confirmation, replayed or due once the address's bucket refilled, was
+                # mailed "confirmed" for a cancelled order.
+                await self._record(repository, order, State.WITHHELD)
             return
-        try:
-            await self._record(repository, order)
-        except BaseException:
-            if self._cap is not None:
-                self._cap.give_back(order)
-            raise
+        await self._record(repository, order, State.PENDING)
 
-    async def _record(self, repository: NotificationRepository, order: OrderEvent) -> None:
+    async def _record(self, repository: NotificationRepository, order: OrderEvent, state: State) -> None:
         email = render(order)
         now = self._clock()
         notification = Notification(
@@ -159,9 +185,16 @@ class NotificationIntake:
             kind=order.kind,
             event_id=order.event_id,
             created_at=now,
-            next_attempt_at=now,
+            state=state,
+            next_attempt_at=now if state is State.PENDING else None,
             # The consumer's span: the sender's attempts, in a loop of their own, continue its trace.
             trace_context=stored_trace_context(),
         )
         await repository.add(notification)
-        log.info("notification %s recorded for %s", notification.id, order.event_id, extra={"order_id": order.order_id})
+        log.info(
+            "notification %s recorded %s for %s",
+            notification.id,
+            state.value,
+            order.event_id,
+            extra={"order_id": order.order_id},
+        )

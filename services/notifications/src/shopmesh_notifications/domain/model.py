@@ -1,7 +1,9 @@
 """A notification and its delivery state machine: PENDING → SENT, or PENDING → FAILED once an attempt
 fails past the retry policy's window (or at once when the mail server refuses it for good), or PENDING →
 SUPERSEDED for an order confirmation not sent before its order's cancellation was recorded. SENT, FAILED
-and SUPERSEDED are final."""
+and SUPERSEDED are final. An order cancellation beyond the cap on e-mails to its address is recorded
+WITHHELD, final from the start: never sent nor listed, it is there so that the order's confirmation, applied
+or due later, is not sent for a cancelled order."""
 
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ class State(Enum):
     SENT = "SENT"
     FAILED = "FAILED"
     SUPERSEDED = "SUPERSEDED"
+    # Internal, never listed (ListNotifications lists what the shop e-mails), so not in the contract's enum.
+    WITHHELD = "WITHHELD"
     UNSPECIFIED = "UNSPECIFIED"
 
 

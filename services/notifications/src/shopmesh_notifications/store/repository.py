@@ -105,7 +105,8 @@ class NotificationRepository:
             )
 
     async def order_cancelled(self, order_id: str) -> bool:
-        """Whether the order's cancellation e-mail is recorded (ix_notifications_order)."""
+        """Whether the order's cancellation e-mail is recorded, WITHHELD by the cap included
+        (ix_notifications_order)."""
         return await self.order_notified(order_id, EventKind.ORDER_CANCELLED)
 
     async def order_notified(self, order_id: str, kind: EventKind) -> bool:
@@ -118,20 +119,26 @@ class NotificationRepository:
 
     async def order_notified_of_event(self, order_id: str, kind: EventKind, channel: Channel, event_id: str) -> bool:
         """Whether a notification of the order of this kind on this channel stands for `event_id`'s: one
-        the customer has, or will have (any state but FAILED), or the event's own, in any state (its
-        redelivery once the consumer has forgotten its id). A FAILED one gave the customer nothing: a later
-        event of its kind gets a notification of its own, beside it (ix_notifications_order)."""
+        the customer has, or will have (any state but FAILED and WITHHELD), or the event's own, in any state
+        (its redelivery once the consumer has forgotten its id). A FAILED or WITHHELD one gave the customer
+        nothing: a later event of its kind gets a notification of its own, beside it (ix_notifications_order)."""
         query = select(notifications.c.id).where(
             notifications.c.order_id == order_id,
             notifications.c.kind == kind.value,
             notifications.c.channel == channel.value,
-            or_(notifications.c.state != State.FAILED.value, notifications.c.event_id == event_id),
+            or_(
+                notifications.c.state.not_in((State.FAILED.value, State.WITHHELD.value)),
+                notifications.c.event_id == event_id,
+            ),
         )
         return await self._session.scalar(query.limit(1)) is not None
 
     async def list_for_user(self, user_id: str, limit: int, after: tuple[datetime, str] | None) -> list[Notification]:
-        """Newest first; `after` is the (created_at, id) of the last notification of the previous page."""
-        query = select(notifications).where(notifications.c.user_id == user_id)
+        """Newest first; `after` is the (created_at, id) of the last notification of the previous page. Not the
+        WITHHELD ones: nothing was e-mailed."""
+        query = select(notifications).where(
+            notifications.c.user_id == user_id, notifications.c.state != State.WITHHELD.value
+        )
         if after is not None:
             created, notification_id = after
             query = query.where(

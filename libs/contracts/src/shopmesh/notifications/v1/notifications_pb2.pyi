@@ -15,11 +15,13 @@ at most one per (order_id, kind, channel), so an order's confirmation or
 cancellation published again under a new event_id sends nothing new either.
 An event whose items have a quantity below 1, a negative amount or another
 currency than its total sends nothing (it is dead-lettered).
-Two kinds of event record no notification (none is listed) and send no
-e-mail: an OrderCancelled with answered_at_placement set (the customer's
-PlaceOrder answered with that cancellation: they saw it on screen), and an
-event beyond the cap on e-mails to one address (RECIPIENT_MAIL_BURST at
-once, then RECIPIENT_MAILS_PER_HOUR; docs/services.md).
+Two kinds of event list no notification and send no e-mail: an
+OrderCancelled with answered_at_placement set (the customer's PlaceOrder
+answered with that cancellation: they saw it on screen), and an event beyond
+the cap on e-mails to one address (RECIPIENT_MAIL_BURST at once, then
+RECIPIENT_MAILS_PER_HOUR; docs/services.md). Such a cancellation still
+counts as the order's cancellation recorded: no confirmation of the order
+is sent after it.
 
 Ownership: when the `x-user-id` header is present, user_id must equal it
 (otherwise PERMISSION_DENIED, ErrorInfo reason USER_MISMATCH).
