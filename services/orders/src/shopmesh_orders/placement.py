@@ -399,20 +399,21 @@ class OrderPlacement(OrderQueries):
             return task.result()
         # Nobody awaits it any more: its end is logged here, not as asyncio's "exception never retrieved".
         task.add_done_callback(partial(_log_detached_end, order_id))
-        return await self._answer_still_driven(order_id, placement, cancellation_written=written)
+        try:
+            return await self._answer_still_driven(order_id, placement)
+        except BaseException:
+            # Any answer but the order read finished, a database that did not answer in time included.
+            if written:
+                _log_untold(order_id)
+            raise
 
-    async def _answer_still_driven(
-        self, order_id: str, placement: bool, *, cancellation_written: bool = False
-    ) -> Order:
+    async def _answer_still_driven(self, order_id: str, placement: bool) -> Order:
         """The early answer (`_answer_at`) for an order still driven: the order as re-read when that
         answers the call (`_answered`: finished since, or CONFIRMED for PlaceOrder), else UNAVAILABLE
-        DEPENDENCY_UNAVAILABLE naming it and its step. `cancellation_written`: the saga wrote its cancellation
-        as this call's answer, and the answer goes without it (`_log_untold`)."""
+        DEPENDENCY_UNAVAILABLE naming it and its step."""
         order = await self._load(order_id)
         if _answered(order, placement):
             return order
-        if cancellation_written:
-            _log_untold(order_id)
         raise errors.Unavailable(
             f"order {order_id} is waiting for a dependency at step {order.step.value}; it goes on without this "
             "call, which could wait no longer",
