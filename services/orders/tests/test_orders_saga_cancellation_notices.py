@@ -129,6 +129,12 @@ def held_commit(monkeypatch: pytest.MonkeyPatch) -> HeldCommit:
     return held
 
 
+async def _finished_as_answered_at_placement(app: OrdersApplication, database: Database) -> None:
+    """The held commit released, the saga finishes: its cancellation's event says PlaceOrder answered with it."""
+    await app.wait_running(10)
+    assert [answered for _code, answered in await cancellations(database)] == [True]
+
+
 def _untold(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.order_id for r in caplog.records if "ended without it" in r.getMessage() and r.levelno == logging.WARNING]
 
@@ -151,8 +157,7 @@ async def test_a_placeorder_whose_early_answer_meets_its_cancellation_being_comm
             await place(app, command(DECLINED))
     await committing
     assert caught.value.reason == "CARD_DECLINED"
-    await app.wait_running(10)
-    assert [answered for _code, answered in await cancellations(database)] == [True]
+    await _finished_as_answered_at_placement(app, database)
 
 
 async def test_a_placeorder_whose_cancellation_commit_hangs_answers_naming_the_order_before_its_deadline(
@@ -178,8 +183,7 @@ async def test_a_placeorder_whose_cancellation_commit_hangs_answers_naming_the_o
         held_commit.release.set()
     assert held_commit.reached.is_set()
     assert _untold(caplog) == [caught.value.metadata["order_id"]]
-    await app.wait_running(10)
-    assert [answered for _code, answered in await cancellations(database)] == [True]
+    await _finished_as_answered_at_placement(app, database)
 
 
 async def test_a_placeorder_gone_while_its_cancellation_is_committed_logs_the_customer_untold(
