@@ -389,13 +389,20 @@ OWN: dict[str, dict[str, Schema]] = {
 }
 
 
+LIBRARY_ENV = "GRPC_VERBOSITY|GRPC_TRACE|OTEL_[A-Z0-9_]+"
+
+
 def env(service: str) -> Schema:
-    """A service chart's env: only the variables its service reads (its settings class's, and SECRETS_DIR): a
-    misspelt one (RATE_LIMIT_PER_SECONDS) rendered into the ConfigMap and was ignored, the default in force."""
+    """A service chart's env: only the variables its service reads (its settings class's, SECRETS_DIR, and its
+    libraries' LIBRARY_ENV): a misspelt one (RATE_LIMIT_PER_SECONDS) rendered into the ConfigMap and was ignored,
+    the default in force."""
     names = sorted({*(name.upper() for name in settings_class(service).model_fields), SECRETS_DIR})
-    # By pattern, not propertyNames, as keyed(): Helm then names the map the key is in (`at '/env'`).
+    # By pattern, not propertyNames, as keyed(): Helm then names the map the key is in (`at '/env'`). Besides the
+    # settings, what the libraries in every service read themselves: gRPC core's logging (GRPC_VERBOSITY,
+    # GRPC_TRACE; docs/chassis.md) and the OpenTelemetry SDK's OTEL_* (OTEL_BSP_MAX_QUEUE_SIZE, docs/operations.md).
     values = LIBRARY["env"]["additionalProperties"]
-    return {**LIBRARY["env"], "patternProperties": {f"^({'|'.join(names)})$": values}, "additionalProperties": False}
+    pattern = f"^({'|'.join(names)}|{LIBRARY_ENV})$"
+    return {**LIBRARY["env"], "patternProperties": {pattern: values}, "additionalProperties": False}
 
 
 def schema(chart: str) -> Schema:

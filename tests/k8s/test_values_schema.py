@@ -141,6 +141,14 @@ def test_an_env_variable_its_service_does_not_read_is_refused_naming_it(helm_dir
     objects_of(helm_dir, "gateway", {"env": {"RATE_LIMIT_PER_SECOND": 5}})
 
 
+def test_the_env_its_libraries_read_is_let_through(helm_dir: Path) -> None:
+    """gRPC core's logging and the OpenTelemetry SDK's settings, which the docs tell operators to set."""
+    objects_of(
+        helm_dir, "orders", {"env": {"GRPC_VERBOSITY": "INFO", "GRPC_TRACE": "http", "OTEL_BSP_MAX_QUEUE_SIZE": 4096}}
+    )
+    assert "'OTEL_bsp'" in refusal(helm_dir, "orders", {"env": {"OTEL_bsp": 1}})
+
+
 @pytest.mark.parametrize("chart", SERVICES)
 def test_every_service_chart_has_the_schema(helm_dir: Path, chart: str) -> None:
     assert f"{chart}:\n- at '': additional properties 'replica' not allowed" in refusal(helm_dir, chart, {"replica": 2})

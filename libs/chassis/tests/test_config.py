@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import Field
@@ -508,3 +510,43 @@ def test_a_port_another_process_holds_is_said_so_and_may_work_next_time() -> Non
     assert isinstance(failure, StartupFailed)
     assert str(failure) == port_taken(f"127.0.0.1:{port}")
     check_listen_host("127.0.0.1")  # the host itself is fine
+
+
+def _resolving_to(monkeypatch: pytest.MonkeyPatch, *hosts: str) -> None:
+    """`socket.getaddrinfo` answering `hosts` (IPv4 or IPv6 literals), as a name with those addresses would."""
+
+    def getaddrinfo(*_: object, **__: object) -> list[tuple[Any, ...]]:
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 0, "", (h, 0, 0, 0))
+            if ":" in h
+            else (socket.AF_INET, socket.SOCK_STREAM, 0, "", (h, 0))
+            for h in hosts
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_grpc_host_with_one_address_of_this_machine_among_others_passes_as_grpc_listens_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """grpcio listens when one of a name's addresses binds (a `localhost` whose ::1 the node lacks)."""
+    _resolving_to(monkeypatch, "127.0.0.1", "203.0.113.9")
+    check_listen_host("shop.example")
+    _resolving_to(monkeypatch, "203.0.113.9", "198.51.100.7")
+    with pytest.raises(ConfigError, match="not an address of this machine"):
+        check_listen_host("shop.example")
+
+
+def test_a_grpc_host_of_a_family_the_kernel_has_switched_off_is_left_to_grpc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`::` on a node booted with ipv6.disable=1: the socket itself fails (EAFNOSUPPORT); grpcio falls back to
+    0.0.0.0 there, so the check must neither crash nor refuse."""
+    real_socket = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: Any, **kwargs: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real_socket(family, *args, **kwargs)
+
+    _resolving_to(monkeypatch, "::")
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    check_listen_host("::")

@@ -210,5 +210,5 @@ async def test_a_placeorder_gone_while_its_cancellation_is_committed_logs_the_cu
     held_commit.release.set()
     await app.wait_running(10)
     (order_id,) = _untold(caplog)
-    assert [r.order_id for r in caplog.records if r.levelno == logging.WARNING] == [order_id]
+    assert [getattr(r, "order_id", None) for r in caplog.records if r.levelno == logging.WARNING] == [order_id]
     assert [answered for _code, answered in await cancellations(database)] == [True]

@@ -875,7 +875,7 @@ def test_argon2_costs_argon2_or_a_pod_cannot_take_stop_startup_naming_the_variab
         load_settings(UsersSettings)
 
 
-def test_the_largest_argon2_costs_the_settings_take_can_hash() -> None:
+def test_the_largest_argon2_parallelism_the_settings_take_can_hash() -> None:
     PasswordHasher(
         time_cost=1, memory_cost=8 * PASSWORD_HASH_MAX_PARALLELISM, parallelism=PASSWORD_HASH_MAX_PARALLELISM
     ).hash("a password")

@@ -118,9 +118,9 @@ def port_taken(bind: str) -> str:
     return f"cannot listen on {bind} (GRPC_HOST / GRPC_PORT): is another process using it?"
 
 
-def _bind_errors(host: str, port: int) -> list[OSError]:
-    """Why each address `host` resolves to cannot take `port` now (binding there as a server would); raises
-    ConfigError naming GRPC_HOST when it resolves to none."""
+def _bind_errors(host: str, port: int) -> tuple[int, list[OSError]]:
+    """How many addresses `host` resolves to, and why each of those that cannot take `port` now cannot (binding
+    there as a server would); raises ConfigError naming GRPC_HOST when it resolves to none."""
     try:
         addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -129,23 +129,26 @@ def _bind_errors(host: str, port: int) -> list[OSError]:
         ) from None
     failures: list[OSError] = []
     for family, kind, protocol, _, address in addresses:
-        with socket.socket(family, kind, protocol) as probe:
-            # As servers bind: a stopped server's connections in TIME_WAIT do not hold the port.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
+        try:
+            # In the try: a family the kernel has switched off (IPv6 on some nodes) fails at the socket.
+            with socket.socket(family, kind, protocol) as probe:
+                # As servers bind: a stopped server's connections in TIME_WAIT do not hold the port.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
-            except OSError as exc:
-                failures.append(exc)
-    return failures
+        except OSError as exc:
+            failures.append(exc)
+    return len(addresses), failures
 
 
 def check_listen_host(host: str) -> None:
     """Raise ConfigError naming GRPC_HOST when no server could ever listen there: a name that does not resolve,
-    or an address that is not this machine's. Before grpcio binds, which says only "Failed to bind" (and logs its
-    own line), the same for a port another process holds, which may be gone next time."""
-    for failure in _bind_errors(host, 0):
-        if failure.errno == errno.EADDRNOTAVAIL:
-            raise ConfigError(f"invalid configuration: GRPC_HOST={host!r}: not an address of this machine")
+    or one whose every address is not this machine's. grpcio listens when one of a name's addresses binds (a
+    `localhost` whose ::1 the node lacks, an IPv6 address still tentative), and falls back to 0.0.0.0 for `::`
+    where IPv6 is off, so those pass. Before grpcio binds, which says only "Failed to bind" (and logs its own
+    line), the same for a port another process holds, which may be gone next time."""
+    addresses, failures = _bind_errors(host, 0)
+    if failures and len(failures) == addresses and all(f.errno == errno.EADDRNOTAVAIL for f in failures):
+        raise ConfigError(f"invalid configuration: GRPC_HOST={host!r}: not an address of this machine")
 
 
 def bind_failure(host: str, port: int) -> StartupFailed:
@@ -153,7 +156,7 @@ def bind_failure(host: str, port: int) -> StartupFailed:
     on the port says port_taken's line, which the local launcher acts on; anything else says what binding there
     found."""
     bind = host_port(host, port)
-    failures = _bind_errors(host, port)
+    _, failures = _bind_errors(host, port)
     if any(failure.errno == errno.EADDRINUSE for failure in failures):
         return StartupFailed(port_taken(bind))
     why = f": {failures[0].strerror}" if failures else ""
