@@ -548,8 +548,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "E-mails not sent on purpose",
                 "reqps",
                 "Order e-mails notifications chose not to send: a cancellation the customer was already answered "
-                "with by PlaceOrder, or one beyond the per-address cap (RECIPIENT_MAILS_PER_HOUR, its burst). A "
-                "steady recipient_cap rate is an address mailed over and over: its WARNING line names the account.",
+                "with by PlaceOrder, or a cancellation beyond the per-address cap (RECIPIENT_MAILS_PER_HOUR, its "
+                "burst). A steady recipient_cap rate is an address mailed over and over: its WARNING line names the "
+                "account.",
                 [
                     (
                         f"sum by (reason) (rate(shopmesh_notifications_suppressed_total{{{SELECTOR}}}"

@@ -447,6 +447,16 @@ async def test_emails_to_one_address_beyond_its_cap_are_not_sent_counted_and_log
     assert "ada@" not in held_back[0].getMessage().lower()
 
 
+@sqlite_only
+@pytest.mark.parametrize("overrides", [{"recipient_mail_burst": 1, "recipient_mails_per_hour": 0.01}])
+async def test_confirmations_are_never_capped_each_is_the_receipt_of_a_captured_payment(running: Running) -> None:
+    """A customer ordering more often than the cap allows cancellations gets every receipt."""
+    for n in range(3):
+        await running.publish(ORDER_CONFIRMED, confirmed_event(f"evt_r{n}", f"ord_r{n}"), f"evt_r{n}")
+    await eventually(lambda: len(read_mail(running.sink.directory)) == 3, "every receipt")
+    assert running.suppressed("recipient_cap") == 0
+
+
 class _CommitFailed(Exception):
     """The consumer's commit failing after the handler returned (a dropped connection): the event is retried."""
 
@@ -495,13 +505,13 @@ async def test_a_cancellation_held_back_by_the_cap_keeps_its_orders_later_confir
     once the address's bucket refilled (a replay) is not mailed "confirmed" for a cancelled order."""
     now = [0.0]
     intake = NotificationIntake(cap=RecipientCap(1, 1, clock=lambda: now[0]))
-    await _applied(database, intake, Event("evt_a", ORDER_CONFIRMED, confirmed_event("evt_a", "ord_a"), {}, 1))
+    await _applied(database, intake, Event("evt_x", ORDER_CANCELLED, cancelled_event("evt_x", "ord_x"), {}, 1))
     await _applied(database, intake, Event("evt_c", ORDER_CANCELLED, cancelled_event("evt_c", "ord_c"), {}, 1))
     now[0] += 3600
     await _applied(database, intake, Event("evt_r", ORDER_CONFIRMED, confirmed_event("evt_r", "ord_c"), {}, 1))
     async with database.read() as session:
         repository = NotificationRepository(session)
-        assert [n.event_id for n in await repository.list_for_user("usr_1", 10, None)] == ["evt_a"]
+        assert [n.event_id for n in await repository.list_for_user("usr_1", 10, None)] == ["evt_x"]
         assert await repository.order_cancelled("ord_c")
 
 

@@ -6,9 +6,10 @@ sender delivers it after the commit, outside any transaction, in a span of the t
 was recorded in (its consumer span's context is stored with it).
 
 Two kinds of event send no e-mail, though the event is applied: a cancellation that PlaceOrder answered
-with (the customer saw it on screen; no notification recorded), and one beyond the cap on e-mails to one
-address (`RecipientCap`; a cancellation is recorded WITHHELD, unlisted, so that its order's confirmation is not
-sent after it). Each event is counted once (`shopmesh_notifications_suppressed_total`)."""
+with (the customer saw it on screen; no notification recorded), and one beyond the cap on cancellation e-mails
+to one address (`RecipientCap`; recorded WITHHELD, unlisted, so that its order's confirmation is not sent after
+it). Confirmations are never capped: each is the receipt of a captured payment. Each event is counted once
+(`shopmesh_notifications_suppressed_total`)."""
 
 from __future__ import annotations
 
@@ -58,12 +59,13 @@ class CapDecision(NamedTuple):
 
 
 class RecipientCap:
-    """At most `burst` e-mails at once to one address, then `per_hour`: defence in depth against having the
-    shop mail an address over and over (an account signed up with someone else's address, whatever makes its
-    orders end). In each replica's memory, as the gateway's limits are: the cap with N replicas is N times this.
-    An address is compared as every service compares one (`canonical_email`). The first e-mail held back to an
-    address logs a WARNING, the next ones within the hour only count. A place is the event's: its retries reuse
-    it (or stay held back), however its attempt failed."""
+    """At most `burst` cancellation e-mails at once to one address, then `per_hour`: defence in depth against
+    having the shop mail an address over and over (an account signed up with someone else's address, whatever
+    makes its orders end). Confirmations are not capped (`NotificationIntake`). In each replica's memory, as the
+    gateway's limits are: the cap with N replicas is N times this. An address is compared as every service
+    compares one (`canonical_email`). The first e-mail held back to an address logs a WARNING, the next ones
+    within the hour only count. A place is the event's: its retries reuse it (or stay held back), however its
+    attempt failed."""
 
     def __init__(self, per_hour: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._mails = TokenBuckets[str](per_hour / _SECONDS_PER_HOUR, burst, _CAP_ADDRESSES, clock)
@@ -158,15 +160,18 @@ class NotificationIntake:
                 extra={"order_id": order.order_id},
             )
             return
-        decision = CapDecision(allowed=True, repeated=False) if self._cap is None else self._cap.decide(order)
+        # Cancellations only: a confirmation is a receipt for a captured payment, which whoever placed the order
+        # paid for (a customer ordering a dozen times an hour gets every receipt), where an order that ends
+        # cancelled costs nothing.
+        capped = self._cap is not None and order.kind is EventKind.ORDER_CANCELLED
+        decision = self._cap.decide(order) if capped and self._cap is not None else CapDecision(True, repeated=False)
         if not decision.allowed:
             if not decision.repeated:
                 self._on_suppressed(RECIPIENT_CAP)
-            if order.kind is EventKind.ORDER_CANCELLED:
-                # Recorded, never sent: unrecorded, the guards above (and the sender's) did not see the order
-                # cancelled, and its confirmation, replayed or due once the address's bucket refilled, was
-                # mailed "confirmed" for a cancelled order.
-                await self._record(repository, order, State.WITHHELD)
+            # Recorded, never sent: unrecorded, the guards above (and the sender's) did not see the order
+            # cancelled, and its confirmation, replayed or due once the address's bucket refilled, was mailed
+            # "confirmed" for a cancelled order.
+            await self._record(repository, order, State.WITHHELD)
             return
         await self._record(repository, order, State.PENDING)
 

@@ -36,8 +36,8 @@ class NotificationMetrics:
         self._suppressed = Counter(
             "shopmesh_notifications_suppressed",
             "Order events applied without an e-mail, by reason: answered_at_placement (a cancellation PlaceOrder "
-            "answered with: the customer saw it); recipient_cap (beyond RECIPIENT_MAIL_BURST / "
-            "RECIPIENT_MAILS_PER_HOUR to one address).",
+            "answered with: the customer saw it); recipient_cap (a cancellation beyond "
+            "RECIPIENT_MAIL_BURST / RECIPIENT_MAILS_PER_HOUR to one address).",
             ("reason",),
             registry=registry,
         )

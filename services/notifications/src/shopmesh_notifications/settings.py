@@ -31,9 +31,9 @@ class NotificationsSettings(DatabaseSettings, ConsumerSettings):
     send_max_backoff_seconds: Interval = 600.0
     send_give_up_after_seconds: float = Field(default=86400.0, gt=0, le=30 * 86400, allow_inf_nan=False)
 
-    # The cap on e-mails to one address (intake.RecipientCap, per replica): RECIPIENT_MAIL_BURST at once, then
-    # RECIPIENT_MAILS_PER_HOUR. Beyond it an event records no e-mail, counted in
-    # shopmesh_notifications_suppressed_total{reason="recipient_cap"}. A customer placing a dozen orders in
-    # a row gets every confirmation; someone making the shop mail an address gets a handful through.
+    # The cap on cancellation e-mails to one address (intake.RecipientCap, per replica): RECIPIENT_MAIL_BURST at
+    # once, then RECIPIENT_MAILS_PER_HOUR. Beyond it a cancellation is recorded WITHHELD, not sent, counted in
+    # shopmesh_notifications_suppressed_total{reason="recipient_cap"}. Confirmations (receipts of captured
+    # payments) are never capped; someone making the shop mail an address with orders that fail gets a handful.
     recipient_mail_burst: int = Field(default=10, ge=1, le=10_000)
     recipient_mails_per_hour: float = Field(default=6.0, gt=0, le=360_000, allow_inf_nan=False)

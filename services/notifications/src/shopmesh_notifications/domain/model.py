@@ -1,7 +1,7 @@
 """A notification and its delivery state machine: PENDING → SENT, or PENDING → FAILED once an attempt
 fails past the retry policy's window (or at once when the mail server refuses it for good), or PENDING →
 SUPERSEDED for an order confirmation not sent before its order's cancellation was recorded. SENT, FAILED
-and SUPERSEDED are final. An order cancellation beyond the cap on e-mails to its address is recorded
+and SUPERSEDED are final. An order cancellation beyond the cap on cancellation e-mails to its address is recorded
 WITHHELD, final from the start: never sent nor listed, it is there so that the order's confirmation, applied
 or due later, is not sent for a cancelled order."""
 

@@ -17,9 +17,10 @@ An event whose items have a quantity below 1, a negative amount or another
 currency than its total sends nothing (it is dead-lettered).
 Two kinds of event list no notification and send no e-mail: an
 OrderCancelled with answered_at_placement set (the customer's PlaceOrder
-answered with that cancellation: they saw it on screen), and an event beyond
-the cap on e-mails to one address (RECIPIENT_MAIL_BURST at once, then
-RECIPIENT_MAILS_PER_HOUR; docs/services.md). Such a cancellation still
+answered with that cancellation: they saw it on screen), and a cancellation
+beyond the cap on cancellation e-mails to one address (RECIPIENT_MAIL_BURST
+at once, then RECIPIENT_MAILS_PER_HOUR; docs/services.md; confirmations are
+never capped). Such a cancellation still
 counts as the order's cancellation recorded: no confirmation of the order
 is sent after it.
 
