@@ -163,8 +163,8 @@ class NotificationIntake:
         # Cancellations only: a confirmation is a receipt for a captured payment, which whoever placed the order
         # paid for (a customer ordering a dozen times an hour gets every receipt), where an order that ends
         # cancelled costs nothing.
-        capped = self._cap is not None and order.kind is EventKind.ORDER_CANCELLED
-        decision = self._cap.decide(order) if capped and self._cap is not None else CapDecision(True, repeated=False)
+        cap = self._cap if order.kind is EventKind.ORDER_CANCELLED else None
+        decision = CapDecision(allowed=True, repeated=False) if cap is None else cap.decide(order)
         if not decision.allowed:
             if not decision.repeated:
                 self._on_suppressed(RECIPIENT_CAP)
